@@ -1,0 +1,68 @@
+# parkfleet — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+BIN       := .cache/bin
+CP        := $(BIN)/pf-controlplane
+CP_SRC    := $(wildcard hack/controlplane/*.go) hack/controlplane/go.mod hack/controlplane/go.sum
+K8S_VERSION := $(shell sed -n 's/^\tk8s.io\/kubernetes //p' hack/controlplane/go.mod)
+# Stamp the version the way Kubernetes' own release build does, so that clients
+# (kubectl picks its version by the server's) see v1.X.Y, not v0.0.0-master.
+CP_LDFLAGS := -s -w \
+	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 2,$(subst ., ,$(subst v,v ,$(K8S_VERSION)))) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) \
+	-X k8s.io/component-base/version.gitTreeState=clean
+KUBECONFIG_LOCAL := .cache/kubeconfig
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create .venv with the package and its test extras
+
+$(CP): $(CP_SRC)
+	@mkdir -p $(BIN)
+	@echo "building the local control plane (Kubernetes $(K8S_VERSION)); the first build takes a while"
+	cd hack/controlplane && time go build -trimpath -ldflags='$(CP_LDFLAGS)' -o ../../$(CP) .
+
+.PHONY: controlplane
+controlplane: $(CP) ## build the local control plane into .cache/bin (nothing to do when up to date)
+
+.PHONY: cluster-up
+cluster-up: $(CP) $(VENV)/.installed ## start the local control plane in the background, write .cache/kubeconfig
+	@$(VENV)/bin/parkfleet cluster up --dir .cache/cluster --kubeconfig $(KUBECONFIG_LOCAL)
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane and everything it started
+	@if [ -x $(VENV)/bin/parkfleet ]; then $(VENV)/bin/parkfleet cluster down --dir .cache/cluster; \
+	else echo "no .venv: nothing was started"; fi
+
+.PHONY: proto
+proto: $(VENV)/.installed ## regenerate the car-link protocol code
+	hack/gen-proto.sh
+
+.PHONY: lint
+lint: $(VENV)/.installed ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+
+.PHONY: test
+test: $(VENV)/.installed $(CP) ## install what is needed, build the control plane if missing, lint, run every test
+	$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+.PHONY: clean
+clean: cluster-down ## remove build outputs (keeps .venv)
+	rm -rf .cache/bin .cache/bench

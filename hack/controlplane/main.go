@@ -1,0 +1,57 @@
+// Command pf-controlplane is parkfleet's local Kubernetes control plane for
+// development, tests and the demo. It is one binary that plays several parts,
+// the way hyperkube did:
+//
+//	pf-controlplane up --dir DIR [flags]     supervisor: certificates, embedded
+//	                                         etcd, and the three components below
+//	                                         as child processes of this binary
+//	pf-controlplane kube-apiserver ...       the real kube-apiserver command
+//	pf-controlplane kube-controller-manager  the real kube-controller-manager
+//	pf-controlplane kube-scheduler ...       the real kube-scheduler
+//
+// Components run as separate processes rather than goroutines because each of
+// them owns process-global state (flags, klog, legacy metric registries) that
+// was never meant to be shared.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
+	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: pf-controlplane up|version|kube-apiserver|kube-controller-manager|kube-scheduler [flags]")
+		os.Exit(2)
+	}
+	part, args := os.Args[1], os.Args[2:]
+	switch part {
+	case "up":
+		os.Exit(runUp(args))
+	case "version":
+		fmt.Println(kubernetesVersion)
+	case "kube-apiserver":
+		cmd := apiserver.NewAPIServerCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "kube-controller-manager":
+		cmd := controllermanager.NewControllerManagerCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "kube-scheduler":
+		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	default:
+		fmt.Fprintf(os.Stderr, "pf-controlplane: unknown part %q\n", part)
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,417 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+const kubernetesVersion = "v1.34.4"
+
+func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+type upOptions struct {
+	dir                      string
+	kubeconfig               string
+	removeDir                bool
+	nodeMonitorGracePeriod   time.Duration
+	nodeMonitorPeriod        time.Duration
+	nodeStartupGracePeriod   time.Duration
+	notReadyTolerationSecs   int
+	unreachableTolerationSec int
+	verbosity                int
+	readyTimeout             time.Duration
+}
+
+// child is one component process.
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func runUp(args []string) int {
+	o := upOptions{}
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs.StringVar(&o.dir, "dir", "", "state folder: certificates, etcd data, logs (required)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the admin kubeconfig once ready (default DIR/admin.kubeconfig)")
+	fs.BoolVar(&o.removeDir, "remove-dir-on-exit", false, "delete DIR when stopping")
+	fs.DurationVar(&o.nodeMonitorGracePeriod, "node-monitor-grace-period", 50*time.Second, "how long a Node's Lease may go unrenewed before it turns NotReady")
+	fs.DurationVar(&o.nodeMonitorPeriod, "node-monitor-period", 5*time.Second, "how often the node-lifecycle controller checks Nodes")
+	fs.DurationVar(&o.nodeStartupGracePeriod, "node-startup-grace-period", time.Minute, "grace for a new Node before it is marked unhealthy")
+	fs.IntVar(&o.notReadyTolerationSecs, "default-not-ready-toleration-seconds", 300, "toleration added to pods for node.kubernetes.io/not-ready")
+	fs.IntVar(&o.unreachableTolerationSec, "default-unreachable-toleration-seconds", 300, "toleration added to pods for node.kubernetes.io/unreachable")
+	fs.IntVar(&o.verbosity, "v", 1, "log verbosity of the components")
+	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "give up when the cluster is not ready by then")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if o.dir == "" {
+		fmt.Fprintln(os.Stderr, "up: --dir is required")
+		return 2
+	}
+	if o.kubeconfig == "" {
+		o.kubeconfig = filepath.Join(o.dir, "admin.kubeconfig")
+	}
+	err := up(o)
+	if o.removeDir {
+		_ = os.RemoveAll(o.dir)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pf-controlplane: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func up(o upOptions) error {
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	pki := filepath.Join(dir, "pki")
+	logs := filepath.Join(dir, "logs")
+	for _, d := range []string{pki, logs} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	// A stale data folder from a crashed run would hold keys that no longer
+	// match; every start is a fresh cluster.
+	_ = os.RemoveAll(filepath.Join(dir, "etcd"))
+	_ = os.Remove(o.kubeconfig)
+	_ = os.Remove(filepath.Join(dir, "ready.json"))
+
+	started := time.Now()
+	if err := writePKI(pki); err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	etcdPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	peerPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	apiPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+
+	etcd, err := startEtcd(filepath.Join(dir, "etcd"), etcdPort, peerPort)
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	defer etcd.Close()
+
+	for _, k := range []struct{ file, client, user string }{
+		{"controller-manager.kubeconfig", "controller-manager", "system:kube-controller-manager"},
+		{"scheduler.kubeconfig", "scheduler", "system:kube-scheduler"},
+		{"admin-internal.kubeconfig", "admin", "kubernetes-admin"},
+	} {
+		if err := writeKubeconfig(filepath.Join(dir, k.file), server, pki, "ca", k.client, k.user); err != nil {
+			return err
+		}
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+
+	var children []*child
+	defer func() { stopAll(children) }()
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	v := strconv.Itoa(o.verbosity)
+	p := func(n string) string { return filepath.Join(pki, n) }
+
+	apiArgs := []string{
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(apiPort),
+		"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
+		"--tls-cert-file=" + p("apiserver.crt"),
+		"--tls-private-key-file=" + p("apiserver.key"),
+		"--client-ca-file=" + p("ca.crt"),
+		"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"),
+		"--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
+		"--proxy-client-cert-file=" + p("front-proxy-client.crt"),
+		"--proxy-client-key-file=" + p("front-proxy-client.key"),
+		"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"),
+		"--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-username-headers=X-Remote-User",
+		"--service-account-key-file=" + p("sa.pub"),
+		"--service-account-signing-key-file=" + p("sa.key"),
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,NodeRestriction,PodSecurity,Priority,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook",
+		"--allow-privileged=true",
+		"--default-not-ready-toleration-seconds=" + strconv.Itoa(o.notReadyTolerationSecs),
+		"--default-unreachable-toleration-seconds=" + strconv.Itoa(o.unreachableTolerationSec),
+		"--profiling=false",
+		"--v=" + v,
+	}
+	api, err := spawn(self, "kube-apiserver", apiArgs, logs)
+	if err != nil {
+		return err
+	}
+	children = append(children, api)
+
+	client, err := adminClient(pki)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.readyTimeout)
+	defer cancel()
+	if err := waitFor(ctx, children, sigs, func() bool { return get(client, server+"/readyz") == http.StatusOK }); err != nil {
+		return fmt.Errorf("kube-apiserver /readyz: %w (see %s)", err, filepath.Join(logs, "kube-apiserver.log"))
+	}
+
+	cm, err := spawn(self, "kube-controller-manager", []string{
+		"--kubeconfig=" + filepath.Join(dir, "controller-manager.kubeconfig"),
+		"--authentication-kubeconfig=" + filepath.Join(dir, "controller-manager.kubeconfig"),
+		"--authorization-kubeconfig=" + filepath.Join(dir, "controller-manager.kubeconfig"),
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+		"--leader-elect=false",
+		"--use-service-account-credentials=true",
+		"--service-account-private-key-file=" + p("sa.key"),
+		"--root-ca-file=" + p("ca.crt"),
+		"--cluster-signing-cert-file=" + p("ca.crt"),
+		"--cluster-signing-key-file=" + p("ca.key"),
+		"--controllers=*",
+		"--node-monitor-grace-period=" + o.nodeMonitorGracePeriod.String(),
+		"--node-monitor-period=" + o.nodeMonitorPeriod.String(),
+		"--node-startup-grace-period=" + o.nodeStartupGracePeriod.String(),
+		"--profiling=false",
+		"--v=" + v,
+	}, logs)
+	if err != nil {
+		return err
+	}
+	children = append(children, cm)
+	sched, err := spawn(self, "kube-scheduler", []string{
+		"--kubeconfig=" + filepath.Join(dir, "scheduler.kubeconfig"),
+		"--authentication-kubeconfig=" + filepath.Join(dir, "scheduler.kubeconfig"),
+		"--authorization-kubeconfig=" + filepath.Join(dir, "scheduler.kubeconfig"),
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+		"--leader-elect=false",
+		"--profiling=false",
+		"--v=" + v,
+	}, logs)
+	if err != nil {
+		return err
+	}
+	children = append(children, sched)
+
+	// The default ServiceAccount appears once the controller-manager runs its
+	// controllers; pods cannot be admitted before it exists.
+	if err := waitFor(ctx, children, sigs, func() bool {
+		return get(client, server+"/api/v1/namespaces/default/serviceaccounts/default") == http.StatusOK
+	}); err != nil {
+		return fmt.Errorf("controller-manager did not create the default ServiceAccount: %w (see %s)", err, logs)
+	}
+
+	if err := writeKubeconfig(o.kubeconfig, server, pki, "ca", "admin", "kubernetes-admin"); err != nil {
+		return err
+	}
+	ready, _ := json.Marshal(map[string]any{
+		"pid":        os.Getpid(),
+		"server":     server,
+		"kubeconfig": o.kubeconfig,
+		"version":    kubernetesVersion,
+		"ready_s":    time.Since(started).Seconds(),
+	})
+	if err := os.WriteFile(filepath.Join(dir, "ready.json"), ready, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("ready %s in %.1fs, kubeconfig %s\n", server, time.Since(started).Seconds(), o.kubeconfig)
+
+	// Serve until told to stop; a component that dies ends the cluster, loudly.
+	err = waitFor(context.Background(), children, sigs, func() bool { return false })
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	return err
+}
+
+var errStopped = errors.New("stopped by signal")
+
+// waitFor polls cond until it holds, a child dies, a signal arrives or ctx ends.
+func waitFor(ctx context.Context, children []*child, sigs chan os.Signal, cond func() bool) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if cond() {
+			return nil
+		}
+		for _, c := range children {
+			select {
+			case err := <-c.done:
+				return fmt.Errorf("%s exited: %v", c.name, err)
+			default:
+			}
+		}
+		select {
+		case s := <-sigs:
+			return fmt.Errorf("%w: %s", errStopped, s)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func spawn(self, name string, args []string, logs string) (*child, error) {
+	f, err := os.OpenFile(filepath.Join(logs, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd.Stdout = f
+	cmd.Stderr = f
+	// If the supervisor dies without cleaning up, the kernel kills the child.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan error, 1)}
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		c.done <- err
+	}()
+	return c, nil
+}
+
+func stopAll(children []*child) {
+	// Reverse order: scheduler and controller-manager before the apiserver.
+	for i := len(children) - 1; i >= 0; i-- {
+		c := children[i]
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(10 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+	}
+}
+
+func startEtcd(dataDir string, clientPort, peerPort int) (*embed.Etcd, error) {
+	cfg := embed.NewConfig()
+	cfg.Name = "parkfleet"
+	cfg.Dir = dataDir
+	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", clientPort))
+	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", peerPort))
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	// Test data is thrown away with the folder: durability buys nothing here.
+	cfg.UnsafeNoFsync = true
+	cfg.LogLevel = "error"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, errors.New("not ready after 60s")
+	}
+}
+
+func writePKI(pki string) error {
+	ca, err := newAuthority(pki, "ca", "parkfleet-local-ca")
+	if err != nil {
+		return err
+	}
+	fp, err := newAuthority(pki, "front-proxy-ca", "parkfleet-local-front-proxy-ca")
+	if err != nil {
+		return err
+	}
+	hosts := []string{"127.0.0.1", "10.96.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
+	steps := []func() error{
+		func() error { return ca.issue(pki, "apiserver", "kube-apiserver", nil, hosts) },
+		func() error {
+			return ca.issue(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil)
+		},
+		func() error { return ca.issue(pki, "admin", "kubernetes-admin", []string{"system:masters"}, nil) },
+		func() error { return ca.issue(pki, "controller-manager", "system:kube-controller-manager", nil, nil) },
+		func() error { return ca.issue(pki, "scheduler", "system:kube-scheduler", nil, nil) },
+		func() error { return fp.issue(pki, "front-proxy-client", "front-proxy-client", nil, nil) },
+		func() error { return writeServiceAccountKey(pki) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func adminClient(pki string) (*http.Client, error) {
+	pair, err := tls.LoadX509KeyPair(filepath.Join(pki, "admin.crt"), filepath.Join(pki, "admin.key"))
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(pki, "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}}},
+	}, nil
+}
+
+func get(c *http.Client, u string) int {
+	resp, err := c.Get(u)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}

@@ -1,0 +1,1 @@
+"""The car link's wire protocol (generated from ``carlink.proto``)."""

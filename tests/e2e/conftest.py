@@ -1,0 +1,83 @@
+"""End-to-end fixtures: the real local control plane, started once per session."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client, config
+
+from parkfleet import devcluster
+
+# Short grace periods so that node-lifecycle behaviour shows within seconds.
+NODE_MONITOR_GRACE_S = 10
+E2E_FLAGS = {
+    "node-monitor-grace-period": f"{NODE_MONITOR_GRACE_S}s",
+    "node-monitor-period": "1s",
+    "node-startup-grace-period": "20s",
+    "default-not-ready-toleration-seconds": "30",
+    "default-unreachable-toleration-seconds": "30",
+}
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[devcluster.LocalCluster]:
+    """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+    Started by the same code path as ``make cluster-up``; stopped afterwards
+    with nothing left running and its temporary folder removed, also when a
+    test fails or the run is interrupted (the supervisor dies with us).
+    """
+    if not devcluster.default_binary().exists():
+        pytest.fail(
+            "the local control plane is not built: run `make controlplane` (make test does)"
+        )
+    # The supervisor removes this folder when it stops, also when it is
+    # stopped by the kernel because this test run died.
+    tmp = Path(tempfile.mkdtemp(prefix="parkfleet-e2e-"))
+    try:
+        running = devcluster.start(tmp, remove_dir_on_exit=True, flags=E2E_FLAGS)
+        yield running
+    finally:
+        devcluster.stop(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+async def api(cluster: devcluster.LocalCluster) -> AsyncIterator[client.ApiClient]:
+    """An async Kubernetes API client logged in as the cluster admin."""
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
+    async with client.ApiClient(configuration=cfg) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def kubectl(cluster: devcluster.LocalCluster) -> Kubectl:
+    """Runs the machine's kubectl against the local control plane, as a user would."""
+    return Kubectl(cluster.kubeconfig)
+
+
+class Kubectl:
+    """A thin runner for ``kubectl --kubeconfig ...``."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+        return proc
