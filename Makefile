@@ -52,6 +52,24 @@ cluster-down: ## stop the local control plane and everything it started
 proto: $(VENV)/.installed ## regenerate the car-link protocol code
 	hack/gen-proto.sh
 
+MODELS := .cache/models
+$(MODELS)/digits.json: $(VENV)/.installed operator/parkfleet/models/digits.py
+	$(VENV)/bin/parkfleet model build --out $(MODELS)
+
+.PHONY: model
+model: $(MODELS)/digits.json ## build the digits ONNX model (scikit-learn's bundled data; cached)
+
+.PHONY: bench-gateway
+bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry latency, task round trip
+	$(PY) tests/bench/bench_gateway.py --ramp 1000,5000,10000,19000 --time-cap-s 300
+
+.PHONY: bench-agent
+bench-agent: $(VENV)/.installed model ## items/s through gateway + agent vs raw ONNX Runtime
+	$(PY) tests/bench/bench_agent.py
+
+.PHONY: bench
+bench: bench-gateway bench-agent ## every benchmark; tables printed, JSON under .cache/bench/
+
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff and mypy (strict)
 	$(VENV)/bin/ruff check operator tests

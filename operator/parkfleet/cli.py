@@ -15,7 +15,14 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # Modules that add a subcommand, in the order `parkfleet --help` lists them.
-SUBCOMMAND_MODULES = ("parkfleet.devcluster",)
+SUBCOMMAND_MODULES = (
+    "parkfleet.devcluster",
+    "parkfleet.certs",
+    "parkfleet.gateway.command",
+    "parkfleet.vehicle.agent",
+    "parkfleet.sim.cli",
+    "parkfleet.models.digits",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,387 @@
+"""The fleet's certificates: a CA, the gateway's serving certificate, one per car.
+
+A car's identity is its certificate (decision 4): the common name is the car id and
+its attributes (pool, region, model, hardware, ...) travel in a private X.509
+extension, so the gateway reads them from the verified certificate and never from
+what the car says. Keys are EC P-256.
+
+Files: ``DIR/ca.crt``, ``DIR/ca.key``; ``DIR/gateway.crt``, ``DIR/gateway.key``;
+``DIR/cars/<car_id>.crt``, ``DIR/cars/<car_id>.key``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "ATTRIBUTES_OID",
+    "CARS_DIR",
+    "CA_CERT_FILE",
+    "CA_KEY_FILE",
+    "GATEWAY_CERT_FILE",
+    "GATEWAY_KEY_FILE",
+    "CarIdentity",
+    "FleetCA",
+    "KeyPair",
+    "car_identity",
+    "car_paths",
+    "register",
+]
+
+# A private OID (2.25 = UUID-derived arc, no registration needed) for the extension
+# that carries a car's attributes as canonical JSON.
+ATTRIBUTES_OID = x509.ObjectIdentifier("2.25.184593847152349618260431093842587310195")
+
+CA_CERT_FILE = "ca.crt"
+CA_KEY_FILE = "ca.key"
+GATEWAY_CERT_FILE = "gateway.crt"
+GATEWAY_KEY_FILE = "gateway.key"
+CARS_DIR = "cars"
+
+_CAR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CA_DAYS = 3650
+_LEAF_DAYS = 365
+# Backdating absorbs clock skew between the CA host and the peers.
+_BACKDATE = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A certificate and its private key, both PEM."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+    def save(self, cert_path: Path, key_path: Path) -> None:
+        """Writes both files; the key is readable by its owner only."""
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        cert_path.write_bytes(self.cert_pem)
+        _write_private(key_path, self.key_pem)
+
+
+@dataclass(frozen=True)
+class CarIdentity:
+    """Who a car is, as its certificate says.
+
+    Attributes:
+        car_id: The certificate's common name.
+        attributes: e.g. ``{"pool": ..., "region": ..., "model": ..., "hardware": ...}``.
+    """
+
+    car_id: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _check_car_id(car_id: str) -> None:
+    if not _CAR_ID.match(car_id):
+        raise ValueError(
+            f"car id {car_id!r} must be 1-128 characters of letters, digits, '.', '_', '-'"
+        )
+
+
+class FleetCA:
+    """The fleet's certificate authority: signs the gateway's and the cars' certificates."""
+
+    def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        self._cert = cert
+        self._key = key
+        self._cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def create(cls, common_name: str = "parkfleet fleet CA") -> FleetCA:
+        """Creates a new self-signed CA.
+
+        Args:
+            common_name: The CA's subject common name.
+
+        Returns:
+            The CA, in memory; call :meth:`save` to keep it.
+        """
+        key = _new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _BACKDATE)
+            .not_valid_after(now + dt.timedelta(days=_CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @classmethod
+    def load(cls, directory: Path) -> FleetCA:
+        """Loads ``ca.crt`` and ``ca.key`` from ``directory``."""
+        cert = x509.load_pem_x509_certificate((directory / CA_CERT_FILE).read_bytes())
+        key = serialization.load_pem_private_key(
+            (directory / CA_KEY_FILE).read_bytes(), password=None
+        )
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{directory / CA_KEY_FILE} is not an EC private key")
+        return cls(cert, key)
+
+    def save(self, directory: Path) -> None:
+        """Writes ``ca.crt`` and ``ca.key`` (mode 0600) into ``directory``."""
+        KeyPair(self._cert_pem, _key_pem(self._key)).save(
+            directory / CA_CERT_FILE, directory / CA_KEY_FILE
+        )
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The CA certificate, PEM: the trust root both sides load."""
+        return self._cert_pem
+
+    def _leaf(
+        self,
+        subject: x509.Name,
+        usage: x509.ObjectIdentifier,
+        extensions: Sequence[tuple[x509.ExtensionType, bool]],
+    ) -> KeyPair:
+        key = _new_key()
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _BACKDATE)
+            .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        for ext, critical in extensions:
+            builder = builder.add_extension(ext, critical=critical)
+        cert = builder.sign(self._key, hashes.SHA256())
+        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+    def issue_gateway(self, hosts: Sequence[str]) -> KeyPair:
+        """Issues the gateway's serving certificate.
+
+        Args:
+            hosts: Names and IP addresses the gateway is reached at, e.g.
+                ``["127.0.0.1", "localhost"]``; each becomes a subject alternative name.
+
+        Returns:
+            The serving certificate and key.
+        """
+        if not hosts:
+            raise ValueError("the gateway certificate needs at least one host")
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+        return self._leaf(
+            subject,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            [(x509.SubjectAlternativeName(names), False)],
+        )
+
+    def issue_car(self, car_id: str, attributes: Mapping[str, str]) -> KeyPair:
+        """Issues a car's client certificate.
+
+        Args:
+            car_id: The car's id; becomes the common name.
+            attributes: Attributes such as pool and region, stored in the certificate.
+
+        Returns:
+            The client certificate and key.
+        """
+        _check_car_id(car_id)
+        attrs = {str(k): str(v) for k, v in attributes.items()}
+        payload = json.dumps(attrs, sort_keys=True, separators=(",", ":")).encode()
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "parkfleet"),
+                x509.NameAttribute(NameOID.COMMON_NAME, car_id),
+            ]
+        )
+        return self._leaf(
+            subject,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            [(x509.UnrecognizedExtension(ATTRIBUTES_OID, payload), False)],
+        )
+
+
+def car_identity(cert_pem_or_der: bytes) -> CarIdentity:
+    """Reads a car's identity out of its (already verified) certificate.
+
+    Args:
+        cert_pem_or_der: The certificate, PEM or DER.
+
+    Returns:
+        The car id (common name) and attributes.
+
+    Raises:
+        ValueError: The certificate has no common name or malformed attributes.
+    """
+    if cert_pem_or_der.lstrip().startswith(b"-----BEGIN"):
+        cert = x509.load_pem_x509_certificate(cert_pem_or_der)
+    else:
+        cert = x509.load_der_x509_certificate(cert_pem_or_der)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise ValueError("the certificate has no common name")
+    car_id = names[0].value
+    if isinstance(car_id, bytes):
+        car_id = car_id.decode()
+    attributes: dict[str, str] = {}
+    try:
+        ext = cert.extensions.get_extension_for_oid(ATTRIBUTES_OID)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        value = ext.value
+        if not isinstance(value, x509.UnrecognizedExtension):
+            raise ValueError("car attributes extension has an unexpected type")
+        try:
+            raw: Any = json.loads(value.value)
+        except ValueError as e:
+            raise ValueError(f"car attributes are not JSON: {e}") from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        ):
+            raise ValueError("car attributes must be a JSON object of strings")
+        attributes = raw
+    return CarIdentity(car_id=car_id, attributes=attributes)
+
+
+def car_paths(directory: Path, car_id: str) -> tuple[Path, Path]:
+    """Where ``parkfleet certs car`` writes a car's certificate and key."""
+    return directory / CARS_DIR / f"{car_id}.crt", directory / CARS_DIR / f"{car_id}.key"
+
+
+# ---- CLI -----------------------------------------------------------------------
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    if (directory / CA_KEY_FILE).exists() and not args.force:
+        print(f"{directory / CA_KEY_FILE} exists; keeping it (use --force to replace)")
+        return 0
+    FleetCA.create(args.common_name).save(directory)
+    print(f"wrote {directory / CA_CERT_FILE} and {directory / CA_KEY_FILE}")
+    return 0
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    pair = FleetCA.load(directory).issue_gateway(args.host or ["127.0.0.1", "localhost"])
+    pair.save(directory / GATEWAY_CERT_FILE, directory / GATEWAY_KEY_FILE)
+    print(f"wrote {directory / GATEWAY_CERT_FILE} and {directory / GATEWAY_KEY_FILE}")
+    return 0
+
+
+def _parse_attrs(items: Sequence[str]) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--attr {item!r}: expected KEY=VALUE")
+        attrs[key] = value
+    return attrs
+
+
+def _cmd_car(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    pair = FleetCA.load(directory).issue_car(args.car_id, _parse_attrs(args.attr))
+    cert_path, key_path = car_paths(directory, args.car_id)
+    pair.save(cert_path, key_path)
+    print(f"wrote {cert_path} and {key_path}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``parkfleet certs {init,gateway,car}``."""
+    parser = subparsers.add_parser("certs", help="create the fleet CA and certificates")
+    sub = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("init", help="create the fleet CA (ca.crt, ca.key)")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--common-name", default="parkfleet fleet CA")
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("gateway", help="issue the gateway's serving certificate")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--host", action="append", help="name or IP (repeatable)")
+    p.set_defaults(func=_cmd_gateway)
+
+    p = sub.add_parser("car", help="issue a car's client certificate")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--car-id", required=True)
+    p.add_argument("--attr", action="append", default=[], help="KEY=VALUE (repeatable)")
+    p.set_defaults(func=_cmd_car)

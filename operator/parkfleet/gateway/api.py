@@ -1,0 +1,278 @@
+"""The gateway as an object: what ``parkfleet gateway`` runs, and what the node agent
+of the next issue drives in-process (capacity per cell, submit, cancel, task events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE
+from parkfleet.gateway.events import EventBus
+from parkfleet.gateway.metrics import GatewayMetrics
+from parkfleet.gateway.models import ModelStore
+from parkfleet.gateway.registry import Registry
+from parkfleet.gateway.server import REASON_TELEMETRY_TIMEOUT, CarLinkService
+from parkfleet.gateway.spec import CellCapacity, TaskEvent, TaskSpec, TaskStatus
+from parkfleet.gateway.tasks import TaskManager
+from parkfleet.policy import Policy
+from parkfleet.protocol import carlink_pb2_grpc
+from parkfleet.protocol.limits import server_options
+
+__all__ = ["Gateway", "GatewayConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatewayConfig:
+    """How a gateway runs.
+
+    Attributes:
+        ca_pem: The fleet CA certificate: client certificates must chain to it.
+        cert_pem: The gateway's serving certificate.
+        key_pem: Its key.
+        models_dir: The model store directory.
+        listen: ``host:port`` to listen on (port 0 picks a free one).
+        telemetry_interval_s: Telemetry period told to cars.
+        telemetry_timeout_s: A car silent this long is lost (its stream is closed).
+        hello_timeout_s: Time a new stream has to send Hello.
+        cells_per_pool: Cells a pool's cars are hashed over (without a ``cell`` attribute).
+        grace_s: Default time a task may wait for a car before failing ``NoEligibleCar``.
+        offer_timeout_s: Time a car has to answer an offer.
+        metrics_port: Serve Prometheus metrics on this port (None: not served).
+        pool_floors: Per pool, a policy floor applied to cars that connect.
+        grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
+    """
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    models_dir: Path
+    listen: str = "127.0.0.1:0"
+    telemetry_interval_s: float = 10.0
+    telemetry_timeout_s: float = 30.0
+    hello_timeout_s: float = 10.0
+    cells_per_pool: int = 1
+    grace_s: float = 60.0
+    offer_timeout_s: float = 30.0
+    metrics_port: int | None = None
+    pool_floors: Mapping[str, Policy] = field(default_factory=dict)
+    grpc_options: Sequence[tuple[str, Any]] = ()
+
+    @classmethod
+    def from_certs_dir(cls, certs: Path, models_dir: Path, **kwargs: Any) -> GatewayConfig:
+        """Reads ``ca.crt``, ``gateway.crt`` and ``gateway.key`` (``parkfleet certs``)."""
+        return cls(
+            ca_pem=(certs / CA_CERT_FILE).read_bytes(),
+            cert_pem=(certs / GATEWAY_CERT_FILE).read_bytes(),
+            key_pem=(certs / GATEWAY_KEY_FILE).read_bytes(),
+            models_dir=models_dir,
+            **kwargs,
+        )
+
+
+class Gateway:
+    """A fleet gateway: the CarLink server plus its registry, tasks and models.
+
+    Args:
+        config: How to run.
+        registry: Prometheus registry for its metrics (a fresh one when None).
+    """
+
+    def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics(registry)
+        self.registry = Registry(self.metrics)
+        self.models = ModelStore(config.models_dir)
+        self._bus = EventBus()
+        self._tasks = TaskManager(
+            self.registry,
+            self.metrics,
+            self._bus,
+            grace_s=config.grace_s,
+            offer_timeout_s=config.offer_timeout_s,
+        )
+        self._service = CarLinkService(
+            self.registry,
+            self._tasks,
+            self.models,
+            self.metrics,
+            cells_per_pool=config.cells_per_pool,
+            telemetry_interval_s=config.telemetry_interval_s,
+            hello_timeout_s=config.hello_timeout_s,
+            pool_floors=config.pool_floors,
+        )
+        self._server: grpc.aio.Server | None = None
+        self._port = 0
+        self._loops: list[asyncio.Task[None]] = []
+        self._metrics_server: Any = None
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (after :meth:`start`)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` cars connect to (after :meth:`start`)."""
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self._port}"
+
+    async def start(self) -> None:
+        """Starts listening, placing tasks and watching for silent cars."""
+        options = dict(server_options())
+        options.update(dict(self.config.grpc_options))
+        server = grpc.aio.server(options=list(options.items()))
+        carlink_pb2_grpc.add_CarLinkServicer_to_server(self._service, server)
+        creds = grpc.ssl_server_credentials(
+            [(self.config.key_pem, self.config.cert_pem)],
+            root_certificates=self.config.ca_pem,
+            require_client_auth=True,
+        )
+        self._port = server.add_secure_port(self.config.listen, creds)
+        if self._port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self._server = server
+        if self.config.metrics_port is not None:
+            self._metrics_server = start_http_server(
+                self.config.metrics_port, addr="0.0.0.0", registry=self.metrics.registry
+            )
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self._schedule_loop(), name="gateway-schedule"),
+            loop.create_task(self._sweep_loop(), name="gateway-sweep"),
+        ]
+        log.info("gateway listening on %s", self.address)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stops: open streams get ``grace`` seconds, then everything ends."""
+        for t in self._loops:
+            t.cancel()
+        for t in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._loops = []
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        await self._tasks.close()
+        self._bus.close()
+        if self._metrics_server is not None:
+            server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else None
+            if server is not None:
+                server.shutdown()
+            self._metrics_server = None
+
+    async def wait_for_termination(self) -> None:
+        """Waits until the server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    # ---- the node agent's API ----------------------------------------------------------
+
+    def capacity(self) -> dict[str, CellCapacity]:
+        """Per cell: cars connected / eligible / busy and what eligible idle cars offer."""
+        out: dict[str, CellCapacity] = {}
+        for cell in self.registry.cells.values():
+            gpus = 0
+            memory = 0
+            runtimes: set[str] = set()
+            for car in cell.available.values():
+                gpus += car.gpu_count
+                memory = max(memory, car.gpu_memory_mib)
+                runtimes.update(car.runtimes)
+            out[cell.id] = CellCapacity(
+                cell=cell.id,
+                pool=cell.pool,
+                cars_connected=len(cell.cars),
+                cars_eligible=cell.eligible,
+                cars_busy=cell.busy,
+                gpus_allocatable=gpus,
+                max_gpu_memory_mib=memory,
+                runtimes=frozenset(runtimes),
+            )
+        return out
+
+    def eligible_gpus(self, cell: str) -> int:
+        """GPUs of the cell's eligible cars, busy or not (a Node's allocatable: the
+        scheduler subtracts what pods bound to it already request)."""
+        c = self.registry.cells.get(cell)
+        if c is None:
+            return 0
+        return sum(car.gpu_count for car in c.cars.values() if car.eligible)
+
+    def max_gpu_memory_mib(self, cell: str) -> int:
+        """The largest GPU memory of any car connected to the cell (0 when none)."""
+        c = self.registry.cells.get(cell)
+        if c is None:
+            return 0
+        return max((car.gpu_memory_mib for car in c.cars.values()), default=0)
+
+    async def submit(self, spec: TaskSpec) -> None:
+        """Queues a task for its cell; events follow on :meth:`events`.
+
+        Raises:
+            ValueError: The spec is invalid or its id belongs to a live task.
+        """
+        self._tasks.submit(spec)
+
+    async def cancel(self, task_id: str, reason: str) -> None:
+        """Cancels a task (its car is told to stop); no-op when unknown or ended."""
+        self._tasks.cancel(task_id, reason)
+
+    def events(self) -> AsyncIterator[TaskEvent]:
+        """A new subscription to task events, from now until the gateway stops."""
+        return self._bus.subscribe()
+
+    def task(self, task_id: str) -> TaskStatus | None:
+        """A task's status, or None when unknown."""
+        task = self._tasks.tasks.get(task_id)
+        return task.status() if task is not None else None
+
+    def forget(self, task_id: str) -> None:
+        """Drops an ended task's record (the caller has taken its outcome)."""
+        self._tasks.forget(task_id)
+
+    def set_pool_floor(self, pool: str, floor: Policy | None) -> None:
+        """Sets (or clears) a pool's policy floor for cars that connect from now on."""
+        if floor is None:
+            self._service.pool_floors.pop(pool, None)
+        else:
+            self._service.pool_floors[pool] = floor
+
+    # ---- background loops -------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        kick = self._tasks.kick
+        while True:
+            # Woken on change; the timeout drives grace and offer deadlines. (Not
+            # asyncio.wait_for: on 3.11 it can swallow a cancel that races completion.)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await kick.wait()
+            kick.clear()
+            try:
+                self._tasks.schedule()
+            except Exception:
+                log.exception("scheduling failed")
+
+    async def _sweep_loop(self) -> None:
+        timeout = self.config.telemetry_timeout_s
+        interval = max(0.05, min(timeout / 4, 5.0))
+        details = f"no telemetry for {timeout:g} s"
+        while True:
+            await asyncio.sleep(interval)
+            deadline = time.monotonic() - timeout
+            for car in list(self.registry.silent_since(deadline)):
+                car.close(grpc.StatusCode.UNAVAILABLE, REASON_TELEMETRY_TIMEOUT, details)

@@ -1,0 +1,114 @@
+"""The gateway's Prometheus metrics, on a registry passed in (not only the global one).
+
+Labels are bounded: pool, cell, reason, outcome, kind (message kinds) - never car id.
+Label children are cached so the per-message path does no label lookups.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["CellGauges", "GatewayMetrics"]
+
+_TELEMETRY_BUCKETS = (
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+
+
+_AGE_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class CellGauges:
+    """The per-cell gauges of one cell, resolved once."""
+
+    __slots__ = ("busy", "connected", "eligible")
+
+    def __init__(self, metrics: GatewayMetrics, pool: str, cell: str) -> None:
+        self.connected = metrics.cars_connected.labels(pool, cell)
+        self.eligible = metrics.cars_eligible.labels(pool, cell)
+        self.busy = metrics.cars_busy.labels(pool, cell)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports.
+
+    Args:
+        registry: Where to register them; a fresh one when None.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.cars_connected = Gauge(
+            "parkfleet_gateway_cars_connected", "Cars with an open link.", ["pool", "cell"],
+            registry=r,
+        )  # fmt: skip
+        self.cars_eligible = Gauge(
+            "parkfleet_gateway_cars_eligible",
+            "Connected cars whose owner policy allows work now.",
+            ["pool", "cell"],
+            registry=r,
+        )
+        self.cars_busy = Gauge(
+            "parkfleet_gateway_cars_busy", "Cars holding a task.", ["pool", "cell"], registry=r
+        )
+        self.messages = Counter(
+            "parkfleet_gateway_car_messages_received_total",
+            "Messages received from cars, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.telemetry_seconds = Histogram(
+            "parkfleet_gateway_telemetry_processing_seconds",
+            "Gateway-side time to process one telemetry message.",
+            buckets=_TELEMETRY_BUCKETS,
+            registry=r,
+        )
+        self.telemetry_age = Histogram(
+            "parkfleet_gateway_telemetry_age_seconds",
+            "Time from a telemetry message's car timestamp to its processing here "
+            "(one-way latency incl. queueing; includes clock skew between car and gateway).",
+            buckets=_AGE_BUCKETS,
+            registry=r,
+        )
+        self.streams_closed = Counter(
+            "parkfleet_gateway_streams_closed_total",
+            "Car streams that ended, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.tasks = Counter(
+            "parkfleet_gateway_tasks_total",
+            "Tasks that ended, by pool and outcome.",
+            ["pool", "outcome"],
+            registry=r,
+        )
+        self.task_moves = Counter(
+            "parkfleet_gateway_task_moves_total",
+            "Times a task resumed on another car.",
+            ["pool"],
+            registry=r,
+        )
+        self.result_items = Counter(
+            "parkfleet_gateway_result_items_total",
+            "Items whose results reached a sink.",
+            ["pool"],
+            registry=r,
+        )
+        self.tasks_queued = Gauge(
+            "parkfleet_gateway_tasks_queued", "Tasks waiting for a car.", registry=r
+        )
+        self.model_bytes = Counter(
+            "parkfleet_gateway_model_bytes_sent_total", "Model bytes served.", registry=r
+        )
+        self._message_children: dict[str, Counter] = {}
+
+    def message(self, kind: str) -> None:
+        """Counts one received message of ``kind``."""
+        child = self._message_children.get(kind)
+        if child is None:
+            child = self._message_children[kind] = self.messages.labels(kind)
+        child.inc()

@@ -1,0 +1,86 @@
+"""The gateway's model store: a directory of files named by their sha256 hex digest.
+
+It serves ``FetchModel`` in chunks of at most ``MAX_MODEL_CHUNK_BYTES``. It does not
+re-hash what it serves: the car verifies the digest before loading (decision 5), so
+a corrupted store file is caught where it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from parkfleet.gateway.spec import ModelRef
+from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
+
+__all__ = ["ModelNotFound", "ModelStore"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelNotFound(LookupError):
+    """The store has no model with that digest (or the digest is malformed)."""
+
+
+class ModelStore:
+    """Models by content hash in ``directory``.
+
+    Args:
+        directory: Where the files live; created if missing.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """The file of a model.
+
+        Raises:
+            ModelNotFound: Malformed digest or no such file.
+        """
+        if not _SHA256.match(sha256):
+            raise ModelNotFound(f"{sha256!r} is not a sha256 hex digest")
+        path = self.directory / sha256
+        if not path.is_file():
+            raise ModelNotFound(f"no model {sha256} in the gateway's store")
+        return path
+
+    def add_bytes(self, data: bytes) -> ModelRef:
+        """Stores a model (atomically) and returns its reference."""
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.directory / digest
+        if not target.exists():
+            tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        return ModelRef(sha256=digest, uri="gateway:", size_bytes=len(data))
+
+    def add_file(self, path: Path) -> ModelRef:
+        """Stores a copy of a model file and returns its reference."""
+        return self.add_bytes(path.read_bytes())
+
+    async def chunks(self, sha256: str) -> AsyncIterator[pb.ModelChunk]:
+        """The model's bytes as wire chunks, read off the event loop.
+
+        Raises:
+            ModelNotFound: Malformed digest or no such model.
+        """
+        path = self.path(sha256)
+        f = await asyncio.to_thread(path.open, "rb")
+        try:
+            total = os.fstat(f.fileno()).st_size
+            offset = 0
+            while True:
+                data = await asyncio.to_thread(f.read, MAX_MODEL_CHUNK_BYTES)
+                if not data:
+                    break
+                yield pb.ModelChunk(offset=offset, total_size=total, data=data)
+                offset += len(data)
+        finally:
+            f.close()

@@ -1,0 +1,236 @@
+"""The registry of connected cars, grouped by cell, with their latest telemetry.
+
+Per-car state is one slotted object (tens of thousands live in one process); shared
+values such as runtime sets and policies are interned. Each cell keeps the set of
+cars that could take a task right now (eligible and idle), so placement never scans
+a whole cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from parkfleet.gateway.metrics import CellGauges, GatewayMetrics
+from parkfleet.policy import Conditions, Eligibility, Policy, Verdict
+from parkfleet.protocol import carlink_pb2 as pb
+
+if TYPE_CHECKING:
+    from parkfleet.gateway.tasks import Task
+
+__all__ = ["REASON_NO_TELEMETRY", "CarState", "Cell", "Registry"]
+
+REASON_NO_TELEMETRY = "NoTelemetry"
+
+_T = TypeVar("_T")
+
+
+class CarState:
+    """One connected car."""
+
+    __slots__ = (
+        "car_id",
+        "cell",
+        "close_code",
+        "close_details",
+        "close_reason",
+        "context",
+        "eligibility",
+        "eligible",
+        "free_gpu_memory_mib",
+        "gpu_count",
+        "gpu_memory_mib",
+        "handler",
+        "last_seen",
+        "link_quality",
+        "lock",
+        "reason",
+        "runtimes",
+        "soc_percent",
+        "task",
+    )
+
+    def __init__(
+        self,
+        car_id: str,
+        cell: Cell,
+        context: grpc.aio.ServicerContext[Any, Any] | None,
+        handler: asyncio.Task[Any] | None,
+        gpu_count: int,
+        gpu_memory_mib: int,
+        runtimes: frozenset[str],
+        eligibility: Eligibility,
+    ) -> None:
+        self.car_id = car_id
+        self.cell = cell
+        self.context = context
+        # The stream handler's task: cancelling it (after setting close_code) closes
+        # the car's stream with that status.
+        self.handler = handler
+        self.gpu_count = gpu_count
+        self.gpu_memory_mib = gpu_memory_mib
+        self.runtimes = runtimes
+        self.eligibility = eligibility
+        self.eligible = False
+        self.reason = REASON_NO_TELEMETRY
+        self.free_gpu_memory_mib = 0
+        self.soc_percent = 0.0
+        self.link_quality = 0.0
+        self.last_seen = time.monotonic()
+        self.task: Task | None = None
+        self.lock: asyncio.Lock | None = None
+        self.close_code: grpc.StatusCode | None = None
+        self.close_details = ""
+        self.close_reason = ""
+
+    async def send(self, msg: pb.GatewayMessage) -> None:
+        """Writes one message to the car; concurrent writers take turns."""
+        if self.context is None:
+            raise ConnectionError(f"car {self.car_id} has no stream")
+        if self.lock is None:
+            # Created on first use: most cars never have concurrent writers.
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            await self.context.write(msg)
+
+    def close(self, code: grpc.StatusCode, reason: str, details: str) -> None:
+        """Closes the car's stream with a status (from outside its handler).
+
+        Args:
+            code: The status the car sees.
+            reason: A CamelCase reason for metrics and task events.
+            details: The status message the car sees.
+        """
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self.close_details = details
+        if self.handler is not None and not self.handler.done():
+            self.handler.cancel()
+
+
+class Cell:
+    """The cars of one cell and its counters."""
+
+    __slots__ = ("available", "busy", "cars", "eligible", "gauges", "id", "pool")
+
+    def __init__(self, cell_id: str, pool: str, gauges: CellGauges) -> None:
+        self.id = cell_id
+        self.pool = pool
+        self.cars: dict[str, CarState] = {}
+        # Eligible and idle: the placement candidates.
+        self.available: dict[str, CarState] = {}
+        self.eligible = 0
+        self.busy = 0
+        self.gauges = gauges
+
+
+class Registry:
+    """Connected cars by id and by cell.
+
+    Args:
+        metrics: Where cell gauges live.
+    """
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self.cars: dict[str, CarState] = {}
+        self.cells: dict[str, Cell] = {}
+        self._interned: dict[Any, Any] = {}
+
+    def intern(self, value: _T) -> _T:
+        """One shared instance per distinct hashable value (runtime sets, policies)."""
+        got: _T = self._interned.setdefault(value, value)
+        return got
+
+    def cell(self, cell_id: str, pool: str) -> Cell:
+        """The cell, created on first use."""
+        cell = self.cells.get(cell_id)
+        if cell is None:
+            cell = self.cells[cell_id] = Cell(
+                cell_id, pool, CellGauges(self._metrics, pool, cell_id)
+            )
+        return cell
+
+    def add(self, car: CarState) -> CarState | None:
+        """Registers a car; returns the car it replaces (same id, older stream), if any."""
+        old = self.cars.get(car.car_id)
+        if old is not None:
+            self.remove(old)
+        self.cars[car.car_id] = car
+        car.cell.cars[car.car_id] = car
+        car.cell.gauges.connected.inc()
+        return old
+
+    def remove(self, car: CarState) -> bool:
+        """Unregisters a car; False when it was not (or no longer) registered."""
+        if self.cars.get(car.car_id) is not car:
+            return False
+        del self.cars[car.car_id]
+        cell = car.cell
+        del cell.cars[car.car_id]
+        cell.available.pop(car.car_id, None)
+        cell.gauges.connected.dec()
+        if car.eligible:
+            cell.eligible -= 1
+            cell.gauges.eligible.dec()
+        if car.task is not None:
+            cell.busy -= 1
+            cell.gauges.busy.dec()
+        return True
+
+    def is_current(self, car: CarState) -> bool:
+        """Whether ``car`` is the registered stream for its id."""
+        return self.cars.get(car.car_id) is car
+
+    def update_telemetry(self, car: CarState, t: pb.Telemetry) -> Verdict | None:
+        """Takes a telemetry message; returns the new verdict when eligibility changed."""
+        car.last_seen = time.monotonic()
+        car.free_gpu_memory_mib = t.free_gpu_memory_mib
+        car.soc_percent = t.soc_percent
+        car.link_quality = t.link_quality
+        verdict = car.eligibility.update(Conditions.from_telemetry(t))
+        if verdict.eligible == car.eligible and verdict.reason == car.reason:
+            return None
+        was = car.eligible
+        car.eligible = verdict.eligible
+        car.reason = verdict.reason
+        if was != verdict.eligible and self.is_current(car):
+            cell = car.cell
+            if verdict.eligible:
+                cell.eligible += 1
+                cell.gauges.eligible.inc()
+            else:
+                cell.eligible -= 1
+                cell.gauges.eligible.dec()
+            self._refresh_available(car)
+        return verdict
+
+    def set_policy(self, car: CarState, policy: Policy) -> None:
+        """Replaces a car's policy (e.g. a new pool floor); hysteresis state restarts."""
+        car.eligibility = Eligibility(self.intern(policy))
+
+    def set_task(self, car: CarState, task: Task | None) -> None:
+        """Marks the car busy with ``task`` or idle (None)."""
+        before = car.task is not None
+        car.task = task
+        after = task is not None
+        if before != after and self.is_current(car):
+            delta = 1 if after else -1
+            car.cell.busy += delta
+            car.cell.gauges.busy.inc(delta)
+            self._refresh_available(car)
+
+    def _refresh_available(self, car: CarState) -> None:
+        if car.eligible and car.task is None:
+            car.cell.available[car.car_id] = car
+        else:
+            car.cell.available.pop(car.car_id, None)
+
+    def silent_since(self, deadline: float) -> Iterator[CarState]:
+        """Cars whose last telemetry (or hello) is older than ``deadline`` (monotonic)."""
+        return (car for car in self.cars.values() if car.last_seen < deadline)

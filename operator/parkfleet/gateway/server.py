@@ -1,0 +1,251 @@
+"""The CarLink gRPC service: one stream per car, identity from its certificate only.
+
+Everything a car sends is checked; a violation closes that car's stream with a
+status that says why (INVALID_ARGUMENT for malformed messages, FAILED_PRECONDITION
+for a protocol version this gateway does not speak, PERMISSION_DENIED for identity),
+never the gateway. Oversized messages never reach this code: gRPC's own receive
+limit (from :mod:`parkfleet.protocol.limits`) ends the stream with RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias
+
+import grpc
+
+from parkfleet.certs import CarIdentity, car_identity
+from parkfleet.gateway.cells import DEFAULT_POOL, cell_of
+from parkfleet.gateway.metrics import GatewayMetrics
+from parkfleet.gateway.models import ModelNotFound, ModelStore
+from parkfleet.gateway.registry import CarState, Registry
+from parkfleet.gateway.tasks import TaskManager
+from parkfleet.policy import Eligibility, Policy
+from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol import carlink_pb2_grpc
+from parkfleet.protocol.limits import (
+    MAX_MESSAGE_BYTES,
+    ProtocolViolation,
+    check_protocol_version,
+    validate_car_message,
+)
+
+__all__ = [
+    "REASON_LINK_CLOSED",
+    "REASON_PROTOCOL_VIOLATION",
+    "REASON_REPLACED",
+    "REASON_TELEMETRY_TIMEOUT",
+    "CarLinkService",
+]
+
+log = logging.getLogger(__name__)
+
+REASON_LINK_CLOSED = "LinkClosed"
+REASON_PROTOCOL_VIOLATION = "ProtocolViolation"
+REASON_TELEMETRY_TIMEOUT = "TelemetryTimeout"
+REASON_REPLACED = "Reconnected"
+# grpc ships no type hints (mypy sees Any); the alias documents what flows.
+_Context: TypeAlias = "grpc.aio.ServicerContext[pb.CarMessage, pb.GatewayMessage]"
+
+
+class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
+    """Serves ``CarLink``.
+
+    Args:
+        registry: Connected cars.
+        tasks: Task placement and follow-up.
+        models: The model store behind ``FetchModel``.
+        metrics: Where to count.
+        cells_per_pool: Cells a pool's cars are hashed over (without a ``cell`` attribute).
+        telemetry_interval_s: Told to cars in Welcome.
+        hello_timeout_s: How long a new stream may take to send Hello.
+        pool_floors: Per pool, a policy the owner policies are tightened to.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        tasks: TaskManager,
+        models: ModelStore,
+        metrics: GatewayMetrics,
+        *,
+        cells_per_pool: int = 1,
+        telemetry_interval_s: float = 10.0,
+        hello_timeout_s: float = 10.0,
+        pool_floors: Mapping[str, Policy] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._tasks = tasks
+        self._models = models
+        self._metrics = metrics
+        self.cells_per_pool = cells_per_pool
+        self.telemetry_interval_s = telemetry_interval_s
+        self.hello_timeout_s = hello_timeout_s
+        self.pool_floors: dict[str, Policy] = dict(pool_floors or {})
+
+    def policy_for(self, pool: str, owner: Policy) -> Policy:
+        """The policy a car of ``pool`` works under: its owner's, tightened by the floor."""
+        floor = self.pool_floors.get(pool)
+        return owner.stricter(floor) if floor is not None else owner
+
+    async def _identity(self, context: _Context) -> CarIdentity:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no client certificate")
+        try:
+            return car_identity(certs[0])
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unusable certificate: {e}")
+        raise AssertionError("unreachable")  # abort raises
+
+    async def Connect(  # type: ignore[override]  # read/write handler, no iterator
+        self, request_iterator: AsyncIterator[pb.CarMessage], context: _Context
+    ) -> None:
+        """One car's link, from Hello until it ends."""
+        identity = await self._identity(context)
+        try:
+            async with asyncio.timeout(self.hello_timeout_s):
+                first = await context.read()
+        except TimeoutError:
+            self._metrics.streams_closed.labels("HelloTimeout").inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {self.hello_timeout_s:g} s"
+            )
+        if first is grpc.aio.EOF:
+            return
+        assert isinstance(first, pb.CarMessage)
+        car = await self._admit(identity, first, context)
+        if car is None:
+            return
+        reason = REASON_LINK_CLOSED
+        details = "the car closed its stream"
+        code: grpc.StatusCode | None = None
+        try:
+            await car.send(
+                pb.GatewayMessage(
+                    welcome=pb.Welcome(
+                        car_id=car.car_id,
+                        cell=car.cell.id,
+                        protocol_version=pb.PROTOCOL_VERSION,
+                        telemetry_interval_s=self.telemetry_interval_s,
+                        max_message_bytes=MAX_MESSAGE_BYTES,
+                    )
+                )
+            )
+            await self._serve(car, context)
+        except ProtocolViolation as e:
+            code, reason, details = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                REASON_PROTOCOL_VIOLATION,
+                str(e),
+            )
+        except asyncio.CancelledError:
+            if car.close_code is None:
+                reason, details = "Shutdown", "the gateway is stopping"
+                raise
+            code, reason, details = car.close_code, car.close_reason, car.close_details
+        except Exception as e:  # a broken stream (e.g. reset by the peer) ends this car only
+            reason, details = REASON_LINK_CLOSED, f"stream error: {e!r}"
+        finally:
+            self._registry.remove(car)
+            self._tasks.car_lost(car, reason, details)
+            self._metrics.streams_closed.labels(reason).inc()
+        if code is not None:
+            await context.abort(code, details)
+
+    async def _admit(
+        self, identity: CarIdentity, first: pb.CarMessage, context: _Context
+    ) -> CarState | None:
+        """Checks Hello and registers the car; aborts the stream when it must not join."""
+        try:
+            kind = validate_car_message(first)
+            if kind != "hello":
+                raise ProtocolViolation(f"the first message must be Hello, not {kind}")
+        except ProtocolViolation as e:
+            self._metrics.streams_closed.labels(REASON_PROTOCOL_VIOLATION).inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        hello = first.hello
+        try:
+            check_protocol_version(hello.protocol_version)
+        except ProtocolViolation as e:
+            self._metrics.streams_closed.labels("VersionMismatch").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        if hello.car_id and hello.car_id != identity.car_id:
+            self._metrics.streams_closed.labels("IdentityMismatch").inc()
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Hello claims car id {hello.car_id!r} but the client certificate is for "
+                f"{identity.car_id!r}; a car can only speak for itself",
+            )
+        self._metrics.message("hello")
+        pool = identity.attributes.get("pool") or DEFAULT_POOL
+        cell = self._registry.cell(
+            cell_of(identity.car_id, identity.attributes, self.cells_per_pool), pool
+        )
+        caps = hello.capabilities
+        policy = self.policy_for(pool, Policy.from_proto(hello.policy))
+        car = CarState(
+            car_id=identity.car_id,
+            cell=cell,
+            context=context,
+            handler=asyncio.current_task(),
+            gpu_count=caps.gpu_count or 1,
+            gpu_memory_mib=caps.gpu_memory_mib,
+            runtimes=self._registry.intern(frozenset(caps.runtimes)),
+            eligibility=Eligibility(self._registry.intern(policy)),
+        )
+        old = self._registry.add(car)
+        if old is not None:
+            self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")
+            old.close(
+                grpc.StatusCode.ALREADY_EXISTS,
+                REASON_REPLACED,
+                "replaced by a newer connection of the same car",
+            )
+        return car
+
+    async def _serve(self, car: CarState, context: _Context) -> None:
+        registry = self._registry
+        tasks = self._tasks
+        metrics = self._metrics
+        observe = metrics.telemetry_seconds.observe
+        observe_age = metrics.telemetry_age.observe
+        wall = time.time
+        count = metrics.message
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            assert isinstance(msg, pb.CarMessage)
+            t0 = time.perf_counter()
+            kind = validate_car_message(msg)
+            count(kind)
+            if kind == "telemetry":
+                verdict = registry.update_telemetry(car, msg.telemetry)
+                if verdict is not None:
+                    if verdict.eligible:
+                        tasks.car_available()
+                    elif car.task is not None:
+                        tasks.car_ineligible(car, verdict.reason, verdict.message)
+                observe(time.perf_counter() - t0)
+                sent_ms = msg.telemetry.unix_time_ms
+                if sent_ms:
+                    observe_age(max(0.0, wall() - sent_ms / 1000.0))
+            elif kind == "hello":
+                raise ProtocolViolation("Hello may be sent only once per stream")
+            else:
+                await tasks.on_message(car, kind, msg)
+
+    async def FetchModel(
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ModelChunk]:
+        """Streams a model from the store by its sha256."""
+        try:
+            async for chunk in self._models.chunks(request.sha256):
+                self._metrics.model_bytes.inc(len(chunk.data))
+                yield chunk
+        except ModelNotFound as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))

@@ -1,0 +1,613 @@
+"""Tasks: submit -> offered -> running (checkpoints) -> succeeded / failed.
+
+A car that is lost, refuses, or stops for its owner's policy gives the task back; the
+task resumes on another car of the same cell with ``attempt + 1`` from the first
+item whose result has not reached the sink (at or after its last checkpoint), so the
+sink sees every item exactly once. A task no car can take within its grace period
+fails with ``NoEligibleCar``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import numpy as np
+
+from parkfleet.gateway.events import EventBus
+from parkfleet.gateway.metrics import GatewayMetrics
+from parkfleet.gateway.placement import choose_car
+from parkfleet.gateway.registry import CarState, Registry
+from parkfleet.gateway.spec import EventKind, TaskEvent, TaskSpec, TaskState, TaskStatus
+from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.limits import (
+    MAX_TENSOR_BYTES,
+    ProtocolViolation,
+    check_text,
+    tensor_from_proto,
+    tensor_to_proto,
+)
+
+__all__ = [
+    "REASON_CANCELLED",
+    "REASON_INPUT_ERROR",
+    "REASON_NO_ELIGIBLE_CAR",
+    "REASON_OFFER_TIMEOUT",
+    "REASON_SINK_ERROR",
+    "Task",
+    "TaskManager",
+]
+
+log = logging.getLogger(__name__)
+
+REASON_NO_ELIGIBLE_CAR = "NoEligibleCar"
+REASON_OFFER_TIMEOUT = "OfferTimeout"
+REASON_INPUT_ERROR = "InputError"
+REASON_SINK_ERROR = "SinkError"
+REASON_CANCELLED = "Cancelled"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TERMINAL: frozenset[TaskState] = frozenset({"Succeeded", "Failed", "Cancelled"})
+
+
+class Task:
+    """The gateway's state of one task."""
+
+    __slots__ = (
+        "attempt",
+        "car",
+        "cars",
+        "checkpoint",
+        "delivered",
+        "energy_modelled",
+        "energy_wh",
+        "message",
+        "moves",
+        "offered_at",
+        "pool",
+        "previous_car",
+        "queued_at",
+        "reason",
+        "refused_by",
+        "spec",
+        "state",
+    )
+
+    def __init__(self, spec: TaskSpec, pool: str) -> None:
+        self.spec = spec
+        self.pool = pool
+        self.state: TaskState = "Queued"
+        self.attempt = 0
+        self.car: CarState | None = None
+        # First item still to do according to the car's last checkpoint.
+        self.checkpoint = spec.item_start
+        # First item whose result has not reached the sink; resume point.
+        self.delivered = spec.item_start
+        self.queued_at = time.monotonic()
+        self.offered_at = 0.0
+        self.refused_by: set[str] = set()
+        self.reason = ""
+        self.message = ""
+        self.energy_wh = 0.0
+        self.energy_modelled = False
+        self.cars: list[str] = []
+        self.moves = 0
+        self.previous_car = ""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the task has ended."""
+        return self.state in _TERMINAL
+
+    def status(self) -> TaskStatus:
+        """A snapshot."""
+        return TaskStatus(
+            task_id=self.spec.task_id,
+            cell=self.spec.cell,
+            state=self.state,
+            attempt=self.attempt,
+            car_id=self.car.car_id if self.car is not None else "",
+            items_done=self.delivered - self.spec.item_start,
+            checkpoint=self.checkpoint,
+            cars=tuple(self.cars),
+            moves=self.moves,
+            reason=self.reason,
+            message=self.message,
+            energy_wh=self.energy_wh,
+            energy_modelled=self.energy_modelled,
+        )
+
+
+def _check_spec(spec: TaskSpec) -> None:
+    problems = []
+    if not spec.task_id:
+        problems.append("task_id is empty")
+    try:
+        check_text(spec.task_id, "task_id")
+    except ProtocolViolation as e:
+        problems.append(str(e))
+    if not spec.cell:
+        problems.append("cell is empty")
+    if not spec.runtime:
+        problems.append("runtime is empty")
+    if not _SHA256.match(spec.model.sha256):
+        problems.append(f"model sha256 {spec.model.sha256!r} is not 64 lowercase hex digits")
+    if not spec.input_name:
+        problems.append("input_name is empty")
+    if not spec.output_names:
+        problems.append("output_names is empty")
+    if spec.batch_size < 1:
+        problems.append(f"batch_size {spec.batch_size} < 1")
+    if not 0 <= spec.item_start < spec.item_end:
+        problems.append(f"item range [{spec.item_start}, {spec.item_end}) is empty or negative")
+    if spec.gpu_memory_mib < 0:
+        problems.append("gpu_memory_mib < 0")
+    if problems:
+        raise ValueError(f"task {spec.task_id!r}: " + "; ".join(problems))
+
+
+class TaskManager:
+    """Places tasks on cars and follows them to the end.
+
+    Args:
+        registry: The connected cars.
+        metrics: Where to count.
+        bus: Where task events go.
+        grace_s: Default time a task may wait for a car before failing.
+        offer_timeout_s: Time a car has to accept or refuse an offer.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: GatewayMetrics,
+        bus: EventBus,
+        grace_s: float = 60.0,
+        offer_timeout_s: float = 30.0,
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._bus = bus
+        self.grace_s = grace_s
+        self.offer_timeout_s = offer_timeout_s
+        self.tasks: dict[str, Task] = {}
+        self._queued: dict[str, Task] = {}
+        self._offered: dict[str, Task] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.kick = asyncio.Event()
+
+    # ---- API ---------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> Task:
+        """Queues a task for its cell.
+
+        Raises:
+            ValueError: The spec is invalid or the id is taken by a live task.
+        """
+        _check_spec(spec)
+        old = self.tasks.get(spec.task_id)
+        if old is not None and not old.terminal:
+            raise ValueError(f"task {spec.task_id!r} already exists ({old.state})")
+        cell = self._registry.cells.get(spec.cell)
+        pool = cell.pool if cell is not None else spec.cell.rsplit("-", 1)[0]
+        task = Task(spec, pool)
+        self.tasks[spec.task_id] = task
+        self._enqueue(task)
+        return task
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        """Cancels a task; False when unknown or already ended."""
+        task = self.tasks.get(task_id)
+        if task is None or task.terminal:
+            return False
+        car = task.car
+        if car is not None:
+            self._cancel_on_car(task, car, reason)
+            self._release(task)
+        self._queued.pop(task_id, None)
+        self._update_queued_gauge()
+        task.state = "Cancelled"
+        task.reason = REASON_CANCELLED
+        task.message = reason
+        self._metrics.tasks.labels(task.pool, "Cancelled").inc()
+        self._emit(task, "cancelled", reason=REASON_CANCELLED, message=reason)
+        return True
+
+    def forget(self, task_id: str) -> None:
+        """Drops an ended task's record."""
+        task = self.tasks.get(task_id)
+        if task is not None and task.terminal:
+            del self.tasks[task_id]
+
+    async def close(self) -> None:
+        """Stops background senders."""
+        for t in list(self._background):
+            t.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # ---- scheduling ------------------------------------------------------------------
+
+    def schedule(self, now: float | None = None) -> None:
+        """Places queued tasks on available cars; fails or re-queues those out of time."""
+        now = time.monotonic() if now is None else now
+        for task in list(self._offered.values()):
+            if now - task.offered_at > self.offer_timeout_s and task.car is not None:
+                car = task.car
+                self._cancel_on_car(task, car, REASON_OFFER_TIMEOUT)
+                task.refused_by.add(car.car_id)
+                self._give_back(
+                    task, "refused", REASON_OFFER_TIMEOUT, "the car did not answer the offer"
+                )
+        for task in list(self._queued.values()):
+            spec = task.spec
+            cell = self._registry.cells.get(spec.cell)
+            chosen = None
+            if cell is not None and cell.available:
+                chosen = choose_car(
+                    cell.available.values(), spec.runtime, spec.gpu_memory_mib, task.refused_by
+                )
+            if chosen is not None:
+                self._offer(task, chosen)
+                continue
+            grace = spec.grace_s if spec.grace_s is not None else self.grace_s
+            if now - task.queued_at >= grace:
+                del self._queued[spec.task_id]
+                self._update_queued_gauge()
+                detail = f"no eligible car in cell {spec.cell} took it within {grace:g} s"
+                if task.reason:
+                    detail += f" (last: {task.reason}: {task.message})"
+                self._finish_failed(task, REASON_NO_ELIGIBLE_CAR, detail)
+
+    def _enqueue(self, task: Task) -> None:
+        task.state = "Queued"
+        task.queued_at = time.monotonic()
+        self._queued[task.spec.task_id] = task
+        self._update_queued_gauge()
+        self.kick.set()
+
+    def _update_queued_gauge(self) -> None:
+        self._metrics.tasks_queued.set(len(self._queued))
+
+    def _offer(self, task: Task, car: CarState) -> None:
+        del self._queued[task.spec.task_id]
+        self._update_queued_gauge()
+        task.attempt += 1
+        task.car = car
+        task.state = "Offered"
+        task.offered_at = time.monotonic()
+        task.cars.append(car.car_id)
+        self._offered[task.spec.task_id] = task
+        self._registry.set_task(car, task)
+        if task.previous_car:
+            task.moves += 1
+            self._metrics.task_moves.labels(task.pool).inc()
+            self._emit(task, "moved", from_car=task.previous_car, reason=task.reason)
+        self._emit(task, "placed")
+        self._spawn(self._send_offer(task, car, task.attempt))
+
+    async def _send_offer(self, task: Task, car: CarState, attempt: int) -> None:
+        spec = task.spec
+        start = task.delivered
+        offer = pb.TaskOffer(
+            task_id=spec.task_id,
+            attempt=attempt,
+            runtime=spec.runtime,
+            model=pb.ModelRef(
+                uri=spec.model.uri, sha256=spec.model.sha256, size_bytes=spec.model.size_bytes
+            ),
+            input_name=spec.input_name,
+            output_names=list(spec.output_names),
+            batch_size=spec.batch_size,
+            item_start=spec.item_start,
+            item_end=spec.item_end,
+            resume_from=start,
+            gpu_memory_mib=spec.gpu_memory_mib,
+            checkpoint_interval_s=spec.checkpoint_interval_s,
+        )
+        try:
+            await car.send(pb.GatewayMessage(offer=offer))
+            step = spec.batch_size
+            sized = False
+            while start < spec.item_end:
+                if task.attempt != attempt or task.car is not car:
+                    return
+                n = min(step, spec.item_end - start)
+                try:
+                    array = await self._read(task, start, start + n)
+                    chunk = tensor_to_proto(spec.input_name, array)
+                except (ProtocolViolation, ValueError, TypeError, OSError) as e:
+                    if task.attempt == attempt and task.car is car:
+                        self._cancel_on_car(task, car, REASON_INPUT_ERROR)
+                        self._release(task)
+                        self._finish_failed(task, REASON_INPUT_ERROR, str(e))
+                    return
+                if not sized:
+                    # Chunks as large as the bound allows (whole batches when possible).
+                    per_item = max(1, array.nbytes // n)
+                    step = max(1, MAX_TENSOR_BYTES // per_item)
+                    if step >= spec.batch_size:
+                        step -= step % spec.batch_size
+                    sized = True
+                last = start + n == spec.item_end
+                await car.send(
+                    pb.GatewayMessage(
+                        input=pb.InputChunk(
+                            task_id=spec.task_id,
+                            attempt=attempt,
+                            first_item=start,
+                            tensor=chunk,
+                            last=last,
+                        )
+                    )
+                )
+                start += n
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the car's stream went away: its handler re-queues
+            log.debug("sending task %s to car %s stopped: %r", spec.task_id, car.car_id, e)
+
+    async def _read(self, task: Task, start: int, end: int) -> np.ndarray:
+        got = task.spec.inputs.read(start, end)
+        array = await got if inspect.isawaitable(got) else got
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"input source returned {type(array).__name__}, not an array")
+        if array.ndim < 1 or array.shape[0] != end - start:
+            raise ValueError(
+                f"input source returned shape {array.shape} for items [{start}, {end})"
+            )
+        return array
+
+    # ---- car side --------------------------------------------------------------------
+
+    def car_lost(self, car: CarState, reason: str, message: str) -> None:
+        """The car's stream ended (or it went silent): its task goes back to the queue."""
+        task = car.task
+        if task is None:
+            return
+        self._give_back(task, "lost", reason, message)
+
+    def car_ineligible(self, car: CarState, reason: str, message: str) -> None:
+        """The car's owner policy no longer allows work: stop its task and move it."""
+        task = car.task
+        if task is None:
+            return
+        self._cancel_on_car(task, car, reason)
+        self._give_back(task, "lost", reason, message)
+
+    def car_available(self) -> None:
+        """A car became eligible and idle: try to place queued tasks."""
+        if self._queued:
+            self.kick.set()
+
+    def _task_for(self, car: CarState, task_id: str, attempt: int) -> Task | None:
+        """The task a car message is about; None when the message is stale."""
+        task = self.tasks.get(task_id)
+        if task is None or car.car_id not in task.cars:
+            raise ProtocolViolation(f"unknown task id {task_id!r}: it was never offered to you")
+        if task.car is not car or task.attempt != attempt or task.terminal:
+            return None
+        return task
+
+    async def on_message(self, car: CarState, kind: str, msg: pb.CarMessage) -> None:
+        """Handles a task message from a car.
+
+        Raises:
+            ProtocolViolation: The message breaks the protocol; the car's stream closes.
+        """
+        if kind == "result":
+            await self._on_result(car, msg.result)
+        elif kind == "checkpoint":
+            c = msg.checkpoint
+            task = self._task_for(car, c.task_id, c.attempt)
+            if task is None:
+                return
+            if not task.spec.item_start <= c.next_item <= task.delivered:
+                raise ProtocolViolation(
+                    f"checkpoint at item {c.next_item} of task {c.task_id!r}, but results "
+                    f"were delivered up to item {task.delivered} only"
+                )
+            self._mark_running(task)
+            if c.next_item > task.checkpoint:
+                task.checkpoint = c.next_item
+                self._emit(task, "checkpoint")
+        elif kind == "progress":
+            p = msg.progress
+            task = self._task_for(car, p.task_id, p.attempt)
+            if task is None:
+                return
+            if not task.spec.item_start <= p.items_done <= task.spec.item_end:
+                raise ProtocolViolation(
+                    f"progress at item {p.items_done} is outside task {p.task_id!r}'s range "
+                    f"[{task.spec.item_start}, {task.spec.item_end})"
+                )
+            self._mark_running(task)
+            self._emit(task, "progress", message=f"{p.items_per_second:.1f} items/s")
+        elif kind == "accept":
+            a = msg.accept
+            task = self._task_for(car, a.task_id, a.attempt)
+            if task is not None and task.state == "Offered":
+                self._mark_running(task)
+        elif kind == "refuse":
+            r = msg.refuse
+            task = self._task_for(car, r.task_id, r.attempt)
+            if task is not None:
+                task.refused_by.add(car.car_id)
+                self._give_back(task, "refused", r.reason or "Refused", r.message)
+        elif kind == "log":
+            lg = msg.log
+            task = self._task_for(car, lg.task_id, lg.attempt)
+            if task is not None:
+                self._emit(task, "log", lines=tuple(lg.lines))
+        elif kind == "done":
+            await self._on_done(car, msg.done)
+        elif kind == "failed":
+            f = msg.failed
+            task = self._task_for(car, f.task_id, f.attempt)
+            if task is None:
+                return
+            task.energy_wh += f.energy_wh
+            task.energy_modelled |= f.energy_modelled
+            if task.spec.item_start <= f.next_item <= task.delivered:
+                task.checkpoint = max(task.checkpoint, f.next_item)
+            reason = f.reason or "Failed"
+            if f.retriable:
+                self._give_back(task, "lost", reason, f.message)
+            else:
+                self._release(task)
+                self._finish_failed(task, reason, f.message)
+
+    def _mark_running(self, task: Task) -> None:
+        if task.state == "Offered":
+            task.state = "Running"
+            self._offered.pop(task.spec.task_id, None)
+            self._emit(task, "accepted")
+
+    async def _on_result(self, car: CarState, r: pb.ResultChunk) -> None:
+        task = self._task_for(car, r.task_id, r.attempt)
+        if task is None:
+            return
+        spec = task.spec
+        outputs: dict[str, np.ndarray] = {}
+        n = -1
+        for t in r.outputs:
+            if t.name not in spec.output_names:
+                raise ProtocolViolation(f"result output {t.name!r} was not asked for")
+            if t.name in outputs:
+                raise ProtocolViolation(f"result output {t.name!r} appears twice")
+            array = tensor_from_proto(t)
+            if array.ndim < 1:
+                raise ProtocolViolation(f"result output {t.name!r} is a scalar, not items")
+            if n == -1:
+                n = array.shape[0]
+            elif array.shape[0] != n:
+                raise ProtocolViolation("result outputs disagree on the number of items")
+            outputs[t.name] = array
+        if len(outputs) != len(spec.output_names):
+            missing = sorted(set(spec.output_names) - outputs.keys())
+            raise ProtocolViolation(f"result lacks outputs {missing}")
+        first = r.first_item
+        if n < 1 or first < spec.item_start or first + n > spec.item_end:
+            raise ProtocolViolation(
+                f"result for items [{first}, {first + n}) is outside task {r.task_id!r}'s "
+                f"range [{spec.item_start}, {spec.item_end})"
+            )
+        if first > task.delivered:
+            raise ProtocolViolation(
+                f"result starts at item {first} but item {task.delivered} is next: "
+                "results must come in order without gaps"
+            )
+        self._mark_running(task)
+        skip = task.delivered - first
+        if skip >= n:
+            return  # all duplicates of results the sink already has
+        if skip:
+            outputs = {k: v[skip:] for k, v in outputs.items()}
+        try:
+            await spec.sink.write(task.delivered, outputs)
+        except Exception as e:
+            log.warning("sink of task %s failed: %r", spec.task_id, e)
+            if task.car is car:
+                self._cancel_on_car(task, car, REASON_SINK_ERROR)
+                self._release(task)
+                self._finish_failed(task, REASON_SINK_ERROR, f"writing results failed: {e!r}")
+            return
+        task.delivered += n - skip
+        self._metrics.result_items.labels(task.pool).inc(n - skip)
+
+    async def _on_done(self, car: CarState, d: pb.TaskDone) -> None:
+        task = self._task_for(car, d.task_id, d.attempt)
+        if task is None:
+            return
+        if task.delivered < task.spec.item_end:
+            raise ProtocolViolation(
+                f"task {d.task_id!r} reported done, but results were delivered up to item "
+                f"{task.delivered} of {task.spec.item_end}"
+            )
+        task.energy_wh += d.energy_wh
+        task.energy_modelled |= d.energy_modelled
+        task.checkpoint = task.spec.item_end
+        self._release(task)
+        await self._finish_succeeded(task)
+
+    # ---- transitions ------------------------------------------------------------------
+
+    def _release(self, task: Task) -> None:
+        car = task.car
+        self._offered.pop(task.spec.task_id, None)
+        if car is not None:
+            task.car = None
+            task.previous_car = car.car_id
+            if car.task is task:
+                self._registry.set_task(car, None)
+                if car.eligible:
+                    self.car_available()
+
+    def _give_back(self, task: Task, kind: EventKind, reason: str, message: str) -> None:
+        """The task left its car (lost, refused, policy): queue it again, or finish it."""
+        from_car = task.car.car_id if task.car is not None else ""
+        self._release(task)
+        task.reason = reason
+        task.message = message
+        self._emit(task, kind, from_car=from_car, reason=reason, message=message)
+        if task.delivered >= task.spec.item_end:
+            # Every result already reached the sink; only the car's "done" was missing.
+            self._spawn(self._finish_succeeded(task))
+        else:
+            self._enqueue(task)
+
+    async def _finish_succeeded(self, task: Task) -> None:
+        if task.terminal:
+            return
+        task.state = "Succeeded"
+        task.reason = task.message = ""
+        try:
+            await task.spec.sink.complete()
+        except Exception as e:
+            self._finish_failed(task, REASON_SINK_ERROR, f"completing results failed: {e!r}")
+            return
+        self._metrics.tasks.labels(task.pool, "Succeeded").inc()
+        self._emit(task, "succeeded")
+
+    def _finish_failed(self, task: Task, reason: str, message: str) -> None:
+        task.state = "Failed"
+        task.reason = reason
+        task.message = message
+        self._metrics.tasks.labels(task.pool, "Failed").inc()
+        self._emit(task, "failed", reason=reason, message=message)
+
+    def _cancel_on_car(self, task: Task, car: CarState, reason: str) -> None:
+        cancel = pb.GatewayMessage(
+            cancel=pb.TaskCancel(task_id=task.spec.task_id, attempt=task.attempt, reason=reason)
+        )
+        self._spawn(self._send_quietly(car, cancel))
+
+    @staticmethod
+    async def _send_quietly(car: CarState, msg: pb.GatewayMessage) -> None:
+        try:
+            await car.send(msg)
+        except Exception as e:  # the car is gone; nothing to cancel any more
+            log.debug("cancel to car %s not sent: %r", car.car_id, e)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    def _emit(self, task: Task, kind: EventKind, **extra: Any) -> None:
+        fields: Mapping[str, Any] = {
+            "task_id": task.spec.task_id,
+            "cell": task.spec.cell,
+            "attempt": task.attempt,
+            "car_id": task.car.car_id if task.car is not None else task.previous_car,
+            "items_done": task.delivered - task.spec.item_start,
+            "checkpoint": task.checkpoint,
+            "energy_wh": task.energy_wh,
+            "energy_modelled": task.energy_modelled,
+            **extra,
+        }
+        self._bus.publish(TaskEvent(kind=kind, **fields))

@@ -1,0 +1,230 @@
+"""The digits classifier: a small real ONNX model built from scikit-learn's bundled data.
+
+``build_digits(out_dir)`` trains a small multi-layer perceptron on ``load_digits`` (bundled
+with scikit-learn, so nothing is downloaded), converts it to ONNX with skl2onnx and writes:
+
+- ``digits.onnx``: input ``input`` float32 [N, 64] (pixel intensities scaled to 0..1),
+  outputs ``label`` int64 [N] and ``probabilities`` float32 [N, 10];
+- ``digits.json``: the manifest (sha256, names, shapes, accuracy);
+- ``digits_inputs.npy`` / ``digits_labels.npy``: the held-out test split.
+
+The build is deterministic (fixed seed) and cached: when the files exist and the manifest
+matches them, nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "BUILDER_VERSION",
+    "INPUT_NAME",
+    "MODEL_FILE",
+    "OUTPUT_NAMES",
+    "DigitsModel",
+    "build_digits",
+    "load_digits_model",
+    "register",
+    "sha256_file",
+]
+
+# Bump when the training recipe changes, so cached builds are redone.
+BUILDER_VERSION = 1
+MODEL_FILE = "digits.onnx"
+MANIFEST_FILE = "digits.json"
+INPUTS_FILE = "digits_inputs.npy"
+LABELS_FILE = "digits_labels.npy"
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("label", "probabilities")
+FEATURES = 64
+CLASSES = 10
+
+
+@dataclass(frozen=True)
+class DigitsModel:
+    """A built digits model on disk.
+
+    Attributes:
+        directory: Where the files are.
+        model_path: The ONNX file.
+        sha256: Hex sha256 of the ONNX file.
+        size_bytes: Size of the ONNX file.
+        input_name: The model's input name.
+        output_names: The model's output names, in order.
+        accuracy: Accuracy on the held-out split, measured at build time.
+    """
+
+    directory: Path
+    model_path: Path
+    sha256: str
+    size_bytes: int
+    input_name: str
+    output_names: tuple[str, ...]
+    accuracy: float
+
+    def test_inputs(self) -> npt.NDArray[np.float32]:
+        """Returns the held-out inputs, float32 [N, 64]."""
+        arr: npt.NDArray[np.float32] = np.load(self.directory / INPUTS_FILE)
+        return arr
+
+    def test_labels(self) -> npt.NDArray[np.int64]:
+        """Returns the held-out labels, int64 [N]."""
+        arr: npt.NDArray[np.int64] = np.load(self.directory / LABELS_FILE)
+        return arr
+
+
+def sha256_file(path: Path) -> str:
+    """Returns the hex sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _npy_bytes(arr: npt.NDArray[Any]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def load_digits_model(directory: Path) -> DigitsModel | None:
+    """Loads a built model, or returns None when it is missing, stale or altered.
+
+    Args:
+        directory: The folder ``build_digits`` wrote.
+
+    Returns:
+        The model when every file is there and the ONNX file's sha256 matches the manifest.
+    """
+    manifest_path = directory / MANIFEST_FILE
+    model_path = directory / MODEL_FILE
+    needed = (manifest_path, model_path, directory / INPUTS_FILE, directory / LABELS_FILE)
+    if not all(p.is_file() for p in needed):
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("builder_version") != BUILDER_VERSION:
+        return None
+    if sha256_file(model_path) != manifest.get("sha256"):
+        return None
+    return DigitsModel(
+        directory=directory,
+        model_path=model_path,
+        sha256=str(manifest["sha256"]),
+        size_bytes=int(manifest["size_bytes"]),
+        input_name=str(manifest["input"]["name"]),
+        output_names=tuple(str(o["name"]) for o in manifest["outputs"]),
+        accuracy=float(manifest["accuracy"]),
+    )
+
+
+def build_digits(out_dir: Path, *, seed: int = 0, force: bool = False) -> DigitsModel:
+    """Builds the digits model into ``out_dir`` unless an intact build is already there.
+
+    Args:
+        out_dir: Folder to write into (created if missing).
+        seed: Seed for the split and the training.
+        force: Rebuild even when a cached build exists.
+
+    Returns:
+        The built (or cached) model.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not force:
+        cached = load_digits_model(out_dir)
+        if cached is not None:
+            return cached
+
+    # Heavy imports only when building: `parkfleet --help` must stay fast.
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    x_all, y_all = load_digits(return_X_y=True)
+    x_all = (x_all / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x_all, y_all, test_size=0.25, random_state=seed, stratify=y_all
+    )
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=seed)
+    clf.fit(x_train, y_train)
+    accuracy = float(clf.score(x_test, y_test))
+    onx = to_onnx(
+        clf,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, FEATURES]))],
+        options={"zipmap": False},
+        target_opset={"": 17, "ai.onnx.ml": 1},
+    )
+    model_bytes = onx.SerializeToString()
+    sha = hashlib.sha256(model_bytes).hexdigest()
+
+    _atomic_write(out_dir / INPUTS_FILE, _npy_bytes(np.ascontiguousarray(x_test, np.float32)))
+    _atomic_write(out_dir / LABELS_FILE, _npy_bytes(np.asarray(y_test, dtype=np.int64)))
+    _atomic_write(out_dir / MODEL_FILE, model_bytes)
+    manifest = {
+        "builder_version": BUILDER_VERSION,
+        "seed": seed,
+        "sha256": sha,
+        "size_bytes": len(model_bytes),
+        "runtime": "onnxruntime",
+        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, FEATURES]},
+        "outputs": [
+            {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": [None]},
+            {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": [None, CLASSES]},
+        ],
+        "test_items": len(y_test),
+        "accuracy": accuracy,
+    }
+    # The manifest goes last: its presence with a matching sha marks a complete build.
+    _atomic_write(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    model = load_digits_model(out_dir)
+    if model is None:  # pragma: no cover - only if the disk changed under us
+        raise RuntimeError(f"digits model build in {out_dir} did not verify")
+    return model
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    model = build_digits(Path(args.out), seed=args.seed, force=args.force)
+    print(
+        f"digits model: {model.model_path} sha256={model.sha256} "
+        f"size={model.size_bytes} accuracy={model.accuracy:.4f}"
+    )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``parkfleet model build --out DIR``."""
+    parser = subparsers.add_parser("model", help="build the models parkfleet ships")
+    sub = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    build = sub.add_parser("build", help="build the digits ONNX model (cached)")
+    build.add_argument("--out", required=True, help="output folder, e.g. .cache/models")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--force", action="store_true", help="rebuild even when cached")
+    build.set_defaults(func=_cmd_build)

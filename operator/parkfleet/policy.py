@@ -1,0 +1,255 @@
+"""Owner policy: when a car may take work, decided from its telemetry.
+
+Pure logic, no I/O. Both ends of the car link use it: the gateway before it offers
+work, the agent before it accepts or continues it (decision 6). Battery thresholds
+have hysteresis so a car hovering around the limit does not flap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parkfleet.protocol import carlink_pb2 as pb
+
+__all__ = [
+    "REASON_BATTERY_LOW",
+    "REASON_BLOCKED_HOURS",
+    "REASON_DRIVING",
+    "REASON_ENERGY_BUDGET_SPENT",
+    "REASON_GPU_TOO_HOT",
+    "REASON_NOT_PLUGGED_IN",
+    "Conditions",
+    "Eligibility",
+    "Policy",
+    "Verdict",
+    "local_hour",
+]
+
+REASON_DRIVING = "Driving"
+REASON_NOT_PLUGGED_IN = "NotPluggedIn"
+REASON_BATTERY_LOW = "BatteryLow"
+REASON_BLOCKED_HOURS = "BlockedHours"
+REASON_ENERGY_BUDGET_SPENT = "EnergyBudgetSpent"
+REASON_GPU_TOO_HOT = "GpuTooHot"
+
+
+def _min_nonzero(a: float, b: float) -> float:
+    """The stricter of two limits where 0 means "no limit"."""
+    if a <= 0:
+        return b
+    if b <= 0:
+        return a
+    return min(a, b)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a car's owner allows (possibly tightened by the pool's floor).
+
+    Attributes:
+        only_while_plugged_in: Work only while the car is charging.
+        min_soc_percent: Stop below this state of charge.
+        resume_soc_percent: After stopping for battery, start again only at or above
+            this; the effective value is ``max(min_soc_percent, resume_soc_percent)``.
+        blocked_hours: Local ``[start, end)`` hour windows with no work; a window with
+            ``start > end`` wraps midnight, ``start == end`` is empty.
+        daily_energy_wh: Energy budget per local day; 0 means unlimited.
+        max_gpu_temp_c: No work at or above this GPU temperature; 0 means unlimited.
+        utc_offset_minutes: The owner's local time offset, for ``blocked_hours``.
+    """
+
+    only_while_plugged_in: bool = True
+    min_soc_percent: float = 0.0
+    resume_soc_percent: float = 0.0
+    blocked_hours: tuple[tuple[int, int], ...] = ()
+    daily_energy_wh: float = 0.0
+    max_gpu_temp_c: float = 0.0
+    utc_offset_minutes: int = 0
+
+    @property
+    def effective_resume_soc_percent(self) -> float:
+        """The state of charge at which work may start again after a battery stop."""
+        return max(self.min_soc_percent, self.resume_soc_percent)
+
+    @classmethod
+    def from_proto(cls, msg: pb.OwnerPolicy) -> Policy:
+        """Builds a policy from its wire form."""
+        return cls(
+            only_while_plugged_in=msg.only_while_plugged_in,
+            min_soc_percent=float(msg.min_soc_percent),
+            resume_soc_percent=float(msg.resume_soc_percent),
+            blocked_hours=tuple((w.start_hour, w.end_hour) for w in msg.blocked_hours),
+            daily_energy_wh=msg.daily_energy_wh,
+            max_gpu_temp_c=msg.max_gpu_temp_c,
+            utc_offset_minutes=msg.utc_offset_minutes,
+        )
+
+    def to_proto(self) -> pb.OwnerPolicy:
+        """The wire form (state-of-charge thresholds are rounded up to whole percent)."""
+        return pb.OwnerPolicy(
+            only_while_plugged_in=self.only_while_plugged_in,
+            # Rounding up keeps the wire form at least as strict as the policy.
+            min_soc_percent=_ceil_percent(self.min_soc_percent),
+            resume_soc_percent=_ceil_percent(self.resume_soc_percent),
+            blocked_hours=[pb.HourWindow(start_hour=s, end_hour=e) for s, e in self.blocked_hours],
+            daily_energy_wh=self.daily_energy_wh,
+            max_gpu_temp_c=self.max_gpu_temp_c,
+            utc_offset_minutes=self.utc_offset_minutes,
+        )
+
+    def stricter(self, floor: Policy) -> Policy:
+        """Combines this (owner) policy with a pool's floor; the result is never looser.
+
+        Every limit takes the stricter of the two; blocked hours are the union. Local
+        time stays the owner's, so the floor's windows are read in the owner's time.
+
+        Args:
+            floor: The pool's minimum policy.
+
+        Returns:
+            A policy at least as strict as both.
+        """
+        windows = list(self.blocked_hours)
+        windows.extend(w for w in floor.blocked_hours if w not in windows)
+        return Policy(
+            only_while_plugged_in=self.only_while_plugged_in or floor.only_while_plugged_in,
+            min_soc_percent=max(self.min_soc_percent, floor.min_soc_percent),
+            resume_soc_percent=max(
+                self.effective_resume_soc_percent, floor.effective_resume_soc_percent
+            ),
+            blocked_hours=tuple(windows),
+            daily_energy_wh=_min_nonzero(self.daily_energy_wh, floor.daily_energy_wh),
+            max_gpu_temp_c=_min_nonzero(self.max_gpu_temp_c, floor.max_gpu_temp_c),
+            utc_offset_minutes=self.utc_offset_minutes,
+        )
+
+    def in_blocked_hours(self, unix_time_ms: int) -> bool:
+        """Whether the given instant falls in one of the blocked windows (local time)."""
+        if not self.blocked_hours:
+            return False
+        hour = local_hour(unix_time_ms, self.utc_offset_minutes)
+        for start, end in self.blocked_hours:
+            if start < end:
+                if start <= hour < end:
+                    return True
+            elif start > end and (hour >= start or hour < end):
+                return True
+        return False
+
+
+def _ceil_percent(value: float) -> int:
+    whole = int(value)
+    return max(0, whole + 1 if value > whole else whole)
+
+
+def local_hour(unix_time_ms: int, utc_offset_minutes: int) -> int:
+    """The hour of day (0..23) of ``unix_time_ms`` at the given UTC offset."""
+    minutes = unix_time_ms // 60_000 + utc_offset_minutes
+    return (minutes // 60) % 24
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """A car's state as far as the policy cares, usually from its latest telemetry."""
+
+    parked: bool
+    plugged_in: bool
+    soc_percent: float
+    gpu_temp_c: float
+    energy_used_today_wh: float
+    unix_time_ms: int
+
+    @classmethod
+    def from_telemetry(cls, t: pb.Telemetry) -> Conditions:
+        """Reads the conditions out of a telemetry message."""
+        return cls(
+            parked=t.state == pb.PARKED,
+            plugged_in=t.plugged_in,
+            soc_percent=t.soc_percent,
+            gpu_temp_c=t.gpu_temp_c,
+            energy_used_today_wh=t.energy_used_today_wh,
+            unix_time_ms=t.unix_time_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a car may work now, and if not, why.
+
+    Attributes:
+        eligible: True when the car may take or continue work.
+        reason: "" when eligible, else a CamelCase word such as ``"BatteryLow"``.
+        message: A human-readable explanation.
+    """
+
+    eligible: bool
+    reason: str
+    message: str
+
+
+_ELIGIBLE = Verdict(True, "", "")
+
+
+class Eligibility:
+    """Decides eligibility for one car over time, with battery hysteresis.
+
+    Once the state of charge drops below ``min_soc_percent`` the car stays ineligible
+    until it reaches the effective resume threshold again.
+    """
+
+    __slots__ = ("_battery_low", "policy")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._battery_low = False
+
+    def update(self, c: Conditions) -> Verdict:
+        """Takes new conditions and returns the verdict for them.
+
+        Args:
+            c: The car's current conditions.
+
+        Returns:
+            The verdict; reasons are checked in a fixed order (driving, plug, battery,
+            hours, energy, temperature) and the first that applies is reported.
+        """
+        p = self.policy
+        # The battery state is tracked on every update, whatever else applies, so that
+        # hysteresis holds even across a drive.
+        if self._battery_low:
+            if c.soc_percent >= p.effective_resume_soc_percent:
+                self._battery_low = False
+        elif c.soc_percent < p.min_soc_percent:
+            self._battery_low = True
+
+        if not c.parked:
+            return Verdict(False, REASON_DRIVING, "the car is not parked")
+        if p.only_while_plugged_in and not c.plugged_in:
+            return Verdict(
+                False, REASON_NOT_PLUGGED_IN, "the owner allows work only while charging"
+            )
+        if self._battery_low:
+            return Verdict(
+                False,
+                REASON_BATTERY_LOW,
+                f"battery at {c.soc_percent:.1f}%: stopped below {p.min_soc_percent:g}%, "
+                f"resumes at {p.effective_resume_soc_percent:g}%",
+            )
+        if p.in_blocked_hours(c.unix_time_ms):
+            hour = local_hour(c.unix_time_ms, p.utc_offset_minutes)
+            return Verdict(
+                False, REASON_BLOCKED_HOURS, f"local hour {hour} is blocked by the owner"
+            )
+        if p.daily_energy_wh > 0 and c.energy_used_today_wh >= p.daily_energy_wh:
+            return Verdict(
+                False,
+                REASON_ENERGY_BUDGET_SPENT,
+                f"used {c.energy_used_today_wh:.1f} Wh of a {p.daily_energy_wh:g} Wh daily budget",
+            )
+        if p.max_gpu_temp_c > 0 and c.gpu_temp_c >= p.max_gpu_temp_c:
+            return Verdict(
+                False,
+                REASON_GPU_TOO_HOT,
+                f"GPU at {c.gpu_temp_c:.1f} C, limit {p.max_gpu_temp_c:g} C",
+            )
+        return _ELIGIBLE

@@ -1,0 +1,272 @@
+"""Bounds of the car link, shared by both ends: sizes, versions, tensor encoding.
+
+Every message is size-bounded on both sides (gRPC's own limit from
+:func:`channel_options`), and every field a peer controls is checked before use;
+a violation raises :class:`ProtocolViolation`, which closes only that peer's stream.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numpy as np
+
+from parkfleet.protocol import carlink_pb2 as pb
+
+__all__ = [
+    "MAX_DIMS",
+    "MAX_ID_CHARS",
+    "MAX_LOG_LINES",
+    "MAX_LOG_LINE_CHARS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_MODEL_CHUNK_BYTES",
+    "MAX_NAMES",
+    "MAX_TENSOR_BYTES",
+    "PROTOCOL_VERSION",
+    "ProtocolViolation",
+    "channel_options",
+    "check_protocol_version",
+    "check_text",
+    "dtype_from_proto",
+    "dtype_to_proto",
+    "server_options",
+    "tensor_from_proto",
+    "tensor_to_proto",
+    "validate_car_message",
+]
+
+PROTOCOL_VERSION: Final[int] = int(pb.PROTOCOL_VERSION)
+# One gRPC message, either way. Tensors are chunked well below it.
+MAX_MESSAGE_BYTES: Final[int] = 4 * 1024 * 1024
+# One tensor's payload; leaves room for the envelope inside MAX_MESSAGE_BYTES.
+MAX_TENSOR_BYTES: Final[int] = 3 * 1024 * 1024
+# One FetchModel chunk.
+MAX_MODEL_CHUNK_BYTES: Final[int] = 1024 * 1024
+MAX_DIMS: Final[int] = 8
+# Task ids, names, reasons: short identifiers.
+MAX_ID_CHARS: Final[int] = 256
+MAX_NAMES: Final[int] = 64
+MAX_LOG_LINES: Final[int] = 100
+MAX_LOG_LINE_CHARS: Final[int] = 4096
+
+_TO_NUMPY: Final[dict[int, np.dtype[np.generic]]] = {
+    pb.FLOAT32: np.dtype("<f4"),
+    pb.FLOAT16: np.dtype("<f2"),
+    pb.INT64: np.dtype("<i8"),
+    pb.INT32: np.dtype("<i4"),
+    pb.UINT8: np.dtype("u1"),
+}
+_FROM_NUMPY: Final[dict[str, pb.DType.ValueType]] = {
+    "float32": pb.FLOAT32,
+    "float16": pb.FLOAT16,
+    "int64": pb.INT64,
+    "int32": pb.INT32,
+    "uint8": pb.UINT8,
+}
+
+
+class ProtocolViolation(Exception):
+    """A peer sent something the protocol does not allow; its message says what."""
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """gRPC options for the car link's channel, used by the agent (and test clients).
+
+    Returns:
+        Message size bounds and keepalive settings.
+    """
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # A car on a flaky cellular link notices a dead gateway within ~40 s.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options() -> list[tuple[str, int]]:
+    """gRPC options for the gateway's server: the same bounds, and tolerance of car pings.
+
+    Returns:
+        Options for ``grpc.aio.server``.
+    """
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Cars ping every 30 s; accept that without "too many pings" GOAWAYs.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def check_protocol_version(version: int) -> None:
+    """Raises :class:`ProtocolViolation` unless ``version`` is the one spoken here.
+
+    Args:
+        version: The peer's ``protocol_version``.
+    """
+    if version != PROTOCOL_VERSION:
+        raise ProtocolViolation(
+            f"protocol version {version} is not supported: this side speaks version "
+            f"{PROTOCOL_VERSION} only; upgrade the agent or the gateway"
+        )
+
+
+def check_text(value: str, field: str, limit: int = MAX_ID_CHARS) -> None:
+    """Raises :class:`ProtocolViolation` when a text field is longer than ``limit``."""
+    if len(value) > limit:
+        raise ProtocolViolation(f"{field} is {len(value)} characters, the limit is {limit}")
+
+
+def dtype_to_proto(dtype: np.dtype[np.generic] | type) -> pb.DType.ValueType:
+    """The wire dtype of a numpy dtype; raises :class:`ProtocolViolation` if unsupported."""
+    name = np.dtype(dtype).name
+    try:
+        return _FROM_NUMPY[name]
+    except KeyError:
+        raise ProtocolViolation(f"dtype {name} cannot travel on the car link") from None
+
+
+def dtype_from_proto(dtype: int) -> np.dtype[np.generic]:
+    """The numpy dtype of a wire dtype; raises :class:`ProtocolViolation` if unknown."""
+    try:
+        return _TO_NUMPY[dtype]
+    except KeyError:
+        raise ProtocolViolation(f"unknown tensor dtype {dtype}") from None
+
+
+def tensor_to_proto(name: str, array: np.ndarray) -> pb.NamedTensor:
+    """Encodes an array as a :class:`NamedTensor` (little-endian, C order).
+
+    Args:
+        name: The tensor's name (an ONNX input or output name).
+        array: The data; its dtype must be one the protocol carries.
+
+    Returns:
+        The wire tensor.
+
+    Raises:
+        ProtocolViolation: The dtype is unsupported or the tensor exceeds
+            ``MAX_TENSOR_BYTES`` or ``MAX_DIMS``.
+    """
+    check_text(name, "tensor name")
+    wire = dtype_to_proto(array.dtype)
+    if array.ndim > MAX_DIMS:
+        raise ProtocolViolation(f"tensor {name!r} has {array.ndim} dims, the limit is {MAX_DIMS}")
+    if array.nbytes > MAX_TENSOR_BYTES:
+        raise ProtocolViolation(
+            f"tensor {name!r} is {array.nbytes} bytes, the limit is {MAX_TENSOR_BYTES}"
+        )
+    little = np.ascontiguousarray(array, dtype=_TO_NUMPY[wire])
+    return pb.NamedTensor(name=name, dtype=wire, dims=list(array.shape), data=little.tobytes())
+
+
+def tensor_from_proto(t: pb.NamedTensor) -> np.ndarray:
+    """Decodes a :class:`NamedTensor` after checking dtype, dims and size.
+
+    Args:
+        t: The wire tensor.
+
+    Returns:
+        A read-only array viewing the message's bytes (copy it to write).
+
+    Raises:
+        ProtocolViolation: Unknown dtype, too many dims, a size that does not match
+            the dims, or a payload over ``MAX_TENSOR_BYTES``.
+    """
+    check_text(t.name, "tensor name")
+    dtype = dtype_from_proto(t.dtype)
+    dims = list(t.dims)
+    if len(dims) > MAX_DIMS:
+        raise ProtocolViolation(f"tensor {t.name!r} has {len(dims)} dims, the limit is {MAX_DIMS}")
+    if len(t.data) > MAX_TENSOR_BYTES:
+        raise ProtocolViolation(
+            f"tensor {t.name!r} is {len(t.data)} bytes, the limit is {MAX_TENSOR_BYTES}"
+        )
+    # math.prod on Python ints cannot overflow, so absurd dims are caught here.
+    expected = math.prod(dims) * dtype.itemsize
+    if expected != len(t.data):
+        raise ProtocolViolation(
+            f"tensor {t.name!r} has dims {dims} of {dtype.name} ({expected} bytes) "
+            f"but carries {len(t.data)} bytes"
+        )
+    return np.frombuffer(t.data, dtype=dtype).reshape(dims)
+
+
+def _check_task_ref(task_id: str, field: str) -> None:
+    if not task_id:
+        raise ProtocolViolation(f"{field}.task_id is empty")
+    check_text(task_id, f"{field}.task_id")
+
+
+def validate_car_message(msg: pb.CarMessage) -> str:
+    """Checks the bounds of a car's message that need no gateway state.
+
+    State-dependent checks (known task ids, item ranges) are the gateway's.
+
+    Args:
+        msg: A message received from a car.
+
+    Returns:
+        The name of the oneof field that is set.
+
+    Raises:
+        ProtocolViolation: The message is empty or a field is out of bounds.
+    """
+    kind = msg.WhichOneof("body")
+    if kind is None:
+        raise ProtocolViolation("empty CarMessage: no body set")
+    if kind == "telemetry":
+        t = msg.telemetry
+        if not 0.0 <= t.soc_percent <= 100.0 or math.isnan(t.soc_percent):
+            raise ProtocolViolation(f"telemetry.soc_percent {t.soc_percent} is not in 0..100")
+    elif kind == "hello":
+        h = msg.hello
+        check_text(h.car_id, "hello.car_id")
+        check_text(h.agent_version, "hello.agent_version")
+        caps = h.capabilities
+        check_text(caps.gpu_model, "hello.capabilities.gpu_model")
+        for field, values in (
+            ("hello.capabilities.runtimes", caps.runtimes),
+            ("hello.capabilities.execution_providers", caps.execution_providers),
+            ("hello.held_task_ids", h.held_task_ids),
+        ):
+            if len(values) > MAX_NAMES:
+                raise ProtocolViolation(f"{field} has {len(values)} entries, limit {MAX_NAMES}")
+            for v in values:
+                check_text(v, field)
+        windows = h.policy.blocked_hours
+        if len(windows) > 24:
+            raise ProtocolViolation(f"hello.policy.blocked_hours has {len(windows)} windows")
+        for w in windows:
+            if w.start_hour > 23 or not 1 <= w.end_hour <= 24:
+                raise ProtocolViolation(
+                    f"hello.policy.blocked_hours window {w.start_hour}..{w.end_hour} "
+                    "is out of range (start 0..23, end 1..24)"
+                )
+    elif kind == "log":
+        _check_task_ref(msg.log.task_id, "log")
+        if len(msg.log.lines) > MAX_LOG_LINES:
+            raise ProtocolViolation(
+                f"log has {len(msg.log.lines)} lines, the limit is {MAX_LOG_LINES}"
+            )
+        for line in msg.log.lines:
+            check_text(line, "log line", MAX_LOG_LINE_CHARS)
+    elif kind == "result":
+        _check_task_ref(msg.result.task_id, "result")
+        if not msg.result.outputs:
+            raise ProtocolViolation("result carries no outputs")
+        if len(msg.result.outputs) > MAX_NAMES:
+            raise ProtocolViolation(f"result has {len(msg.result.outputs)} outputs")
+    else:
+        body = getattr(msg, kind)
+        _check_task_ref(body.task_id, kind)
+        for text_field in ("reason", "message"):
+            if hasattr(body, text_field):
+                check_text(getattr(body, text_field), f"{kind}.{text_field}", MAX_LOG_LINE_CHARS)
+    return kind

@@ -1,0 +1,280 @@
+"""A simulated fleet: N cars in one process, each with its own certificate and stream.
+
+Every car runs the real agent (``parkfleet.vehicle.Agent``); only its sensors are
+simulated (``TraceSensors`` over a seeded availability trace and a sped-up clock) and,
+for large fleets, its compute rate (``ModelledCompute``: real outputs from one shared
+ONNX Runtime pool, held to a modelled per-car rate so the CPU stays bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from parkfleet.certs import CA_CERT_FILE, FleetCA, car_identity, car_paths
+from parkfleet.policy import Policy
+from parkfleet.sim.sensors import SimClock, TraceSensors
+from parkfleet.sim.traces import CarTrace, fleet_traces
+from parkfleet.vehicle.agent import capabilities
+from parkfleet.vehicle.compute import Compute, ModelledCompute, OrtCompute
+from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused
+from parkfleet.vehicle.metrics import AgentMetrics
+from parkfleet.vehicle.modelcache import ModelCache
+
+__all__ = ["FleetConfig", "FleetStats", "SimulatedFleet", "car_credentials", "owner_policy"]
+
+log = logging.getLogger(__name__)
+
+ComputeMode = Literal["real", "modelled"]
+
+
+@dataclass
+class FleetConfig:
+    """What to simulate.
+
+    Attributes:
+        cars: Number of cars.
+        gateway: Gateway ``host:port``.
+        certs_dir: Folder with the fleet CA (``ca.crt``/``ca.key``); car certificates are
+            issued into ``cars/`` there on first use and reused afterwards.
+        seed: Seed for traces and owner policies.
+        speed: Simulated seconds per real second.
+        cells: Cells the cars are spread over (pinned by the ``cell`` attribute).
+        pool: The pool attribute of every car.
+        compute: ``real`` (ONNX Runtime per task) or ``modelled`` (shared, rate-limited).
+        modelled_items_per_second: One car's modelled rate.
+        start_unix_ms: Simulated start time (default: now).
+        days: Days of trace per car (wraps).
+        telemetry_interval_s: Until the gateway's Welcome says otherwise.
+        ramp_s: Connections are spread over this many real seconds.
+        car_id_prefix: Car ids are ``{prefix}{index:06d}``.
+        strict_owners: When False, every owner allows work while plugged in and nothing
+            else (handy for tests); when True, owners draw realistic policies.
+        server_name_override: TLS name to expect from the gateway.
+        max_reconnects: Per car, None = forever.
+    """
+
+    cars: int
+    gateway: str
+    certs_dir: Path
+    seed: int = 0
+    speed: float = 1.0
+    cells: int = 1
+    pool: str = "sim"
+    compute: ComputeMode = "real"
+    modelled_items_per_second: float = 2000.0
+    start_unix_ms: int | None = None
+    days: int = 7
+    telemetry_interval_s: float = 10.0
+    ramp_s: float = 1.0
+    car_id_prefix: str = "sim-"
+    strict_owners: bool = True
+    server_name_override: str = ""
+    max_reconnects: int | None = None
+    extra_attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FleetStats:
+    """A snapshot of the fleet, from the agents' own view."""
+
+    cars: int
+    connected: int
+    busy: int
+    tasks_done: int
+    tasks_failed: int
+    refusals: int
+    items: float
+
+
+def owner_policy(rng: random.Random) -> Policy:
+    """Draws an owner's policy: most only while charging, many with a battery floor."""
+    floor = rng.choice((0.0, 0.0, 20.0, 40.0, 60.0))
+    blocked: tuple[tuple[int, int], ...] = ()
+    if rng.random() < 0.2:
+        blocked = ((7, 9),)
+    return Policy(
+        only_while_plugged_in=rng.random() < 0.9,
+        min_soc_percent=floor,
+        resume_soc_percent=floor + 5.0 if floor else 0.0,
+        blocked_hours=blocked,
+        daily_energy_wh=rng.choice((0.0, 0.0, 1000.0, 3000.0)),
+        max_gpu_temp_c=85.0,
+    )
+
+
+def car_credentials(
+    ca: FleetCA, ca_pem: bytes, directory: Path, car_id: str, attributes: dict[str, str]
+) -> Credentials:
+    """A car's credentials, issued once and cached in ``directory/cars``.
+
+    A cached certificate is reused only when its attributes are the ones asked for.
+    """
+    cert_path, key_path = car_paths(directory, car_id)
+    if cert_path.exists() and key_path.exists():
+        cert_pem = cert_path.read_bytes()
+        try:
+            same = dict(car_identity(cert_pem).attributes) == attributes
+        except ValueError:
+            same = False
+        if same:
+            return Credentials(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_path.read_bytes())
+    pair = ca.issue_car(car_id, attributes)
+    pair.save(cert_path, key_path)
+    return Credentials(ca_pem=ca_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
+
+
+def _busy(holder: list[Agent]) -> bool:
+    return bool(holder and holder[0].running_tasks)
+
+
+class SimulatedFleet:
+    """N simulated cars.
+
+    Args:
+        config: What to simulate.
+        compute: Shared compute (default: one ORT pool; rate-limited when ``modelled``).
+        metrics: Shared counters for every car.
+    """
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        compute: Compute | None = None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        start = config.start_unix_ms
+        if start is None:
+            start = int(time.time() * 1000)
+        self.clock = SimClock(start, config.speed)
+        self._own_compute: OrtCompute | None = None
+        if compute is None:
+            # One pool for the whole fleet: CPU use is bounded whatever N is.
+            self._own_compute = OrtCompute(intra_op_threads=1, workers=2)
+            compute = self._own_compute
+        if config.compute == "modelled":
+            compute = ModelledCompute(compute, config.modelled_items_per_second)
+        self.compute = compute
+        self.models = ModelCache()  # one verified copy per model for the whole process
+        self.traces: list[CarTrace] = []
+        self.agents: list[Agent] = []
+        self._runs: list[asyncio.Task[None]] = []
+
+    def prepare(self) -> None:
+        """Issues (or loads) every car's certificate and builds the agents; ``start`` calls it."""
+        cfg = self.config
+        ca = FleetCA.load(cfg.certs_dir)
+        ca_pem = (cfg.certs_dir / CA_CERT_FILE).read_bytes()
+        self.traces = fleet_traces(cfg.seed, cfg.cars, cfg.days)
+        providers = ["CPUExecutionProvider"]
+        if isinstance(self.compute, OrtCompute):
+            providers = self.compute.providers
+        for i, trace in enumerate(self.traces):
+            car_id = f"{cfg.car_id_prefix}{i:06d}"
+            attrs = {"pool": cfg.pool, "cell": str(i % max(1, cfg.cells)), **cfg.extra_attributes}
+            creds = car_credentials(ca, ca_pem, cfg.certs_dir, car_id, attrs)
+            rng = random.Random(f"{cfg.seed}:policy:{i}")
+            policy = owner_policy(rng) if cfg.strict_owners else Policy()
+            holder: list[Agent] = []
+            sensors = TraceSensors(
+                trace,
+                self.clock,
+                utc_offset_minutes=policy.utc_offset_minutes,
+                busy=functools.partial(_busy, holder),
+            )
+            agent = Agent(
+                AgentConfig(
+                    address=cfg.gateway,
+                    credentials=creds,
+                    car_id=car_id,
+                    policy=policy,
+                    capabilities=capabilities("sim-gpu", 8192, 60.0, providers),
+                    telemetry_interval_s=cfg.telemetry_interval_s,
+                    max_reconnects=cfg.max_reconnects,
+                    server_name_override=cfg.server_name_override,
+                ),
+                sensors,
+                self.compute,
+                models=self.models,
+                metrics=self.metrics,
+                energy_clock=self.clock.monotonic,
+                rng=random.Random(f"{cfg.seed}:backoff:{i}"),
+            )
+            holder.append(agent)
+            self.agents.append(agent)
+
+    async def start(self) -> None:
+        """Issues (or loads) certificates and connects every car, spread over ``ramp_s``."""
+        await asyncio.to_thread(self.prepare)
+        gap = self.config.ramp_s / max(1, len(self.agents))
+        for agent in self.agents:
+            self._runs.append(asyncio.create_task(self._run_agent(agent)))
+            if gap > 0:
+                await asyncio.sleep(gap)
+
+    async def _run_agent(self, agent: Agent) -> None:
+        try:
+            await agent.run()
+        except (LinkRefused, GaveUp) as e:
+            log.warning("car %s stopped: %s", agent.config.car_id, e)
+
+    async def wait_connected(self, count: int | None = None, timeout_s: float = 60.0) -> int:
+        """Waits until ``count`` cars (default all) are connected, or the timeout passes."""
+        want = len(self.agents) if count is None else count
+        waits = [asyncio.create_task(a.connected.wait()) for a in self.agents]
+        seen = 0
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    for fut in asyncio.as_completed(waits):
+                        await fut
+                        seen += 1
+                        if seen >= want:
+                            break
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.stats().connected
+
+    def stats(self) -> FleetStats:
+        """Counts over every car."""
+        done = failed = 0
+        for agent in self.agents:
+            for record in agent.outcomes:
+                if record.outcome.done:
+                    done += 1
+                else:
+                    failed += 1
+        return FleetStats(
+            cars=len(self.agents),
+            connected=sum(a.connected.is_set() for a in self.agents),
+            busy=sum(bool(a.running_tasks) for a in self.agents),
+            tasks_done=done,
+            tasks_failed=failed,
+            refusals=sum(len(a.refusals) for a in self.agents),
+            items=self.metrics.registry.get_sample_value("parkfleet_agent_items_total") or 0.0,
+        )
+
+    async def stop(self) -> None:
+        """Stops every car (running tasks report a retriable stop) and waits for them."""
+        for agent in self.agents:
+            agent.stop()
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+        if self._own_compute is not None:
+            self._own_compute.close()
+
+    @property
+    def car_ids(self) -> Sequence[str]:
+        """Every car id, in index order."""
+        return [a.config.car_id for a in self.agents]

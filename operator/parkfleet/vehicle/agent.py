@@ -1,0 +1,133 @@
+"""``parkfleet agent``: the car-side daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from parkfleet.certs import car_identity
+from parkfleet.policy import Policy
+from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.vehicle.compute import OrtCompute
+from parkfleet.vehicle.link import RUNTIME, Agent, AgentConfig, Credentials, GaveUp, LinkRefused
+from parkfleet.vehicle.metrics import AgentMetrics
+from parkfleet.vehicle.modelcache import ModelCache
+from parkfleet.vehicle.policyfile import load_policy
+from parkfleet.vehicle.sensors import FileSensors, Sensors, StaticSensors, parse_sensor_spec
+
+__all__ = ["build_agent", "capabilities", "register", "sensors_from_arg"]
+
+log = logging.getLogger(__name__)
+
+
+def capabilities(
+    gpu_model: str, gpu_memory_mib: int, gpu_power_w: float, providers: list[str]
+) -> pb.Capabilities:
+    """What this car offers, for its Hello."""
+    return pb.Capabilities(
+        gpu_model=gpu_model,
+        gpu_count=1,
+        gpu_memory_mib=gpu_memory_mib,
+        runtimes=[RUNTIME],
+        execution_providers=providers,
+        gpu_power_w=gpu_power_w,
+    )
+
+
+def sensors_from_arg(value: str) -> Sensors:
+    """``--sensors``: a JSON/YAML file re-read on change, or ``key=value,...`` overrides."""
+    path = Path(value)
+    if value and (path.suffix in (".json", ".yaml", ".yml") or path.exists()):
+        return FileSensors(path)
+    return StaticSensors(parse_sensor_spec(value))
+
+
+def build_agent(args: argparse.Namespace) -> Agent:
+    """Builds the agent from parsed ``parkfleet agent`` arguments."""
+    cert_pem = Path(args.cert).read_bytes()
+    creds = Credentials(
+        ca_pem=Path(args.ca).read_bytes(),
+        cert_pem=cert_pem,
+        key_pem=Path(args.key).read_bytes(),
+    )
+    policy = load_policy(Path(args.policy_file)) if args.policy_file else Policy()
+    compute = OrtCompute(intra_op_threads=args.intra_op_threads)
+    config = AgentConfig(
+        address=args.gateway,
+        credentials=creds,
+        car_id=car_identity(cert_pem).car_id,
+        policy=policy,
+        capabilities=capabilities(
+            args.gpu_model, args.gpu_memory_mib, args.gpu_power_w, compute.providers
+        ),
+        telemetry_interval_s=args.telemetry_interval,
+        max_reconnects=args.max_reconnects,
+        server_name_override=args.server_name or "",
+    )
+    return Agent(
+        config,
+        sensors_from_arg(args.sensors),
+        compute,
+        models=ModelCache(Path(args.model_cache) if args.model_cache else None),
+        metrics=AgentMetrics(),
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    agent = build_agent(args)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, agent.stop)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=agent.metrics.registry)
+    try:
+        await agent.run()
+    except LinkRefused as e:
+        log.error("the gateway refused this car: %s", e)
+        return 3
+    except GaveUp as e:
+        log.error("%s", e)
+        return 4
+    return 0
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(_main(args))
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``parkfleet agent``."""
+    p = subparsers.add_parser("agent", help="run the car-side agent")
+    p.add_argument("--gateway", required=True, help="gateway HOST:PORT")
+    p.add_argument("--cert", required=True, help="the car's client certificate (PEM)")
+    p.add_argument("--key", required=True, help="the car's private key (PEM)")
+    p.add_argument("--ca", required=True, help="the fleet CA certificate (PEM)")
+    p.add_argument("--policy-file", help="the owner's policy (YAML)")
+    p.add_argument(
+        "--sensors",
+        default="",
+        help="telemetry source: a JSON/YAML file re-read on change, or key=value,... overrides",
+    )
+    p.add_argument("--gpu-model", default="cpu")
+    p.add_argument("--gpu-memory-mib", type=int, default=8192)
+    p.add_argument("--gpu-power-w", type=float, default=60.0, help="nominal draw under load")
+    p.add_argument("--intra-op-threads", type=int, default=1)
+    p.add_argument("--model-cache", help="folder for verified models (default: memory only)")
+    p.add_argument("--telemetry-interval", type=float, default=10.0)
+    p.add_argument("--max-reconnects", type=int, default=None)
+    p.add_argument("--server-name", help="TLS name to expect from the gateway")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_cmd_agent)

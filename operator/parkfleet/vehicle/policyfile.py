@@ -1,0 +1,78 @@
+"""The owner's policy as a YAML file on the car.
+
+Example::
+
+    only_while_plugged_in: true
+    min_soc_percent: 60
+    resume_soc_percent: 65
+    blocked_hours: ["7-9", [17, 19]]
+    daily_energy_wh: 2000
+    max_gpu_temp_c: 85
+    utc_offset_minutes: 60
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from parkfleet.policy import Policy
+
+__all__ = ["load_policy", "policy_from_mapping"]
+
+_FIELDS = {
+    "only_while_plugged_in": bool,
+    "min_soc_percent": float,
+    "resume_soc_percent": float,
+    "daily_energy_wh": float,
+    "max_gpu_temp_c": float,
+    "utc_offset_minutes": int,
+}
+
+
+def _window(value: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        start, sep, end = value.partition("-")
+        if not sep:
+            raise ValueError(f"blocked hour window {value!r} is not START-END")
+        pair = (int(start), int(end))
+    elif isinstance(value, list | tuple) and len(value) == 2:
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"blocked hour window {value!r} is not START-END or [start, end]")
+    if not (0 <= pair[0] <= 23 and 1 <= pair[1] <= 24):
+        raise ValueError(f"blocked hour window {pair} out of range (start 0..23, end 1..24)")
+    return pair
+
+
+def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
+    """Builds a policy from a mapping (keys as in ``Policy``, dashes allowed).
+
+    Raises:
+        ValueError: An unknown key or a malformed value.
+    """
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "blocked_hours":
+            values[key] = tuple(_window(w) for w in (value or ()))
+        elif key in _FIELDS:
+            values[key] = _FIELDS[key](value)
+        else:
+            raise ValueError(f"unknown policy key {raw_key!r}")
+    return Policy(**values)
+
+
+def load_policy(path: Path) -> Policy:
+    """Reads a policy YAML file.
+
+    Raises:
+        ValueError: The file is not a mapping or has a bad key or value.
+    """
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the policy must be a mapping")
+    return policy_from_mapping(data)

@@ -1,0 +1,389 @@
+"""Runs one task on the car: inputs in, batched inference, results out, in item order.
+
+The link hands the runner the task's ``InputChunk`` messages; the runner infers them
+(in the compute's thread pool, several batches per hop), and queues ``ResultChunk``
+messages in item order on the link's single outbound queue. Because that queue is FIFO, a
+``TaskCheckpoint(next_item)`` queued after the results covers only items whose results
+are already on their way. The task ends with ``TaskDone``, or ``TaskFailed`` (retriable
+when the car stops because its policy or its link says so). Inputs and outputs live in
+memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol import limits
+from parkfleet.vehicle.compute import ModelSession
+from parkfleet.vehicle.energy import EnergyMeter
+
+__all__ = [
+    "RESULT_CHUNK_BYTES",
+    "InputError",
+    "StopRequest",
+    "TaskOutcome",
+    "TaskRunner",
+]
+
+log = logging.getLogger(__name__)
+
+# Results are sent in chunks of about this many bytes (well below MAX_TENSOR_BYTES).
+RESULT_CHUNK_BYTES = 1024 * 1024
+# Items handed to one executor hop at most: enough to amortise the hop, small enough to
+# stop promptly when the policy says so.
+MAX_ITEMS_PER_HOP = 16384
+# Chunks at least this large go to inference alone: merging them would only copy.
+MERGE_BELOW_ITEMS = 4096
+# Input chunks buffered per task (up to ~3 MiB each); when full the link stops reading,
+# and gRPC flow control holds the gateway back.
+INPUT_QUEUE_CHUNKS = 8
+
+Send = Callable[[pb.CarMessage], Awaitable[None]]
+
+
+class InputError(Exception):
+    """The gateway's inputs do not fit the offer (order, range, shape)."""
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why a running task must stop.
+
+    Attributes:
+        reason: CamelCase reason for ``TaskFailed`` (e.g. ``NotPluggedIn``).
+        message: Human-readable text.
+        retriable: Whether another car may finish it.
+        report: Send ``TaskFailed`` (False for a gateway cancel, which needs no answer).
+    """
+
+    reason: str
+    message: str
+    retriable: bool = True
+    report: bool = True
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How a task ended (for the agent's counters and the simulator).
+
+    Attributes:
+        done: True when every item was delivered.
+        reason: "" when done, else the failure reason.
+        next_item: Every item before this has its result delivered.
+        energy_wh: Energy the task used.
+        energy_modelled: True when the energy is modelled, not measured.
+    """
+
+    done: bool
+    reason: str
+    next_item: int
+    energy_wh: float
+    energy_modelled: bool
+
+
+class TaskRunner:
+    """One task: feed it input chunks, run it, await its outcome.
+
+    Args:
+        offer: The accepted offer.
+        send: Queues a message on the link (FIFO with everything else the car sends).
+        meter: Energy meter for this task.
+        clock: Monotonic seconds.
+        on_energy: Called with each new increment of energy (the daily budget counts it).
+    """
+
+    def __init__(
+        self,
+        offer: pb.TaskOffer,
+        send: Send,
+        meter: EnergyMeter,
+        clock: Callable[[], float] = time.monotonic,
+        on_energy: Callable[[float], None] | None = None,
+    ) -> None:
+        self.offer = offer
+        self.task_id = offer.task_id
+        self.attempt = offer.attempt
+        self._send = send
+        self._meter = meter
+        self._clock = clock
+        self._on_energy = on_energy
+        self._inputs: asyncio.Queue[pb.InputChunk | None] = asyncio.Queue(INPUT_QUEUE_CHUNKS)
+        self._stop: StopRequest | None = None
+        self._received_last = False
+        self._next_input = offer.resume_from
+        self.sent_upto = offer.resume_from
+        self.items_done = 0
+        self._energy_reported_wh = 0.0
+
+    # ---- fed by the link ---------------------------------------------------------
+
+    async def feed(self, chunk: pb.InputChunk) -> None:
+        """Queues an input chunk (waits while the buffer is full: that is backpressure)."""
+        if self._stop is not None or self._received_last:
+            return  # stopping: later inputs are dropped
+        if chunk.last:
+            self._received_last = True
+        await self._inputs.put(chunk)
+
+    def request_stop(self, stop: StopRequest) -> None:
+        """Asks the task to stop after the current hop; the first request wins."""
+        if self._stop is None:
+            self._stop = stop
+        # Wake the loop if it waits for inputs; drop queued inputs so feed() never blocks.
+        while not self._inputs.empty():
+            self._inputs.get_nowait()
+        self._inputs.put_nowait(None)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop is not None
+
+    # ---- messages ----------------------------------------------------------------
+
+    async def _log(self, *lines: str) -> None:
+        await self._send(
+            pb.CarMessage(
+                log=pb.TaskLog(task_id=self.task_id, attempt=self.attempt, lines=list(lines))
+            )
+        )
+
+    def _energy(self) -> tuple[float, bool]:
+        reading = self._meter.reading()
+        if self._on_energy is not None and reading.wh > self._energy_reported_wh:
+            self._on_energy(reading.wh - self._energy_reported_wh)
+            self._energy_reported_wh = reading.wh
+        return reading.wh, reading.modelled
+
+    async def _fail(self, reason: str, message: str, retriable: bool) -> TaskOutcome:
+        wh, modelled = self._energy()
+        await self._send(
+            pb.CarMessage(
+                failed=pb.TaskFailed(
+                    task_id=self.task_id,
+                    attempt=self.attempt,
+                    reason=reason,
+                    message=message[: limits.MAX_LOG_LINE_CHARS],
+                    retriable=retriable,
+                    next_item=self.sent_upto,
+                    energy_wh=wh,
+                    energy_modelled=modelled,
+                )
+            )
+        )
+        return TaskOutcome(False, reason, self.sent_upto, wh, modelled)
+
+    async def fail_before_start(self, reason: str, message: str, retriable: bool) -> TaskOutcome:
+        """Reports a task that cannot start (e.g. ``ModelHashMismatch``)."""
+        self.request_stop(StopRequest(reason, message, retriable, report=False))
+        return await self._fail(reason, message, retriable)
+
+    # ---- the run -----------------------------------------------------------------
+
+    async def _next_inputs(self) -> tuple[np.ndarray | None, bool]:
+        """Takes one chunk (waiting) plus whatever else is already queued, concatenated."""
+        first = await self._inputs.get()
+        if first is None:
+            return None, False
+        arrays = [self._decode(first)]
+        last = first.last
+        count = arrays[0].shape[0]
+        while (
+            not last
+            and count < min(MERGE_BELOW_ITEMS, MAX_ITEMS_PER_HOP)
+            and not self._inputs.empty()
+        ):
+            chunk = self._inputs.get_nowait()
+            if chunk is None:
+                self._inputs.put_nowait(None)  # keep the wake-up for the next round
+                break
+            arr = self._decode(chunk)
+            arrays.append(arr)
+            count += arr.shape[0]
+            last = chunk.last
+        if len(arrays) == 1:
+            return arrays[0], last
+        return np.concatenate(arrays, axis=0), last
+
+    def _decode(self, chunk: pb.InputChunk) -> np.ndarray:
+        if chunk.first_item != self._next_input:
+            raise InputError(
+                f"input chunk starts at item {chunk.first_item}, expected {self._next_input}"
+            )
+        try:
+            arr = limits.tensor_from_proto(chunk.tensor)
+        except limits.ProtocolViolation as e:
+            raise InputError(str(e)) from None
+        if arr.ndim < 1 or arr.shape[0] == 0:
+            raise InputError("input chunk carries no items")
+        if self.offer.input_name and chunk.tensor.name not in ("", self.offer.input_name):
+            raise InputError(
+                f"input chunk names tensor {chunk.tensor.name!r}, "
+                f"the offer's input is {self.offer.input_name!r}"
+            )
+        self._next_input += arr.shape[0]
+        if self._next_input > self.offer.item_end:
+            raise InputError(
+                f"inputs run to item {self._next_input}, past the task's end {self.offer.item_end}"
+            )
+        if chunk.last and self._next_input != self.offer.item_end:
+            raise InputError(
+                f"last input chunk ends at item {self._next_input}, "
+                f"the task ends at {self.offer.item_end}"
+            )
+        return arr
+
+    async def run(self, session: ModelSession, output_names: Sequence[str]) -> TaskOutcome:
+        """Runs the task to its end or until stopped.
+
+        Args:
+            session: The loaded, verified model.
+            output_names: Outputs to return (the offer's, or the model's when it names none).
+
+        Returns:
+            How it ended; the matching ``TaskDone``/``TaskFailed`` was already sent.
+        """
+        offer = self.offer
+        names = list(output_names)
+        started = self._clock()
+        interval = offer.checkpoint_interval_s if offer.checkpoint_interval_s > 0 else 5.0
+        next_checkpoint = started + interval
+        pending: list[list[np.ndarray]] = [[] for _ in names]
+        pending_items = 0
+        per_item_bytes = 0
+        await self._log(
+            f"task {self.task_id} attempt {self.attempt}: items "
+            f"[{offer.resume_from}, {offer.item_end}) batch {offer.batch_size} "
+            f"on {','.join(session.providers)}"
+        )
+
+        async def flush() -> None:
+            nonlocal pending, pending_items
+            if pending_items == 0:
+                return
+            outs = [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in pending]
+            step = max(1, RESULT_CHUNK_BYTES // max(1, per_item_bytes))
+            for start in range(0, pending_items, step):
+                end = min(pending_items, start + step)
+                await self._send(
+                    pb.CarMessage(
+                        result=pb.ResultChunk(
+                            task_id=self.task_id,
+                            attempt=self.attempt,
+                            first_item=self.sent_upto,
+                            outputs=[
+                                limits.tensor_to_proto(n, o[start:end])
+                                for n, o in zip(names, outs, strict=True)
+                            ],
+                        )
+                    )
+                )
+                self.sent_upto += end - start
+            pending = [[] for _ in names]
+            pending_items = 0
+
+        async def checkpoint(now: float) -> None:
+            await flush()
+            await self._send(
+                pb.CarMessage(
+                    checkpoint=pb.TaskCheckpoint(
+                        task_id=self.task_id, attempt=self.attempt, next_item=self.sent_upto
+                    )
+                )
+            )
+            elapsed = max(1e-9, now - started)
+            await self._send(
+                pb.CarMessage(
+                    progress=pb.TaskProgress(
+                        task_id=self.task_id,
+                        attempt=self.attempt,
+                        items_done=self.sent_upto,
+                        items_per_second=self.items_done / elapsed,
+                    )
+                )
+            )
+            self._energy()
+
+        try:
+            if offer.resume_from >= offer.item_end:
+                self._received_last = True
+                last = True
+            else:
+                last = False
+            while not last:
+                if self._stop is not None:
+                    break
+                x, last = await self._next_inputs()
+                if x is None or self._stop is not None:
+                    break
+                outs = await session.infer(x, offer.input_name, names, offer.batch_size or 1)
+                if len(outs) != len(names) or any(o.shape[0] != x.shape[0] for o in outs):
+                    raise InputError("the model's outputs do not have one row per item")
+                if per_item_bytes == 0:
+                    per_item_bytes = sum(o[:1].nbytes for o in outs)
+                for acc, out in zip(pending, outs, strict=True):
+                    acc.append(out)
+                pending_items += x.shape[0]
+                self.items_done += x.shape[0]
+                if pending_items * per_item_bytes >= RESULT_CHUNK_BYTES:
+                    await flush()
+                now = self._clock()
+                if now >= next_checkpoint:
+                    await checkpoint(now)
+                    next_checkpoint = now + interval
+        except InputError as e:
+            await flush()
+            return await self._fail("InvalidInput", str(e), retriable=False)
+        except Exception as e:  # an ORT error: this car cannot do it, another might
+            log.warning("task %s failed: %s", self.task_id, e)
+            await flush()
+            return await self._fail("InferenceError", f"{type(e).__name__}: {e}", True)
+
+        await flush()
+        stop = self._stop
+        if stop is not None:
+            if not stop.report:
+                wh, modelled = self._energy()
+                return TaskOutcome(False, stop.reason, self.sent_upto, wh, modelled)
+            await self._send(
+                pb.CarMessage(
+                    checkpoint=pb.TaskCheckpoint(
+                        task_id=self.task_id, attempt=self.attempt, next_item=self.sent_upto
+                    )
+                )
+            )
+            return await self._fail(stop.reason, stop.message, stop.retriable)
+        wh, modelled = self._energy()
+        seconds = self._clock() - started
+        # The log goes before TaskDone: after it the gateway forgets the task.
+        await self._log(
+            f"task {self.task_id} done: {self.items_done} items in {seconds:.2f}s, "
+            f"{wh:.4f} Wh{' (modelled)' if modelled else ''}"
+        )
+        await self._send(
+            pb.CarMessage(
+                checkpoint=pb.TaskCheckpoint(
+                    task_id=self.task_id, attempt=self.attempt, next_item=self.sent_upto
+                )
+            )
+        )
+        await self._send(
+            pb.CarMessage(
+                done=pb.TaskDone(
+                    task_id=self.task_id,
+                    attempt=self.attempt,
+                    items=self.sent_upto - offer.resume_from,
+                    energy_wh=wh,
+                    energy_modelled=modelled,
+                    seconds=seconds,
+                )
+            )
+        )
+        return TaskOutcome(True, "", self.sent_upto, wh, modelled)

@@ -1,0 +1,535 @@
+"""Gateway benchmark: how many cars one gateway process holds on one core.
+
+Not a test (pytest does not collect ``bench_*.py``). Run ``make bench-gateway`` or
+``.venv/bin/python tests/bench/bench_gateway.py [--ramp 1000,5000,10000]``.
+
+What runs:
+- the gateway (the real ``parkfleet.gateway.Gateway``, in its own process pinned to
+  one core; in-process so the benchmark can submit tasks through its API);
+- lightweight protocol clients (each car: its own certificate, its own mTLS channel
+  and stream, Hello, then telemetry every ``--interval`` s spread over the period),
+  in one or more processes pinned to the other cores. They are NOT the real vehicle
+  agent: thousands of agents would not fit on the benchmark machine;
+- one probe car in pool ``rtt`` that answers tiny tasks, for the task round trip.
+
+What it measures, per step of the ramp:
+- ``telemetry_p99_ms``: p99 of the gateway's ``parkfleet_gateway_telemetry_age_seconds``
+  histogram (car timestamp -> processed by the gateway; one-way latency including
+  queueing in the gateway; same clock on both sides here). The protocol has no
+  telemetry acknowledgement, so this is measured on the gateway side. Quantiles are
+  interpolated inside histogram buckets (like PromQL's histogram_quantile).
+- ``processing_p99_ms``: gateway CPU time per telemetry message (same method).
+- ``memory_per_car_kib``: (gateway RSS now - RSS before any car) / cars.
+- ``task_rtt_p50_ms`` / ``task_rtt_p99_ms``: submit -> succeeded event of a 1-item task
+  (offer, accept, input, result, checkpoint, done) over loopback, while the load runs.
+
+Writes ``.cache/bench/gateway.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / ".cache" / "bench" / "gateway.json"
+GOAL_P99_MS = 50.0
+
+
+# ---- shared helpers ------------------------------------------------------------------
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def pin(cores: set[int]) -> None:
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# ---- server role: the gateway ----------------------------------------------------------
+
+
+def buckets(histogram: Any) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of an unlabelled histogram."""
+    out = []
+    for metric in histogram.collect():
+        for s in metric.samples:
+            if s.name.endswith("_bucket"):
+                out.append((float(s.labels["le"]), s.value))
+    return sorted(out)
+
+
+def quantile(
+    q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]
+) -> float:
+    """histogram_quantile over the difference of two cumulative bucket snapshots."""
+    delta = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = delta[-1][1] if delta else 0
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in delta:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            span = count - prev_count
+            frac = (rank - prev_count) / span if span > 0 else 1.0
+            return prev_le + (le - prev_le) * frac
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+async def server_main(args: argparse.Namespace) -> None:
+    from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, MemorySink, TaskSpec
+    from parkfleet.gateway.spec import ModelRef
+
+    raise_nofile()
+    config = GatewayConfig.from_certs_dir(
+        Path(args.certs),
+        Path(args.models),
+        listen="127.0.0.1:0",
+        telemetry_interval_s=args.interval,
+        telemetry_timeout_s=args.interval * 3,
+        hello_timeout_s=60,
+        grpc_options=[tuple(json.loads(o)) for o in args.grpc_option],
+    )
+    gw = Gateway(config)
+    await gw.start()
+    emit({"listening": gw.address, "rss_kib": rss_kib()})
+    metrics = gw.metrics
+    snap: dict[str, Any] = {}
+    events = gw.events()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    seq = 0
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if not line or line == "quit":
+            break
+        cmd, *rest = line.split()
+        if cmd == "cars":
+            emit({"cars": len(gw.registry.cars), "rss_kib": rss_kib()})
+        elif cmd == "snap":
+            snap = {
+                "t": time.monotonic(),
+                "cpu": time.process_time(),
+                "age": buckets(metrics.telemetry_age),
+                "proc": buckets(metrics.telemetry_seconds),
+            }
+            emit({"ok": True})
+        elif cmd == "window":
+            age, proc = buckets(metrics.telemetry_age), buckets(metrics.telemetry_seconds)
+            seconds = time.monotonic() - snap["t"]
+            count = age[-1][1] - snap["age"][-1][1]
+            emit(
+                {
+                    "cars": len(gw.registry.cars),
+                    "rss_kib": rss_kib(),
+                    "telemetry_per_s": count / seconds,
+                    "cpu_share": (time.process_time() - snap["cpu"]) / seconds,
+                    "age_p50_ms": quantile(0.5, snap["age"], age) * 1000,
+                    "age_p99_ms": quantile(0.99, snap["age"], age) * 1000,
+                    "proc_p50_ms": quantile(0.5, snap["proc"], proc) * 1000,
+                    "proc_p99_ms": quantile(0.99, snap["proc"], proc) * 1000,
+                }
+            )
+        elif cmd == "rtt":
+            n = int(rest[0])
+            times = []
+            for _ in range(n):
+                seq += 1
+                task_id = f"rtt-{seq}"
+                spec = TaskSpec(
+                    task_id=task_id,
+                    cell="rtt-0",
+                    runtime="onnxruntime",
+                    model=ModelRef(sha256="0" * 64),
+                    input_name="x",
+                    output_names=("y",),
+                    batch_size=1,
+                    item_start=0,
+                    item_end=1,
+                    inputs=ArrayInput(np.ones((1, 4), np.float32)),
+                    sink=MemorySink(),
+                    grace_s=30,
+                )
+                t0 = time.perf_counter()
+                await gw.submit(spec)
+                async for e in events:
+                    if e.task_id == task_id and e.kind in ("succeeded", "failed"):
+                        break
+                times.append((time.perf_counter() - t0) * 1000)
+                gw.forget(task_id)
+            emit(
+                {
+                    "rtt_p50_ms": float(np.percentile(times, 50)),
+                    "rtt_p99_ms": float(np.percentile(times, 99)),
+                }
+            )
+    await gw.stop(1.0)
+
+
+# ---- clients role: lightweight cars ------------------------------------------------------
+
+
+async def clients_main(args: argparse.Namespace) -> None:
+    from parkfleet.certs import FleetCA
+    from parkfleet.gateway.probe import ProbeCar, parked_telemetry
+    from parkfleet.protocol import carlink_pb2 as pb
+    from parkfleet.protocol import carlink_pb2_grpc
+    from parkfleet.protocol.limits import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
+
+    raise_nofile()
+    ca = FleetCA.load(Path(args.certs))
+    ca_pem = ca.cert_pem
+    if args.rtt_car:
+        pair = ca.issue_car("rtt-car", {"pool": "rtt"})
+        car = ProbeCar(args.address, ca_pem, pair)
+        await car.connect()
+        await car.telemetry()
+        emit({"connected": 1, "seconds": 0})
+        worker = asyncio.create_task(car.work())
+        telemetry = asyncio.create_task(_keep_alive(car, args.interval))
+        await _wait_stdin_eof()
+        worker.cancel()
+        telemetry.cancel()
+        return
+
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    hello = pb.CarMessage(
+        hello=pb.Hello(
+            protocol_version=PROTOCOL_VERSION,
+            agent_version="bench",
+            capabilities=pb.Capabilities(
+                gpu_model="bench", gpu_count=1, gpu_memory_mib=8192, runtimes=["onnxruntime"]
+            ),
+        )
+    )
+    calls: list[Any] = []
+    senders: list[asyncio.Task[None]] = []
+    failures = 0
+    sem = asyncio.Semaphore(64)
+
+    async def telemetry(call: Any) -> None:
+        # Spread over the period so load is steady, not bursts.
+        await asyncio.sleep(random.random() * args.interval)
+        msg = pb.CarMessage(telemetry=parked_telemetry())
+        while True:
+            msg.telemetry.unix_time_ms = int(time.time() * 1000)
+            await call.write(msg)
+            await asyncio.sleep(args.interval)
+
+    async def connect(i: int) -> None:
+        nonlocal failures
+        car_id = f"bench-{args.first + i}"
+        pair = ca.issue_car(car_id, {"pool": "bench"})
+        creds = grpc.ssl_channel_credentials(ca_pem, pair.key_pem, pair.cert_pem)
+        async with sem:
+            try:
+                channel = grpc.aio.secure_channel(args.address, creds, options=options)
+                call = carlink_pb2_grpc.CarLinkStub(channel).Connect()
+                await call.write(hello)
+                await call.read()  # Welcome
+                calls.append((channel, call))
+                # Telemetry starts at once: a car silent past the timeout would be dropped.
+                senders.append(asyncio.create_task(telemetry(call)))
+            except Exception:
+                failures += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(connect(i) for i in range(args.count)))
+    emit({"connected": len(calls), "failed": failures, "seconds": time.monotonic() - t0})
+
+    await _wait_stdin_eof()
+    for s in senders:
+        s.cancel()
+
+
+async def _keep_alive(car: Any, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await car.telemetry()
+
+
+async def _wait_stdin_eof() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.readline():
+        pass
+
+
+# ---- driver -------------------------------------------------------------------------------
+
+
+class Proc:
+    """A child role process, talked to in JSON lines over stdin/stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, cores: set[int], *argv: str) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: pin(cores),
+            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+        )
+        return cls(proc)
+
+    async def read(self, timeout: float = 300) -> dict[str, Any]:  # noqa: ASYNC109
+        assert self.proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            if not line:
+                raise RuntimeError(f"child exited ({self.proc.returncode})")
+            if line.startswith(b"{"):
+                got: dict[str, Any] = json.loads(line)
+                return got
+
+    async def ask(self, cmd: str, timeout: float = 300) -> dict[str, Any]:  # noqa: ASYNC109
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self.read(timeout)
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def driver(args: argparse.Namespace) -> dict[str, Any]:
+    from parkfleet.certs import FleetCA
+
+    started = time.monotonic()
+    cpus = sorted(os.sched_getaffinity(0))
+    gateway_cores = {cpus[0]}
+    client_cores = set(cpus[1:]) or set(cpus)
+    ramp = [int(x) for x in args.ramp.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    certs = work / "certs"
+    ca = FleetCA.create()
+    ca.save(certs)
+    ca.issue_gateway(["127.0.0.1", "localhost"]).save(certs / "gateway.crt", certs / "gateway.key")
+    interval = str(args.interval)
+
+    server = await Proc.start(
+        gateway_cores, "server", "--certs", str(certs), "--models", str(work / "models"),
+        "--interval", interval, *[f"--grpc-option={o}" for o in args.grpc_option],
+    )  # fmt: skip
+    hello = await server.read()
+    address = hello["listening"]
+    # Baseline: after start, with the rtt car only (it is not counted per car).
+    clients: list[Proc] = [
+        await Proc.start(
+            client_cores, "clients", "--address", address, "--certs", str(certs),
+            "--interval", interval, "--rtt-car",
+        )
+    ]  # fmt: skip
+    await clients[0].read()
+    await asyncio.sleep(1.0)
+    rss0 = (await server.ask("cars"))["rss_kib"]
+    steps: list[dict[str, Any]] = []
+    total = 0
+    limited_by = "ramp finished"
+    try:
+        for n in ramp:
+            elapsed = time.monotonic() - started
+            if elapsed > args.time_cap_s * 0.6 and steps:
+                limited_by = f"time cap ({args.time_cap_s:g} s)"
+                break
+            t0 = time.monotonic()
+            new: list[Proc] = []
+            while total < n:
+                count = min(args.per_proc, n - total)
+                new.append(
+                    await Proc.start(
+                        client_cores, "clients", "--address", address, "--certs", str(certs),
+                        "--interval", interval, "--first", str(total), "--count", str(count),
+                    )
+                )  # fmt: skip
+                total += count
+            failed = 0
+            for p in new:
+                got = await p.read(timeout=args.time_cap_s)
+                failed += got.get("failed", 0)
+            clients.extend(new)
+            connect_s = time.monotonic() - t0
+            # Let a full telemetry period pass so every car is in steady state.
+            await asyncio.sleep(args.interval)
+            await server.ask("snap")
+            await asyncio.sleep(args.interval * 1.5)
+            window = await server.ask("window")
+            rtt = await server.ask(f"rtt {args.rtt}")
+            cars = window["cars"] - 1  # minus the rtt car
+            row = {
+                "cars": cars,
+                "cars_started": total,
+                "connect_failed": failed,
+                "connect_s": round(connect_s, 1),
+                "telemetry_per_s": round(window["telemetry_per_s"], 1),
+                "gateway_cpu_share": round(window["cpu_share"], 3),
+                "telemetry_p50_ms": round(window["age_p50_ms"], 2),
+                "telemetry_p99_ms": round(window["age_p99_ms"], 2),
+                "processing_p99_ms": round(window["proc_p99_ms"], 4),
+                "gateway_rss_mib": round(window["rss_kib"] / 1024, 1),
+                "memory_per_car_kib": round((window["rss_kib"] - rss0) / max(cars, 1), 1),
+                "task_rtt_p50_ms": round(rtt["rtt_p50_ms"], 2),
+                "task_rtt_p99_ms": round(rtt["rtt_p99_ms"], 2),
+            }
+            steps.append(row)
+            print_row(row, header=len(steps) == 1)
+            if failed or cars < total:
+                limited_by = (
+                    f"{failed} connections failed and {total - failed - cars} cars dropped "
+                    f"of {total}"
+                )
+                break
+            if row["telemetry_p99_ms"] > GOAL_P99_MS:
+                limited_by = f"telemetry p99 above {GOAL_P99_MS:g} ms"
+                break
+        else:
+            limited_by = "ramp finished (raise --ramp; the fd limit caps one process near 20k)"
+    finally:
+        with contextlib.suppress(Exception):
+            await server.ask("quit", timeout=30)
+        await server.close()
+        for c in clients:
+            await c.close()
+
+    good = [
+        s
+        for s in steps
+        if s["telemetry_p99_ms"] <= GOAL_P99_MS
+        and not s["connect_failed"]
+        and s["cars"] == s["cars_started"]
+    ]
+    best = good[-1] if good else (steps[-1] if steps else {})
+    return {
+        "cars_per_core": best.get("cars", 0) if good else 0,
+        "largest_n": steps[-1]["cars"] if steps else 0,
+        "limited_by": limited_by,
+        "telemetry_p99_ms": best.get("telemetry_p99_ms"),
+        "memory_per_car_kib": best.get("memory_per_car_kib"),
+        "task_rtt_p50_ms": best.get("task_rtt_p50_ms"),
+        "task_rtt_p99_ms": best.get("task_rtt_p99_ms"),
+        "telemetry_interval_s": args.interval,
+        "gateway_cores": sorted(gateway_cores),
+        "client_cores": sorted(client_cores),
+        "client_processes": len(clients),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        },
+        "notes": (
+            "clients are lightweight protocol clients (own cert, mTLS channel and stream per "
+            "car), not the real vehicle agent; telemetry latency is measured gateway-side from "
+            "the car timestamp (no ack in the protocol); gateway and clients share the machine "
+            "with other work"
+        ),
+        "steps": steps,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+COLUMNS = [
+    ("cars", 7), ("connect_s", 9), ("telemetry_per_s", 15), ("gateway_cpu_share", 17),
+    ("telemetry_p50_ms", 16), ("telemetry_p99_ms", 16), ("processing_p99_ms", 17),
+    ("memory_per_car_kib", 18), ("task_rtt_p50_ms", 15), ("task_rtt_p99_ms", 15),
+]  # fmt: skip
+
+
+def print_row(row: dict[str, Any], header: bool) -> None:
+    if header:
+        print(" ".join(name.rjust(w) for name, w in COLUMNS), flush=True)
+    print(" ".join(str(row[name]).rjust(w) for name, w in COLUMNS), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="role")
+    p = sub.add_parser("server")
+    p.add_argument("--certs", required=True)
+    p.add_argument("--models", required=True)
+    p.add_argument("--interval", type=float, default=10.0)
+    p.add_argument("--grpc-option", action="append", default=[])
+    p = sub.add_parser("clients")
+    p.add_argument("--address", required=True)
+    p.add_argument("--certs", required=True)
+    p.add_argument("--interval", type=float, default=10.0)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, default=0)
+    p.add_argument("--rtt-car", action="store_true")
+    parser.add_argument("--ramp", default="1000,5000,10000,19000")
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--per-proc", type=int, default=5000)
+    parser.add_argument("--rtt", type=int, default=50)
+    parser.add_argument("--time-cap-s", type=float, default=300.0)
+    parser.add_argument(
+        "--grpc-option", action="append", default=[], help='gateway option as JSON ["k", v]'
+    )
+    args = parser.parse_args()
+    if args.role == "server":
+        asyncio.run(server_main(args))
+        return 0
+    if args.role == "clients":
+        asyncio.run(clients_main(args))
+        return 0
+    result = asyncio.run(driver(args))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"\ncars_per_core={result['cars_per_core']} (largest N {result['largest_n']}, "
+        f"limited by: {result['limited_by']}); memory_per_car_kib={result['memory_per_car_kib']}; "
+        f"task_rtt p50/p99 ms={result['task_rtt_p50_ms']}/{result['task_rtt_p99_ms']}"
+    )
+    print(f"clients: lightweight protocol clients, not the real agent. wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

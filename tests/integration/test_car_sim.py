@@ -1,0 +1,82 @@
+"""The simulator: many real agents, each with its own certificate and stream, driven by
+traces, against the real gateway; a task placed on the fleet runs and is correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from parkfleet.gateway import ArrayInput, MemorySink
+from parkfleet.sim import FleetConfig, SimulatedFleet
+from tests.integration.car_env import CarEnv, digits, digits_task, start_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+# Tuesday 1970-01-06 03:00 UTC: night, most cars with a charger are plugged in.
+NIGHT_MS = (5 * 86_400 + 3 * 3600) * 1000
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
+    e = await start_env(tmp_path, grace_s=30.0, telemetry_interval_s=0.5)
+    yield e
+    await e.close()
+
+
+async def test_fleet_connects_and_runs_a_task(env: CarEnv) -> None:
+    fleet = SimulatedFleet(
+        FleetConfig(
+            cars=8,
+            gateway=env.gateway.address,
+            certs_dir=env.certs,
+            seed=3,
+            pool="sim",
+            cells=1,
+            compute="modelled",
+            modelled_items_per_second=50_000.0,
+            start_unix_ms=NIGHT_MS,
+            strict_owners=False,
+            ramp_s=0.0,
+            telemetry_interval_s=0.5,
+        )
+    )
+    try:
+        await fleet.start()
+        assert await fleet.wait_connected(timeout_s=30.0) == 8
+        plugged = sum(t.state_at(NIGHT_MS / 1000 - 4 * 86_400).plugged_in for t in fleet.traces)
+        assert 0 < plugged < 8  # this seed has some of each
+        cap = env.gateway.capacity()["sim-0"]
+        assert cap.cars_connected == 8  # eight identities, eight streams
+        for _ in range(200):
+            cap = env.gateway.capacity()["sim-0"]
+            if cap.cars_eligible == plugged:
+                break
+            await asyncio.sleep(0.02)
+        assert cap.cars_eligible == plugged
+
+        model = digits()
+        ref = env.gateway.models.add_file(model.model_path)
+        x = model.test_inputs()
+        sink = MemorySink()
+        await env.gateway.submit(digits_task("sim", ref, ArrayInput(x), len(x), sink, cell="sim-0"))
+        assert (await env.events.ended("sim")).kind == "succeeded"
+        local = ort.InferenceSession(str(model.model_path), providers=["CPUExecutionProvider"])
+        (label,) = local.run(["label"], {"input": x})
+        np.testing.assert_array_equal(sink.output("label"), label)
+        assert fleet.stats().tasks_done == 1
+
+        # Certificates are cached per car: a second fleet reuses them.
+        again = SimulatedFleet(fleet.config)
+        again.prepare()
+        assert [a.config.credentials.cert_pem for a in again.agents] == [
+            a.config.credentials.cert_pem for a in fleet.agents
+        ]
+        await again.stop()
+    finally:
+        await fleet.stop()

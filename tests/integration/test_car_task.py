@@ -1,0 +1,89 @@
+"""A real agent runs a real task through the real gateway; outputs match local ONNX Runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from parkfleet.gateway import ArrayInput, MemorySink
+from parkfleet.policy import Policy
+from parkfleet.vehicle import (
+    Agent,
+    AgentConfig,
+    Credentials,
+    LinkRefused,
+    MutableSensors,
+    OrtCompute,
+)
+from parkfleet.vehicle.agent import capabilities
+from tests.integration.car_env import CarEnv, digits, digits_task, start_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
+    e = await start_env(tmp_path, grace_s=30.0)
+    yield e
+    await e.close()
+
+
+async def test_outputs_equal_local_onnxruntime(env: CarEnv) -> None:
+    model = digits()
+    ref = env.gateway.models.add_file(model.model_path)
+    x = model.test_inputs()
+    agent = env.start_agent("car-1")
+    await env.wait_eligible(1)
+
+    sink = MemorySink()
+    await env.gateway.submit(digits_task("digits", ref, ArrayInput(x), len(x), sink))
+    end = await env.events.ended("digits")
+    assert end.kind == "succeeded", end
+
+    local = ort.InferenceSession(str(model.model_path), providers=["CPUExecutionProvider"])
+    label, probs = local.run(["label", "probabilities"], {"input": x})
+    assert sink.items() == list(range(len(x)))
+    np.testing.assert_array_equal(sink.output("label"), label)
+    np.testing.assert_array_equal(sink.output("probabilities").argmax(axis=1), probs.argmax(1))
+    np.testing.assert_allclose(sink.output("probabilities"), probs, rtol=1e-5, atol=1e-6)
+    assert (sink.output("label") == model.test_labels()).mean() > 0.9
+
+    status = env.gateway.task("digits")
+    assert status is not None
+    assert status.cars == ("car-1",)
+    assert status.energy_modelled  # no power sensor on this car: modelled and marked so
+    assert env.events.of("log", "digits")  # the car's log lines reached the gateway
+    assert agent.models.fetches == 1
+
+    # A second task with the same model is served from the car's cache.
+    sink2 = MemorySink()
+    await env.gateway.submit(digits_task("again", ref, ArrayInput(x[:10]), 10, sink2))
+    assert (await env.events.ended("again")).kind == "succeeded"
+    assert agent.models.fetches == 1
+    np.testing.assert_array_equal(sink2.output("label"), label[:10])
+
+
+async def test_agent_claiming_another_id_is_refused_for_good(env: CarEnv) -> None:
+    pair = env.pair("car-1")
+    agent = Agent(
+        AgentConfig(
+            address=env.gateway.address,
+            credentials=Credentials(env.ca.cert_pem, pair.cert_pem, pair.key_pem),
+            car_id="car-2",  # not what the certificate says
+            policy=Policy(),
+            capabilities=capabilities("test-gpu", 8192, 60.0, ["CPUExecutionProvider"]),
+            max_reconnects=2,
+            backoff_base_s=0.01,
+        ),
+        MutableSensors(),
+        OrtCompute(),
+    )
+    with pytest.raises(LinkRefused) as refused:
+        await agent.run()
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "car-1" in refused.value.details

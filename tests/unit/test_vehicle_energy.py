@@ -1,0 +1,62 @@
+"""Energy: measured when a power reader exists, modelled (and marked so) otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_modelled_from_nominal_power_and_time() -> None:
+    clock = FakeClock()
+    meter = EnergyMeter(gpu_power_w=60.0, clock=clock)
+    clock.t += 3600.0
+    reading = meter.reading()
+    assert reading.modelled
+    assert reading.wh == pytest.approx(60.0)
+    assert reading.seconds == pytest.approx(3600.0)
+
+
+def test_measured_integrates_samples() -> None:
+    clock = FakeClock()
+    watts = [100.0]
+    meter = EnergyMeter(gpu_power_w=60.0, reader=lambda: watts[0], clock=clock)
+    clock.t += 1800.0
+    watts[0] = 300.0
+    meter.sample()  # trapezoid: (100 + 300) / 2 W for half an hour = 100 Wh
+    clock.t += 1800.0
+    reading = meter.reading()  # 300 W for half an hour = 150 Wh
+    assert not reading.modelled
+    assert reading.wh == pytest.approx(250.0)
+
+
+def test_a_failing_sensor_falls_back_to_the_model() -> None:
+    clock = FakeClock()
+
+    def broken() -> float | None:
+        raise OSError("sensor gone")
+
+    meter = EnergyMeter(gpu_power_w=36.0, reader=broken, clock=clock)
+    clock.t += 100.0
+    reading = meter.reading()
+    assert reading.modelled
+    assert reading.wh == pytest.approx(1.0)
+
+
+def test_daily_energy_resets_at_local_midnight() -> None:
+    day = 86_400_000
+    daily = DailyEnergy(utc_offset_minutes=60)
+    # 22:30 UTC is 23:30 local; 23:30 UTC is already the next local day.
+    daily.add(10.0, day + 22 * 3_600_000 + 1_800_000)
+    assert daily.today(day + 22 * 3_600_000 + 1_900_000) == pytest.approx(10.0)
+    assert daily.today(day + 23 * 3_600_000 + 1_800_000) == 0.0
+    daily.add(5.0, day + 23 * 3_600_000 + 1_800_000)
+    assert daily.today(day + 23 * 3_600_000 + 1_800_000) == pytest.approx(5.0)
