@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "parkfleet.vehicle.agent",
     "parkfleet.sim.cli",
     "parkfleet.models.digits",
+    "parkfleet.controller.run",
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
@@ -243,6 +244,13 @@ class Gateway:
     def forget(self, task_id: str) -> None:
         """Drops an ended task's record (the caller has taken its outcome)."""
         self._tasks.forget(task_id)
+
+    def set_pools(self, pools: list[FleetPoolSpec]) -> None:
+        """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""
+        moved = self._service.set_pools(pools)
+        if moved:
+            log.info("FleetPools changed: %d connected cars changed cell", moved)
+        self._tasks.kick.set()
 
     def set_pool_floor(self, pool: str, floor: Policy | None) -> None:
         """Sets (or clears) a pool's policy floor for cars that connect from now on."""

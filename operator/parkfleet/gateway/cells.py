@@ -7,11 +7,17 @@ The mapping is deterministic so that a reconnecting car lands in the same cell.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-__all__ = ["DEFAULT_POOL", "cell_id", "cell_of"]
+from parkfleet.api.fleetpool import FleetPoolSpec
+from parkfleet.policy import Policy
+
+__all__ = ["DEFAULT_POOL", "UNPOOLED", "PoolCell", "cell_id", "cell_of", "pool_cell_of"]
 
 DEFAULT_POOL = "default"
+# Cars no FleetPool selects wait here: no Node serves this cell, so no work reaches them.
+UNPOOLED = "unpooled"
 
 
 def cell_id(pool: str, index: str | int) -> str:
@@ -39,3 +45,41 @@ def cell_of(car_id: str, attributes: Mapping[str, str], cells_per_pool: int = 1)
     if cells_per_pool <= 1:
         return cell_id(pool, 0)
     return cell_id(pool, zlib.crc32(car_id.encode()) % cells_per_pool)
+
+
+@dataclass(frozen=True)
+class PoolCell:
+    """Where a car belongs when FleetPools decide: its pool, its cell, the pool's floor."""
+
+    pool: str
+    cell: str
+    floor: Policy | None
+
+
+def pool_cell_of(
+    car_id: str, attributes: Mapping[str, str], pools: Sequence[FleetPoolSpec]
+) -> PoolCell:
+    """The pool and cell of a car from the FleetPools' selectors.
+
+    The first pool (by name) whose ``matchAttributes`` the car's certificate satisfies
+    takes it. Its cell is the certificate's ``cell`` attribute when that is a valid
+    index of the pool, else a stable hash of the car id over the pool's cells.
+
+    Args:
+        car_id: The car id from its certificate.
+        attributes: The certificate's attributes.
+        pools: The FleetPools.
+
+    Returns:
+        The car's place; pool and cell are ``UNPOOLED`` when no pool selects it.
+    """
+    for pool in sorted(pools, key=lambda p: p.name):
+        if not pool.matches(attributes):
+            continue
+        pinned = attributes.get("cell", "")
+        if pinned.isdigit() and int(pinned) < pool.cells:
+            index = int(pinned)
+        else:
+            index = zlib.crc32(car_id.encode()) % pool.cells
+        return PoolCell(pool.name, cell_id(pool.name, index), pool.floor)
+    return PoolCell(UNPOOLED, UNPOOLED, None)

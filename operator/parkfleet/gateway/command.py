@@ -5,29 +5,110 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubernetes_asyncio import client, config
+
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
+from parkfleet.nodeagent.kubeletapi import KubeletServer
+from parkfleet.nodeagent.logs import LogStore
+
+log = logging.getLogger(__name__)
 
 __all__ = ["register", "run"]
 
 
-async def run(config: GatewayConfig, grace_s: float = 5.0) -> None:
-    """Runs a gateway until SIGTERM/SIGINT.
+@dataclass
+class NodeAgentOptions:
+    """How the gateway's node agent (virtual kubelet) runs; see ``parkfleet gateway -h``."""
+
+    kubeconfig: str | None
+    shard: int
+    data_root: Path
+    kubelet_port: int
+    advertise_address: str
+    kubelet_client_ca: Path | None
+
+
+async def _kube_client(kubeconfig: str | None) -> client.ApiClient:
+    cfg = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+async def run(
+    config: GatewayConfig,
+    grace_s: float = 5.0,
+    models: Mapping[str, Path] | None = None,
+    node_agent: NodeAgentOptions | None = None,
+) -> None:
+    """Runs a gateway (and its node agent, when asked) until SIGTERM/SIGINT.
 
     Prints ``listening on HOST:PORT`` once serving (scripts read the port from it).
     """
     gateway = Gateway(config)
+    for name, path in (models or {}).items():
+        ref = gateway.models.add_file(path, name=name)
+        log.info("model %s = %s", name, ref.sha256)
     await gateway.start()
     print(f"listening on {gateway.address}", flush=True)
+    agent: NodeAgent | None = None
+    kubelet: KubeletServer | None = None
+    api: client.ApiClient | None = None
+    if node_agent is not None:
+        api = await _kube_client(node_agent.kubeconfig)
+        ca_path = node_agent.kubelet_client_ca or api.configuration.ssl_ca_cert
+        client_ca = await asyncio.to_thread(Path(ca_path).read_bytes) if ca_path else None
+        logs = LogStore()
+        kubelet = KubeletServer(
+            api, logs, client_ca, host=node_agent.advertise_address, port=node_agent.kubelet_port
+        )
+        await kubelet.start()
+        agent = NodeAgent(
+            api,
+            gateway,
+            NodeAgentConfig(
+                shard=node_agent.shard,
+                address=node_agent.advertise_address,
+                kubelet_port=kubelet.port,
+                data_root=node_agent.data_root,
+            ),
+            logs,
+        )
+        kubelet.node_of = agent.node_of_pod
+        await agent.start()
+        print(f"node agent: shard {node_agent.shard}, kubelet API port {kubelet.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if agent is not None:
+        await agent.stop()
+    if kubelet is not None:
+        await kubelet.stop()
     await gateway.stop(grace_s)
+    if api is not None:
+        await api.close()
+
+
+def _models(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--model wants NAME=PATH, got {item!r}")
+        out[name] = Path(path)
+    return out
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -45,7 +126,17 @@ def _main(args: argparse.Namespace) -> int:
         cells_per_pool=args.cells_per_pool,
         grace_s=args.grace_s,
     )
-    asyncio.run(run(config))
+    agent = None
+    if args.node_agent or args.kubeconfig:
+        agent = NodeAgentOptions(
+            kubeconfig=args.kubeconfig,
+            shard=args.shard,
+            data_root=args.data_dir.resolve(),
+            kubelet_port=args.kubelet_port,
+            advertise_address=args.advertise_address or args.listen.rsplit(":", 1)[0],
+            kubelet_client_ca=args.kubelet_client_ca,
+        )
+    asyncio.run(run(config, models=_models(args.model), node_agent=agent))
     return 0
 
 
@@ -60,5 +151,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
     p.add_argument("--cells-per-pool", type=int, default=1)
     p.add_argument("--grace-s", type=float, default=60.0, help="task wait before NoEligibleCar")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="add an ONNX model to the store under a name pods can use (repeatable)",
+    )
+    k = p.add_argument_group("node agent (virtual kubelet)")
+    k.add_argument("--node-agent", action="store_true", help="register cells as Nodes")
+    k.add_argument("--kubeconfig", default=None, help="implies --node-agent")
+    k.add_argument("--shard", type=int, default=0, help="this gateway's shard index")
+    k.add_argument("--data-dir", type=Path, default=Path("."), help="task inputs and results")
+    k.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
+    k.add_argument("--advertise-address", default=None, help="default: the --listen host")
+    k.add_argument(
+        "--kubelet-client-ca",
+        type=Path,
+        default=None,
+        help="CA of the apiserver's kubelet client cert (default: the kubeconfig's CA)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_main)

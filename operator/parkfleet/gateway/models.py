@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from parkfleet.gateway.spec import ModelRef
 from parkfleet.protocol import carlink_pb2 as pb
@@ -21,6 +23,7 @@ from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
 __all__ = ["ModelNotFound", "ModelStore"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
 class ModelNotFound(LookupError):
@@ -61,9 +64,60 @@ class ModelStore:
             tmp.replace(target)
         return ModelRef(sha256=digest, uri="gateway:", size_bytes=len(data))
 
-    def add_file(self, path: Path) -> ModelRef:
-        """Stores a copy of a model file and returns its reference."""
-        return self.add_bytes(path.read_bytes())
+    def add_file(self, path: Path, name: str | None = None) -> ModelRef:
+        """Stores a copy of a model file and returns its reference.
+
+        Args:
+            path: The ONNX file.
+            name: A name pods may use instead of the hash (``PARKFLEET_MODEL``).
+        """
+        ref = self.add_bytes(path.read_bytes())
+        if name is not None:
+            if not _NAME.match(name):
+                raise ValueError(f"{name!r} is not a model name")
+            names = self.directory / "names"
+            names.mkdir(exist_ok=True)
+            tmp = names / f".{name}.{os.getpid()}.tmp"
+            tmp.write_text(ref.sha256 + "\n")
+            tmp.replace(names / name)
+        return ref
+
+    def lookup(self, name: str) -> ModelRef:
+        """The model stored under ``name``.
+
+        Raises:
+            ModelNotFound: No model has that name.
+        """
+        if not _NAME.match(name):
+            raise ModelNotFound(f"{name!r} is not a model name")
+        try:
+            sha = (self.directory / "names" / name).read_text().strip()
+        except FileNotFoundError:
+            raise ModelNotFound(f"no model named {name!r} in the gateway's store") from None
+        path = self.path(sha)
+        return ModelRef(sha256=sha, uri="gateway:", size_bytes=path.stat().st_size)
+
+    def describe(self, sha256: str) -> dict[str, Any]:
+        """The model's first input name and output names (read once, then cached).
+
+        Raises:
+            ModelNotFound: Malformed digest or no such model.
+        """
+        path = self.path(sha256)
+        meta = self.directory / "meta" / f"{sha256}.json"
+        if meta.exists():
+            info: dict[str, Any] = json.loads(meta.read_text())
+            return info
+        import onnxruntime as ort  # only the gateway's cold path needs it
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        info = {
+            "input": session.get_inputs()[0].name,
+            "outputs": [o.name for o in session.get_outputs()],
+        }
+        meta.parent.mkdir(exist_ok=True)
+        meta.write_text(json.dumps(info))
+        return info
 
     async def chunks(self, sha256: str) -> AsyncIterator[pb.ModelChunk]:
         """The model's bytes as wire chunks, read off the event loop.

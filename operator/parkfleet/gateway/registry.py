@@ -33,6 +33,7 @@ class CarState:
     """One connected car."""
 
     __slots__ = (
+        "attributes",
         "car_id",
         "cell",
         "close_code",
@@ -48,6 +49,7 @@ class CarState:
         "last_seen",
         "link_quality",
         "lock",
+        "owner_policy",
         "reason",
         "runtimes",
         "soc_percent",
@@ -75,6 +77,10 @@ class CarState:
         self.gpu_memory_mib = gpu_memory_mib
         self.runtimes = runtimes
         self.eligibility = eligibility
+        # The owner's own policy, kept so that a new pool floor can be applied to it.
+        self.owner_policy = eligibility.policy
+        # Certificate attributes as sorted pairs (interned: cars share them).
+        self.attributes: tuple[tuple[str, str], ...] = ()
         self.eligible = False
         self.reason = REASON_NO_TELEMETRY
         self.free_gpu_memory_mib = 0
@@ -182,6 +188,30 @@ class Registry:
             cell.busy -= 1
             cell.gauges.busy.dec()
         return True
+
+    def move(self, car: CarState, cell: Cell) -> None:
+        """Moves a connected car to another cell (its pool's cells changed)."""
+        if not self.is_current(car) or car.cell is cell:
+            car.cell = cell
+            return
+        old = car.cell
+        del old.cars[car.car_id]
+        old.available.pop(car.car_id, None)
+        old.gauges.connected.dec()
+        cell.cars[car.car_id] = car
+        cell.gauges.connected.inc()
+        if car.eligible:
+            old.eligible -= 1
+            old.gauges.eligible.dec()
+            cell.eligible += 1
+            cell.gauges.eligible.inc()
+        if car.task is not None:
+            old.busy -= 1
+            old.gauges.busy.dec()
+            cell.busy += 1
+            cell.gauges.busy.inc()
+        car.cell = cell
+        self._refresh_available(car)
 
     def is_current(self, car: CarState) -> bool:
         """Whether ``car`` is the registered stream for its id."""

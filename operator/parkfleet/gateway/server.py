@@ -17,8 +17,9 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CarIdentity, car_identity
-from parkfleet.gateway.cells import DEFAULT_POOL, cell_of
+from parkfleet.gateway.cells import DEFAULT_POOL, PoolCell, cell_of, pool_cell_of
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.models import ModelNotFound, ModelStore
 from parkfleet.gateway.registry import CarState, Registry
@@ -85,6 +86,37 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         self.telemetry_interval_s = telemetry_interval_s
         self.hello_timeout_s = hello_timeout_s
         self.pool_floors: dict[str, Policy] = dict(pool_floors or {})
+        # None: cells come from the certificate's pool/cell attributes (no Kubernetes);
+        # a list: the FleetPools' selectors decide (the node agent sets it).
+        self.pools: list[FleetPoolSpec] | None = None
+
+    def place(self, identity: CarIdentity) -> PoolCell:
+        """The pool, cell and pool floor of a car."""
+        if self.pools is None:
+            pool = identity.attributes.get("pool") or DEFAULT_POOL
+            cell = cell_of(identity.car_id, identity.attributes, self.cells_per_pool)
+            return PoolCell(pool, cell, self.pool_floors.get(pool))
+        return pool_cell_of(identity.car_id, identity.attributes, self.pools)
+
+    def set_pools(self, pools: list[FleetPoolSpec]) -> int:
+        """Lets FleetPools decide cells and floors, also for cars already connected.
+
+        Returns:
+            How many connected cars changed cell.
+        """
+        self.pools = list(pools)
+        moved = 0
+        for car in list(self._registry.cars.values()):
+            placed = pool_cell_of(car.car_id, dict(car.attributes), self.pools)
+            policy = car.owner_policy
+            if placed.floor is not None:
+                policy = policy.stricter(placed.floor)
+            if policy != car.eligibility.policy:
+                self._registry.set_policy(car, policy)
+            if placed.cell != car.cell.id:
+                self._registry.move(car, self._registry.cell(placed.cell, placed.pool))
+                moved += 1
+        return moved
 
     def policy_for(self, pool: str, owner: Policy) -> Policy:
         """The policy a car of ``pool`` works under: its owner's, tightened by the floor."""
@@ -181,12 +213,11 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 f"{identity.car_id!r}; a car can only speak for itself",
             )
         self._metrics.message("hello")
-        pool = identity.attributes.get("pool") or DEFAULT_POOL
-        cell = self._registry.cell(
-            cell_of(identity.car_id, identity.attributes, self.cells_per_pool), pool
-        )
+        placed = self.place(identity)
+        cell = self._registry.cell(placed.cell, placed.pool)
         caps = hello.capabilities
-        policy = self.policy_for(pool, Policy.from_proto(hello.policy))
+        owner = self._registry.intern(Policy.from_proto(hello.policy))
+        policy = owner.stricter(placed.floor) if placed.floor is not None else owner
         car = CarState(
             car_id=identity.car_id,
             cell=cell,
@@ -197,6 +228,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             runtimes=self._registry.intern(frozenset(caps.runtimes)),
             eligibility=Eligibility(self._registry.intern(policy)),
         )
+        car.owner_policy = owner
+        car.attributes = self._registry.intern(tuple(sorted(identity.attributes.items())))
         old = self._registry.add(car)
         if old is not None:
             self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")

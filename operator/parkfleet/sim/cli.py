@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from parkfleet.sim.fleet import FleetConfig, SimulatedFleet
+from parkfleet.sim.traces import SCENARIOS
 
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
+
+
+def _start_ms(hour: float | None) -> int | None:
+    """Today (UTC) at ``hour`` o'clock, as the simulated start; None keeps now."""
+    if hour is None:
+        return None
+    midnight = (time.time() // 86400) * 86400
+    return int((midnight + hour * 3600) * 1000)
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -34,6 +43,9 @@ async def _main(args: argparse.Namespace) -> int:
             ramp_s=args.ramp,
             strict_owners=not args.lenient_owners,
             server_name_override=args.server_name or "",
+            scenario=args.scenario,
+            start_unix_ms=_start_ms(args.start_hour),
+            car_id_prefix=args.car_prefix,
         )
     )
     stop = asyncio.Event()
@@ -99,6 +111,14 @@ def register(subparsers: Any) -> None:
         "--lenient-owners", action="store_true", help="every owner allows work while plugged in"
     )
     p.add_argument("--server-name", help="TLS name to expect from the gateway")
+    p.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="day",
+        help="day: realistic commutes and charging; parked: every car parked and plugged in",
+    )
+    p.add_argument("--start-hour", type=float, default=None, help="simulated UTC hour to start at")
+    p.add_argument("--car-prefix", default="sim-", help="car ids are PREFIX000000, ...")
     p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_cmd_simulate)

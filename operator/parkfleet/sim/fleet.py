@@ -60,6 +60,7 @@ class FleetConfig:
             else (handy for tests); when True, owners draw realistic policies.
         server_name_override: TLS name to expect from the gateway.
         max_reconnects: Per car, None = forever.
+        scenario: ``day`` (realistic traces) or ``parked`` (always parked, plugged in).
     """
 
     cars: int
@@ -80,6 +81,7 @@ class FleetConfig:
     server_name_override: str = ""
     max_reconnects: int | None = None
     extra_attributes: dict[str, str] = field(default_factory=dict)
+    scenario: str = "day"
 
 
 @dataclass
@@ -175,7 +177,7 @@ class SimulatedFleet:
         cfg = self.config
         ca = FleetCA.load(cfg.certs_dir)
         ca_pem = (cfg.certs_dir / CA_CERT_FILE).read_bytes()
-        self.traces = fleet_traces(cfg.seed, cfg.cars, cfg.days)
+        self.traces = fleet_traces(cfg.seed, cfg.cars, cfg.days, cfg.scenario)
         providers = ["CPUExecutionProvider"]
         if isinstance(self.compute, OrtCompute):
             providers = self.compute.providers

@@ -217,6 +217,31 @@ def generate_trace(rng: random.Random, days: int = 1) -> CarTrace:
     )
 
 
-def fleet_traces(seed: int, cars: int, days: int = 1) -> list[CarTrace]:
-    """Traces for a fleet; car ``i``'s trace depends only on ``seed`` and ``i``."""
-    return [generate_trace(random.Random(f"{seed}:{i}"), days) for i in range(cars)]
+def parked_trace(rng: random.Random, days: int = 1) -> CarTrace:
+    """A car that stays parked and plugged in: for tests that need every car eligible."""
+    return CarTrace(
+        segments=(Segment(0.0, days * DAY_S, False, True, _HOME_CHARGE_KW),),
+        soc_start=(rng.uniform(70.0, 90.0),),
+        battery_kwh=rng.uniform(55.0, 85.0),
+        days=days,
+        ambient_c=rng.uniform(8.0, 24.0),
+    )
+
+
+SCENARIOS = ("day", "parked")
+
+
+def fleet_traces(seed: int, cars: int, days: int = 1, scenario: str = "day") -> list[CarTrace]:
+    """Traces for a fleet; car ``i``'s trace depends only on ``seed`` and ``i``.
+
+    Args:
+        seed: The fleet's seed.
+        cars: How many.
+        days: Days each trace covers.
+        scenario: ``day`` (a realistic week of commutes and charging) or ``parked``
+            (every car parked and plugged in all along).
+    """
+    make = parked_trace if scenario == "parked" else generate_trace
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {SCENARIOS}, not {scenario!r}")
+    return [make(random.Random(f"{seed}:{i}"), days) for i in range(cars)]

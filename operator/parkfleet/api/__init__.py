@@ -1,0 +1,23 @@
+"""The parkfleet.io/v1alpha1 API as typed models (the CRDs in ``crds/`` are the schema)."""
+
+from parkfleet.api.fleetpool import (
+    FLEET_TAINT_KEY,
+    GROUP,
+    LABEL_CELL,
+    LABEL_POOL,
+    VERSION,
+    FleetPoolSpec,
+    NodeTaint,
+    node_name,
+)
+
+__all__ = [
+    "FLEET_TAINT_KEY",
+    "GROUP",
+    "LABEL_CELL",
+    "LABEL_POOL",
+    "VERSION",
+    "FleetPoolSpec",
+    "NodeTaint",
+    "node_name",
+]

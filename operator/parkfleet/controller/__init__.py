@@ -1,0 +1,1 @@
+"""The operator: Kopf handlers per resource kind (``fleetpool.py``, later ``inferencejob.py``)."""

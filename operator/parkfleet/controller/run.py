@@ -1,0 +1,74 @@
+"""``parkfleet operator``: runs the Kopf handlers, one active replica at a time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from parkfleet.controller.kube import close_api_client
+from parkfleet.controller.metrics import METRICS
+
+__all__ = ["register", "run"]
+
+
+_PEERING: dict[str, str | None] = {"name": None}
+
+
+@kopf.on.startup()
+async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    name = _PEERING["name"]
+    settings.peering.standalone = name is None
+    settings.peering.clusterwide = True
+    if name is not None:
+        settings.peering.name = name
+        settings.peering.mandatory = True
+    # Status is ours to write in full; Kopf keeps its own bookkeeping in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="parkfleet.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="parkfleet.io")
+    settings.persistence.finalizer = "parkfleet.io/finalizer"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 60
+
+
+@kopf.on.cleanup()
+async def _cleanup(**_: Any) -> None:
+    await close_api_client()
+
+
+async def run(
+    *, peering: str | None, metrics_port: int | None, stop: asyncio.Event | None = None
+) -> None:
+    """Runs the operator until ``stop`` is set (or forever).
+
+    Args:
+        peering: A ClusterKopfPeering name for active/standby; None runs standalone.
+        metrics_port: Serve Prometheus metrics on this port.
+        stop: Set to stop.
+    """
+    import parkfleet.controller.fleetpool  # noqa: F401 - registers the handlers
+
+    _PEERING["name"] = peering
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=METRICS.registry)
+    await kopf.operator(clusterwide=True, standalone=peering is None, stop_flag=stop)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run(peering=args.peering, metrics_port=args.metrics_port))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``parkfleet operator``."""
+    p = subparsers.add_parser("operator", help="run the operator (FleetPool, InferenceJob)")
+    p.add_argument("--peering", default=None, help="ClusterKopfPeering name (standby replicas)")
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,287 @@
+"""The whole of parkfleet on one machine, as separate processes: for the demo and tests.
+
+A :class:`DevStack` prepares a working folder (fleet CA and gateway certificate, the
+digits model, the gateway's data root) and starts the operator, a gateway with its
+node agent, a simulated fleet and single real agents as child processes, each with
+its own log. ``make demo`` and the end-to-end tests use it, so both exercise the same
+commands a person would type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from parkfleet.certs import FleetCA, car_paths
+from parkfleet.models.digits import DigitsModel, build_digits
+
+__all__ = ["DevStack", "Proc", "StackError"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    """A process of the stack did not start; the message ends with its log."""
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Proc:
+    """One process of the stack.
+
+    Attributes:
+        name: Short name (also its log's name).
+        popen: The process.
+        log: Its combined stdout and stderr.
+    """
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        return self.popen.poll() is None
+
+    def text(self) -> str:
+        """Its log so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_line(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        """Waits until its log has a line matching ``pattern``.
+
+        Raises:
+            StackError: It exited first, or the line did not come in time.
+        """
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = rx.search(self.text())
+            if m:
+                return m
+            if not self.alive():
+                raise StackError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+            time.sleep(0.1)
+        raise StackError(f"{self.name}: no line /{pattern}/ after {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 25) -> str:
+        """The last lines of its log."""
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to say goodbye (a car driving off)."""
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait()
+
+
+@dataclass
+class DevStack:
+    """parkfleet's processes on one machine.
+
+    Args:
+        root: Working folder (certificates, model store, data root, logs).
+        kubeconfig: The cluster to use.
+        telemetry_interval_s: How often cars report (short in tests).
+        detach: Let the processes outlive this one (``make demo --keep``).
+    """
+
+    root: Path
+    kubeconfig: Path
+    telemetry_interval_s: float = 2.0
+    detach: bool = False
+    procs: dict[str, Proc] = field(default_factory=dict)
+    gateway_address: str = ""
+    kubelet_port: int = 0
+    model: DigitsModel | None = None
+
+    @property
+    def certs(self) -> Path:
+        """Fleet CA, gateway certificate, car certificates."""
+        return self.root / "fleet"
+
+    @property
+    def data(self) -> Path:
+        """The gateway's data root: task inputs and results."""
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        """One log per process."""
+        return self.root / "logs"
+
+    def env(self) -> dict[str, str]:
+        """The environment of every process: the cluster's kubeconfig, unbuffered output."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+
+    def prepare(self, models_dir: Path | None = None) -> DigitsModel:
+        """Creates the fleet CA and gateway certificate, builds the model, lays out inputs."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if not (self.certs / "ca.crt").exists():
+            ca = FleetCA.create()
+            ca.save(self.certs)
+            ca.issue_gateway(["127.0.0.1", "localhost"]).save(
+                self.certs / "gateway.crt", self.certs / "gateway.key"
+            )
+        self.model = build_digits(models_dir or REPO_ROOT / ".cache" / "models")
+        inputs = self.data / "digits" / "inputs.npy"
+        inputs.parent.mkdir(parents=True, exist_ok=True)
+        if not inputs.exists():
+            shutil.copyfile(self.model.directory / "digits_inputs.npy", inputs)
+            shutil.copyfile(
+                self.model.directory / "digits_labels.npy", inputs.with_name("labels.npy")
+            )
+        return self.model
+
+    def labels(self) -> np.ndarray:
+        """The true labels of the digits inputs (for accuracy)."""
+        labels: np.ndarray = np.load(self.data / "digits" / "labels.npy")
+        return labels
+
+    def _spawn(self, name: str, args: Sequence[str]) -> Proc:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "parkfleet.cli", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.root,
+                start_new_session=True,
+                preexec_fn=None if self.detach else _die_with_parent,
+            )
+        proc = Proc(name, popen, log)
+        old = self.procs.get(name)
+        if old is not None and old.alive():
+            old.stop()
+        self.procs[name] = proc
+        return proc
+
+    def start_operator(self) -> Proc:
+        """``parkfleet operator``."""
+        proc = self._spawn("operator", ["operator"])
+        proc.wait_for_line(r"Initial authentication has finished", timeout=60)
+        return proc
+
+    def start_gateway(self, *extra: str) -> Proc:
+        """``parkfleet gateway`` with its node agent; waits until it serves."""
+        assert self.model is not None, "prepare() first"
+        listen = self.gateway_address or "127.0.0.1:0"
+        mark = len(self.procs["gateway"].text()) if "gateway" in self.procs else 0
+        proc = self._spawn(
+            "gateway",
+            [
+                "gateway",
+                f"--listen={listen}",
+                f"--certs={self.certs}",
+                f"--models={self.root / 'store'}",
+                f"--model=digits={self.model.model_path}",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--data-dir={self.data}",
+                f"--kubelet-port={self.kubelet_port}",
+                f"--telemetry-interval-s={self.telemetry_interval_s}",
+                f"--telemetry-timeout-s={max(3 * self.telemetry_interval_s, 3.0)}",
+                *extra,
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            text = proc.text()[mark:] if proc.log.exists() else ""
+            m = re.search(r"node agent: shard \d+, kubelet API port (\d+)", text)
+            a = re.search(r"listening on (\S+)", text)
+            if m and a:
+                # Keep the same ports on restart: cars reconnect to the same address.
+                self.gateway_address, self.kubelet_port = a.group(1), int(m.group(1))
+                return proc
+            if not proc.alive() or time.monotonic() > deadline:
+                raise StackError(f"gateway did not start:\n{proc.tail()}")
+            time.sleep(0.1)
+
+    def start_fleet(
+        self,
+        cars: int,
+        cells: int,
+        pool: str = "demo",
+        *,
+        scenario: str = "parked",
+        speed: float = 1.0,
+        prefix: str = "sim-",
+        name: str = "fleet",
+        extra: Sequence[str] = (),
+    ) -> Proc:
+        """``parkfleet simulate``: ``cars`` simulated cars of ``pool`` over ``cells``."""
+        return self._spawn(
+            name,
+            [
+                "simulate",
+                f"--cars={cars}",
+                f"--cells={cells}",
+                f"--pool={pool}",
+                f"--gateway={self.gateway_address}",
+                f"--certs={self.certs}",
+                f"--scenario={scenario}",
+                f"--speed={speed}",
+                f"--car-prefix={prefix}",
+                f"--telemetry-interval={self.telemetry_interval_s}",
+                "--ramp=1",
+                "--report-every=5",
+                *extra,
+            ],
+        )
+
+    def start_agent(self, car_id: str, attributes: Mapping[str, str], sensors: str = "") -> Proc:
+        """One real ``parkfleet agent`` process (a car of its own)."""
+        cert, key = car_paths(self.certs, car_id)
+        if not cert.exists():
+            FleetCA.load(self.certs).issue_car(car_id, attributes).save(cert, key)
+        args = [
+            "agent",
+            f"--gateway={self.gateway_address}",
+            f"--cert={cert}",
+            f"--key={key}",
+            f"--ca={self.certs / 'ca.crt'}",
+            f"--telemetry-interval={self.telemetry_interval_s}",
+        ]
+        if sensors:
+            args.append(f"--sensors={sensors}")
+        return self._spawn(f"agent-{car_id}", args)
+
+    def stop(self) -> None:
+        """Stops every process (cars first, the operator last)."""
+        order = sorted(
+            self.procs.values(),
+            key=lambda p: (
+                ("gateway", "operator").index(p.name) if p.name in ("gateway", "operator") else -1
+            ),
+        )
+        for proc in order:
+            with contextlib.suppress(Exception):
+                proc.stop()

@@ -1,0 +1,342 @@
+"""The node agent (virtual kubelet) of one gateway shard.
+
+It follows the FleetPools, owns the cells that rendezvous hashing gives its shard,
+and for each of them keeps one Node registered, its Lease renewed every 10 s and its
+status written when it changes (at most once a minute otherwise). It watches the pods
+bound to those Nodes and runs them as tasks on the gateway (``pods.py``).
+
+Level-based: every loop recomputes from what the API and the gateway say now, so a
+restart of either side converges without replaying history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from parkfleet.api import GROUP, VERSION, FleetPoolSpec, node_name
+from parkfleet.gateway import Gateway
+from parkfleet.nodeagent.logs import LogStore
+from parkfleet.nodeagent.nodes import CellState, node_object, node_status
+from parkfleet.nodeagent.pods import PodDriver
+from parkfleet.nodeagent.posting import EventPoster
+from parkfleet.shards import shard_of
+
+__all__ = ["NodeAgent", "NodeAgentConfig"]
+
+log = logging.getLogger(__name__)
+
+LEASE_NAMESPACE = "kube-node-lease"
+
+
+@dataclass
+class NodeAgentConfig:
+    """How the node agent runs.
+
+    Attributes:
+        shard: This gateway's shard index.
+        address: The address the Nodes advertise (the gateway's host).
+        kubelet_port: Port of the kubelet API (``kubectl logs``).
+        data_root: Where task inputs are read and results written.
+        lease_seconds: Lease renewal period (Kubernetes' default is 10 s).
+        lease_duration_s: Lease duration written in the Lease.
+        status_check_s: How often cell states are compared with what was written.
+        status_min_interval_s: Least time between two status writes of one Node.
+        status_heartbeat_s: A Node's status is written at least this often.
+        pool_resync_s: FleetPools are re-listed this often besides the watch.
+    """
+
+    shard: int = 0
+    address: str = "127.0.0.1"
+    kubelet_port: int = 10250
+    data_root: Path = field(default_factory=lambda: Path("."))
+    lease_seconds: float = 10.0
+    lease_duration_s: int = 40
+    status_check_s: float = 0.25
+    status_min_interval_s: float = 1.0
+    status_heartbeat_s: float = 60.0
+    pool_resync_s: float = 30.0
+
+
+@dataclass
+class _Cell:
+    pool: FleetPoolSpec
+    node: str
+    written: CellState | None = None
+    written_at: float = 0.0
+    pod_watch: asyncio.Task[None] | None = None
+
+
+class NodeAgent:
+    """Registers and serves the Nodes of the cells this shard owns.
+
+    Args:
+        api: Kubernetes API client.
+        gateway: The gateway (started) whose cars run the pods.
+        config: How to run.
+        logs: Log buffers (shared with the kubelet API).
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        gateway: Gateway,
+        config: NodeAgentConfig,
+        logs: LogStore | None = None,
+    ) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.gateway = gateway
+        self.config = config
+        self.logs = logs or LogStore()
+        self.poster = EventPoster(api, "parkfleet-gateway", f"shard-{config.shard}")
+        self.pools: dict[str, FleetPoolSpec] = {}
+        self.cells: dict[str, _Cell] = {}
+        self.pods = PodDriver(api, gateway, self._pool_of, config.data_root, self.logs, self.poster)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.status_writes = 0
+        self.lease_writes = 0
+
+    def node_of_pod(self, key: str) -> str:
+        """The Node of a pod we run (``namespace/name``), "" when unknown."""
+        for t in self.pods.tracked.values():
+            if t.key == key:
+                c = self.cells.get(t.cell)
+                return c.node if c is not None else ""
+        return ""
+
+    def _pool_of(self, cell: str) -> FleetPoolSpec | None:
+        c = self.cells.get(cell)
+        return c.pool if c is not None else None
+
+    async def start(self) -> None:
+        """Lists the pools, registers their Nodes, and starts every loop."""
+        await self._resync_pools()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch_pools(), name="nodeagent-pools"),
+            loop.create_task(self._lease_loop(), name="nodeagent-leases"),
+            loop.create_task(self._status_loop(), name="nodeagent-status"),
+            loop.create_task(self.pods.run(), name="nodeagent-pod-events"),
+        ]
+
+    async def stop(self) -> None:
+        """Stops every loop; Nodes stay (their Leases lapse, the cluster notices)."""
+        tasks = self._tasks + [c.pod_watch for c in self.cells.values() if c.pod_watch]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+
+    # ---- pools -> cells ---------------------------------------------------------------
+
+    async def _resync_pools(self) -> None:
+        listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, "fleetpools")
+        pools = {}
+        for obj in listed.get("items", []):
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            spec = FleetPoolSpec.from_k8s(obj)
+            pools[spec.name] = spec
+        await self._apply_pools(pools)
+
+    async def _apply_pools(self, pools: Mapping[str, FleetPoolSpec]) -> None:
+        self.pools = dict(pools)
+        self.gateway.set_pools(list(self.pools.values()))
+        wanted: dict[str, FleetPoolSpec] = {}
+        for pool in self.pools.values():
+            for cell in pool.cell_ids():
+                if shard_of(cell, pool.shards) == self.config.shard:
+                    wanted[cell] = pool
+        for cell in list(self.cells):
+            if cell not in wanted:
+                gone = self.cells.pop(cell)
+                if gone.pod_watch is not None:
+                    gone.pod_watch.cancel()
+                log.info("cell %s is no longer ours", cell)
+        for cell, pool in wanted.items():
+            known = self.cells.get(cell)
+            if known is None:
+                known = self.cells[cell] = _Cell(pool=pool, node=node_name(cell))
+                await self._register(cell, known)
+                known.pod_watch = asyncio.get_running_loop().create_task(
+                    self._watch_pods(cell, known.node), name=f"nodeagent-pods-{cell}"
+                )
+            elif known.pool != pool:
+                known.pool = pool
+                await self._register(cell, known)
+                known.written = None  # capacity may change with the spec
+
+    async def _register(self, cell: str, c: _Cell) -> None:
+        body = node_object(
+            c.pool, cell, address=self.config.address, kubelet_port=self.config.kubelet_port
+        )
+        try:
+            await self.core.create_node(cast(Any, body))
+            log.info("registered Node %s", c.node)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # Adopt the existing Node: labels, taints and annotations follow the template.
+            await self.core.patch_node(c.node, {"metadata": body["metadata"], "spec": body["spec"]})
+        await self._write_status(cell, c, force=True)
+        await self._renew(c.node)
+
+    async def _watch_pools(self) -> None:
+        while True:
+            try:
+                await self._resync_pools()
+                w = watch.Watch()
+                async with w.stream(
+                    self.custom.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    "fleetpools",
+                    timeout_seconds=int(self.config.pool_resync_s),
+                ) as stream:
+                    async for event in stream:
+                        obj = event["object"]
+                        pools = dict(self.pools)
+                        name = obj["metadata"]["name"]
+                        if event["type"] == "DELETED" or obj["metadata"].get("deletionTimestamp"):
+                            pools.pop(name, None)
+                        else:
+                            pools[name] = FleetPoolSpec.from_k8s(obj)
+                        await self._apply_pools(pools)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("FleetPool watch: %s; retrying", exc)
+                await asyncio.sleep(1)
+
+    # ---- pods ----------------------------------------------------------------------------
+
+    async def _watch_pods(self, cell: str, node: str) -> None:
+        selector = f"spec.nodeName={node}"
+        sanitize = self.api.sanitize_for_serialization
+        while True:
+            try:
+                listed = await self.core.list_pod_for_all_namespaces(field_selector=selector)
+                seen = set()
+                for pod in listed.items:
+                    d = sanitize(pod)
+                    seen.add(d["metadata"]["uid"])
+                    await self.pods.sync(d, cell)
+                for uid, t in list(self.pods.tracked.items()):
+                    if t.cell == cell and uid not in seen:
+                        await self.pods.forget(
+                            {"metadata": {"uid": uid, "namespace": t.namespace, "name": t.name}}
+                        )
+                w = watch.Watch()
+                async with w.stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=listed.metadata.resource_version,
+                    timeout_seconds=300,
+                ) as stream:
+                    async for event in stream:
+                        d = sanitize(event["object"])
+                        if event["type"] == "DELETED":
+                            await self.pods.forget(d)
+                        else:
+                            await self.pods.sync(d, cell)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pod watch of %s: %s; relisting", node, exc)
+                await asyncio.sleep(1)
+
+    # ---- leases and status --------------------------------------------------------------
+
+    async def _renew(self, node: str) -> None:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            await self.coord.patch_namespaced_lease(
+                node, LEASE_NAMESPACE, {"spec": {"renewTime": now, "holderIdentity": node}}
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self.coord.create_namespaced_lease(
+                LEASE_NAMESPACE,
+                cast(
+                    Any,
+                    {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
+                        "spec": {
+                            "holderIdentity": node,
+                            "leaseDurationSeconds": self.config.lease_duration_s,
+                            "renewTime": now,
+                        },
+                    },
+                ),
+            )
+        self.lease_writes += 1
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_seconds)
+            for c in list(self.cells.values()):
+                try:
+                    await self._renew(c.node)
+                except Exception as exc:
+                    log.warning("lease of %s not renewed: %s", c.node, exc)
+
+    def cell_state(self, cell: str) -> CellState:
+        """What the gateway says of a cell now."""
+        cap = self.gateway.capacity().get(cell)
+        if cap is None:
+            return CellState()
+        return CellState(
+            cars_connected=cap.cars_connected,
+            cars_eligible=cap.cars_eligible,
+            cars_busy=cap.cars_busy,
+            gpus=self.gateway.eligible_gpus(cell),
+            max_gpu_memory_mib=self.gateway.max_gpu_memory_mib(cell),
+        )
+
+    async def _write_status(self, cell: str, c: _Cell, *, force: bool = False) -> None:
+        state = self.cell_state(cell)
+        now = time.monotonic()
+        due = now - c.written_at >= self.config.status_heartbeat_s
+        changed = state != c.written
+        if not (
+            force or due or (changed and now - c.written_at >= self.config.status_min_interval_s)
+        ):
+            return
+        status = node_status(
+            c.pool,
+            cell,
+            state,
+            address=self.config.address,
+            kubelet_port=self.config.kubelet_port,
+            shard=self.config.shard,
+        )
+        await self.core.patch_node_status(c.node, {"status": status})
+        c.written, c.written_at = state, now
+        self.status_writes += 1
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_check_s)
+            for cell, c in list(self.cells.items()):
+                try:
+                    await self._write_status(cell, c)
+                except Exception as exc:
+                    log.warning("status of %s not written: %s", c.node, exc)

@@ -1,0 +1,182 @@
+"""A cell's virtual Node: its object, its status, and when that status is written.
+
+Kubernetes sees one Node per cell (decision 1). Its allocatable ``nvidia.com/gpu`` is
+the GPUs of the cell's eligible cars; ``Ready`` says the gateway is alive, whatever the
+cars do; the ``parkfleet.io/Cars`` condition carries the car counts that the operator
+aggregates into the FleetPool's status (no extra writes: it rides on status updates).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from parkfleet import __version__
+from parkfleet.api import FLEET_TAINT_KEY, LABEL_CELL, LABEL_POOL, FleetPoolSpec, node_name
+
+__all__ = [
+    "CARS_CONDITION",
+    "CellState",
+    "node_object",
+    "node_status",
+    "parse_cars_condition",
+]
+
+CARS_CONDITION = "parkfleet.io/Cars"
+# What one car contributes besides its GPUs: nominal, so that pods with ordinary
+# cpu/memory requests schedule; a car runs one task at a time.
+CPU_PER_CAR = 8
+MEMORY_GIB_PER_CAR = 16
+
+
+@dataclass(frozen=True)
+class CellState:
+    """What the Node of a cell shows; equal states need no write.
+
+    Attributes:
+        cars_connected: Cars with an open stream.
+        cars_eligible: Cars the owner policy allows to work now.
+        cars_busy: Cars running a task.
+        gpus: GPUs of eligible cars (allocatable ``nvidia.com/gpu``).
+        max_gpu_memory_mib: Largest GPU memory among connected cars.
+    """
+
+    cars_connected: int = 0
+    cars_eligible: int = 0
+    cars_busy: int = 0
+    gpus: int = 0
+    max_gpu_memory_mib: int = 0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_object(
+    pool: FleetPoolSpec, cell: str, *, address: str, kubelet_port: int
+) -> dict[str, Any]:
+    """The Node that stands for ``cell`` (created once; status comes separately)."""
+    labels = {
+        **pool.labels,
+        LABEL_POOL: pool.name,
+        LABEL_CELL: cell,
+        "type": "virtual-kubelet",
+        "kubernetes.io/role": "agent",
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": node_name(cell),
+        "node.kubernetes.io/instance-type": "parkfleet-cell",
+    }
+    taints = [{"key": FLEET_TAINT_KEY, "value": "true", "effect": "NoSchedule"}]
+    taints += [t.to_k8s() for t in pool.taints]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node_name(cell),
+            "labels": labels,
+            "annotations": {"parkfleet.io/gateway-address": f"{address}:{kubelet_port}"},
+        },
+        "spec": {"taints": taints},
+    }
+
+
+def node_status(
+    pool: FleetPoolSpec,
+    cell: str,
+    state: CellState,
+    *,
+    address: str,
+    kubelet_port: int,
+    shard: int,
+) -> dict[str, Any]:
+    """The Node's ``status`` for the cell's current state."""
+    now = _now()
+    eligible = state.cars_eligible
+    capacity = {
+        "cpu": str(CPU_PER_CAR * pool.cell_size),
+        "memory": f"{MEMORY_GIB_PER_CAR * pool.cell_size}Gi",
+        "pods": str(pool.cell_size),
+        "nvidia.com/gpu": str(max(state.gpus, 0)),
+    }
+    allocatable = {
+        "cpu": str(CPU_PER_CAR * eligible),
+        "memory": f"{MEMORY_GIB_PER_CAR * eligible}Gi",
+        "pods": str(pool.cell_size),
+        "nvidia.com/gpu": str(max(state.gpus, 0)),
+    }
+    cars_message = (
+        f"connected={state.cars_connected} eligible={state.cars_eligible} "
+        f"busy={state.cars_busy} gpus={state.gpus} "
+        f"max-gpu-memory-mib={state.max_gpu_memory_mib}"
+    )
+    conditions = [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "GatewayReady",
+            "message": f"gateway shard {shard} serves this cell",
+            "lastHeartbeatTime": now,
+        },
+        {
+            "type": CARS_CONDITION,
+            "status": "True" if eligible else "False",
+            "reason": "CarsEligible" if eligible else "NoEligibleCars",
+            "message": cars_message,
+            "lastHeartbeatTime": now,
+        },
+        *(
+            {
+                "type": kind,
+                "status": "False",
+                "reason": "VirtualNode",
+                "message": "a cell has no such pressure",
+                "lastHeartbeatTime": now,
+            }
+            for kind in ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
+        ),
+    ]
+    return {
+        "capacity": capacity,
+        "allocatable": allocatable,
+        "conditions": conditions,
+        "addresses": [
+            {"type": "InternalIP", "address": address},
+            {"type": "Hostname", "address": node_name(cell)},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+        "nodeInfo": {
+            "architecture": "amd64",
+            "operatingSystem": "linux",
+            "osImage": "parkfleet cell",
+            "kernelVersion": "",
+            "kubeletVersion": f"parkfleet-{__version__}",
+            "kubeProxyVersion": "",
+            "containerRuntimeVersion": "parkfleet://" + ",".join(pool.runtimes),
+            "machineID": cell,
+            "systemUUID": cell,
+            "bootID": "",
+        },
+    }
+
+
+def parse_cars_condition(conditions: list[Mapping[str, Any]] | None) -> CellState | None:
+    """Reads the car counts back from a Node's ``parkfleet.io/Cars`` condition."""
+    for cond in conditions or ():
+        if cond.get("type") != CARS_CONDITION:
+            continue
+        values: dict[str, int] = {}
+        for part in str(cond.get("message", "")).split():
+            key, _, value = part.partition("=")
+            if value.isdigit():
+                values[key] = int(value)
+        return CellState(
+            cars_connected=values.get("connected", 0),
+            cars_eligible=values.get("eligible", 0),
+            cars_busy=values.get("busy", 0),
+            gpus=values.get("gpus", 0),
+            max_gpu_memory_mib=values.get("max-gpu-memory-mib", 0),
+        )
+    return None

@@ -1,0 +1,107 @@
+"""Where a pod's task reads its items and writes its results, on the gateway's data root.
+
+Inputs and outputs never touch a car's disk (decision 5): the gateway reads the
+input file and streams items inside the mTLS link; results come back the same way
+and land here, written atomically, so a task's result file exists exactly when every
+item's result is in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["DirectorySink", "NpyInput", "resolve_under"]
+
+
+def resolve_under(root: Path, relative: str) -> Path:
+    """``root/relative``, refusing anything that escapes ``root`` (symlinks included)."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{relative!r} is outside the data root")
+    return path
+
+
+class NpyInput:
+    """Items from a ``.npy`` file, memory-mapped so big inputs cost no memory up front.
+
+    Args:
+        path: The file; its first dimension is the item.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.array: npt.NDArray[np.generic] = np.load(path, mmap_mode="r", allow_pickle=False)
+        if self.array.ndim < 1:
+            raise ValueError(f"{path.name} holds a scalar, not items")
+
+    @property
+    def items(self) -> int:
+        """How many items the file holds."""
+        return int(self.array.shape[0])
+
+    async def read(self, start: int, end: int) -> npt.NDArray[np.generic]:
+        """Items ``[start, end)``, read off the event loop (page faults are disk I/O)."""
+        return await asyncio.to_thread(lambda: np.ascontiguousarray(self.array[start:end]))
+
+
+class DirectorySink:
+    """Collects a task's results in memory and writes them as one ``.npz`` on completion.
+
+    The file appears atomically (write to a temporary name, then rename), so its
+    presence means the task's results are complete.
+
+    Args:
+        path: The result file, e.g. ``<data root>/out/<pod>.npz``; None keeps nothing.
+        on_chunk: Called with each chunk (e.g. to turn results into log lines).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        on_chunk: Callable[[int, Mapping[str, npt.NDArray[np.generic]]], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.on_chunk = on_chunk
+        self.items = 0
+        self._chunks: dict[str, list[npt.NDArray[np.generic]]] = {}
+        self._first: int | None = None
+        self.completed = asyncio.Event()
+
+    async def write(self, first_item: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Keeps a copy of the chunk (the gateway delivers items once, in order)."""
+        if self._first is None:
+            self._first = first_item
+        n = 0
+        for name, array in outputs.items():
+            self._chunks.setdefault(name, []).append(np.array(array))
+            n = len(array)
+        self.items += n
+        if self.on_chunk is not None:
+            self.on_chunk(first_item, outputs)
+
+    async def complete(self) -> None:
+        """Writes the result file atomically."""
+        if self.path is not None:
+            arrays = {k: np.concatenate(v) for k, v in self._chunks.items()}
+            arrays["first_item"] = np.array([self._first or 0], dtype=np.int64)
+            await asyncio.to_thread(_write_atomic, self.path, arrays)
+        self.completed.set()
+
+
+def _write_atomic(path: Path, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)

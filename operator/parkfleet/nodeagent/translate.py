@@ -1,0 +1,261 @@
+"""Pod → task: what a pod bound to a cell asks a car to do, or why a car cannot.
+
+Cars run no arbitrary containers (decision 3). A pod's image names a runtime the
+cars support; the model, inputs, item range and batch size come from the container's
+env (or the pod's annotations, which env overrides). A pod asking for something a car
+cannot honour is refused with a message that names the field.
+
+Pure logic: no I/O, so every rule is unit-tested.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ENV_BATCH_SIZE",
+    "ENV_GPU_MEMORY_MIB",
+    "ENV_INPUT",
+    "ENV_INPUT_NAME",
+    "ENV_ITEMS",
+    "ENV_MODEL",
+    "ENV_MODEL_SHA256",
+    "ENV_MODEL_URI",
+    "ENV_OUTPUT",
+    "ENV_OUTPUT_NAMES",
+    "PodTask",
+    "Unsupported",
+    "runtime_of",
+    "translate",
+]
+
+ENV_MODEL = "PARKFLEET_MODEL"  # a model name the gateway's model store knows
+ENV_MODEL_SHA256 = "PARKFLEET_MODEL_SHA256"  # or a content hash
+ENV_MODEL_URI = "PARKFLEET_MODEL_URI"  # where cars fetch it ("gateway:" by default)
+ENV_INPUT = "PARKFLEET_INPUT"  # a .npy file under the gateway's data root
+ENV_INPUT_NAME = "PARKFLEET_INPUT_NAME"
+ENV_OUTPUT_NAMES = "PARKFLEET_OUTPUT_NAMES"  # comma-separated
+ENV_ITEMS = "PARKFLEET_ITEMS"  # "START-END" (END exclusive) or "COUNT"
+ENV_BATCH_SIZE = "PARKFLEET_BATCH_SIZE"
+ENV_OUTPUT = "PARKFLEET_OUTPUT"  # result directory under the gateway's data root
+ENV_GPU_MEMORY_MIB = "PARKFLEET_GPU_MEMORY_MIB"
+ANNOTATION_PREFIX = "parkfleet.io/"
+
+_RUNTIME_IMAGE = re.compile(
+    r"^(?:[A-Za-z0-9.\-]+(?::[0-9]+)?/)*(?P<name>[a-z0-9][a-z0-9._\-]*)(?::[\w.\-]+)?$"
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_ITEMS = 100_000_000
+# Volumes a pod may carry that never reach a car: the ServiceAccount admission adds a
+# projected token volume to every pod, and an emptyDir holds nothing.
+_IGNORED_VOLUMES = frozenset({"projected", "emptyDir"})
+
+
+class Unsupported(ValueError):
+    """The pod asks for something a car cannot honour.
+
+    Attributes:
+        field: The pod field at fault, e.g. ``spec.volumes[0].hostPath``.
+        detail: Why.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PodTask:
+    """What a pod asks the fleet to do.
+
+    Attributes:
+        runtime: The runtime named by the image, e.g. ``onnxruntime``.
+        container: The container's name (for status and logs).
+        model_name: A model name the gateway's store resolves ("" when by hash).
+        model_sha256: The model's content hash ("" when by name).
+        model_uri: Where cars fetch the model.
+        input_path: The ``.npy`` input, relative to the gateway's data root.
+        input_name: The model input fed with the items.
+        output_names: Model outputs to keep (empty: all the store knows).
+        item_start: First item.
+        item_end: One past the last item (None: to the end of the input).
+        batch_size: Items per inference call.
+        output_dir: Result directory, relative to the data root ("" for none).
+        gpu_memory_mib: GPU memory the task needs.
+    """
+
+    runtime: str
+    container: str
+    model_name: str
+    model_sha256: str
+    model_uri: str
+    input_path: str
+    input_name: str
+    output_names: tuple[str, ...]
+    item_start: int
+    item_end: int | None
+    batch_size: int
+    output_dir: str
+    gpu_memory_mib: int
+
+
+def runtime_of(image: str) -> str:
+    """The runtime an image names: its last path component without the tag."""
+    m = _RUNTIME_IMAGE.match(image)
+    return m.group("name") if m else ""
+
+
+def _relative_path(value: str, field: str) -> str:
+    # Paths are read on the gateway: never let a pod reach outside the data root.
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise Unsupported(field, f"{value!r} must be a path inside the gateway's data root")
+    return "/".join(parts)
+
+
+def _int(value: str, field: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise Unsupported(field, f"{value!r} is not an integer") from None
+    if not low <= n <= high:
+        raise Unsupported(field, f"{n} is outside {low}..{high}")
+    return n
+
+
+def _items(value: str, field: str) -> tuple[int, int | None]:
+    if not value:
+        return 0, None
+    if "-" in value:
+        start_s, _, end_s = value.partition("-")
+        start = _int(start_s, field, 0, _MAX_ITEMS)
+        end = _int(end_s, field, 0, _MAX_ITEMS)
+        if end <= start:
+            raise Unsupported(field, f"{value!r}: END must be greater than START")
+        return start, end
+    return 0, _int(value, field, 1, _MAX_ITEMS)
+
+
+def _refuse_host_access(spec: Mapping[str, Any]) -> None:
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            raise Unsupported(f"spec.{key}", "a car shares nothing with its host")
+    for i, vol in enumerate(spec.get("volumes") or ()):
+        kind = next((k for k in vol if k != "name"), "")
+        if kind not in _IGNORED_VOLUMES:
+            raise Unsupported(f"spec.volumes[{i}].{kind}", "cars mount no volumes")
+    for key in ("initContainers", "ephemeralContainers"):
+        if spec.get(key):
+            raise Unsupported(f"spec.{key}", "cars run one task per pod")
+
+
+def _refuse_container_features(c: Mapping[str, Any], at: str, ignored_volumes: set[str]) -> None:
+    sc = c.get("securityContext") or {}
+    if sc.get("privileged"):
+        raise Unsupported(f"{at}.securityContext.privileged", "cars run nothing privileged")
+    caps = (sc.get("capabilities") or {}).get("add")
+    if caps:
+        raise Unsupported(f"{at}.securityContext.capabilities.add", "cars grant no capabilities")
+    if c.get("ports"):
+        raise Unsupported(f"{at}.ports", "cars accept no inbound connections")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if c.get(probe):
+            raise Unsupported(f"{at}.{probe}", "cars run no probes; progress is reported instead")
+    # Mounts of the volumes Kubernetes adds by itself (the service-account token) are
+    # accepted and not passed on: a task gets no credentials on a car.
+    for j, mount in enumerate(c.get("volumeMounts") or ()):
+        if mount.get("name") not in ignored_volumes:
+            raise Unsupported(f"{at}.volumeMounts[{j}]", "cars mount no volumes")
+    if c.get("command"):
+        raise Unsupported(f"{at}.command", "cars run the runtime named by the image, no command")
+
+
+def _settings(pod: Mapping[str, Any], container: Mapping[str, Any], at: str) -> dict[str, str]:
+    """Annotations ``parkfleet.io/<lower-case-name>``, overridden by literal env values."""
+    out: dict[str, str] = {}
+    annotations: Mapping[str, str] = (pod.get("metadata") or {}).get("annotations") or {}
+    for key, value in annotations.items():
+        if key.startswith(ANNOTATION_PREFIX):
+            env = "PARKFLEET_" + key[len(ANNOTATION_PREFIX) :].upper().replace("-", "_")
+            out[env] = value
+    for j, env in enumerate(container.get("env") or ()):
+        name = env.get("name", "")
+        if not name.startswith("PARKFLEET_"):
+            continue
+        if "valueFrom" in env:
+            raise Unsupported(f"{at}.env[{j}].valueFrom", "give parkfleet settings as values")
+        out[name] = str(env.get("value", ""))
+    return out
+
+
+def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
+    """Reads a pod bound to a cell into the task it asks for.
+
+    Args:
+        pod: The pod as a dict from the API.
+        known_runtimes: Runtimes the pool allows.
+
+    Returns:
+        The task.
+
+    Raises:
+        Unsupported: A field the cars cannot honour; ``field`` names it.
+    """
+    spec: Mapping[str, Any] = pod.get("spec") or {}
+    _refuse_host_access(spec)
+    containers: Sequence[Mapping[str, Any]] = spec.get("containers") or ()
+    if len(containers) != 1:
+        raise Unsupported("spec.containers", f"exactly one container, got {len(containers)}")
+    c = containers[0]
+    at = "spec.containers[0]"
+    ignored = {v.get("name", "") for v in spec.get("volumes") or ()}
+    _refuse_container_features(c, at, ignored)
+
+    runtime = runtime_of(str(c.get("image", "")))
+    if runtime not in known_runtimes:
+        raise Unsupported(
+            f"{at}.image",
+            f"{c.get('image')!r} names runtime {runtime!r}; cars of this pool run "
+            + ", ".join(repr(r) for r in known_runtimes),
+        )
+    env = _settings(pod, c, at)
+
+    model_name = env.get(ENV_MODEL, "")
+    sha = env.get(ENV_MODEL_SHA256, "").lower()
+    if not model_name and not sha:
+        raise Unsupported(f"{at}.env", f"set {ENV_MODEL} (a model name) or {ENV_MODEL_SHA256}")
+    if model_name and not _NAME.match(model_name):
+        raise Unsupported(f"{at}.env[{ENV_MODEL}]", f"{model_name!r} is not a model name")
+    if sha and not _SHA256.match(sha):
+        raise Unsupported(f"{at}.env[{ENV_MODEL_SHA256}]", "must be 64 hex digits")
+    input_path = env.get(ENV_INPUT, "")
+    if not input_path:
+        raise Unsupported(f"{at}.env", f"set {ENV_INPUT} (a .npy file under the data root)")
+    input_path = _relative_path(input_path, f"{at}.env[{ENV_INPUT}]")
+    output_dir = env.get(ENV_OUTPUT, "")
+    if output_dir:
+        output_dir = _relative_path(output_dir, f"{at}.env[{ENV_OUTPUT}]")
+    start, end = _items(env.get(ENV_ITEMS, ""), f"{at}.env[{ENV_ITEMS}]")
+    batch = _int(env.get(ENV_BATCH_SIZE, "32"), f"{at}.env[{ENV_BATCH_SIZE}]", 1, 65536)
+    memory = _int(env.get(ENV_GPU_MEMORY_MIB, "0"), f"{at}.env[{ENV_GPU_MEMORY_MIB}]", 0, 1 << 20)
+    outputs = tuple(o.strip() for o in env.get(ENV_OUTPUT_NAMES, "").split(",") if o.strip())
+    return PodTask(
+        runtime=runtime,
+        container=str(c.get("name", "main")),
+        model_name=model_name,
+        model_sha256=sha,
+        model_uri=env.get(ENV_MODEL_URI, "gateway:"),
+        input_path=input_path,
+        input_name=env.get(ENV_INPUT_NAME, ""),
+        output_names=outputs,
+        item_start=start,
+        item_end=end,
+        batch_size=batch,
+        output_dir=output_dir,
+        gpu_memory_mib=memory,
+    )

@@ -1,0 +1,265 @@
+"""FleetPool and virtual nodes, end to end: pods scheduled onto cells run on cars.
+
+The real local control plane, the operator, a gateway with its node agent and
+simulated cars (the real agent code, each with its own certificate and stream) run as
+separate processes; the tests drive them with ``kubectl apply`` as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from parkfleet import devcluster
+from parkfleet.devstack import DevStack
+
+from .conftest import Kubectl
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+SOLO_POOL = """
+apiVersion: parkfleet.io/v1alpha1
+kind: FleetPool
+metadata: {name: solo}
+spec:
+  selector: {matchAttributes: {pool: solo}}
+  cellSize: 4
+  cells: 1
+  gateway: {graceSeconds: 4}
+"""
+
+
+def until(check: Callable[[], T | None], within: float, what: str) -> T:
+    """Polls ``check`` until it returns something truthy; bounded by ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: devcluster.LocalCluster) -> Iterator[DevStack]:
+    """Operator + gateway (shard 0) + 50 simulated cars of pool `demo` in 5 cells."""
+    k = Kubectl(cluster.kubeconfig)
+    k("apply", "-f", str(REPO / "crds" / "fleetpools.parkfleet.io.yaml"))
+    k("wait", "--for=condition=Established", "crd/fleetpools.parkfleet.io", "--timeout=60s")
+    with tempfile.TemporaryDirectory(prefix="parkfleet-stack-") as tmp:
+        s = DevStack(Path(tmp), cluster.kubeconfig, telemetry_interval_s=1.0)
+        try:
+            s.prepare()
+            s.start_operator()
+            s.start_gateway()
+            s.start_fleet(50, 5, "demo")
+            k("apply", "-f", str(REPO / "crds" / "samples" / "fleetpool-demo.yaml"))
+            k("apply", "-f", "-", stdin=SOLO_POOL)
+            yield s
+        finally:
+            s.stop()
+            k("delete", "fp", "demo", "solo", "--ignore-not-found", "--wait=false", check=False)
+
+
+def get_json(k: Kubectl, *args: str) -> Any:
+    return json.loads(k("get", *args, "-o", "json").stdout)
+
+
+def pod_phase(k: Kubectl, name: str) -> str:
+    return str(get_json(k, "pod", name).get("status", {}).get("phase", ""))
+
+
+def events_of(k: Kubectl, name: str) -> list[tuple[str, str]]:
+    got = get_json(k, "events", "--field-selector", f"involvedObject.name={name}")
+    return [(e["reason"], e["message"]) for e in got["items"]]
+
+
+def inference_pod(
+    name: str, pool: str, items: str, batch: int, output: str = "results", gpu: bool = True
+) -> str:
+    limits = '    resources: {limits: {nvidia.com/gpu: "1"}}' if gpu else ""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  nodeSelector: {{parkfleet.io/pool: {pool}}}
+  tolerations: [{{key: parkfleet.io/fleet, operator: Exists, effect: NoSchedule}}]
+  containers:
+  - name: infer
+    image: parkfleet.io/runtime/onnxruntime:1
+    env:
+    - {{name: PARKFLEET_MODEL, value: digits}}
+    - {{name: PARKFLEET_INPUT, value: digits/inputs.npy}}
+    - {{name: PARKFLEET_ITEMS, value: "{items}"}}
+    - {{name: PARKFLEET_BATCH_SIZE, value: "{batch}"}}
+    - {{name: PARKFLEET_OUTPUT, value: {output}}}
+{limits}
+"""
+
+
+def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:
+    assert stack.model is not None
+    session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
+    x = np.load(stack.data / "digits" / "inputs.npy")[start:end]
+    return np.asarray(session.run(["label"], {"input": x})[0])
+
+
+def test_cells_register_as_ready_nodes_with_gpus(stack: DevStack, kubectl: Kubectl) -> None:
+    def ready_nodes() -> dict[str, int] | None:
+        nodes = get_json(kubectl, "nodes", "-l", "parkfleet.io/pool=demo")["items"]
+        gpus = {}
+        for n in nodes:
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n["status"].get("conditions", [])
+            )
+            if ready:
+                gpus[n["metadata"]["name"]] = int(n["status"]["allocatable"]["nvidia.com/gpu"])
+        return gpus if len(gpus) == 5 and sum(gpus.values()) == 50 else None
+
+    gpus = until(ready_nodes, 90, "5 Ready virtual nodes with 50 GPUs in all")
+    assert sorted(gpus) == [f"pf-demo-{i}" for i in range(5)]
+    node = get_json(kubectl, "node", "pf-demo-0")
+    assert node["metadata"]["labels"]["type"] == "virtual-kubelet"
+    assert node["metadata"]["labels"]["fleet.example.com/region"] == "eu-west"
+    assert {"key": "parkfleet.io/fleet", "value": "true", "effect": "NoSchedule"} in node["spec"][
+        "taints"
+    ]
+
+    def pool_counts() -> dict[str, Any] | None:
+        st = get_json(kubectl, "fp", "demo").get("status", {})
+        return st if st.get("carsConnected") == 50 and st.get("carsEligible") == 50 else None
+
+    status = until(pool_counts, 30, "kubectl get fp to show 50 connected, 50 eligible")
+    assert status["gpusAllocatable"] == 50
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    assert ready["observedGeneration"] == status["observedGeneration"]
+    table = kubectl("get", "fp", "demo").stdout
+    assert re.search(r"demo\s+5\s+50\s+50\s+\d+\s+50\s+True", table), table
+
+
+def test_sample_pod_runs_on_a_car_and_logs_its_output(stack: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", str(REPO / "crds" / "samples" / "pod-digits.yaml"))
+    until(lambda: pod_phase(kubectl, "digits-sample") == "Succeeded", 60, "the pod to succeed")
+    pod = get_json(kubectl, "pod", "digits-sample")
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (0, "Completed")
+    reasons = [r for r, _ in events_of(kubectl, "digits-sample")]
+    assert "Started" in reasons
+    assert "Completed" in reasons
+
+    logs = kubectl("logs", "digits-sample").stdout
+    expected = local_labels(stack, 0, 16)
+    for i, label in enumerate(expected):
+        assert f"item {i}: label={label} " in logs
+    results = np.load(stack.data / "results" / "digits-sample.npz")
+    assert np.array_equal(results["label"], expected)
+    kubectl("delete", "pod", "digits-sample")
+
+
+def test_hostpath_pod_fails_unsupported(stack: DevStack, kubectl: Kubectl) -> None:
+    doc = inference_pod("wants-host", "demo", "0-4", 4).replace(
+        "  containers:",
+        "  volumes: [{name: h, hostPath: {path: /etc}}]\n  containers:",
+    )
+    kubectl("apply", "-f", "-", stdin=doc)
+    until(lambda: pod_phase(kubectl, "wants-host") == "Failed", 60, "the pod to fail")
+    status = get_json(kubectl, "pod", "wants-host")["status"]
+    assert status["reason"] == "UnsupportedPodSpec"
+    assert "spec.volumes[0].hostPath" in status["message"]
+    kubectl("delete", "pod", "wants-host")
+
+
+def test_car_killed_mid_task_moves_and_the_pod_still_succeeds(
+    stack: DevStack, kubectl: Kubectl
+) -> None:
+    # Two cars of their own (two processes), slow enough to be caught mid-task.
+    slow = ["--compute=modelled", "--modelled-rate=60"]
+    cars = {
+        "car-a-000000": stack.start_fleet(1, 1, "solo", prefix="car-a-", name="car-a", extra=slow),
+        "car-b-000000": stack.start_fleet(1, 1, "solo", prefix="car-b-", name="car-b", extra=slow),
+    }
+
+    def solo_gpus() -> int:
+        node = get_json(kubectl, "node", "pf-solo-0")
+        return int(node["status"].get("allocatable", {}).get("nvidia.com/gpu", -1))
+
+    until(lambda: solo_gpus() == 2, 60, "cell solo-0 to offer both cars' GPUs")
+    kubectl("apply", "-f", "-", stdin=inference_pod("long", "solo", "0-300", 5))
+
+    def started_on() -> str | None:
+        for reason, message in events_of(kubectl, "long"):
+            if reason == "Started":
+                return message.rsplit(" ", 1)[-1]
+        return None
+
+    first = until(started_on, 60, "the task to start on a car")
+    time.sleep(1.0)
+    cars[first].kill()  # the car drives off without a word
+
+    until(lambda: solo_gpus() == 1, 30, "allocatable to drop when the car is gone")
+    until(lambda: pod_phase(kubectl, "long") == "Succeeded", 120, "the pod to succeed")
+    moved = [m for r, m in events_of(kubectl, "long") if r == "Moved"]
+    assert moved, events_of(kubectl, "long")
+    assert moved[0].startswith(f"moved from car {first} to car ")
+    results = np.load(stack.data / "results" / "long.npz")
+    assert len(results["label"]) == 300  # every item exactly once
+    assert np.array_equal(results["label"], local_labels(stack, 0, 300))
+
+    # The last car goes too: a new pod (asking no GPU, so the scheduler binds it to the
+    # empty cell) waits its grace period, then fails.
+    for proc in cars.values():
+        proc.kill()
+    until(lambda: solo_gpus() == 0, 30, "allocatable to reach 0")
+    kubectl("apply", "-f", "-", stdin=inference_pod("stranded", "solo", "0-10", 5, gpu=False))
+    until(lambda: pod_phase(kubectl, "stranded") == "Failed", 60, "the pod to fail")
+    status = get_json(kubectl, "pod", "stranded")["status"]
+    assert status["reason"] == "NoEligibleCar"
+    kubectl("delete", "pod", "long", "stranded")
+
+
+def test_operator_and_gateway_restart_mid_run(stack: DevStack, kubectl: Kubectl) -> None:
+    slow = ["--compute=modelled", "--modelled-rate=60"]
+    stack.start_fleet(2, 1, "solo", prefix="car-r-", name="car-r", extra=slow)
+    kubectl("apply", "-f", "-", stdin=inference_pod("survivor", "solo", "0-240", 5))
+    until(lambda: pod_phase(kubectl, "survivor") == "Running", 60, "the pod to run")
+    uid = get_json(kubectl, "node", "pf-solo-0")["metadata"]["uid"]
+
+    stack.procs["operator"].stop()
+    stack.start_operator()
+    stack.procs["gateway"].stop()
+    stack.start_gateway()
+
+    until(lambda: pod_phase(kubectl, "survivor") == "Succeeded", 120, "the pod to succeed")
+    assert get_json(kubectl, "node", "pf-solo-0")["metadata"]["uid"] == uid  # Node stayed
+    results = np.load(stack.data / "results" / "survivor.npz")
+    assert np.array_equal(results["label"], local_labels(stack, 0, 240))
+    stack.procs["car-r"].stop()
+    kubectl("delete", "pod", "survivor")
+
+
+def test_deleting_the_pool_removes_its_nodes(stack: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=SOLO_POOL.replace("solo", "brief"))
+    until(
+        lambda: kubectl("get", "node", "pf-brief-0", check=False).returncode == 0,
+        60,
+        "the pool's Node to register",
+    )
+    kubectl("delete", "fp", "brief", "--timeout=60s")
+    assert kubectl("get", "node", "pf-brief-0", check=False).returncode != 0
