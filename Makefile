@@ -39,6 +39,15 @@ $(CP): $(CP_SRC)
 .PHONY: controlplane
 controlplane: $(CP) ## build the local control plane into .cache/bin (nothing to do when up to date)
 
+DEMO_ARGS ?=
+.PHONY: demo
+demo: $(VENV)/.installed $(CP) ## the main job end to end: control plane, operator, gateway, 200 simulated cars, an InferenceJob
+	$(VENV)/bin/parkfleet demo $(DEMO_ARGS)
+
+.PHONY: demo-down
+demo-down: ## stop a demo left running with DEMO_ARGS=--keep
+	@if [ -x $(VENV)/bin/parkfleet ]; then $(VENV)/bin/parkfleet demo --down; fi
+
 .PHONY: cluster-up
 cluster-up: $(CP) $(VENV)/.installed ## start the local control plane in the background, write .cache/kubeconfig
 	@$(VENV)/bin/parkfleet cluster up --dir .cache/cluster --kubeconfig $(KUBECONFIG_LOCAL)

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "parkfleet.sim.cli",
     "parkfleet.models.digits",
     "parkfleet.controller.run",
+    "parkfleet.demo",
 )
 
 

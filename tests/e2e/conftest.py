@@ -12,6 +12,9 @@ import pytest
 from kubernetes_asyncio import client, config
 
 from parkfleet import devcluster
+from parkfleet.devstack import DevStack
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Short grace periods so that node-lifecycle behaviour shows within seconds.
 NODE_MONITOR_GRACE_S = 10
@@ -56,7 +59,7 @@ async def api(cluster: devcluster.LocalCluster) -> AsyncIterator[client.ApiClien
         yield api_client
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kubectl(cluster: devcluster.LocalCluster) -> Kubectl:
     """Runs the machine's kubectl against the local control plane, as a user would."""
     return Kubectl(cluster.kubeconfig)
@@ -81,3 +84,30 @@ class Kubectl:
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc
+
+
+@pytest.fixture(scope="session")
+def stack(cluster: devcluster.LocalCluster) -> Iterator[DevStack]:
+    """Operator + gateway (shard 0) + 50 simulated cars of pool `demo` in 5 cells.
+
+    Also applies the FleetPool CRD, the `demo` sample pool and a one-cell pool `solo`
+    (short grace period) that tests fill with cars of their own.
+    """
+    from .kube import SOLO_POOL
+
+    k = Kubectl(cluster.kubeconfig)
+    k("apply", "-f", str(REPO / "crds" / "fleetpools.parkfleet.io.yaml"))
+    k("wait", "--for=condition=Established", "crd/fleetpools.parkfleet.io", "--timeout=60s")
+    with tempfile.TemporaryDirectory(prefix="parkfleet-stack-") as tmp:
+        s = DevStack(Path(tmp), cluster.kubeconfig, telemetry_interval_s=1.0)
+        try:
+            s.prepare()
+            s.start_operator()
+            s.start_gateway()
+            s.start_fleet(50, 5, "demo")
+            k("apply", "-f", str(REPO / "crds" / "samples" / "fleetpool-demo.yaml"))
+            k("apply", "-f", "-", stdin=SOLO_POOL)
+            yield s
+        finally:
+            s.stop()
+            k("delete", "fp", "demo", "solo", "--ignore-not-found", "--wait=false", check=False)

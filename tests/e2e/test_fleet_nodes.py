@@ -7,116 +7,22 @@ separate processes; the tests drive them with ``kubectl apply`` as a user would.
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from parkfleet import devcluster
 from parkfleet.devstack import DevStack
 
 from .conftest import Kubectl
+from .kube import SOLO_POOL, events_of, get_json, inference_pod, local_labels, pod_phase, until
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-SOLO_POOL = """
-apiVersion: parkfleet.io/v1alpha1
-kind: FleetPool
-metadata: {name: solo}
-spec:
-  selector: {matchAttributes: {pool: solo}}
-  cellSize: 4
-  cells: 1
-  gateway: {graceSeconds: 4}
-"""
-
-
-def until(check: Callable[[], T | None], within: float, what: str) -> T:
-    """Polls ``check`` until it returns something truthy; bounded by ``within`` seconds."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last: {last!r}")
-
-
-@pytest.fixture(scope="module")
-def stack(cluster: devcluster.LocalCluster) -> Iterator[DevStack]:
-    """Operator + gateway (shard 0) + 50 simulated cars of pool `demo` in 5 cells."""
-    k = Kubectl(cluster.kubeconfig)
-    k("apply", "-f", str(REPO / "crds" / "fleetpools.parkfleet.io.yaml"))
-    k("wait", "--for=condition=Established", "crd/fleetpools.parkfleet.io", "--timeout=60s")
-    with tempfile.TemporaryDirectory(prefix="parkfleet-stack-") as tmp:
-        s = DevStack(Path(tmp), cluster.kubeconfig, telemetry_interval_s=1.0)
-        try:
-            s.prepare()
-            s.start_operator()
-            s.start_gateway()
-            s.start_fleet(50, 5, "demo")
-            k("apply", "-f", str(REPO / "crds" / "samples" / "fleetpool-demo.yaml"))
-            k("apply", "-f", "-", stdin=SOLO_POOL)
-            yield s
-        finally:
-            s.stop()
-            k("delete", "fp", "demo", "solo", "--ignore-not-found", "--wait=false", check=False)
-
-
-def get_json(k: Kubectl, *args: str) -> Any:
-    return json.loads(k("get", *args, "-o", "json").stdout)
-
-
-def pod_phase(k: Kubectl, name: str) -> str:
-    return str(get_json(k, "pod", name).get("status", {}).get("phase", ""))
-
-
-def events_of(k: Kubectl, name: str) -> list[tuple[str, str]]:
-    got = get_json(k, "events", "--field-selector", f"involvedObject.name={name}")
-    return [(e["reason"], e["message"]) for e in got["items"]]
-
-
-def inference_pod(
-    name: str, pool: str, items: str, batch: int, output: str = "results", gpu: bool = True
-) -> str:
-    limits = '    resources: {limits: {nvidia.com/gpu: "1"}}' if gpu else ""
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  restartPolicy: Never
-  nodeSelector: {{parkfleet.io/pool: {pool}}}
-  tolerations: [{{key: parkfleet.io/fleet, operator: Exists, effect: NoSchedule}}]
-  containers:
-  - name: infer
-    image: parkfleet.io/runtime/onnxruntime:1
-    env:
-    - {{name: PARKFLEET_MODEL, value: digits}}
-    - {{name: PARKFLEET_INPUT, value: digits/inputs.npy}}
-    - {{name: PARKFLEET_ITEMS, value: "{items}"}}
-    - {{name: PARKFLEET_BATCH_SIZE, value: "{batch}"}}
-    - {{name: PARKFLEET_OUTPUT, value: {output}}}
-{limits}
-"""
-
-
-def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:
-    assert stack.model is not None
-    session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
-    x = np.load(stack.data / "digits" / "inputs.npy")[start:end]
-    return np.asarray(session.run(["label"], {"input": x})[0])
 
 
 def test_cells_register_as_ready_nodes_with_gpus(stack: DevStack, kubectl: Kubectl) -> None:

@@ -10,6 +10,7 @@ from parkfleet.api.fleetpool import (
     NodeTaint,
     node_name,
 )
+from parkfleet.api.inferencejob import InferenceJobSpec, Unit
 
 __all__ = [
     "FLEET_TAINT_KEY",
@@ -18,6 +19,8 @@ __all__ = [
     "LABEL_POOL",
     "VERSION",
     "FleetPoolSpec",
+    "InferenceJobSpec",
     "NodeTaint",
+    "Unit",
     "node_name",
 ]

@@ -50,7 +50,8 @@ async def run(
         metrics_port: Serve Prometheus metrics on this port.
         stop: Set to stop.
     """
-    import parkfleet.controller.fleetpool  # noqa: F401 - registers the handlers
+    import parkfleet.controller.fleetpool
+    import parkfleet.controller.inferencejob  # noqa: F401
 
     _PEERING["name"] = peering
     if metrics_port is not None:

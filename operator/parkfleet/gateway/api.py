@@ -245,6 +245,10 @@ class Gateway:
         """Drops an ended task's record (the caller has taken its outcome)."""
         self._tasks.forget(task_id)
 
+    def release_group(self, group: str) -> None:
+        """Forgets which cars took copies of a task group (after its result is decided)."""
+        self._tasks.release_group(group)
+
     def set_pools(self, pools: list[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""
         moved = self._service.set_pools(pools)

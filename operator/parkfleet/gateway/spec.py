@@ -141,6 +141,7 @@ class TaskSpec:
         checkpoint_interval_s: How often the car checkpoints.
         grace_s: How long the task may wait for a car before failing with
             ``NoEligibleCar``; None takes the gateway's default.
+        group: Tasks of one group (copies of a redundant unit) run on distinct cars.
     """
 
     task_id: str
@@ -157,6 +158,7 @@ class TaskSpec:
     gpu_memory_mib: int = 0
     checkpoint_interval_s: float = 5.0
     grace_s: float | None = None
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)

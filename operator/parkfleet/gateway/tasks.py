@@ -177,6 +177,8 @@ class TaskManager:
         self.tasks: dict[str, Task] = {}
         self._queued: dict[str, Task] = {}
         self._offered: dict[str, Task] = {}
+        # Per task group (the copies of one redundant unit): cars that took a copy.
+        self._group_cars: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.kick = asyncio.Event()
 
@@ -223,6 +225,10 @@ class TaskManager:
         if task is not None and task.terminal:
             del self.tasks[task_id]
 
+    def release_group(self, group: str) -> None:
+        """Forgets which cars took copies of ``group`` (its unit is decided)."""
+        self._group_cars.pop(group, None)
+
     async def close(self) -> None:
         """Stops background senders."""
         for t in list(self._background):
@@ -248,8 +254,12 @@ class TaskManager:
             cell = self._registry.cells.get(spec.cell)
             chosen = None
             if cell is not None and cell.available:
+                exclude: set[str] = task.refused_by
+                if spec.group:
+                    # Copies of one unit (redundancy) must land on distinct cars.
+                    exclude = exclude | self._group_cars.get(spec.group, set())
                 chosen = choose_car(
-                    cell.available.values(), spec.runtime, spec.gpu_memory_mib, task.refused_by
+                    cell.available.values(), spec.runtime, spec.gpu_memory_mib, exclude
                 )
             if chosen is not None:
                 self._offer(task, chosen)
@@ -281,6 +291,8 @@ class TaskManager:
         task.state = "Offered"
         task.offered_at = time.monotonic()
         task.cars.append(car.car_id)
+        if task.spec.group:
+            self._group_cars.setdefault(task.spec.group, set()).add(car.car_id)
         self._offered[task.spec.task_id] = task
         self._registry.set_task(car, task)
         if task.previous_car:

@@ -27,6 +27,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from parkfleet.api import GROUP, VERSION, FleetPoolSpec, node_name
 from parkfleet.gateway import Gateway
 from parkfleet.nodeagent.logs import LogStore
+from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.nodes import CellState, node_object, node_status
 from parkfleet.nodeagent.pods import PodDriver
 from parkfleet.nodeagent.posting import EventPoster
@@ -104,7 +105,10 @@ class NodeAgent:
         self.poster = EventPoster(api, "parkfleet-gateway", f"shard-{config.shard}")
         self.pools: dict[str, FleetPoolSpec] = {}
         self.cells: dict[str, _Cell] = {}
-        self.pods = PodDriver(api, gateway, self._pool_of, config.data_root, self.logs, self.poster)
+        self.metrics = NodeAgentMetrics(gateway.metrics.registry)
+        self.pods = PodDriver(
+            api, gateway, self._pool_of, config.data_root, self.logs, self.poster, self.metrics
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.status_writes = 0
         self.lease_writes = 0
@@ -288,6 +292,7 @@ class NodeAgent:
                 ),
             )
         self.lease_writes += 1
+        self.metrics.lease_renewals.labels("ok").inc()
 
     async def _lease_loop(self) -> None:
         while True:
@@ -296,6 +301,7 @@ class NodeAgent:
                 try:
                     await self._renew(c.node)
                 except Exception as exc:
+                    self.metrics.lease_renewals.labels("error").inc()
                     log.warning("lease of %s not renewed: %s", c.node, exc)
 
     def cell_state(self, cell: str) -> CellState:
@@ -331,6 +337,7 @@ class NodeAgent:
         await self.core.patch_node_status(c.node, {"status": status})
         c.written, c.written_at = state, now
         self.status_writes += 1
+        self.metrics.status_writes.labels(c.pool.name).inc()
 
     async def _status_loop(self) -> None:
         while True:

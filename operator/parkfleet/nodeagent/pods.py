@@ -10,8 +10,11 @@ it stays ``Running``. Deleting the pod cancels the task.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import datetime
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +30,9 @@ from parkfleet.api import FleetPoolSpec
 from parkfleet.gateway import Gateway
 from parkfleet.gateway.models import ModelNotFound
 from parkfleet.gateway.spec import ModelRef, TaskEvent, TaskSpec
+from parkfleet.nodeagent.compare import agree, majority
 from parkfleet.nodeagent.logs import LogStore
+from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster
 from parkfleet.nodeagent.taskio import DirectorySink, NpyInput, resolve_under
 from parkfleet.nodeagent.translate import PodTask, Unsupported, translate
@@ -53,6 +58,18 @@ def pod_key(pod: Mapping[str, Any]) -> str:
 
 
 @dataclass
+class _Copy:
+    """One run of a pod's items on one car (several when redundancy ≥ 2)."""
+
+    task_id: str
+    sink: DirectorySink
+    car: str = ""
+    done: bool = False
+    energy_wh: float = 0.0
+    modelled: bool = False
+
+
+@dataclass
 class _Tracked:
     uid: str
     namespace: str
@@ -61,11 +78,33 @@ class _Tracked:
     container: str
     image: str
     task: PodTask
-    sink: DirectorySink
+    copies: list[_Copy]
+    spec: TaskSpec
+    result: Path | None = None
+    pool: str = ""
+    created: str = ""
     started_at: str = ""
     running: bool = False
     ended: bool = False
     cars: list[str] = field(default_factory=list)
+    moves: int = 0
+    disagreements: int = 0
+
+    def summary(self, items: int, **extra: Any) -> str:
+        """The machine-readable termination message the operator aggregates."""
+        energy = sum(c.energy_wh for c in self.copies)
+        return json.dumps(
+            {
+                "items": items,
+                "cars": sorted(set(self.cars)),
+                "moves": self.moves,
+                "energyWh": round(energy, 6),
+                "energyModelled": any(c.modelled for c in self.copies),
+                "disagreements": self.disagreements,
+                **extra,
+            },
+            separators=(",", ":"),
+        )
 
     @property
     def key(self) -> str:
@@ -102,6 +141,7 @@ class PodDriver:
         data_root: Path,
         logs: LogStore,
         poster: EventPoster,
+        metrics: NodeAgentMetrics | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.gateway = gateway
@@ -109,7 +149,9 @@ class PodDriver:
         self.data_root = data_root
         self.logs = logs
         self.poster = poster
+        self.metrics = metrics or NodeAgentMetrics()
         self.tracked: dict[str, _Tracked] = {}
+        self.by_task: dict[str, tuple[_Tracked, _Copy]] = {}
         self.events = gateway.events()
 
     # ---- pods -> tasks -------------------------------------------------------------
@@ -136,10 +178,21 @@ class PodDriver:
         container = task.container
         image = str(pod["spec"]["containers"][0].get("image", ""))
         try:
-            spec, sink = self._task_spec(pod, cell, task, pool)
+            spec, result = await self._task_spec(pod, cell, task, pool)
         except (Unsupported, ModelNotFound, ValueError, OSError) as exc:
             await self._fail_early(pod, REASON_INVALID_INPUT, str(exc))
             return
+        except Exception as exc:  # the model loader's own errors (not a ValueError)
+            await self._fail_early(pod, "ModelLoadFailed", f"{type(exc).__name__}: {exc}")
+            return
+        key = pod_key(pod)
+        copies = []
+        for i in range(task.copies):
+            # One copy writes its file itself; copies that will be compared stay in memory.
+            logger = self._log_chunks(key) if i == 0 else None
+            path = result if task.copies == 1 else None
+            task_id = uid if task.copies == 1 else f"{uid}-r{i}"
+            copies.append(_Copy(task_id, DirectorySink(path, on_chunk=logger)))
         tracked = _Tracked(
             uid=uid,
             namespace=str(meta["namespace"]),
@@ -148,23 +201,37 @@ class PodDriver:
             container=container,
             image=image,
             task=task,
-            sink=sink,
+            copies=copies,
+            spec=spec,
+            result=result,
+            pool=pool.name,
+            created=str(meta.get("creationTimestamp") or ""),
         )
         self.tracked[uid] = tracked
+        if result is not None and task.unit is not None and result.exists():
+            # The unit's result file exists: it is done. Running it again changes nothing.
+            tracked.ended = True
+            done = np.load(result)
+            items = len(next(v for k, v in done.items() if k != "first_item"))
+            msg = tracked.summary(items, cached=True)
+            self.logs.write(key, f"parkfleet: unit {task.unit} already done ({result.name})")
+            self.logs.close(key)
+            await self._patch_status(tracked, self._terminated_status(tracked, 0, "Completed", msg))
+            return
         if phase == "Running":
             # We restarted (or the gateway did) while the pod ran: its task starts again
             # on a car; the pod stays Running, as it is.
             tracked.running = True
             tracked.started_at = str((pod.get("status") or {}).get("startTime") or _now())
-            self.logs.write(tracked.key, "parkfleet: gateway restarted; running the task again")
-            await self.gateway.submit(spec)
+            self.logs.write(key, "parkfleet: gateway restarted; running the task again")
+            await self._submit_copies(tracked)
             return
         self.logs.write(
-            tracked.key,
+            key,
             f"parkfleet: task {uid} for items {spec.item_start}..{spec.item_end - 1} "
-            f"queued on cell {cell}",
+            f"queued on cell {cell}" + (f" ({task.copies} copies)" if task.copies > 1 else ""),
         )
-        await self.gateway.submit(spec)
+        await self._submit_copies(tracked)
         await self._patch_status(
             tracked,
             {
@@ -174,6 +241,25 @@ class PodDriver:
                 ],
             },
         )
+
+    async def _submit_copies(self, t: _Tracked) -> None:
+        for copy in t.copies:
+            if not copy.done:
+                self.by_task[copy.task_id] = (t, copy)
+                await self.gateway.submit(
+                    dataclasses.replace(
+                        t.spec,
+                        task_id=copy.task_id,
+                        sink=copy.sink,
+                        group=t.uid if len(t.copies) > 1 else "",
+                    )
+                )
+
+    def _log_chunks(self, key: str) -> Callable[[int, Mapping[str, npt.NDArray[np.generic]]], None]:
+        def to_log(first: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
+            self.logs.write(key, *_result_lines(first, outputs))
+
+        return to_log
 
     def _check_capacity(self, task: PodTask, cell: str) -> None:
         cap = self.gateway.capacity().get(cell)
@@ -186,11 +272,12 @@ class PodDriver:
                     f"{cell} has ({biggest} MiB)",
                 )
 
-    def _task_spec(
+    async def _task_spec(
         self, pod: Mapping[str, Any], cell: str, task: PodTask, pool: FleetPoolSpec
-    ) -> tuple[TaskSpec, DirectorySink]:
+    ) -> tuple[TaskSpec, Path | None]:
         model = self._model(task)
-        info = self.gateway.models.describe(model.sha256)
+        # Loading a model to read its names is slow work: off the event loop.
+        info = await asyncio.to_thread(self.gateway.models.describe, model.sha256)
         source = NpyInput(resolve_under(self.data_root, task.input_path))
         end = task.item_end if task.item_end is not None else source.items
         if end > source.items:
@@ -198,16 +285,10 @@ class PodDriver:
                 "spec.containers[0].env[PARKFLEET_ITEMS]",
                 f"asks for items up to {end - 1} but {task.input_path} holds {source.items}",
             )
-        key = pod_key(pod)
         result: Path | None = None
         if task.output_dir:
             out_dir = resolve_under(self.data_root, task.output_dir)
-            result = out_dir / f"{pod['metadata']['name']}.npz"
-
-        def to_log(first: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
-            self.logs.write(key, *_result_lines(first, outputs))
-
-        sink = DirectorySink(result, on_chunk=to_log)
+            result = out_dir / (task.result_name or f"{pod['metadata']['name']}.npz")
         spec = TaskSpec(
             task_id=str(pod["metadata"]["uid"]),
             cell=cell,
@@ -219,11 +300,11 @@ class PodDriver:
             item_start=task.item_start,
             item_end=end,
             inputs=source,
-            sink=sink,
+            sink=DirectorySink(None),
             gpu_memory_mib=task.gpu_memory_mib,
             grace_s=pool.grace_s,
         )
-        return spec, sink
+        return spec, result
 
     def _model(self, task: PodTask) -> ModelRef:
         if task.model_sha256:
@@ -235,9 +316,18 @@ class PodDriver:
         """The pod object is gone: cancel its task if it still runs."""
         uid = str(pod["metadata"]["uid"])
         tracked = self.tracked.pop(uid, None)
-        if tracked is not None and not tracked.ended:
-            await self.gateway.cancel(uid, "PodDeleted")
+        if tracked is not None:
+            if not tracked.ended:
+                await self._cancel_copies(tracked, "PodDeleted")
+            for copy in tracked.copies:
+                self.by_task.pop(copy.task_id, None)
+            self.gateway.release_group(uid)
         self.logs.drop(pod_key(pod))
+
+    async def _cancel_copies(self, t: _Tracked, reason: str) -> None:
+        for copy in t.copies:
+            if not copy.done:
+                await self.gateway.cancel(copy.task_id, reason)
 
     async def _finish_deletion(self, pod: Mapping[str, Any]) -> None:
         # A kubelet removes the pod object once its containers stopped; the task's
@@ -246,7 +336,7 @@ class PodDriver:
         uid = str(meta["uid"])
         tracked = self.tracked.get(uid)
         if tracked is not None and not tracked.ended:
-            await self.gateway.cancel(uid, "PodDeleted")
+            await self._cancel_copies(tracked, "PodDeleted")
             tracked.ended = True
         with contextlib.suppress(ApiException):
             await self.core.delete_namespaced_pod(
@@ -277,7 +367,7 @@ class PodDriver:
                     "restartCount": 0,
                     "state": {
                         "terminated": {
-                            "exitCode": 2,
+                            "exitCode": exit_code(reason),
                             "reason": reason,
                             "message": message,
                             "startedAt": now,
@@ -299,6 +389,8 @@ class PodDriver:
             "uid": meta["uid"],
         }
         await self.poster.post(ref, reason, message, warning=True)
+        pool = self.pool_of(str((pod.get("spec") or {}).get("nodeName", ""))[3:])
+        self.metrics.pods_ended.labels(pool.name if pool else "", "Failed", reason).inc()
         self.logs.write(pod_key(pod), f"parkfleet: {reason}: {message}")
         self.logs.close(pod_key(pod))
 
@@ -307,59 +399,132 @@ class PodDriver:
     async def run(self) -> None:
         """Follows the gateway's task events until cancelled."""
         async for event in self.events:
-            tracked = self.tracked.get(event.task_id)
-            if tracked is None:
+            found = self.by_task.get(event.task_id)
+            if found is None:
                 continue
+            tracked, copy = found
             try:
-                await self._on_event(tracked, event)
+                await self._on_event(tracked, copy, event)
             except ApiException as exc:
                 log.warning("pod %s: status update failed: %s", tracked.key, exc.reason)
             except Exception:
                 log.exception("pod %s: handling %s failed", tracked.key, event.kind)
 
-    async def _on_event(self, t: _Tracked, e: TaskEvent) -> None:
+    async def _on_event(self, t: _Tracked, copy: _Copy, e: TaskEvent) -> None:
+        if t.ended:
+            return
+        tag = f"[copy {t.copies.index(copy)}] " if len(t.copies) > 1 else ""
         if e.kind == "accepted":
-            if e.car_id and (not t.cars or t.cars[-1] != e.car_id):
+            copy.car = e.car_id
+            if e.car_id and e.car_id not in t.cars:
                 t.cars.append(e.car_id)
             if not t.running:
                 t.running = True
                 t.started_at = _now()
-                self.logs.write(t.key, f"parkfleet: running on car {e.car_id}")
+                self.logs.write(t.key, f"parkfleet: {tag}running on car {e.car_id}")
                 await self.poster.post(t.ref, "Started", f"running on car {e.car_id}")
                 await self._patch_status(t, self._running_status(t, e.car_id))
+                self._observe_start(t)
         elif e.kind == "moved":
+            t.moves += 1
             msg = f"moved from car {e.from_car} to car {e.car_id}, resuming at item {e.checkpoint}"
-            self.logs.write(t.key, f"parkfleet: {msg}")
+            self.logs.write(t.key, f"parkfleet: {tag}{msg}")
             await self.poster.post(t.ref, "Moved", msg)
         elif e.kind == "lost":
             msg = (
                 f"car {e.from_car or e.car_id} left ({e.reason}); the task waits for "
                 f"another car of cell {t.cell} from item {e.checkpoint}"
             )
-            self.logs.write(t.key, f"parkfleet: {msg}")
+            self.logs.write(t.key, f"parkfleet: {tag}{msg}")
             await self.poster.post(t.ref, "CarLost", msg, warning=True)
         elif e.kind == "log":
-            self.logs.write(t.key, *e.lines)
+            self.logs.write(t.key, *(f"{tag}{line}" for line in e.lines))
         elif e.kind == "succeeded":
-            t.ended = True
-            await t.sink.completed.wait()
-            msg = f"{t.sink.items} items on {len(set(t.cars)) or 1} car(s), {e.energy_wh:.3g} Wh"
-            if e.energy_modelled:
-                msg += " (modelled)"
-            self.logs.write(t.key, f"parkfleet: done: {msg}")
-            self.logs.close(t.key)
-            await self._patch_status(t, self._terminated_status(t, 0, "Completed", msg))
-            await self.poster.post(t.ref, "Completed", msg)
-            self.gateway.forget(t.uid)
+            copy.done = True
+            copy.energy_wh, copy.modelled = e.energy_wh, e.energy_modelled
+            self.gateway.forget(copy.task_id)
+            if all(c.done for c in t.copies):
+                await self._all_copies_done(t)
         elif e.kind in ("failed", "cancelled"):
-            t.ended = True
-            reason = e.reason or ("Cancelled" if e.kind == "cancelled" else "TaskFailed")
-            self.logs.write(t.key, f"parkfleet: {reason}: {e.message}")
-            self.logs.close(t.key)
+            copy.done = True
+            copy.energy_wh, copy.modelled = e.energy_wh, e.energy_modelled
+            self.gateway.forget(copy.task_id)
             if e.kind == "failed":
-                await self._patch_status(t, self._terminated_status(t, 1, reason, e.message))
-                await self.poster.post(t.ref, reason, e.message, warning=True)
-            self.gateway.forget(t.uid)
+                reason = e.reason or "TaskFailed"
+                await self._cancel_copies(t, f"copy failed: {reason}")
+                await self._fail(t, reason, e.message)
+
+    async def _all_copies_done(self, t: _Tracked) -> None:
+        if len(t.copies) == 1:
+            copy = t.copies[0]
+            await copy.sink.completed.wait()
+            await self._succeed(t, copy.sink.items)
+            return
+        mode, output, tolerance = t.task.compare
+        results = [c.sink.arrays() for c in t.copies]
+        name = output or next(iter(results[0]), "")
+        winner = majority([r[name] for r in results if name in r], mode, tolerance)
+        if winner is None and len(t.copies) < t.task.copies + 2:
+            # No majority: one more car decides.
+            cars = ", ".join(c.car for c in t.copies)
+            msg = f"results of cars {cars} disagree on {name!r} ({mode}); another car decides"
+            t.disagreements += 1
+            self.logs.write(t.key, f"parkfleet: {msg}")
+            await self.poster.post(t.ref, "ResultsDisagree", msg, warning=True)
+            extra = _Copy(f"{t.uid}-r{len(t.copies)}", DirectorySink(None))
+            t.copies.append(extra)
+            await self._submit_copies(t)
+            return
+        if winner is None:
+            await self._fail(t, "ResultsDisagree", f"no majority among {len(t.copies)} copies")
+            return
+        chosen = t.copies[winner]
+        odd = [
+            c.car
+            for c, r in zip(t.copies, results, strict=True)
+            if not agree(r[name], results[winner][name], mode, tolerance)
+        ]
+        if odd:
+            msg = (
+                f"kept the result of car {chosen.car}; car(s) {', '.join(odd)} returned "
+                f"results that disagree on {name!r}"
+            )
+            self.logs.write(t.key, f"parkfleet: {msg}")
+            await self.poster.post(t.ref, "DisagreementResolved", msg, warning=True)
+        if t.result is not None:
+            await chosen.sink.save(t.result)
+        await self._succeed(t, chosen.sink.items)
+
+    async def _succeed(self, t: _Tracked, items: int) -> None:
+        t.ended = True
+        self.gateway.release_group(t.uid)
+        energy = sum(c.energy_wh for c in t.copies)
+        human = f"{items} items on {len(t.cars) or 1} car(s), {energy:.3g} Wh"
+        if any(c.modelled for c in t.copies):
+            human += " (modelled)"
+        self.logs.write(t.key, f"parkfleet: done: {human}")
+        self.logs.close(t.key)
+        msg = t.summary(items)
+        await self._patch_status(t, self._terminated_status(t, 0, "Completed", msg))
+        self.metrics.pods_ended.labels(t.pool, "Succeeded", "Completed").inc()
+        await self.poster.post(t.ref, "Completed", human)
+
+    async def _fail(self, t: _Tracked, reason: str, message: str) -> None:
+        t.ended = True
+        self.gateway.release_group(t.uid)
+        self.logs.write(t.key, f"parkfleet: {reason}: {message}")
+        self.logs.close(t.key)
+        code = exit_code(reason)
+        await self._patch_status(t, self._terminated_status(t, code, reason, message))
+        self.metrics.pods_ended.labels(t.pool, "Failed", reason).inc()
+        await self.poster.post(t.ref, reason, message, warning=True)
+
+    def _observe_start(self, t: _Tracked) -> None:
+        if not t.created:
+            return
+        created = datetime.datetime.fromisoformat(t.created.replace("Z", "+00:00"))
+        elapsed = (datetime.datetime.now(datetime.UTC) - created).total_seconds()
+        self.metrics.pod_start.labels(t.pool).observe(max(elapsed, 0.0))
 
     def _condition(self, kind: str, status: str, reason: str, message: str) -> dict[str, str]:
         return {
@@ -432,6 +597,25 @@ class PodDriver:
 
     async def _patch_status(self, t: _Tracked, status: Mapping[str, Any]) -> None:
         await self.core.patch_namespaced_pod_status(t.name, t.namespace, {"status": status})
+
+
+# Exit codes a Job's podFailurePolicy can act on (see controller/jobs.py).
+EXIT_RETRY_ELSEWHERE = 75  # EX_TEMPFAIL: no car could take it now; not the unit's fault
+EXIT_BAD_SPEC = 2  # the pod asks for what cars cannot do: retrying cannot help
+EXIT_MODEL = 3  # the model cannot be fetched or loaded: retrying cannot help
+_RETRY_ELSEWHERE = frozenset({"NoEligibleCar", "OfferTimeout", "CarLost"})
+_MODEL = frozenset({"ModelHashMismatch", "ModelFetchFailed", "ModelLoadFailed"})
+
+
+def exit_code(reason: str) -> int:
+    """The container exit code a failure reason ends with."""
+    if reason in _RETRY_ELSEWHERE:
+        return EXIT_RETRY_ELSEWHERE
+    if reason in _MODEL:
+        return EXIT_MODEL
+    if reason in (REASON_UNSUPPORTED, REASON_INVALID_INPUT):
+        return EXIT_BAD_SPEC
+    return 1
 
 
 def _result_lines(first: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> list[str]:

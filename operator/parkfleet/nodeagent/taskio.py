@@ -86,12 +86,20 @@ class DirectorySink:
         if self.on_chunk is not None:
             self.on_chunk(first_item, outputs)
 
+    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
+        """Every output over all items received so far."""
+        return {k: np.concatenate(v) for k, v in self._chunks.items()}
+
+    async def save(self, path: Path) -> None:
+        """Writes the results to ``path`` atomically (with their first item number)."""
+        arrays = self.arrays()
+        arrays["first_item"] = np.array([self._first or 0], dtype=np.int64)
+        await asyncio.to_thread(_write_atomic, path, arrays)
+
     async def complete(self) -> None:
-        """Writes the result file atomically."""
+        """Writes the result file atomically (when the sink has a path)."""
         if self.path is not None:
-            arrays = {k: np.concatenate(v) for k, v in self._chunks.items()}
-            arrays["first_item"] = np.array([self._first or 0], dtype=np.int64)
-            await asyncio.to_thread(_write_atomic, self.path, arrays)
+            await self.save(self.path)
         self.completed.set()
 
 

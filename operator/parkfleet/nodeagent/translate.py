@@ -42,6 +42,12 @@ ENV_ITEMS = "PARKFLEET_ITEMS"  # "START-END" (END exclusive) or "COUNT"
 ENV_BATCH_SIZE = "PARKFLEET_BATCH_SIZE"
 ENV_OUTPUT = "PARKFLEET_OUTPUT"  # result directory under the gateway's data root
 ENV_GPU_MEMORY_MIB = "PARKFLEET_GPU_MEMORY_MIB"
+# Work units of an InferenceJob: the pod's Job completion index picks its items.
+ENV_UNIT_ITEMS = "PARKFLEET_UNIT_ITEMS"
+ENV_TOTAL_ITEMS = "PARKFLEET_TOTAL_ITEMS"
+ENV_REDUNDANCY = "PARKFLEET_REDUNDANCY"  # copies on distinct cars
+ENV_COMPARE = "PARKFLEET_COMPARE"  # MODE:OUTPUT:TOLERANCE, e.g. argmax:probabilities:0
+ANNOTATION_INDEX = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_PREFIX = "parkfleet.io/"
 
 _RUNTIME_IMAGE = re.compile(
@@ -87,6 +93,9 @@ class PodTask:
         batch_size: Items per inference call.
         output_dir: Result directory, relative to the data root ("" for none).
         gpu_memory_mib: GPU memory the task needs.
+        unit: The work unit (Job completion index) or None for a plain pod.
+        copies: Distinct cars each item runs on (2+: results are cross-checked).
+        compare: How copies are compared: (mode, output, tolerance).
     """
 
     runtime: str
@@ -102,6 +111,14 @@ class PodTask:
     batch_size: int
     output_dir: str
     gpu_memory_mib: int
+    unit: int | None = None
+    copies: int = 1
+    compare: tuple[str, str, float] = ("argmax", "", 0.0)
+
+    @property
+    def result_name(self) -> str:
+        """The result file's name in ``output_dir`` (``unit-000042.npz`` for units)."""
+        return f"unit-{self.unit:06d}.npz" if self.unit is not None else ""
 
 
 def runtime_of(image: str) -> str:
@@ -241,6 +258,9 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
     if output_dir:
         output_dir = _relative_path(output_dir, f"{at}.env[{ENV_OUTPUT}]")
     start, end = _items(env.get(ENV_ITEMS, ""), f"{at}.env[{ENV_ITEMS}]")
+    unit = None
+    if ENV_UNIT_ITEMS in env:
+        unit, start, end = _unit(pod, env, at)
     batch = _int(env.get(ENV_BATCH_SIZE, "32"), f"{at}.env[{ENV_BATCH_SIZE}]", 1, 65536)
     memory = _int(env.get(ENV_GPU_MEMORY_MIB, "0"), f"{at}.env[{ENV_GPU_MEMORY_MIB}]", 0, 1 << 20)
     outputs = tuple(o.strip() for o in env.get(ENV_OUTPUT_NAMES, "").split(",") if o.strip())
@@ -258,4 +278,35 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         batch_size=batch,
         output_dir=output_dir,
         gpu_memory_mib=memory,
+        unit=unit,
+        copies=_int(env.get(ENV_REDUNDANCY, "1"), f"{at}.env[{ENV_REDUNDANCY}]", 1, 5),
+        compare=_compare(env.get(ENV_COMPARE, ""), f"{at}.env[{ENV_COMPARE}]"),
     )
+
+
+def _unit(pod: Mapping[str, Any], env: Mapping[str, str], at: str) -> tuple[int, int, int]:
+    """Unit index and item range of an InferenceJob pod."""
+    per = _int(env[ENV_UNIT_ITEMS], f"{at}.env[{ENV_UNIT_ITEMS}]", 1, _MAX_ITEMS)
+    total = _int(env.get(ENV_TOTAL_ITEMS, ""), f"{at}.env[{ENV_TOTAL_ITEMS}]", 1, _MAX_ITEMS)
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    raw = annotations.get(ANNOTATION_INDEX, "")
+    field = f"metadata.annotations[{ANNOTATION_INDEX}]"
+    index = _int(raw, field, 0, _MAX_ITEMS)
+    start = index * per
+    if start >= total:
+        raise Unsupported(field, f"unit {index} starts past the last item ({total - 1})")
+    return index, start, min(total, start + per)
+
+
+def _compare(value: str, field: str) -> tuple[str, str, float]:
+    if not value:
+        return ("argmax", "", 0.0)
+    mode, _, rest = value.partition(":")
+    output, _, tol = rest.partition(":")
+    if mode not in ("argmax", "absolute", "relative") or not output:
+        raise Unsupported(field, f"{value!r} is not MODE:OUTPUT[:TOLERANCE]")
+    try:
+        tolerance = float(tol or 0)
+    except ValueError:
+        raise Unsupported(field, f"tolerance {tol!r} is not a number") from None
+    return (mode, output, tolerance)

@@ -46,6 +46,7 @@ async def _main(args: argparse.Namespace) -> int:
             scenario=args.scenario,
             start_unix_ms=_start_ms(args.start_hour),
             car_id_prefix=args.car_prefix,
+            corrupt=args.corrupt,
         )
     )
     stop = asyncio.Event()
@@ -119,6 +120,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--start-hour", type=float, default=None, help="simulated UTC hour to start at")
     p.add_argument("--car-prefix", default="sim-", help="car ids are PREFIX000000, ...")
+    p.add_argument(
+        "--corrupt", action="store_true", help="fault injection: these cars return wrong results"
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_cmd_simulate)

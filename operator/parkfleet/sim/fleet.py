@@ -24,7 +24,7 @@ from parkfleet.policy import Policy
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
 from parkfleet.vehicle.agent import capabilities
-from parkfleet.vehicle.compute import Compute, ModelledCompute, OrtCompute
+from parkfleet.vehicle.compute import Compute, CorruptCompute, ModelledCompute, OrtCompute
 from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache
@@ -61,6 +61,7 @@ class FleetConfig:
         server_name_override: TLS name to expect from the gateway.
         max_reconnects: Per car, None = forever.
         scenario: ``day`` (realistic traces) or ``parked`` (always parked, plugged in).
+        corrupt: Fault injection: every car returns wrong results (tests of redundancy).
     """
 
     cars: int
@@ -82,6 +83,7 @@ class FleetConfig:
     max_reconnects: int | None = None
     extra_attributes: dict[str, str] = field(default_factory=dict)
     scenario: str = "day"
+    corrupt: bool = False
 
 
 @dataclass
@@ -166,6 +168,8 @@ class SimulatedFleet:
             compute = self._own_compute
         if config.compute == "modelled":
             compute = ModelledCompute(compute, config.modelled_items_per_second)
+        if config.corrupt:
+            compute = CorruptCompute(compute)
         self.compute = compute
         self.models = ModelCache()  # one verified copy per model for the whole process
         self.traces: list[CarTrace] = []

@@ -221,3 +221,43 @@ class ModelledCompute:
     async def session(self, sha256: str, model: bytes) -> ModelSession:
         """Returns the inner session, rate-limited."""
         return _ModelledSession(await self._inner.session(sha256, model), self._rate)
+
+
+class _CorruptSession:
+    def __init__(self, inner: ModelSession) -> None:
+        self._inner = inner
+
+    @property
+    def providers(self) -> list[str]:
+        return self._inner.providers
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._inner.output_names
+
+    async def infer(
+        self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
+    ) -> list[np.ndarray]:
+        outs = await self._inner.infer(inputs, input_name, output_names, batch_size)
+        # A faulty GPU: every result shifted (labels off by one, scores reversed).
+        return [
+            (o + 1) % 10
+            if np.issubdtype(o.dtype, np.integer)
+            else np.ascontiguousarray(o[..., ::-1])
+            for o in outs
+        ]
+
+
+class CorruptCompute:
+    """Fault injection for tests of redundancy: a car whose results are wrong.
+
+    Args:
+        inner: The compute whose outputs get corrupted.
+    """
+
+    def __init__(self, inner: Compute) -> None:
+        self._inner = inner
+
+    async def session(self, sha256: str, model: bytes) -> ModelSession:
+        """Returns the inner session, with corrupted outputs."""
+        return _CorruptSession(await self._inner.session(sha256, model))

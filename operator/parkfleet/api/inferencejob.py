@@ -1,0 +1,127 @@
+"""InferenceJob: one model over many items on a pool's cars, every result exactly once.
+
+The CRD (``crds/inferencejobs.parkfleet.io.yaml``) validates; this model reads an
+already-valid object, applies the schema's defaults and splits the items into units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["InferenceJobSpec", "Unit"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A work unit: items ``[start, end)``; Kubernetes sees one pod per unit."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def items(self) -> int:
+        """How many items the unit holds."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class InferenceJobSpec:
+    """An InferenceJob's spec, defaults applied.
+
+    Attributes:
+        name: The job's name.
+        namespace: Its namespace.
+        pool: The FleetPool that runs it.
+        model_name: A model name in the gateways' store ("" when by hash).
+        model_sha256: The model's content hash ("" when by name).
+        model_uri: Where cars fetch the model.
+        runtime: The runtime (image) the pods ask for.
+        input_name: The model input ("" = the model's first).
+        output_names: Outputs to keep (empty = all).
+        input_path: The ``.npy`` input on the data volume.
+        items: Items to run.
+        items_per_unit: Items per work unit.
+        parallelism: Units at once.
+        batch_size: Items per inference call.
+        gpu_memory_mib: GPU memory per task.
+        copies: Cars each unit runs on (redundancy).
+        compare: ``MODE:OUTPUT:TOLERANCE`` for redundancy ≥ 2 ("" otherwise).
+        deadline_s: Seconds until ``DeadlineExceeded`` (None: none).
+        retries: Retries per unit.
+        output_path: The result directory on the data volume.
+    """
+
+    name: str
+    namespace: str
+    pool: str
+    model_name: str
+    model_sha256: str
+    model_uri: str
+    runtime: str
+    input_name: str
+    output_names: tuple[str, ...]
+    input_path: str
+    items: int
+    items_per_unit: int
+    parallelism: int
+    batch_size: int
+    gpu_memory_mib: int
+    copies: int
+    compare: str
+    deadline_s: int | None
+    retries: int
+    output_path: str
+
+    @classmethod
+    def from_k8s(cls, obj: Mapping[str, Any]) -> InferenceJobSpec:
+        """Reads an InferenceJob object (a dict from the API)."""
+        meta = obj["metadata"]
+        spec: Mapping[str, Any] = obj["spec"]
+        model: Mapping[str, Any] = spec["model"]
+        inp: Mapping[str, Any] = spec["input"]
+        red: Mapping[str, Any] = spec.get("redundancy") or {}
+        cmp: Mapping[str, Any] = red.get("compare") or {}
+        compare = ""
+        if cmp:
+            compare = f"{cmp['mode']}:{cmp['output']}:{cmp.get('tolerance', 0.0001)}"
+        deadline = spec.get("deadlineSeconds")
+        return cls(
+            name=str(meta["name"]),
+            namespace=str(meta.get("namespace") or "default"),
+            pool=str(spec["pool"]),
+            model_name=str(model.get("name", "")),
+            model_sha256=str(model.get("sha256", "")),
+            model_uri=str(model.get("uri", "gateway:")),
+            runtime=str(model.get("runtime", "onnxruntime")),
+            input_name=str(model.get("inputName", "")),
+            output_names=tuple(model.get("outputNames") or ()),
+            input_path=str(inp.get("path", "")),
+            items=int(inp["items"]),
+            items_per_unit=int(spec.get("itemsPerUnit", 1000)),
+            parallelism=int(spec.get("parallelism", 10)),
+            batch_size=int(spec.get("batchSize", 32)),
+            gpu_memory_mib=int(spec.get("gpuMemoryMiB", 0)),
+            copies=int(red.get("copies", 1)),
+            compare=compare,
+            deadline_s=int(deadline) if deadline is not None else None,
+            retries=int(spec.get("retriesPerUnit", 3)),
+            output_path=str(spec["output"]["path"]),
+        )
+
+    @property
+    def unit_count(self) -> int:
+        """How many work units the items make."""
+        return math.ceil(self.items / self.items_per_unit)
+
+    def unit(self, index: int) -> Unit:
+        """Work unit ``index``."""
+        start = index * self.items_per_unit
+        return Unit(index, start, min(self.items, start + self.items_per_unit))
+
+    def unit_items(self, indexes: set[int]) -> int:
+        """Items in the given units."""
+        return sum(self.unit(i).items for i in indexes if 0 <= i < self.unit_count)

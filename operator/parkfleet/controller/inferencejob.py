@@ -1,0 +1,228 @@
+"""InferenceJob handlers: create the Indexed Job, and tell the truth about its progress.
+
+Level-based: the timer recomputes the status from the Job and its pods every few
+seconds, so an operator restart mid-job loses nothing (the Job controller kept running
+the units meanwhile, and finished units' result files stay where they are).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from parkfleet.api import GROUP, VERSION, InferenceJobSpec
+from parkfleet.controller.fleetpool import _merge_conditions
+from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
+from parkfleet.controller.kube import api_client
+
+__all__ = ["job_status"]
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 2.0
+
+
+def _cond(kind: str, status: bool, reason: str, message: str, gen: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": gen,
+    }
+
+
+def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for c in (job.get("status") or {}).get("conditions") or ():
+        if c.get("type") == kind and c.get("status") == "True":
+            return cast(Mapping[str, Any], c)
+    return None
+
+
+def job_status(
+    spec: InferenceJobSpec,
+    generation: int,
+    job: Mapping[str, Any] | None,
+    pods: list[Mapping[str, Any]],
+    problem: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The status an InferenceJob should show, from its Job and the Job's pods.
+
+    Args:
+        spec: The job.
+        generation: ``metadata.generation`` answered.
+        job: The batch Job (None before it exists).
+        pods: The Job's pods.
+        problem: (reason, message) that keeps the job from starting, if any.
+
+    Returns:
+        The ``status`` object (conditions without transition times).
+    """
+    total_units = spec.unit_count
+    js: Mapping[str, Any] = (job or {}).get("status") or {}
+    done = parse_indexes(js.get("completedIndexes"))
+    failed = parse_indexes(js.get("failedIndexes"))
+    t = tally(pods)
+    running = t.running_units - done - failed
+    done_items = spec.unit_items(done)
+    start, end = js.get("startTime"), js.get("completionTime")
+    seconds = elapsed_s(start, end)
+    rate = round(done_items / seconds, 1) if seconds > 0 else 0.0
+    complete = _job_condition(job or {}, "Complete") is not None
+    failed_cond = _job_condition(job or {}, "Failed")
+    conditions = []
+    if problem is not None:
+        conditions.append(_cond("Progressing", False, problem[0], problem[1], generation))
+        conditions.append(_cond("Complete", False, problem[0], problem[1], generation))
+        conditions.append(_cond("Failed", False, problem[0], problem[1], generation))
+    elif failed_cond is not None:
+        reason = str(failed_cond.get("reason") or "Failed")
+        message = str(failed_cond.get("message") or "")
+        if t.failure:
+            message = f"{message}: {t.failure}" if message else t.failure
+        if reason == "PodFailurePolicy":
+            reason = "UnitFailed"
+        conditions.append(_cond("Progressing", False, reason, "the job ended", generation))
+        conditions.append(_cond("Complete", False, reason, "the job failed", generation))
+        conditions.append(_cond("Failed", True, reason, message, generation))
+    elif complete:
+        msg = f"all {total_units} units ({spec.items} items) done"
+        conditions.append(_cond("Progressing", False, "Complete", msg, generation))
+        conditions.append(_cond("Complete", True, "AllUnitsDone", msg, generation))
+        conditions.append(_cond("Failed", False, "AllUnitsDone", msg, generation))
+    else:
+        waiting = "UnitsRunning" if running else "WaitingForCars"
+        msg = f"{len(done)}/{total_units} units done, {len(running)} running"
+        conditions.append(_cond("Progressing", True, waiting, msg, generation))
+        conditions.append(_cond("Complete", False, waiting, msg, generation))
+        conditions.append(_cond("Failed", False, waiting, msg, generation))
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "job": spec.name if job else "",
+        "units": {
+            "total": total_units,
+            "running": len(running),
+            "succeeded": len(done),
+            "failed": len(failed),
+        },
+        "items": {
+            "total": spec.items,
+            "running": spec.unit_items(running),
+            "succeeded": done_items,
+            "failed": spec.unit_items(failed),
+        },
+        "progress": f"{100 * done_items // max(spec.items, 1)}%",
+        "itemsPerSecond": rate,
+        "carsUsed": len(t.cars),
+        "carsMoved": t.moves,
+        "energyWh": round(t.energy_wh, 4),
+        "energyModelled": t.energy_modelled,
+        "disagreements": t.disagreements,
+        "resultLocation": spec.output_path,
+        "conditions": conditions,
+    }
+    if start:
+        status["startTime"] = start
+    if end and complete:
+        status["completionTime"] = end
+    return status
+
+
+async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch) -> None:
+    """Creates the Job if missing and recomputes the status."""
+    spec = InferenceJobSpec.from_k8s(body)
+    generation = int(body["metadata"].get("generation", 0))
+    api = await api_client()
+    batch = client.BatchV1Api(api)
+    problem: tuple[str, str] | None = None
+    job: dict[str, Any] | None = None
+    try:
+        await client.CustomObjectsApi(api).get_cluster_custom_object(
+            GROUP, VERSION, "fleetpools", spec.pool
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        problem = ("UnknownPool", f"spec.pool: no FleetPool named {spec.pool!r}")
+    if problem is None:
+        try:
+            job = api.sanitize_for_serialization(
+                await batch.read_namespaced_job(spec.name, spec.namespace)
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body_job = batch_job(spec, str(body["metadata"]["uid"]))
+            try:
+                created = await batch.create_namespaced_job(spec.namespace, cast(Any, body_job))
+            except ApiException as create_exc:
+                if create_exc.status != 409:
+                    raise
+            else:
+                job = api.sanitize_for_serialization(created)
+                kopf.info(
+                    body,
+                    reason="JobCreated",
+                    message=f"Indexed Job {spec.name}: {spec.unit_count} units of up to "
+                    f"{spec.items_per_unit} items, {spec.parallelism} at once",
+                )
+    pods: list[Mapping[str, Any]] = []
+    if job is not None:
+        listed = await client.CoreV1Api(api).list_namespaced_pod(
+            spec.namespace, label_selector=f"batch.kubernetes.io/job-name={spec.name}"
+        )
+        pods = [api.sanitize_for_serialization(p) for p in listed.items]
+    new = job_status(spec, generation, job, pods, problem)
+    new["conditions"] = _merge_conditions(status.get("conditions"), new["conditions"])
+    _post_transitions(body, status, new)
+    if _comparable(status) != _comparable(new):
+        for key, value in new.items():
+            patch.status[key] = value
+
+
+def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
+    # itemsPerSecond drifts every tick while nothing else changes; it rides along
+    # with real changes instead of costing a write of its own.
+    return {k: v for k, v in status.items() if k != "itemsPerSecond"}
+
+
+def _post_transitions(body: kopf.Body, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    before = {c.get("type"): c.get("status") for c in old.get("conditions") or ()}
+    for c in new["conditions"]:
+        if c["status"] == "True" and before.get(c["type"]) != "True":
+            if c["type"] == "Complete":
+                kopf.info(body, reason="Complete", message=c["message"])
+            elif c["type"] == "Failed":
+                kopf.warn(body, reason=c["reason"], message=c["message"])
+    if new["conditions"][0]["reason"] == "UnknownPool" and before.get("Progressing") != "False":
+        kopf.warn(body, reason="UnknownPool", message=new["conditions"][0]["message"])
+
+
+def _terminal(status: Mapping[str, Any], generation: int) -> bool:
+    for c in status.get("conditions") or ():
+        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+            return bool(status.get("observedGeneration") == generation) and bool(
+                status.get("completionTime") or c.get("type") == "Failed"
+            )
+    return False
+
+
+@kopf.on.resume(GROUP, VERSION, "inferencejobs")
+@kopf.on.create(GROUP, VERSION, "inferencejobs")
+@kopf.on.update(GROUP, VERSION, "inferencejobs", field="spec")
+async def on_change(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    """A job appeared or changed: create its Job now rather than at the next tick."""
+    await reconcile(body, status, patch)
+
+
+@kopf.timer(GROUP, VERSION, "inferencejobs", interval=RESYNC_S, initial_delay=1.0)
+async def resync(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    """The level-based loop: status follows the Job and its pods."""
+    if _terminal(status, int(body["metadata"].get("generation", 0))):
+        return
+    await reconcile(body, status, patch)

@@ -1,0 +1,213 @@
+"""InferenceJob → an Indexed ``batch/v1`` Job, and the Job's pods → the job's status.
+
+Why a Job rather than pods created by the operator: Kubernetes' Job controller already
+keeps ``parallelism`` units running, retries each index up to ``backoffLimitPerIndex``,
+applies the deadline and survives our restarts; a ``podFailurePolicy`` tells it which
+failures are the unit's fault. A car leaving is not a failure at all (the gateway moves
+the task and the pod stays Running); a cell with no car for the grace period ends the
+pod with exit code 75, which the policy ignores (the unit is simply run again).
+
+Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from parkfleet.api import FLEET_TAINT_KEY, LABEL_POOL, InferenceJobSpec
+
+__all__ = [
+    "LABEL_JOB",
+    "JobTally",
+    "batch_job",
+    "parse_indexes",
+    "tally",
+]
+
+LABEL_JOB = "parkfleet.io/inference-job"
+CONTAINER = "infer"
+EXIT_RETRY_ELSEWHERE = 75
+EXIT_BAD_SPEC = 2
+EXIT_MODEL = 3
+
+
+def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
+    """The Indexed Job that runs ``job``'s units (one pod per unit)."""
+    env = [
+        {"name": "PARKFLEET_INPUT", "value": job.input_path},
+        {"name": "PARKFLEET_UNIT_ITEMS", "value": str(job.items_per_unit)},
+        {"name": "PARKFLEET_TOTAL_ITEMS", "value": str(job.items)},
+        {"name": "PARKFLEET_BATCH_SIZE", "value": str(job.batch_size)},
+        {"name": "PARKFLEET_OUTPUT", "value": job.output_path},
+        {"name": "PARKFLEET_MODEL_URI", "value": job.model_uri},
+    ]
+    if job.model_sha256:
+        env.append({"name": "PARKFLEET_MODEL_SHA256", "value": job.model_sha256})
+    else:
+        env.append({"name": "PARKFLEET_MODEL", "value": job.model_name})
+    if job.input_name:
+        env.append({"name": "PARKFLEET_INPUT_NAME", "value": job.input_name})
+    if job.output_names:
+        env.append({"name": "PARKFLEET_OUTPUT_NAMES", "value": ",".join(job.output_names)})
+    if job.gpu_memory_mib:
+        env.append({"name": "PARKFLEET_GPU_MEMORY_MIB", "value": str(job.gpu_memory_mib)})
+    if job.copies > 1:
+        env.append({"name": "PARKFLEET_REDUNDANCY", "value": str(job.copies)})
+        env.append({"name": "PARKFLEET_COMPARE", "value": job.compare})
+    labels = {LABEL_JOB: job.name}
+    spec: dict[str, Any] = {
+        "completions": job.unit_count,
+        "parallelism": min(job.parallelism, job.unit_count),
+        "completionMode": "Indexed",
+        "backoffLimitPerIndex": job.retries,
+        "maxFailedIndexes": 0,  # one unit out of retries fails the job
+        "podFailurePolicy": {
+            "rules": [
+                # No car in the cell for the grace period: run the unit again, uncounted.
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_RETRY_ELSEWHERE],
+                    },
+                },
+                # The pod or the model is wrong: no retry can help.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_BAD_SPEC, EXIT_MODEL],
+                    },
+                },
+                # Evicted or preempted: not the unit's fault either.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "nodeSelector": {LABEL_POOL: job.pool},
+                "tolerations": [
+                    {"key": FLEET_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+                ],
+                "containers": [
+                    {
+                        "name": CONTAINER,
+                        "image": f"parkfleet.io/runtime/{job.runtime}:1",
+                        "env": env,
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    }
+                ],
+            },
+        },
+    }
+    if job.deadline_s is not None:
+        spec["activeDeadlineSeconds"] = job.deadline_s
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": "parkfleet.io/v1alpha1",
+                    "kind": "InferenceJob",
+                    "name": job.name,
+                    "uid": owner_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+def parse_indexes(text: str | None) -> set[int]:
+    """Reads a Job's ``completedIndexes`` / ``failedIndexes`` (e.g. ``"0-3,7"``)."""
+    out: set[int] = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@dataclass
+class JobTally:
+    """What a job's pods say, summed up.
+
+    Attributes:
+        cars: Distinct cars that ran items.
+        moves: Times a task moved to another car.
+        energy_wh: Energy the cars reported.
+        energy_modelled: Whether any of it was modelled.
+        disagreements: Units whose copies disagreed.
+        running_units: Units with a Running pod.
+        failure: The message of a pod that failed the job (model or spec error).
+    """
+
+    cars: set[str] = field(default_factory=set)
+    moves: int = 0
+    energy_wh: float = 0.0
+    energy_modelled: bool = False
+    disagreements: int = 0
+    running_units: set[int] = field(default_factory=set)
+    failure: str = ""
+
+
+def tally(pods: Iterable[Mapping[str, Any]]) -> JobTally:
+    """Sums the machine-readable termination messages of a job's pods."""
+    t = JobTally()
+    for pod in pods:
+        status = pod.get("status") or {}
+        index = (
+            (pod.get("metadata") or {})
+            .get("annotations", {})
+            .get("batch.kubernetes.io/job-completion-index")
+        )
+        if status.get("phase") == "Running" and index is not None:
+            t.running_units.add(int(index))
+        for cs in status.get("containerStatuses") or ():
+            term = (cs.get("state") or {}).get("terminated")
+            if not term:
+                continue
+            if term.get("exitCode") in (EXIT_BAD_SPEC, EXIT_MODEL) and not t.failure:
+                t.failure = f"{term.get('reason')}: {term.get('message')}"
+            try:
+                info = json.loads(term.get("message") or "")
+            except ValueError:
+                continue
+            if not isinstance(info, dict):
+                continue
+            t.cars.update(info.get("cars", ()))
+            t.moves += int(info.get("moves", 0))
+            t.energy_wh += float(info.get("energyWh", 0.0))
+            t.energy_modelled = t.energy_modelled or bool(info.get("energyModelled"))
+            t.disagreements += int(info.get("disagreements", 0))
+    return t
+
+
+def elapsed_s(start: str | None, end: str | None = None) -> float:
+    """Seconds between two RFC 3339 times (``end`` defaults to now)."""
+    if not start:
+        return 0.0
+    s = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    e = (
+        datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+        if end
+        else datetime.datetime.now(datetime.UTC)
+    )
+    return max((e - s).total_seconds(), 0.0)

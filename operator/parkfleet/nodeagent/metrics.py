@@ -1,0 +1,44 @@
+"""The node agent's metrics: what it writes to the API server and how fast pods start."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["NodeAgentMetrics"]
+
+
+class NodeAgentMetrics:
+    """Counters and histograms of one gateway shard's node agent.
+
+    Args:
+        registry: Where to register (the gateway's, so one ``/metrics`` shows both).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.status_writes = Counter(
+            "parkfleet_node_status_writes_total",
+            "Node status writes (on change, or the once-a-minute heartbeat).",
+            ["pool"],
+            registry=r,
+        )
+        self.lease_renewals = Counter(
+            "parkfleet_node_lease_renewals_total",
+            "Node Lease renewals by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.pod_start = Histogram(
+            "parkfleet_pod_start_seconds",
+            "From a pod's creation to its Running status being written.",
+            ["pool"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.pods_ended = Counter(
+            "parkfleet_pods_ended_total",
+            "Pods the node agent ended, by phase and reason.",
+            ["pool", "phase", "reason"],
+            registry=r,
+        )

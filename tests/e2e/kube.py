@@ -1,0 +1,97 @@
+"""Helpers for end-to-end tests that drive the whole stack with kubectl, as a user would."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+
+from parkfleet.devstack import DevStack
+
+from .conftest import Kubectl
+
+__all__ = [
+    "SOLO_POOL",
+    "events_of",
+    "get_json",
+    "inference_pod",
+    "local_labels",
+    "pod_phase",
+    "until",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+SOLO_POOL = """
+apiVersion: parkfleet.io/v1alpha1
+kind: FleetPool
+metadata: {name: solo}
+spec:
+  selector: {matchAttributes: {pool: solo}}
+  cellSize: 4
+  cells: 1
+  gateway: {graceSeconds: 4}
+"""
+
+
+def until(check: Callable[[], T | None], within: float, what: str) -> T:
+    """Polls ``check`` until it returns something truthy; bounded by ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last: {last!r}")
+
+
+def get_json(k: Kubectl, *args: str) -> Any:
+    return json.loads(k("get", *args, "-o", "json").stdout)
+
+
+def pod_phase(k: Kubectl, name: str) -> str:
+    return str(get_json(k, "pod", name).get("status", {}).get("phase", ""))
+
+
+def events_of(k: Kubectl, name: str) -> list[tuple[str, str]]:
+    got = get_json(k, "events", "--field-selector", f"involvedObject.name={name}")
+    return [(e["reason"], e["message"]) for e in got["items"]]
+
+
+def inference_pod(
+    name: str, pool: str, items: str, batch: int, output: str = "results", gpu: bool = True
+) -> str:
+    limits = '    resources: {limits: {nvidia.com/gpu: "1"}}' if gpu else ""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  nodeSelector: {{parkfleet.io/pool: {pool}}}
+  tolerations: [{{key: parkfleet.io/fleet, operator: Exists, effect: NoSchedule}}]
+  containers:
+  - name: infer
+    image: parkfleet.io/runtime/onnxruntime:1
+    env:
+    - {{name: PARKFLEET_MODEL, value: digits}}
+    - {{name: PARKFLEET_INPUT, value: digits/inputs.npy}}
+    - {{name: PARKFLEET_ITEMS, value: "{items}"}}
+    - {{name: PARKFLEET_BATCH_SIZE, value: "{batch}"}}
+    - {{name: PARKFLEET_OUTPUT, value: {output}}}
+{limits}
+"""
+
+
+def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:
+    assert stack.model is not None
+    session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
+    x = np.load(stack.data / "digits" / "inputs.npy")[start:end]
+    return np.asarray(session.run(["label"], {"input": x})[0])

@@ -1,0 +1,302 @@
+"""InferenceJob end to end: every item's result exactly once, whatever the cars do.
+
+Runs on the session's stack (operator, gateway, 50 parked cars of pool `demo`) plus
+pools and cars each test starts for itself, driven with kubectl as a user would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parkfleet.devstack import DevStack, Proc
+
+from .conftest import REPO, Kubectl
+from .kube import get_json, until
+
+pytestmark = pytest.mark.e2e
+
+ITEMS = 3000
+
+
+@pytest.fixture(scope="module")
+def jobs(stack: DevStack, kubectl: Kubectl) -> DevStack:
+    """The InferenceJob CRD and a 3,000-item input (the digits test split, repeated)."""
+    kubectl("apply", "-f", str(REPO / "crds" / "inferencejobs.parkfleet.io.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/inferencejobs.parkfleet.io")
+    x = np.load(stack.data / "digits" / "inputs.npy")
+    y = np.load(stack.data / "digits" / "labels.npy")
+    reps = -(-ITEMS // len(x))
+    np.save(stack.data / "digits" / "big.npy", np.tile(x, (reps, 1))[:ITEMS])
+    np.save(stack.data / "digits" / "big-labels.npy", np.tile(y, reps)[:ITEMS])
+    return stack
+
+
+def job(name: str, pool: str = "demo", **spec: Any) -> str:
+    fields = {
+        "pool": pool,
+        "model": "{name: digits, outputNames: [label, probabilities]}",
+        "input": f"{{path: digits/big.npy, items: {ITEMS}}}",
+        "itemsPerUnit": 250,
+        "parallelism": 6,
+        "batchSize": 50,
+        "output": f"{{path: results/{name}}}",
+    }
+    fields.update({k: str(v) for k, v in spec.items()})
+    body = "\n".join(f"  {k}: {v}" for k, v in fields.items())
+    return (
+        "apiVersion: parkfleet.io/v1alpha1\nkind: InferenceJob\n"
+        f"metadata: {{name: {name}}}\nspec:\n{body}\n"
+    )
+
+
+def condition(k: Kubectl, name: str, kind: str) -> dict[str, Any]:
+    st = get_json(k, "ij", name).get("status", {})
+    return next((c for c in st.get("conditions", []) if c["type"] == kind), {})
+
+
+def wait_done(k: Kubectl, name: str, within: float = 180) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        st = get_json(k, "ij", name).get("status", {})
+        conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
+        return st if "True" in (conds.get("Complete"), conds.get("Failed")) else None
+
+    return until(ended, within, f"InferenceJob {name} to end")
+
+
+def results(stack: DevStack, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Item numbers and labels over every unit file, in item order."""
+    items, labels = [], []
+    for f in sorted((stack.data / "results" / name).glob("unit-*.npz")):
+        with np.load(f) as z:
+            first = int(z["first_item"][0])
+            items.append(np.arange(first, first + len(z["label"])))
+            labels.append(z["label"])
+    order = np.argsort([i[0] for i in items])
+    return np.concatenate([items[i] for i in order]), np.concatenate([labels[i] for i in order])
+
+
+def check_exactly_once_and_correct(stack: DevStack, name: str) -> None:
+    items, labels = results(stack, name)
+    assert np.array_equal(items, np.arange(ITEMS)), "every item exactly once"
+    x = np.load(stack.data / "digits" / "big.npy")
+    assert np.array_equal(labels, local_labels_of(stack, x))
+
+
+def local_labels_of(stack: DevStack, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    assert stack.model is not None
+    session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["label"], {"input": x})[0])
+
+
+def test_digits_job_matches_local_onnx_item_for_item(jobs: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=job("digits-e2e"))
+    st = wait_done(kubectl, "digits-e2e")
+    assert condition(kubectl, "digits-e2e", "Complete")["status"] == "True"
+    assert st["units"] == {"total": 12, "running": 0, "succeeded": 12, "failed": 0}
+    assert st["items"]["succeeded"] == ITEMS
+    assert st["progress"] == "100%"
+    assert st["carsUsed"] >= 1
+    assert st["energyWh"] > 0
+    assert st["resultLocation"] == "results/digits-e2e"
+    check_exactly_once_and_correct(jobs, "digits-e2e")
+    _, labels = results(jobs, "digits-e2e")
+    truth = np.load(jobs.data / "digits" / "big-labels.npy")
+    assert float(np.mean(labels == truth)) > 0.9  # the model's accuracy, through the fleet
+    table = kubectl("get", "ij", "digits-e2e").stdout
+    assert "100%" in table
+    assert "True" in table
+    # Deleting the job removes its Job and pods (owner references).
+    kubectl("delete", "ij", "digits-e2e", "--wait=true", "--timeout=60s")
+    until(
+        lambda: (
+            not get_json(kubectl, "pods", "-l", "batch.kubernetes.io/job-name=digits-e2e")["items"]
+        ),
+        60,
+        "the job's pods to go",
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"model": "{sha256: not-a-hash}"}, "spec.model.sha256"),
+        ({"parallelism": 0}, "spec.parallelism"),
+        ({"itemsPerUnit": ITEMS + 1}, "spec.itemsPerUnit must not exceed spec.input.items"),
+        ({"input": "{items: 5}"}, "spec.input needs exactly one of path and configMap"),
+        ({"output": "{path: /etc}"}, "spec.output.path must be relative"),
+        ({"model": "{name: digits, uri: 'ftp://x'}"}, "spec.model.uri must be"),
+        ({"redundancy": "{copies: 2}"}, "spec.redundancy.compare is required"),
+    ],
+)
+def test_invalid_job_is_rejected_naming_the_field(
+    jobs: DevStack, kubectl: Kubectl, override: dict[str, Any], expected: str
+) -> None:
+    proc = kubectl("apply", "-f", "-", stdin=job("invalid", **override), check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+
+
+def test_unknown_pool_is_reported_on_the_job(jobs: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=job("nowhere", pool="atlantis"))
+    cond = until(
+        lambda: (
+            condition(kubectl, "nowhere", "Progressing").get("reason") == "UnknownPool"
+            and condition(kubectl, "nowhere", "Progressing")
+        ),
+        60,
+        "the UnknownPool condition",
+    )
+    assert "spec.pool: no FleetPool named 'atlantis'" in cond["message"]
+    kubectl("delete", "ij", "nowhere")
+
+
+def test_model_that_fails_to_load_fails_the_job(jobs: DevStack, kubectl: Kubectl) -> None:
+    garbage = b"this is not an ONNX model"
+    sha = hashlib.sha256(garbage).hexdigest()
+    (jobs.root / "store" / sha).write_bytes(garbage)
+    kubectl("apply", "-f", "-", stdin=job("broken", model=f"{{sha256: {sha}}}"))
+    st = wait_done(kubectl, "broken", 120)
+    failed = condition(kubectl, "broken", "Failed")
+    assert failed["status"] == "True", st
+    assert "ModelLoadFailed" in failed["message"]
+    assert "protobuf" in failed["message"].lower() or "load" in failed["message"].lower()
+    kubectl("delete", "ij", "broken")
+
+
+def pool(name: str, cells: int = 1, grace: int = 30) -> str:
+    return (
+        "apiVersion: parkfleet.io/v1alpha1\nkind: FleetPool\n"
+        f"metadata: {{name: {name}}}\nspec:\n  selector: {{matchAttributes: {{pool: {name}}}}}\n"
+        f"  cellSize: 20\n  cells: {cells}\n  gateway: {{graceSeconds: {grace}}}\n"
+    )
+
+
+def wait_gpus(k: Kubectl, node: str, n: int) -> None:
+    def gpus() -> bool:
+        got = k(
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.allocatable.nvidia\\.com/gpu}",
+            check=False,
+        ).stdout
+        return got == str(n)
+
+    until(gpus, 60, f"{node} to offer {n} GPUs")
+
+
+def test_thirty_percent_of_cars_leave_at_once(jobs: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("churn"))
+    slow = ["--compute=modelled", "--modelled-rate=100"]
+    stay = jobs.start_fleet(7, 1, "churn", prefix="stay-", name="churn-stay", extra=slow)
+    leave = jobs.start_fleet(3, 1, "churn", prefix="leave-", name="churn-leave", extra=slow)
+    wait_gpus(kubectl, "pf-churn-0", 10)
+    kubectl("apply", "-f", "-", stdin=job("churned", pool="churn", parallelism=10))
+    until(
+        lambda: (
+            get_json(kubectl, "ij", "churned").get("status", {}).get("units", {}).get("running", 0)
+            >= 8
+        ),
+        60,
+        "units to run on most cars",
+    )
+    leave.kill()  # 3 of 10 cars gone at once, mid-unit
+    st = wait_done(kubectl, "churned", 240)
+    assert condition(kubectl, "churned", "Complete")["status"] == "True", st
+    assert st["carsMoved"] >= 1
+    check_exactly_once_and_correct(jobs, "churned")
+    stay.stop()
+    kubectl("delete", "ij", "churned")
+    kubectl("delete", "fp", "churn", "--wait=false")
+
+
+def test_operator_restart_mid_job_loses_and_duplicates_nothing(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("steady"))
+    fleet = jobs.start_fleet(
+        6,
+        1,
+        "steady",
+        prefix="steady-",
+        name="steady",
+        extra=["--compute=modelled", "--modelled-rate=150"],
+    )
+    wait_gpus(kubectl, "pf-steady-0", 6)
+    kubectl("apply", "-f", "-", stdin=job("restarted", pool="steady"))
+    until(
+        lambda: (
+            get_json(kubectl, "ij", "restarted")
+            .get("status", {})
+            .get("units", {})
+            .get("succeeded", 0)
+            >= 2
+        ),
+        120,
+        "a few units to finish",
+    )
+    operator: Proc = jobs.procs["operator"]
+    operator.kill()
+    jobs.start_operator()
+    st = wait_done(kubectl, "restarted", 240)
+    assert condition(kubectl, "restarted", "Complete")["status"] == "True", st
+    assert st["units"]["succeeded"] == 12
+    check_exactly_once_and_correct(jobs, "restarted")
+    fleet.stop()
+    kubectl("delete", "ij", "restarted")
+    kubectl("delete", "fp", "steady", "--wait=false")
+
+
+def pod_events(k: Kubectl, job_name: str, reason: str) -> list[str]:
+    pods = get_json(k, "pods", "-l", f"batch.kubernetes.io/job-name={job_name}")["items"]
+    out = []
+    for p in pods:
+        selector = f"involvedObject.name={p['metadata']['name']}"
+        events = get_json(k, "events", "--field-selector", selector)["items"]
+        out += [e["message"] for e in events if e["reason"] == reason]
+    return out
+
+
+def test_redundancy_detects_a_corrupt_car_and_keeps_the_right_result(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("checked"))
+    # Two cars, one of them faulty: both copies of the unit must run on them.
+    good = jobs.start_fleet(1, 1, "checked", prefix="good-", name="checked-good")
+    bad = jobs.start_fleet(1, 1, "checked", prefix="bad-", name="checked-bad", extra=["--corrupt"])
+    wait_gpus(kubectl, "pf-checked-0", 2)
+    spec = {
+        "input": "{path: digits/big.npy, items: 250}",
+        "itemsPerUnit": 250,
+        "parallelism": 1,
+        "redundancy": "{copies: 2, compare: {mode: argmax, output: probabilities}}",
+    }
+    kubectl("apply", "-f", "-", stdin=job("crosschecked", pool="checked", **spec))
+    until(
+        lambda: pod_events(kubectl, "crosschecked", "ResultsDisagree"),
+        120,
+        "the two copies to disagree",
+    )
+    # A third car decides.
+    third = jobs.start_fleet(1, 1, "checked", prefix="third-", name="checked-third")
+    st = wait_done(kubectl, "crosschecked", 180)
+    assert condition(kubectl, "crosschecked", "Complete")["status"] == "True", st
+    assert st["disagreements"] == 1
+    resolved = pod_events(kubectl, "crosschecked", "DisagreementResolved")
+    assert len(resolved) == 1
+    assert "bad-000000" in resolved[0]
+    items, labels = results(jobs, "crosschecked")
+    assert np.array_equal(items, np.arange(250))
+    x = np.load(jobs.data / "digits" / "big.npy")[:250]
+    assert np.array_equal(labels, local_labels_of(jobs, x))  # the right result was kept
+    for proc in (good, bad, third):
+        proc.stop()
+    kubectl("delete", "ij", "crosschecked")
+    kubectl("delete", "fp", "checked", "--wait=false")

@@ -1,0 +1,166 @@
+"""InferenceJob logic without a cluster: units, the Job it becomes, status, comparisons."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parkfleet.api import InferenceJobSpec
+from parkfleet.controller.inferencejob import job_status
+from parkfleet.controller.jobs import batch_job, parse_indexes, tally
+from parkfleet.nodeagent.compare import agree, majority
+from parkfleet.nodeagent.pods import exit_code
+from parkfleet.nodeagent.translate import Unsupported, translate
+
+OBJ: dict[str, Any] = {
+    "metadata": {"name": "digits", "namespace": "ml", "uid": "u-1", "generation": 3},
+    "spec": {
+        "pool": "demo",
+        "model": {"name": "digits"},
+        "input": {"path": "digits/in.npy", "items": 1001},
+        "itemsPerUnit": 250,
+        "parallelism": 8,
+        "output": {"path": "results/d"},
+        "deadlineSeconds": 600,
+        "redundancy": {"copies": 2, "compare": {"mode": "argmax", "output": "probabilities"}},
+    },
+}
+
+
+def test_items_split_into_units_the_last_one_shorter() -> None:
+    spec = InferenceJobSpec.from_k8s(OBJ)
+    assert spec.unit_count == 5
+    assert [spec.unit(i).items for i in range(5)] == [250, 250, 250, 250, 1]
+    assert spec.unit_items({0, 4}) == 251
+    assert spec.compare == "argmax:probabilities:0.0001"
+
+
+def test_the_job_is_indexed_with_a_failure_policy_for_cars_leaving() -> None:
+    job = batch_job(InferenceJobSpec.from_k8s(OBJ), "u-1")
+    spec = job["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["completionMode"]) == (5, 5, "Indexed")
+    assert spec["backoffLimitPerIndex"] == 3
+    assert spec["activeDeadlineSeconds"] == 600
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "Ignore"
+    assert rules[0]["onExitCodes"]["values"] == [exit_code("NoEligibleCar")]
+    assert rules[1]["action"] == "FailJob"
+    assert exit_code("ModelLoadFailed") in rules[1]["onExitCodes"]["values"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    env = {e["name"]: e["value"] for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["PARKFLEET_UNIT_ITEMS"] == "250"
+    assert env["PARKFLEET_REDUNDANCY"] == "2"
+
+
+def test_a_job_pod_translates_to_its_unit() -> None:
+    job = batch_job(InferenceJobSpec.from_k8s(OBJ), "u-1")
+    pod = {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "4"}},
+        "spec": job["spec"]["template"]["spec"],
+    }
+    task = translate(pod, ("onnxruntime",))
+    assert (task.unit, task.item_start, task.item_end) == (4, 1000, 1001)
+    assert task.result_name == "unit-000004.npz"
+    assert (task.copies, task.compare) == (2, ("argmax", "probabilities", 0.0001))
+    pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] = "5"
+    with pytest.raises(Unsupported, match="starts past the last item"):
+        translate(pod, ("onnxruntime",))
+
+
+def test_completed_indexes_parse() -> None:
+    assert parse_indexes("0-2,5,7-8") == {0, 1, 2, 5, 7, 8}
+    assert parse_indexes(None) == set()
+
+
+def pod(index: int, phase: str, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if summary is not None:
+        status["containerStatuses"] = [
+            {"state": {"terminated": {"exitCode": 0, "message": json.dumps(summary)}}}
+        ]
+    return {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+        "status": status,
+    }
+
+
+def test_status_sums_units_items_cars_and_energy() -> None:
+    spec = InferenceJobSpec.from_k8s(OBJ)
+    pods = [
+        pod(0, "Succeeded", {"cars": ["a", "b"], "moves": 1, "energyWh": 0.5, "disagreements": 1}),
+        pod(1, "Succeeded", {"cars": ["b"], "moves": 0, "energyWh": 0.25, "energyModelled": True}),
+        pod(2, "Running"),
+    ]
+    job = {
+        "status": {
+            "completedIndexes": "0-1",
+            "startTime": "2026-01-01T00:00:00Z",
+            "conditions": [],
+        }
+    }
+    st = job_status(spec, 3, job, pods)
+    assert st["units"] == {"total": 5, "running": 1, "succeeded": 2, "failed": 0}
+    assert st["items"]["succeeded"] == 500
+    assert st["progress"] == "49%"
+    assert (st["carsUsed"], st["carsMoved"], st["disagreements"]) == (2, 1, 1)
+    assert st["energyWh"] == 0.75
+    assert st["energyModelled"] is True
+    progressing = st["conditions"][0]
+    assert (progressing["type"], progressing["status"], progressing["observedGeneration"]) == (
+        "Progressing",
+        "True",
+        3,
+    )
+
+
+def test_failed_job_carries_the_loader_error() -> None:
+    spec = InferenceJobSpec.from_k8s(OBJ)
+    broken = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "exitCode": exit_code("ModelLoadFailed"),
+                            "reason": "ModelLoadFailed",
+                            "message": "InvalidProtobuf: not a model",
+                        }
+                    }
+                }
+            ]
+        }
+    }
+    assert tally([broken]).failure == "ModelLoadFailed: InvalidProtobuf: not a model"
+    job = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "PodFailurePolicy",
+                    "message": "Container infer failed",
+                }
+            ]
+        }
+    }
+    st = job_status(spec, 3, job, [broken])
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True"
+    assert "InvalidProtobuf: not a model" in failed["message"]
+
+
+def test_comparisons_have_a_tolerance_and_a_majority() -> None:
+    a = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    b = a + np.float32(1e-6)
+    c = a[:, ::-1]
+    assert agree(a, b, "argmax", 0)
+    assert agree(a, b, "absolute", 1e-5)
+    assert not agree(a, b, "absolute", 1e-7)
+    assert agree(a, b, "relative", 1e-4)
+    assert not agree(a, c, "argmax", 0)
+    assert not agree(a, a[:1], "argmax", 0)
+    assert majority([c, a, b], "argmax", 0) == 1
+    assert majority([a, c], "argmax", 0) is None
