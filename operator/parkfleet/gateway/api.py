@@ -68,6 +68,7 @@ class GatewayConfig:
     offer_timeout_s: float = 30.0
     metrics_port: int | None = None
     pool_floors: Mapping[str, Policy] = field(default_factory=dict)
+    resume_from_checkpoint: bool = True
     grpc_options: Sequence[tuple[str, Any]] = ()
 
     @classmethod
@@ -102,6 +103,7 @@ class Gateway:
             self._bus,
             grace_s=config.grace_s,
             offer_timeout_s=config.offer_timeout_s,
+            resume=config.resume_from_checkpoint,
         )
         self._service = CarLinkService(
             self.registry,

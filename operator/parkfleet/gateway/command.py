@@ -125,6 +125,7 @@ def _main(args: argparse.Namespace) -> int:
         telemetry_timeout_s=args.telemetry_timeout_s,
         cells_per_pool=args.cells_per_pool,
         grace_s=args.grace_s,
+        resume_from_checkpoint=not args.no_resume,
     )
     agent = None
     if args.node_agent or args.kubeconfig:
@@ -170,6 +171,11 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         help="CA of the apiserver's kubelet client cert (default: the kubeconfig's CA)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="benchmark baseline: no checkpoints, a task that loses its car starts over",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_main)

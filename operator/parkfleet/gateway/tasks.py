@@ -68,6 +68,7 @@ class Task:
         "message",
         "moves",
         "offered_at",
+        "pending",
         "pool",
         "previous_car",
         "queued_at",
@@ -97,6 +98,8 @@ class Task:
         self.cars: list[str] = []
         self.moves = 0
         self.previous_car = ""
+        # Without checkpoints (the naive baseline): results held until the task is done.
+        self.pending: list[tuple[int, dict[str, Any]]] = []
 
     @property
     def terminal(self) -> bool:
@@ -168,8 +171,12 @@ class TaskManager:
         bus: EventBus,
         grace_s: float = 60.0,
         offer_timeout_s: float = 30.0,
+        resume: bool = True,
     ) -> None:
         self._registry = registry
+        # False: the naive strategy benchmarks compare against (no checkpoint; a task
+        # that loses its car starts again from its first item).
+        self.resume = resume
         self._metrics = metrics
         self._bus = bus
         self.grace_s = grace_s
@@ -520,7 +527,10 @@ class TaskManager:
         if skip:
             outputs = {k: v[skip:] for k, v in outputs.items()}
         try:
-            await spec.sink.write(task.delivered, outputs)
+            if self.resume:
+                await spec.sink.write(task.delivered, outputs)
+            else:
+                task.pending.append((task.delivered, {k: v.copy() for k, v in outputs.items()}))
         except Exception as e:
             log.warning("sink of task %s failed: %r", spec.task_id, e)
             if task.car is car:
@@ -542,6 +552,9 @@ class TaskManager:
             )
         task.energy_wh += d.energy_wh
         task.energy_modelled |= d.energy_modelled
+        for first, outputs in task.pending:
+            await task.spec.sink.write(first, outputs)
+        task.pending.clear()
         task.checkpoint = task.spec.item_end
         self._release(task)
         await self._finish_succeeded(task)
@@ -563,6 +576,9 @@ class TaskManager:
         """The task left its car (lost, refused, policy): queue it again, or finish it."""
         from_car = task.car.car_id if task.car is not None else ""
         self._release(task)
+        if not self.resume:
+            task.pending.clear()
+            task.delivered = task.checkpoint = task.spec.item_start
         task.reason = reason
         task.message = message
         self._emit(task, kind, from_car=from_car, reason=reason, message=message)
