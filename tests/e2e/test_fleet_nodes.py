@@ -169,3 +169,30 @@ def test_deleting_the_pool_removes_its_nodes(stack: DevStack, kubectl: Kubectl) 
     )
     kubectl("delete", "fp", "brief", "--timeout=60s")
     assert kubectl("get", "node", "pf-brief-0", check=False).returncode != 0
+
+
+def test_deleting_a_running_pod_cancels_its_task(stack: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=SOLO_POOL.replace("solo", "cancel"))
+    car = stack.start_fleet(
+        1,
+        1,
+        "cancel",
+        prefix="cancel-",
+        name="cancel",
+        extra=["--compute=modelled", "--modelled-rate=20"],
+    )
+    kubectl("apply", "-f", "-", stdin=inference_pod("doomed", "cancel", "0-300", 5))
+    until(lambda: pod_phase(kubectl, "doomed") == "Running", 60, "the pod to run")
+    until(
+        lambda: get_json(kubectl, "fp", "cancel").get("status", {}).get("carsBusy") == 1,
+        30,
+        "the car to be busy",
+    )
+    kubectl("delete", "pod", "doomed", "--timeout=30s")
+    until(
+        lambda: get_json(kubectl, "fp", "cancel").get("status", {}).get("carsBusy") == 0,
+        30,
+        "the car to be free again (task cancelled)",
+    )
+    car.stop()
+    kubectl("delete", "fp", "cancel", "--wait=false")

@@ -300,3 +300,42 @@ def test_redundancy_detects_a_corrupt_car_and_keeps_the_right_result(
         proc.stop()
     kubectl("delete", "ij", "crosschecked")
     kubectl("delete", "fp", "checked", "--wait=false")
+
+
+def test_deadline_fails_the_job_and_cancels_the_rest(jobs: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("late"))
+    fleet = jobs.start_fleet(
+        2,
+        1,
+        "late",
+        prefix="late-",
+        name="late",
+        extra=["--compute=modelled", "--modelled-rate=20"],
+    )
+    wait_gpus(kubectl, "pf-late-0", 2)
+    kubectl("apply", "-f", "-", stdin=job("overdue", pool="late", deadlineSeconds=8))
+    st = wait_done(kubectl, "overdue", 120)
+    failed = condition(kubectl, "overdue", "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded"), st
+    # The Job controller deletes the running pods; their tasks are cancelled on the cars.
+    until(
+        lambda: (
+            not get_json(kubectl, "pods", "-l", "batch.kubernetes.io/job-name=overdue")["items"]
+            or all(
+                p["status"].get("phase") in ("Failed", "Succeeded")
+                for p in get_json(kubectl, "pods", "-l", "batch.kubernetes.io/job-name=overdue")[
+                    "items"
+                ]
+            )
+        ),
+        60,
+        "the job's pods to stop",
+    )
+    until(
+        lambda: get_json(kubectl, "fp", "late").get("status", {}).get("carsBusy") == 0,
+        30,
+        "the cars to be free again",
+    )
+    fleet.stop()
+    kubectl("delete", "ij", "overdue")
+    kubectl("delete", "fp", "late", "--wait=false")
