@@ -7,6 +7,7 @@ pools and cars each test starts for itself, driven with kubectl as a user would.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -339,3 +340,24 @@ def test_deadline_fails_the_job_and_cancels_the_rest(jobs: DevStack, kubectl: Ku
     fleet.stop()
     kubectl("delete", "ij", "overdue")
     kubectl("delete", "fp", "late", "--wait=false")
+
+
+def test_tiny_input_from_a_configmap(jobs: DevStack, kubectl: Kubectl) -> None:
+    x = np.load(jobs.data / "digits" / "big.npy")[:6]
+    doc = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: six-digits}\n"
+        f"data:\n  items.json: '{json.dumps(x.tolist())}'\n"
+    )
+    kubectl("apply", "-f", "-", stdin=doc)
+    spec = {
+        "input": "{configMap: {name: six-digits, key: items.json}, items: 6}",
+        "itemsPerUnit": 3,
+    }
+    kubectl("apply", "-f", "-", stdin=job("tiny", **spec))
+    st = wait_done(kubectl, "tiny", 120)
+    assert condition(kubectl, "tiny", "Complete")["status"] == "True", st
+    items, labels = results(jobs, "tiny")
+    assert np.array_equal(items, np.arange(6))
+    assert np.array_equal(labels, local_labels_of(jobs, x))
+    kubectl("delete", "ij", "tiny")
+    kubectl("delete", "configmap", "six-digits")

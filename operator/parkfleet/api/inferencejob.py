@@ -42,7 +42,8 @@ class InferenceJobSpec:
         runtime: The runtime (image) the pods ask for.
         input_name: The model input ("" = the model's first).
         output_names: Outputs to keep (empty = all).
-        input_path: The ``.npy`` input on the data volume.
+        input_path: The ``.npy`` input on the data volume ("" with a ConfigMap).
+        input_configmap: ``NAME/KEY`` of a ConfigMap with the items as JSON ("" if none).
         items: Items to run.
         items_per_unit: Items per work unit.
         parallelism: Units at once.
@@ -65,6 +66,7 @@ class InferenceJobSpec:
     input_name: str
     output_names: tuple[str, ...]
     input_path: str
+    input_configmap: str
     items: int
     items_per_unit: int
     parallelism: int
@@ -100,6 +102,11 @@ class InferenceJobSpec:
             input_name=str(model.get("inputName", "")),
             output_names=tuple(model.get("outputNames") or ()),
             input_path=str(inp.get("path", "")),
+            input_configmap=(
+                f"{inp['configMap']['name']}/{inp['configMap']['key']}"
+                if inp.get("configMap")
+                else ""
+            ),
             items=int(inp["items"]),
             items_per_unit=int(spec.get("itemsPerUnit", 1000)),
             parallelism=int(spec.get("parallelism", 10)),

@@ -37,8 +37,12 @@ EXIT_MODEL = 3
 
 def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
     """The Indexed Job that runs ``job``'s units (one pod per unit)."""
+    if job.input_configmap:
+        source = {"name": "PARKFLEET_INPUT_CONFIGMAP", "value": job.input_configmap}
+    else:
+        source = {"name": "PARKFLEET_INPUT", "value": job.input_path}
     env = [
-        {"name": "PARKFLEET_INPUT", "value": job.input_path},
+        source,
         {"name": "PARKFLEET_UNIT_ITEMS", "value": str(job.items_per_unit)},
         {"name": "PARKFLEET_TOTAL_ITEMS", "value": str(job.items)},
         {"name": "PARKFLEET_BATCH_SIZE", "value": str(job.batch_size)},

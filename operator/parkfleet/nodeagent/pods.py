@@ -34,7 +34,7 @@ from parkfleet.nodeagent.compare import agree, majority
 from parkfleet.nodeagent.logs import LogStore
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster
-from parkfleet.nodeagent.taskio import DirectorySink, NpyInput, resolve_under
+from parkfleet.nodeagent.taskio import ConfigMapInput, DirectorySink, NpyInput, resolve_under
 from parkfleet.nodeagent.translate import PodTask, Unsupported, translate
 
 __all__ = ["CAR_ASSIGNED", "REASON_UNSUPPORTED", "PodDriver"]
@@ -182,6 +182,9 @@ class PodDriver:
         except (Unsupported, ModelNotFound, ValueError, OSError) as exc:
             await self._fail_early(pod, REASON_INVALID_INPUT, str(exc))
             return
+        except ApiException as exc:  # e.g. the input ConfigMap does not exist
+            await self._fail_early(pod, REASON_INVALID_INPUT, f"input: {exc.status} {exc.reason}")
+            return
         except Exception as exc:  # the model loader's own errors (not a ValueError)
             await self._fail_early(pod, "ModelLoadFailed", f"{type(exc).__name__}: {exc}")
             return
@@ -278,12 +281,22 @@ class PodDriver:
         model = self._model(task)
         # Loading a model to read its names is slow work: off the event loop.
         info = await asyncio.to_thread(self.gateway.models.describe, model.sha256)
-        source = NpyInput(resolve_under(self.data_root, task.input_path))
+        source: NpyInput | ConfigMapInput
+        if task.input_configmap is not None:
+            name, key = task.input_configmap
+            cm = await self.core.read_namespaced_config_map(name, pod["metadata"]["namespace"])
+            if key not in (cm.data or {}):
+                raise ValueError(f"ConfigMap {name} has no key {key!r}")
+            source = ConfigMapInput(cm.data[key])
+            where = f"ConfigMap {name}/{key}"
+        else:
+            source = NpyInput(resolve_under(self.data_root, task.input_path))
+            where = task.input_path
         end = task.item_end if task.item_end is not None else source.items
         if end > source.items:
             raise Unsupported(
                 "spec.containers[0].env[PARKFLEET_ITEMS]",
-                f"asks for items up to {end - 1} but {task.input_path} holds {source.items}",
+                f"asks for items up to {end - 1} but {where} holds {source.items}",
             )
         result: Path | None = None
         if task.output_dir:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DirectorySink", "NpyInput", "resolve_under"]
+__all__ = ["ConfigMapInput", "DirectorySink", "NpyInput", "resolve_under"]
 
 
 def resolve_under(root: Path, relative: str) -> Path:
@@ -49,6 +50,32 @@ class NpyInput:
     async def read(self, start: int, end: int) -> npt.NDArray[np.generic]:
         """Items ``[start, end)``, read off the event loop (page faults are disk I/O)."""
         return await asyncio.to_thread(lambda: np.ascontiguousarray(self.array[start:end]))
+
+
+class ConfigMapInput:
+    """Items from a ConfigMap key holding a JSON list (tiny inputs; a ConfigMap is ≤ 1 MiB).
+
+    Args:
+        text: The key's value, e.g. ``[[0.0, 0.5, ...], ...]``.
+        dtype: The model input's element type.
+    """
+
+    def __init__(self, text: str, dtype: str = "float32") -> None:
+        try:
+            self.array: npt.NDArray[np.generic] = np.asarray(json.loads(text), dtype=dtype)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a JSON list of items: {exc}") from None
+        if self.array.ndim < 1 or self.array.shape[0] == 0:
+            raise ValueError("the ConfigMap holds no items")
+
+    @property
+    def items(self) -> int:
+        """How many items it holds."""
+        return int(self.array.shape[0])
+
+    def read(self, start: int, end: int) -> npt.NDArray[np.generic]:
+        """Items ``[start, end)``."""
+        return self.array[start:end]
 
 
 class DirectorySink:

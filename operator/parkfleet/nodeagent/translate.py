@@ -19,6 +19,7 @@ __all__ = [
     "ENV_BATCH_SIZE",
     "ENV_GPU_MEMORY_MIB",
     "ENV_INPUT",
+    "ENV_INPUT_CONFIGMAP",
     "ENV_INPUT_NAME",
     "ENV_ITEMS",
     "ENV_MODEL",
@@ -36,6 +37,7 @@ ENV_MODEL = "PARKFLEET_MODEL"  # a model name the gateway's model store knows
 ENV_MODEL_SHA256 = "PARKFLEET_MODEL_SHA256"  # or a content hash
 ENV_MODEL_URI = "PARKFLEET_MODEL_URI"  # where cars fetch it ("gateway:" by default)
 ENV_INPUT = "PARKFLEET_INPUT"  # a .npy file under the gateway's data root
+ENV_INPUT_CONFIGMAP = "PARKFLEET_INPUT_CONFIGMAP"  # or NAME/KEY: a JSON list of items
 ENV_INPUT_NAME = "PARKFLEET_INPUT_NAME"
 ENV_OUTPUT_NAMES = "PARKFLEET_OUTPUT_NAMES"  # comma-separated
 ENV_ITEMS = "PARKFLEET_ITEMS"  # "START-END" (END exclusive) or "COUNT"
@@ -85,7 +87,10 @@ class PodTask:
         model_name: A model name the gateway's store resolves ("" when by hash).
         model_sha256: The model's content hash ("" when by name).
         model_uri: Where cars fetch the model.
-        input_path: The ``.npy`` input, relative to the gateway's data root.
+        input_path: The ``.npy`` input, relative to the gateway's data root ("" when
+            the input is a ConfigMap).
+        input_configmap: ``(name, key)`` of a ConfigMap holding the items as a JSON list
+            (tiny inputs), or None.
         input_name: The model input fed with the items.
         output_names: Model outputs to keep (empty: all the store knows).
         item_start: First item.
@@ -104,6 +109,7 @@ class PodTask:
     model_sha256: str
     model_uri: str
     input_path: str
+    input_configmap: tuple[str, str] | None
     input_name: str
     output_names: tuple[str, ...]
     item_start: int
@@ -251,9 +257,21 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
     if sha and not _SHA256.match(sha):
         raise Unsupported(f"{at}.env[{ENV_MODEL_SHA256}]", "must be 64 hex digits")
     input_path = env.get(ENV_INPUT, "")
-    if not input_path:
-        raise Unsupported(f"{at}.env", f"set {ENV_INPUT} (a .npy file under the data root)")
-    input_path = _relative_path(input_path, f"{at}.env[{ENV_INPUT}]")
+    configmap = env.get(ENV_INPUT_CONFIGMAP, "")
+    if bool(input_path) == bool(configmap):
+        raise Unsupported(
+            f"{at}.env",
+            f"set one of {ENV_INPUT} (a .npy file under the data root) and "
+            f"{ENV_INPUT_CONFIGMAP} (NAME/KEY of a ConfigMap)",
+        )
+    input_cm: tuple[str, str] | None = None
+    if configmap:
+        name, sep, cm_key = configmap.partition("/")
+        if not sep or not name or not cm_key:
+            raise Unsupported(f"{at}.env[{ENV_INPUT_CONFIGMAP}]", f"{configmap!r} is not NAME/KEY")
+        input_cm = (name, cm_key)
+    else:
+        input_path = _relative_path(input_path, f"{at}.env[{ENV_INPUT}]")
     output_dir = env.get(ENV_OUTPUT, "")
     if output_dir:
         output_dir = _relative_path(output_dir, f"{at}.env[{ENV_OUTPUT}]")
@@ -271,6 +289,7 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         model_sha256=sha,
         model_uri=env.get(ENV_MODEL_URI, "gateway:"),
         input_path=input_path,
+        input_configmap=input_cm,
         input_name=env.get(ENV_INPUT_NAME, ""),
         output_names=outputs,
         item_start=start,
