@@ -76,8 +76,12 @@ bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry la
 bench-agent: $(VENV)/.installed model ## items/s through gateway + agent vs raw ONNX Runtime
 	$(PY) tests/bench/bench_agent.py
 
+.PHONY: bench-nodes
+bench-nodes: $(VENV)/.installed $(CP) model ## pod start latency, apiserver writes per 1000 cars, task move time
+	$(PY) tests/bench/bench_nodes.py
+
 .PHONY: bench
-bench: bench-gateway bench-agent ## every benchmark; tables printed, JSON under .cache/bench/
+bench: bench-gateway bench-agent bench-nodes ## every benchmark; tables printed, JSON under .cache/bench/
 
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff and mypy (strict)

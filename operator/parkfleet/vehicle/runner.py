@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # Results are sent in chunks of about this many bytes (well below MAX_TENSOR_BYTES).
 RESULT_CHUNK_BYTES = 1024 * 1024
+# Batches per inference call: big enough to keep the GPU busy, small enough that a
+# stop or a checkpoint waits at most one slice.
+SLICE_BATCHES = 8
 # Items handed to one executor hop at most: enough to amortise the hop, small enough to
 # stop promptly when the policy says so.
 MAX_ITEMS_PER_HOP = 16384
@@ -320,24 +323,31 @@ class TaskRunner:
             while not last:
                 if self._stop is not None:
                     break
-                x, last = await self._next_inputs()
-                if x is None or self._stop is not None:
+                chunk, last = await self._next_inputs()
+                if chunk is None or self._stop is not None:
                     break
-                outs = await session.infer(x, offer.input_name, names, offer.batch_size or 1)
-                if len(outs) != len(names) or any(o.shape[0] != x.shape[0] for o in outs):
-                    raise InputError("the model's outputs do not have one row per item")
-                if per_item_bytes == 0:
-                    per_item_bytes = sum(o[:1].nbytes for o in outs)
-                for acc, out in zip(pending, outs, strict=True):
-                    acc.append(out)
-                pending_items += x.shape[0]
-                self.items_done += x.shape[0]
-                if pending_items * per_item_bytes >= RESULT_CHUNK_BYTES:
-                    await flush()
-                now = self._clock()
-                if now >= next_checkpoint:
-                    await checkpoint(now)
-                    next_checkpoint = now + interval
+                # An input chunk can hold thousands of items: work through it a slice at a
+                # time so that a stop, a checkpoint and results come between slices.
+                step = max(1, (offer.batch_size or 1) * SLICE_BATCHES)
+                for lo in range(0, chunk.shape[0], step):
+                    if self._stop is not None:
+                        break
+                    x = chunk[lo : lo + step]
+                    outs = await session.infer(x, offer.input_name, names, offer.batch_size or 1)
+                    if len(outs) != len(names) or any(o.shape[0] != x.shape[0] for o in outs):
+                        raise InputError("the model's outputs do not have one row per item")
+                    if per_item_bytes == 0:
+                        per_item_bytes = sum(o[:1].nbytes for o in outs)
+                    for acc, out in zip(pending, outs, strict=True):
+                        acc.append(out)
+                    pending_items += x.shape[0]
+                    self.items_done += x.shape[0]
+                    if pending_items * per_item_bytes >= RESULT_CHUNK_BYTES:
+                        await flush()
+                    now = self._clock()
+                    if now >= next_checkpoint:
+                        await checkpoint(now)
+                        next_checkpoint = now + interval
         except InputError as e:
             await flush()
             return await self._fail("InvalidInput", str(e), retriable=False)
