@@ -183,3 +183,26 @@ async def test_resume_from_the_middle_and_bad_inputs_fail(session: object) -> No
     assert outcome.reason == "InvalidInput"
     assert sent[-1].failed.reason == "InvalidInput"
     assert not sent[-1].failed.retriable
+
+
+async def test_one_big_input_chunk_is_worked_in_slices_with_checkpoints_between(
+    session: object,
+) -> None:
+    # The gateway may send thousands of items in one chunk; a stop must not wait for all.
+    x = np.ones((300, 4), dtype=np.float32)
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage) -> None:
+        sent.append(m)
+        checkpoints = [s for s in sent if s.WhichOneof("body") == "checkpoint"]
+        if len(checkpoints) == 2:
+            runner.request_stop(StopRequest("NotPluggedIn", "unplugged"))
+
+    runner = TaskRunner(offer(0, 300, interval=1e-6), send, EnergyMeter(50.0))
+    (only,) = chunks(x, 0, 300)
+    await runner.feed(only)
+    outcome = await runner.run(session, ["double", "sum"])  # type: ignore[arg-type]
+    assert not outcome.done
+    # batch 3 x 8 batches per slice: the stop came after the second slice, not at item 300.
+    assert 0 < outcome.next_item < 300
+    assert outcome.next_item % 24 == 0
