@@ -15,6 +15,8 @@ CP_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitMajor=$(word 2,$(subst ., ,$(subst v,v ,$(K8S_VERSION)))) \
 	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) \
 	-X k8s.io/component-base/version.gitTreeState=clean
+HELM      := $(BIN)/helm
+HELM_SRC  := hack/helm/go.mod hack/helm/go.sum hack/helm/build.sh
 KUBECONFIG_LOCAL := .cache/kubeconfig
 PYTEST_ARGS ?=
 
@@ -35,6 +37,14 @@ $(CP): $(CP_SRC)
 	@mkdir -p $(BIN)
 	@echo "building the local control plane (Kubernetes $(K8S_VERSION)); the first build takes a while"
 	cd hack/controlplane && time go build -trimpath -ldflags='$(CP_LDFLAGS)' -o ../../$(CP) .
+
+$(HELM): $(HELM_SRC)
+	@mkdir -p $(BIN)
+	@echo "building Helm from its Go module (pinned in hack/helm/go.mod)"
+	time hack/helm/build.sh $(HELM)
+
+.PHONY: helm
+helm: $(HELM) ## build Helm from its Go module into .cache/bin (nothing to do when up to date)
 
 .PHONY: controlplane
 controlplane: $(CP) ## build the local control plane into .cache/bin (nothing to do when up to date)
@@ -83,6 +93,10 @@ bench-nodes: $(VENV)/.installed $(CP) model ## pod start latency, apiserver writ
 .PHONY: bench
 bench: bench-gateway bench-agent bench-nodes ## every benchmark; tables printed, JSON under .cache/bench/
 
+.PHONY: prometheus
+prometheus: ## Debian's prometheus package (prometheus + promtool) for the observability tests
+	hack/prometheus.sh
+
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff and mypy (strict)
 	$(VENV)/bin/ruff check operator tests
@@ -90,7 +104,7 @@ lint: $(VENV)/.installed ## ruff and mypy (strict)
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: $(VENV)/.installed $(CP) ## install what is needed, build the control plane if missing, lint, run every test
+test: $(VENV)/.installed $(CP) $(HELM) prometheus ## install what is needed, build the control plane if missing, lint, run every test
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 

@@ -27,6 +27,7 @@ __all__ = [
     "ClusterError",
     "LocalCluster",
     "default_binary",
+    "die_with_parent",
     "register",
     "start",
     "stop",
@@ -69,7 +70,8 @@ def default_binary() -> Path:
     return Path(os.environ.get("PARKFLEET_CONTROLPLANE", REPO_ROOT / ".cache/bin/pf-controlplane"))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Asks the kernel to SIGTERM this (child) process when its parent dies."""
     # Runs in the child between fork and exec: ask the kernel to SIGTERM the
     # supervisor when its parent (the test run) dies, however it dies.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -126,7 +128,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=None if detach else _die_with_parent,
+            preexec_fn=None if detach else die_with_parent,
         )
     finally:
         log.close()

@@ -10,7 +10,6 @@ commands a person would type.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -25,21 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from parkfleet.certs import FleetCA, car_paths
+from parkfleet.devcluster import die_with_parent
 from parkfleet.models.digits import DigitsModel, build_digits
 
 __all__ = ["DevStack", "Proc", "StackError"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_PR_SET_PDEATHSIG = 1
 
 
 class StackError(RuntimeError):
     """A process of the stack did not start; the message ends with its log."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -55,14 +49,19 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    offset: int = 0  # where this run's output starts in the (appended) log
 
     def alive(self) -> bool:
         """Whether it still runs."""
         return self.popen.poll() is None
 
     def text(self) -> str:
-        """Its log so far."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """What this run of it has logged so far."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
 
     def wait_for_line(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """Waits until its log has a line matching ``pattern``.
@@ -167,6 +166,7 @@ class DevStack:
 
     def _spawn(self, name: str, args: Sequence[str]) -> Proc:
         log = self.logs / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "parkfleet.cli", *args],
@@ -176,18 +176,19 @@ class DevStack:
                 env=self.env(),
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=None if self.detach else _die_with_parent,
+                preexec_fn=None if self.detach else die_with_parent,
             )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, offset)
         old = self.procs.get(name)
         if old is not None and old.alive():
             old.stop()
         self.procs[name] = proc
         return proc
 
-    def start_operator(self) -> Proc:
-        """``parkfleet operator``."""
-        proc = self._spawn("operator", ["operator"])
+    def start_operator(self, metrics_port: int | None = None) -> Proc:
+        """``parkfleet operator``, serving ``/metrics`` on ``metrics_port`` when given."""
+        extra = [f"--metrics-port={metrics_port}"] if metrics_port is not None else []
+        proc = self._spawn("operator", ["operator", *extra])
         proc.wait_for_line(r"Initial authentication has finished", timeout=60)
         return proc
 
@@ -195,7 +196,6 @@ class DevStack:
         """``parkfleet gateway`` with its node agent; waits until it serves."""
         assert self.model is not None, "prepare() first"
         listen = self.gateway_address or "127.0.0.1:0"
-        mark = len(self.procs["gateway"].text()) if "gateway" in self.procs else 0
         proc = self._spawn(
             "gateway",
             [
@@ -214,7 +214,7 @@ class DevStack:
         )
         deadline = time.monotonic() + 60
         while True:
-            text = proc.text()[mark:] if proc.log.exists() else ""
+            text = proc.text()
             m = re.search(r"node agent: shard \d+, kubelet API port (\d+)", text)
             a = re.search(r"listening on (\S+)", text)
             if m and a:

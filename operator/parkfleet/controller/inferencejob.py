@@ -19,6 +19,7 @@ from parkfleet.api import GROUP, VERSION, InferenceJobSpec
 from parkfleet.controller.fleetpool import _merge_conditions
 from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
 from parkfleet.controller.kube import api_client
+from parkfleet.controller.metrics import METRICS
 
 __all__ = ["job_status"]
 
@@ -178,6 +179,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         )
         pods = [api.sanitize_for_serialization(p) for p in listed.items]
     new = job_status(spec, generation, job, pods, problem)
+    METRICS.observe_job(spec.namespace, spec.name, spec.pool, new)
     new["conditions"] = _merge_conditions(status.get("conditions"), new["conditions"])
     _post_transitions(body, status, new)
     if _comparable(status) != _comparable(new):
@@ -226,3 +228,9 @@ async def resync(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: A
     if _terminal(status, int(body["metadata"].get("generation", 0))):
         return
     await reconcile(body, status, patch)
+
+
+@kopf.on.delete(GROUP, VERSION, "inferencejobs", optional=True)
+async def on_delete(name: str, namespace: str | None, **_: Any) -> None:
+    """Drops the job's metric series (optional: no finalizer of its own)."""
+    METRICS.forget_job(namespace or "default", name)

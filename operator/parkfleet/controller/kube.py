@@ -6,6 +6,9 @@ import os
 
 from kubernetes_asyncio import client, config
 
+from parkfleet.controller.metrics import METRICS
+from parkfleet.kubemetrics import instrument
+
 __all__ = ["api_client", "close_api_client"]
 
 _client: client.ApiClient | None = None
@@ -20,7 +23,7 @@ async def api_client() -> client.ApiClient:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
             await config.load_kube_config(client_configuration=cfg)
-        _client = client.ApiClient(configuration=cfg)
+        _client = instrument(client.ApiClient(configuration=cfg), METRICS.registry)
     return _client
 
 

@@ -17,6 +17,8 @@ __all__ = ["register", "run"]
 
 
 _PEERING: dict[str, str | None] = {"name": None}
+# Kopf pauses every peer of the same priority, so a standby runs with a lower one.
+_PRIORITY = {"value": 0}
 
 
 @kopf.on.startup()
@@ -27,6 +29,7 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if name is not None:
         settings.peering.name = name
         settings.peering.mandatory = True
+        settings.peering.priority = _PRIORITY["value"]
     # Status is ours to write in full; Kopf keeps its own bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="parkfleet.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="parkfleet.io")
@@ -41,7 +44,11 @@ async def _cleanup(**_: Any) -> None:
 
 
 async def run(
-    *, peering: str | None, metrics_port: int | None, stop: asyncio.Event | None = None
+    *,
+    peering: str | None,
+    metrics_port: int | None,
+    stop: asyncio.Event | None = None,
+    priority: int = 0,
 ) -> None:
     """Runs the operator until ``stop`` is set (or forever).
 
@@ -49,11 +56,14 @@ async def run(
         peering: A ClusterKopfPeering name for active/standby; None runs standalone.
         metrics_port: Serve Prometheus metrics on this port.
         stop: Set to stop.
+        priority: Peering priority: the live peer with the highest one works, the
+            others wait (peers of equal priority all pause, so a standby needs a lower one).
     """
     import parkfleet.controller.fleetpool
     import parkfleet.controller.inferencejob  # noqa: F401
 
     _PEERING["name"] = peering
+    _PRIORITY["value"] = priority
     if metrics_port is not None:
         start_http_server(metrics_port, registry=METRICS.registry)
     await kopf.operator(clusterwide=True, standalone=peering is None, stop_flag=stop)
@@ -63,7 +73,7 @@ def _cmd(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(run(peering=args.peering, metrics_port=args.metrics_port))
+    asyncio.run(run(peering=args.peering, metrics_port=args.metrics_port, priority=args.priority))
     return 0
 
 
@@ -71,5 +81,11 @@ def register(subparsers: Any) -> None:
     """Adds ``parkfleet operator``."""
     p = subparsers.add_parser("operator", help="run the operator (FleetPool, InferenceJob)")
     p.add_argument("--peering", default=None, help="ClusterKopfPeering name (standby replicas)")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="peering priority: the highest live one works, a standby takes a lower one",
+    )
     p.add_argument("--metrics-port", type=int, default=None)
     p.set_defaults(func=_cmd)

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.kubemetrics import instrument
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
 from parkfleet.nodeagent.kubeletapi import KubeletServer
 from parkfleet.nodeagent.logs import LogStore
@@ -65,7 +66,7 @@ async def run(
     kubelet: KubeletServer | None = None
     api: client.ApiClient | None = None
     if node_agent is not None:
-        api = await _kube_client(node_agent.kubeconfig)
+        api = instrument(await _kube_client(node_agent.kubeconfig), gateway.metrics.registry)
         ca_path = node_agent.kubelet_client_ca or api.configuration.ssl_ca_cert
         client_ca = await asyncio.to_thread(Path(ca_path).read_bytes) if ca_path else None
         logs = LogStore()

@@ -2,18 +2,32 @@
 
 Labels are bounded: pool, cell, reason, outcome, kind (message kinds) - never car id.
 Label children are cached so the per-message path does no label lookups.
+
+Units are Prometheus base units: seconds, bytes, joules (a dashboard shows Wh as
+joules / 3600).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import time
 
-__all__ = ["CellGauges", "GatewayMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+__all__ = ["JOULES_PER_WH", "CellGauges", "GatewayMetrics"]
+
+# Prometheus' text format stores each ``*_created`` sample as a series of its own: one
+# more series per counter and histogram child, for nothing the dashboards use.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+JOULES_PER_WH = 3600.0
 
 _TELEMETRY_BUCKETS = (
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
 
+
+# Work units are minutes long (design decision 7); tests run them in seconds.
+_TASK_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 
 _AGE_BUCKETS = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
@@ -82,8 +96,27 @@ class GatewayMetrics:
         )
         self.tasks = Counter(
             "parkfleet_gateway_tasks_total",
-            "Tasks that ended, by pool and outcome.",
+            "Tasks that ended, by pool and outcome (Succeeded, Failed, Cancelled).",
             ["pool", "outcome"],
+            registry=r,
+        )
+        self.tasks_started = Counter(
+            "parkfleet_gateway_tasks_started_total",
+            "Tasks a car accepted for the first time (a move to another car is not a start).",
+            ["pool"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "parkfleet_gateway_task_duration_seconds",
+            "From a task's first acceptance by a car to its end, moves included, by outcome.",
+            ["pool", "outcome"],
+            buckets=_TASK_BUCKETS,
+            registry=r,
+        )
+        self.energy = Counter(
+            "parkfleet_gateway_energy_joules_total",
+            "Energy cars reported for tasks (done or failed), by pool.",
+            ["pool"],
             registry=r,
         )
         self.task_moves = Counter(
@@ -105,6 +138,28 @@ class GatewayMetrics:
             "parkfleet_gateway_model_bytes_sent_total", "Model bytes served.", registry=r
         )
         self._message_children: dict[str, Counter] = {}
+
+    def task_started(self, pool: str) -> float:
+        """Counts a task's first acceptance; returns the start time for :meth:`task_ended`."""
+        self.tasks_started.labels(pool).inc()
+        return time.monotonic()
+
+    def task_ended(self, pool: str, outcome: str, started_at: float) -> None:
+        """Counts a task's end and, when a car ever accepted it, its duration.
+
+        Args:
+            pool: The task's pool.
+            outcome: Succeeded, Failed or Cancelled.
+            started_at: What :meth:`task_started` returned (0: never started).
+        """
+        self.tasks.labels(pool, outcome).inc()
+        if started_at > 0:
+            self.task_duration.labels(pool, outcome).observe(time.monotonic() - started_at)
+
+    def energy_used(self, pool: str, wh: float) -> None:
+        """Adds energy a car reported (in Wh, as the protocol carries it)."""
+        if wh > 0:
+            self.energy.labels(pool).inc(wh * JOULES_PER_WH)
 
     def message(self, kind: str) -> None:
         """Counts one received message of ``kind``."""

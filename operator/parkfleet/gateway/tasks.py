@@ -75,6 +75,7 @@ class Task:
         "reason",
         "refused_by",
         "spec",
+        "started_at",
         "state",
     )
 
@@ -90,6 +91,7 @@ class Task:
         self.delivered = spec.item_start
         self.queued_at = time.monotonic()
         self.offered_at = 0.0
+        self.started_at = 0.0  # first acceptance by a car (metrics: task duration)
         self.refused_by: set[str] = set()
         self.reason = ""
         self.message = ""
@@ -222,7 +224,7 @@ class TaskManager:
         task.state = "Cancelled"
         task.reason = REASON_CANCELLED
         task.message = reason
-        self._metrics.tasks.labels(task.pool, "Cancelled").inc()
+        self._metrics.task_ended(task.pool, "Cancelled", task.started_at)
         self._emit(task, "cancelled", reason=REASON_CANCELLED, message=reason)
         return True
 
@@ -471,6 +473,7 @@ class TaskManager:
                 return
             task.energy_wh += f.energy_wh
             task.energy_modelled |= f.energy_modelled
+            self._metrics.energy_used(task.pool, f.energy_wh)
             if task.spec.item_start <= f.next_item <= task.delivered:
                 task.checkpoint = max(task.checkpoint, f.next_item)
             reason = f.reason or "Failed"
@@ -484,6 +487,8 @@ class TaskManager:
         if task.state == "Offered":
             task.state = "Running"
             self._offered.pop(task.spec.task_id, None)
+            if not task.started_at:
+                task.started_at = self._metrics.task_started(task.pool)
             self._emit(task, "accepted")
 
     async def _on_result(self, car: CarState, r: pb.ResultChunk) -> None:
@@ -552,6 +557,7 @@ class TaskManager:
             )
         task.energy_wh += d.energy_wh
         task.energy_modelled |= d.energy_modelled
+        self._metrics.energy_used(task.pool, d.energy_wh)
         for first, outputs in task.pending:
             await task.spec.sink.write(first, outputs)
         task.pending.clear()
@@ -598,14 +604,14 @@ class TaskManager:
         except Exception as e:
             self._finish_failed(task, REASON_SINK_ERROR, f"completing results failed: {e!r}")
             return
-        self._metrics.tasks.labels(task.pool, "Succeeded").inc()
+        self._metrics.task_ended(task.pool, "Succeeded", task.started_at)
         self._emit(task, "succeeded")
 
     def _finish_failed(self, task: Task, reason: str, message: str) -> None:
         task.state = "Failed"
         task.reason = reason
         task.message = message
-        self._metrics.tasks.labels(task.pool, "Failed").inc()
+        self._metrics.task_ended(task.pool, "Failed", task.started_at)
         self._emit(task, "failed", reason=reason, message=message)
 
     def _cancel_on_car(self, task: Task, car: CarState, reason: str) -> None:

@@ -1,10 +1,17 @@
-"""The node agent's metrics: what it writes to the API server and how fast pods start."""
+"""The node agent's metrics: what it writes to the API server and how fast pods start.
+
+Labels are bounded: pool, namespace, phase, reason, result - never a pod or car name.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from parkfleet.kubemetrics import KubeApiMetrics
+
 __all__ = ["NodeAgentMetrics"]
+
+_JOULES_PER_WH = 3600.0
 
 
 class NodeAgentMetrics:
@@ -42,3 +49,19 @@ class NodeAgentMetrics:
             ["pool", "phase", "reason"],
             registry=r,
         )
+        # Counted once per pod when it ends (all its redundant copies together), so a
+        # namespace's energy is never counted twice; the gateway's per-pool counter
+        # is the same energy seen per task.
+        self.pod_energy = Counter(
+            "parkfleet_pods_energy_joules_total",
+            "Energy cars used for pods that ended, by pool and the pod's namespace.",
+            ["pool", "namespace"],
+            registry=r,
+        )
+        self.kube_api = KubeApiMetrics.of(r)
+
+    def pod_ended(self, pool: str, namespace: str, phase: str, reason: str, wh: float) -> None:
+        """Counts a pod that ended and the energy (Wh) its tasks used."""
+        self.pods_ended.labels(pool, phase, reason).inc()
+        if wh > 0:
+            self.pod_energy.labels(pool, namespace).inc(wh * _JOULES_PER_WH)

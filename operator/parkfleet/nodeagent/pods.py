@@ -364,32 +364,10 @@ class PodDriver:
     async def _fail_early(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
         meta = pod["metadata"]
         c = (pod["spec"].get("containers") or [{}])[0]
-        now = _now()
-        status = {
-            "phase": "Failed",
-            "reason": reason,
-            "message": message,
-            "conditions": [self._condition(CAR_ASSIGNED, "False", reason, message)],
-            "containerStatuses": [
-                {
-                    "name": c.get("name", "main"),
-                    "image": c.get("image", ""),
-                    "imageID": "",
-                    "ready": False,
-                    "started": False,
-                    "restartCount": 0,
-                    "state": {
-                        "terminated": {
-                            "exitCode": exit_code(reason),
-                            "reason": reason,
-                            "message": message,
-                            "startedAt": now,
-                            "finishedAt": now,
-                        }
-                    },
-                }
-            ],
-        }
+        status = terminated_status(
+            str(c.get("name", "main")), str(c.get("image", "")), exit_code(reason), reason, message
+        )
+        status["conditions"] = [self._condition(CAR_ASSIGNED, "False", reason, message)]
         with contextlib.suppress(ApiException):
             await self.core.patch_namespaced_pod_status(
                 meta["name"], meta["namespace"], {"status": status}
@@ -519,7 +497,7 @@ class PodDriver:
         self.logs.close(t.key)
         msg = t.summary(items)
         await self._patch_status(t, self._terminated_status(t, 0, "Completed", msg))
-        self.metrics.pods_ended.labels(t.pool, "Succeeded", "Completed").inc()
+        self.metrics.pod_ended(t.pool, t.namespace, "Succeeded", "Completed", energy)
         await self.poster.post(t.ref, "Completed", human)
 
     async def _fail(self, t: _Tracked, reason: str, message: str) -> None:
@@ -529,7 +507,8 @@ class PodDriver:
         self.logs.close(t.key)
         code = exit_code(reason)
         await self._patch_status(t, self._terminated_status(t, code, reason, message))
-        self.metrics.pods_ended.labels(t.pool, "Failed", reason).inc()
+        energy = sum(c.energy_wh for c in t.copies)
+        self.metrics.pod_ended(t.pool, t.namespace, "Failed", reason, energy)
         await self.poster.post(t.ref, reason, message, warning=True)
 
     def _observe_start(self, t: _Tracked) -> None:
@@ -575,41 +554,48 @@ class PodDriver:
     def _terminated_status(
         self, t: _Tracked, code: int, reason: str, message: str
     ) -> dict[str, Any]:
-        now = _now()
-        phase = "Succeeded" if code == 0 else "Failed"
-        status: dict[str, Any] = {
-            "phase": phase,
-            "conditions": [
-                self._condition("Ready", "False", "PodCompleted", ""),
-                self._condition("ContainersReady", "False", "PodCompleted", ""),
-            ],
-            "containerStatuses": [
-                {
-                    "name": t.container,
-                    "image": t.image,
-                    "imageID": "",
-                    "ready": False,
-                    "started": False,
-                    "restartCount": 0,
-                    "state": {
-                        "terminated": {
-                            "exitCode": code,
-                            "reason": reason,
-                            "message": message,
-                            "startedAt": t.started_at or now,
-                            "finishedAt": now,
-                        }
-                    },
-                }
-            ],
-        }
-        if code != 0:
-            status["reason"] = reason
-            status["message"] = message
+        status = terminated_status(t.container, t.image, code, reason, message, t.started_at)
+        status["conditions"] = [
+            self._condition("Ready", "False", "PodCompleted", ""),
+            self._condition("ContainersReady", "False", "PodCompleted", ""),
+        ]
         return status
 
     async def _patch_status(self, t: _Tracked, status: Mapping[str, Any]) -> None:
         await self.core.patch_namespaced_pod_status(t.name, t.namespace, {"status": status})
+
+
+def terminated_status(
+    container: str, image: str, code: int, reason: str, message: str, started_at: str = ""
+) -> dict[str, Any]:
+    """A pod status whose one container terminated with ``code``."""
+    now = _now()
+    status: dict[str, Any] = {
+        "phase": "Succeeded" if code == 0 else "Failed",
+        "containerStatuses": [
+            {
+                "name": container,
+                "image": image,
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": reason,
+                        "message": message,
+                        "startedAt": started_at or now,
+                        "finishedAt": now,
+                    }
+                },
+            }
+        ],
+    }
+    if code != 0:
+        status["reason"] = reason
+        status["message"] = message
+    return status
 
 
 # Exit codes a Job's podFailurePolicy can act on (see controller/jobs.py).

@@ -179,10 +179,11 @@ class OrtCompute:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class _ModelledSession:
-    def __init__(self, inner: ModelSession, items_per_second: float) -> None:
+class _WrappedSession:
+    """A session that adds behaviour around another one (rate limit, fault injection)."""
+
+    def __init__(self, inner: ModelSession) -> None:
         self._inner = inner
-        self._rate = items_per_second
 
     @property
     def providers(self) -> list[str]:
@@ -191,6 +192,12 @@ class _ModelledSession:
     @property
     def output_names(self) -> list[str]:
         return self._inner.output_names
+
+
+class _ModelledSession(_WrappedSession):
+    def __init__(self, inner: ModelSession, items_per_second: float) -> None:
+        super().__init__(inner)
+        self._rate = items_per_second
 
     async def infer(
         self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
@@ -223,18 +230,7 @@ class ModelledCompute:
         return _ModelledSession(await self._inner.session(sha256, model), self._rate)
 
 
-class _CorruptSession:
-    def __init__(self, inner: ModelSession) -> None:
-        self._inner = inner
-
-    @property
-    def providers(self) -> list[str]:
-        return self._inner.providers
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._inner.output_names
-
+class _CorruptSession(_WrappedSession):
     async def infer(
         self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:

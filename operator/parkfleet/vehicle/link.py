@@ -530,7 +530,7 @@ class Agent:
         self.metrics.tasks.labels("Done" if outcome.done else outcome.reason).inc()
         self.metrics.items.inc(max(0, outcome.next_item - offer.resume_from))
         self.metrics.energy.labels("modelled" if outcome.energy_modelled else "measured").inc(
-            outcome.energy_wh
+            outcome.energy_wh * 3600.0  # Wh on the wire, joules (the base unit) in metrics
         )
 
     async def _load_and_run(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 __all__ = ["AgentMetrics"]
+
+# Prometheus' text format stores each ``*_created`` sample as a series of its own: one
+# more series per counter and histogram child, for nothing the dashboards use.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class AgentMetrics:
@@ -47,8 +51,8 @@ class AgentMetrics:
             "parkfleet_agent_items_total", "Items whose results were sent", registry=r
         )
         self.energy = Counter(
-            "parkfleet_agent_energy_wh_total",
-            "Energy spent on tasks, by kind (measured or modelled)",
+            "parkfleet_agent_energy_joules_total",
+            "Energy spent on tasks in joules, by kind (measured or modelled)",
             ["kind"],
             registry=r,
         )

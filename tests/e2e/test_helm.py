@@ -1,0 +1,466 @@
+"""The Helm chart: lint, schema, rendering rules, server-side dry-run, install and uninstall.
+
+Helm is the one ``make helm`` builds from its Go module into ``.cache/bin/helm``; the
+cluster is the session's local control plane. It has no real kubelets, so the chart's own
+pods stay Pending: the install test checks that every object exists (pods included: the
+restricted Pod Security admission would have refused them otherwise), not that they run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from parkfleet import devcluster
+
+from .conftest import Kubectl
+from .kube import get_json, until
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+HELM = REPO / ".cache" / "bin" / "helm"
+CHART = REPO / "helm" / "parkfleet"
+RULES = CHART / "rules" / "parkfleet-rules.yaml"
+RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
+CHART_CRDS = (
+    "fleetpools.parkfleet.io",
+    "inferencejobs.parkfleet.io",
+    "clusterkopfpeerings.kopf.dev",
+)
+SHARDS = 2
+
+
+class Helm:
+    """Runs ``.cache/bin/helm`` with its state in a temporary folder, never in ``~``."""
+
+    def __init__(self, home: Path, kubeconfig: Path | None = None) -> None:
+        if not HELM.exists():
+            pytest.fail(f"helm is not built: run `make helm` (make test does); expected {HELM}")
+        self.env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(home),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+        self.kubeconfig = kubeconfig
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = [f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []
+        proc = subprocess.run(
+            [str(HELM), *args, *extra],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def template(self, *args: str, chart: Path = CHART) -> list[dict[str, Any]]:
+        """Renders the chart (release ``t`` in namespace ``pf``) and parses the objects."""
+        out = self("template", "t", str(chart), "--namespace=pf", *args).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(tmp_path_factory.mktemp("helm-home"))
+
+
+def kinds(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet")
+    }
+
+
+# ---- offline: lint, schema, rendering ---------------------------------------------------
+
+
+def test_lint_strict(helm: Helm) -> None:
+    proc = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout, proc.stdout
+    assert "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("key", ["gateway.shardz=2", "operator.peering.nmae=x", "colour=red"])
+def test_schema_rejects_unknown_keys(helm: Helm, key: str) -> None:
+    unknown = key.split("=")[0].rsplit(".", 1)[-1]
+    for cmd in (["lint", "--strict"], ["template", "t"]):
+        proc = helm(*cmd, str(CHART), f"--set={key}", check=False)
+        assert proc.returncode != 0, f"helm {cmd[0]} accepted unknown key {key}"
+        assert f"additional properties '{unknown}' not allowed" in proc.stderr + proc.stdout
+
+
+def test_schema_closes_every_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node: Any, at: str) -> Iterator[str]:
+        if isinstance(node, dict):
+            closed = node.get("additionalProperties") is False
+            if node.get("type") == "object" and "properties" in node and not closed:
+                yield at
+            for key, value in node.items():
+                yield from walk(value, f"{at}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from walk(value, f"{at}/{i}")
+
+    open_objects = list(walk(schema, ""))
+    assert not open_objects, f"objects without additionalProperties: false: {open_objects}"
+
+
+def test_chart_crds_are_the_repo_crds() -> None:
+    # The chart carries copies (Helm warns on every command about symlinks, and a chart
+    # folder should stand alone); this keeps them identical to the one source of truth.
+    for crd in sorted((REPO / "crds").glob("*.yaml")):
+        copy = CHART / "crds" / crd.name
+        assert copy.exists(), f"{copy} is missing: cp {crd} {copy}"
+        assert copy.read_bytes() == crd.read_bytes(), f"{copy} differs: cp {crd} {copy}"
+    names = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").iterdir()}
+    assert names == set(CHART_CRDS)
+
+
+def test_pods_meet_restricted_pod_security(helm: Helm) -> None:
+    specs = pod_specs(helm.template())
+    assert set(specs) == {
+        "t-parkfleet-operator",
+        "t-parkfleet-operator-standby",
+        "t-parkfleet-gateway",
+    }
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert {"requests", "limits"} <= set(c["resources"]), name
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert "/tmp" in mounts, f"{name}: a read-only root needs a writable /tmp"
+
+
+def test_operator_is_recreate_with_peering_and_a_lower_priority_standby(helm: Helm) -> None:
+    objects = helm.template()
+    deployments = {d["metadata"]["name"]: d for d in kinds(objects, "Deployment")}
+    priorities = {}
+    for name, d in deployments.items():
+        assert d["spec"]["strategy"] == {"type": "Recreate"}, name
+        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--peering=t-parkfleet" in args, args
+        priorities[name] = int(next(a for a in args if a.startswith("--priority=")).split("=")[1])
+    assert priorities["t-parkfleet-operator"] > priorities["t-parkfleet-operator-standby"]
+    assert [p["metadata"]["name"] for p in kinds(objects, "ClusterKopfPeering")] == ["t-parkfleet"]
+    # Without peering there is neither a standby nor a peering object.
+    alone = helm.template("--set=operator.peering.enabled=false")
+    assert [d["metadata"]["name"] for d in kinds(alone, "Deployment")] == ["t-parkfleet-operator"]
+    assert not kinds(alone, "ClusterKopfPeering")
+
+
+def test_gateway_shards_come_from_the_pod_index(helm: Helm) -> None:
+    objects = helm.template(f"--set=gateway.shards={SHARDS}")
+    (sts,) = kinds(objects, "StatefulSet")
+    assert sts["spec"]["replicas"] == SHARDS
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "--shard=$(SHARD)" in container["args"]
+    assert "--node-agent" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SHARD"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    services = {s["metadata"]["name"]: s["spec"] for s in kinds(objects, "Service")}
+    assert services[sts["spec"]["serviceName"]]["clusterIP"] == "None"
+    assert [p["name"] for p in services["t-parkfleet-gateway"]["ports"]] == ["grpc"]
+
+
+def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
+    out = helm("template", "t", str(CHART), "--namespace=pf").stdout
+    docs = [
+        d for d in out.split("\n---\n") if re.search(r"^kind: (Cluster)?Role$", d, re.MULTILINE)
+    ]
+    assert len(docs) == 4, "operator and gateway: a ClusterRole and a kube-node-lease Role each"
+    for doc in docs:
+        role = yaml.safe_load(doc)
+        lines = doc.splitlines()
+        rule_lines = [i for i, line in enumerate(lines) if line.startswith("  - apiGroups:")]
+        assert len(rule_lines) == len(role["rules"])
+        for i in rule_lines:
+            assert lines[i - 1].strip().startswith("#"), f"{role['metadata']['name']}: {lines[i]}"
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard {rule}"
+        if role["kind"] == "Role":
+            assert role["metadata"]["namespace"] == "kube-node-lease"
+            assert [r["resources"] for r in role["rules"]] == [["leases"]]
+
+
+def test_monitoring_objects_need_the_value_and_the_api(helm: Helm, tmp_path: Path) -> None:
+    on = [
+        "--set=monitoring.serviceMonitor.enabled=true",
+        "--set=monitoring.prometheusRule.enabled=true",
+    ]
+    api = "--api-versions=monitoring.coreos.com/v1"
+    # A copy of the chart with a rules file of known content: the wrapping is what is tested.
+    chart = tmp_path / "parkfleet"
+    shutil.copytree(CHART, chart)
+    (chart / "rules").mkdir(exist_ok=True)
+    groups = [
+        {
+            "name": "g",
+            "rules": [
+                {
+                    "alert": "A",
+                    "expr": "up == 0",
+                    "for": "5m",
+                    "annotations": {"summary": "{{ $labels.pod }} down"},
+                }
+            ],
+        }
+    ]
+    (chart / "rules" / "parkfleet-rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+
+    def monitoring(objects: list[dict[str, Any]]) -> list[str]:
+        return sorted(o["kind"] for o in objects if o["apiVersion"].startswith("monitoring."))
+
+    assert monitoring(helm.template(api, chart=chart)) == []  # off by default
+    assert monitoring(helm.template(*on, chart=chart)) == []  # no API: nothing, no failure
+    objects = helm.template(*on, api, chart=chart)
+    assert monitoring(objects) == ["PrometheusRule", "ServiceMonitor", "ServiceMonitor"]
+    (rule,) = kinds(objects, "PrometheusRule")
+    assert rule["spec"]["groups"] == groups  # carried verbatim, templates not expanded
+    for sm in kinds(objects, "ServiceMonitor"):
+        selector = sm["spec"]["selector"]["matchLabels"]
+        services = [
+            s
+            for s in kinds(objects, "Service")
+            if selector.items() <= s["metadata"]["labels"].items()
+        ]
+        assert len(services) == 1, sm["metadata"]["name"]
+        # A job name of its own whatever the release is called: the alert rules use it.
+        job = services[0]["metadata"]["labels"][sm["spec"]["jobLabel"]]
+        assert job == f"parkfleet-{sm['metadata']['labels']['app.kubernetes.io/component']}"
+        assert "metrics" in [p["name"] for p in services[0]["spec"]["ports"]]
+
+
+def test_prometheus_rule_wraps_the_real_rules_file(helm: Helm) -> None:
+    assert RULES.exists(), f"{RULES} is missing (the alert rules of issue 6)"
+    objects = helm.template(
+        "--set=monitoring.prometheusRule.enabled=true", "--api-versions=monitoring.coreos.com/v1"
+    )
+    (rule,) = kinds(objects, "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_dashboard_configmaps_for_the_grafana_sidecar(helm: Helm) -> None:
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert files, "the chart ships no dashboards"
+    maps = kinds(helm.template(), "ConfigMap")
+    assert len({m["metadata"]["name"] for m in maps}) == len(files), "one ConfigMap per file"
+    by_key = {k: (m, v) for m in maps for k, v in m["data"].items()}
+    for f in files:
+        cm, text = by_key[f.name]
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(text) == json.loads(f.read_text())
+    custom = helm.template(
+        "--set=dashboards.label=dash",
+        "--set=dashboards.labelValue=yes",
+        "--set=dashboards.namespace=monitoring",
+    )
+    for cm in kinds(custom, "ConfigMap"):
+        assert cm["metadata"]["labels"]["dash"] == "yes"
+        assert "grafana_dashboard" not in cm["metadata"]["labels"]
+        assert cm["metadata"]["namespace"] == "monitoring"
+
+
+# ---- against the local control plane ------------------------------------------------------
+
+
+@dataclass
+class Release:
+    """A chart installed by ``helm install`` into a restricted namespace."""
+
+    name: str
+    namespace: str
+    helm: Helm
+    kubectl: Kubectl
+    crds_before: set[str]
+    manifest: list[dict[str, Any]]
+    notes: str
+
+
+def crd_names(k: Kubectl) -> set[str]:
+    return {c["metadata"]["name"] for c in get_json(k, "crd")["items"]}
+
+
+def restricted_namespace(k: Kubectl, name: str) -> None:
+    k("create", "namespace", name)
+    k("label", "namespace", name, RESTRICTED, "pod-security.kubernetes.io/warn=restricted")
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: devcluster.LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    k = Kubectl(cluster.kubeconfig)
+    h = Helm(tmp_path_factory.mktemp("helm-home"), cluster.kubeconfig)
+    ns = f"parkfleet-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(k, ns)
+    before = crd_names(k)
+    try:
+        installed = h(
+            "install", "pf", str(CHART), f"--namespace={ns}", f"--set=gateway.shards={SHARDS}"
+        ).stdout
+        manifest = [
+            d for d in yaml.safe_load_all(h("get", "manifest", "pf", f"-n={ns}").stdout) if d
+        ]
+        yield Release("pf", ns, h, k, before, manifest, installed.partition("NOTES:")[2])
+    finally:
+        h("uninstall", "pf", f"--namespace={ns}", "--wait", check=False)
+        k("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def exists(k: Kubectl, obj: dict[str, Any], namespace: str) -> bool:
+    ns = obj["metadata"].get("namespace") or namespace
+    kind = obj["kind"].lower()
+    group = obj["apiVersion"].rpartition("/")[0]  # "" for the core group ("v1")
+    resource = f"{kind}.{group}" if group else kind
+    proc = k("get", resource, obj["metadata"]["name"], f"-n={ns}", "-o=name", check=False)
+    if proc.returncode != 0 and "NotFound" not in proc.stderr:
+        raise AssertionError(f"kubectl get {resource}: {proc.stderr}")
+    return proc.returncode == 0
+
+
+def test_install_creates_every_object_in_a_restricted_namespace(release: Release) -> None:
+    k, ns = release.kubectl, release.namespace
+    for crd in CHART_CRDS:
+        k("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    # CRDs that were not there before the install are Helm's (crds/ of the chart).
+    assert set(CHART_CRDS) <= crd_names(k)
+    missing = [
+        f"{o['kind']}/{o['metadata']['name']}" for o in release.manifest if not exists(k, o, ns)
+    ]
+    assert not missing, f"not created: {missing}"
+    assert {o["kind"] for o in release.manifest} >= {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "ConfigMap",
+        "ClusterKopfPeering",
+    }
+    # The namespace really enforces the profile: a plain pod is refused ...
+    plain = k("run", "plain", "--image=busybox", "--dry-run=server", f"-n={ns}", check=False)
+    assert plain.returncode != 0, "the namespace does not enforce restricted Pod Security"
+    assert 'violates PodSecurity "restricted' in plain.stderr, plain.stderr
+    # ... yet the controllers created every pod of the chart (a refused pod would leave
+    # its ReplicaSet or StatefulSet with a FailedCreate event instead).
+    expected = 2 + SHARDS  # active and standby operator, the gateway shards
+
+    def pods() -> list[dict[str, Any]] | None:
+        items: list[dict[str, Any]] = get_json(k, "pods", f"-n={ns}")["items"]
+        return items if len(items) == expected else None
+
+    got = until(pods, 60, f"{expected} pods in {ns}")
+    failed = [
+        e["message"]
+        for e in get_json(k, "events", f"-n={ns}")["items"]
+        if e["reason"] == "FailedCreate"
+    ]
+    assert not failed, failed
+    # No real kubelets: the pods wait for a node (virtual cell Nodes are tainted).
+    assert {p["status"].get("phase") for p in got} == {"Pending"}
+    indexes = sorted(
+        p["metadata"]["labels"].get("apps.kubernetes.io/pod-index", "")
+        for p in got
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    )
+    assert indexes == [str(i) for i in range(SHARDS)], "the shard index label is missing"
+
+
+def test_install_notes_say_what_to_do_next(release: Release) -> None:
+    print(release.notes)
+    assert f"kubectl -n {release.namespace} create secret generic pf-parkfleet-gateway-certs" in (
+        release.notes
+    )
+    assert f"spec.gateway.shards is {SHARDS}" in release.notes
+    assert "grafana_dashboard" in release.notes
+
+
+def test_a_fleetpool_applies_after_install(release: Release) -> None:
+    k = release.kubectl
+    name = f"helm-{release.namespace}"
+    pool = (
+        "apiVersion: parkfleet.io/v1alpha1\nkind: FleetPool\n"
+        f"metadata: {{name: {name}}}\n"
+        "spec: {selector: {matchAttributes: {pool: helm}}, cellSize: 4, cells: 1}\n"
+    )
+    k("apply", "-f", "-", stdin=pool)
+    try:
+        assert get_json(k, "fleetpool", name)["spec"]["cellSize"] == 4
+    finally:
+        # Gone before the next test: a running operator first removes the pool's Nodes.
+        k("delete", "fleetpool", name, "--timeout=60s")
+
+
+def test_rendered_chart_passes_server_side_dry_run(release: Release) -> None:
+    # The release fixture installed the CRDs, so the custom objects can be checked too.
+    k = release.kubectl
+    ns = f"pfdry-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(k, ns)
+    try:
+        out = release.helm(
+            "template", "dry", str(CHART), f"--namespace={ns}", f"--set=gateway.shards={SHARDS}"
+        ).stdout
+        proc = k("apply", "--dry-run=server", "-f", "-", stdin=out)
+        created = [line for line in proc.stdout.splitlines() if line.endswith("(server dry run)")]
+        assert len(created) == len([d for d in yaml.safe_load_all(out) if d]), proc.stdout
+        assert "Warning" not in proc.stderr, proc.stderr
+    finally:
+        k("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_uninstall_removes_what_install_created(release: Release) -> None:
+    # A second release of its own, so the other tests keep theirs.
+    k, h = release.kubectl, release.helm
+    ns = f"pfun-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(k, ns)
+    try:
+        h("install", "gone", str(CHART), f"--namespace={ns}")
+        manifest = [
+            d for d in yaml.safe_load_all(h("get", "manifest", "gone", f"-n={ns}").stdout) if d
+        ]
+        assert all(exists(k, o, ns) for o in manifest)
+        h("uninstall", "gone", f"--namespace={ns}", "--wait", "--timeout=60s")
+        left = [f"{o['kind']}/{o['metadata']['name']}" for o in manifest if exists(k, o, ns)]
+        assert not left, f"left behind by helm uninstall: {left}"
+        assert h("list", f"-n={ns}", "-q").stdout.strip() == ""
+        # CRDs stay, by Helm's design: deleting one would delete every FleetPool with it.
+        assert set(CHART_CRDS) <= crd_names(k)
+    finally:
+        k("delete", "namespace", ns, "--wait=false", check=False)
