@@ -90,8 +90,12 @@ bench-agent: $(VENV)/.installed model ## items/s through gateway + agent vs raw 
 bench-nodes: $(VENV)/.installed $(CP) model ## pod start latency, apiserver writes per 1000 cars, task move time
 	$(PY) tests/bench/bench_nodes.py
 
+.PHONY: bench-jobs
+bench-jobs: $(VENV)/.installed $(CP) model ## InferenceJob efficiency on 500 simulated cars: no churn, 30 % churn, naive baseline
+	$(PY) tests/bench/bench_jobs.py --cp-flag kube-api-qps=200 --cp-flag kube-api-burst=400
+
 .PHONY: bench
-bench: bench-gateway bench-agent bench-nodes ## every benchmark; tables printed, JSON under .cache/bench/
+bench: bench-gateway bench-agent bench-nodes bench-jobs ## every benchmark; tables printed, JSON under .cache/bench/
 
 .PHONY: prometheus
 prometheus: ## Debian's prometheus package (prometheus + promtool) for the observability tests

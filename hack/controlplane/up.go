@@ -38,6 +38,8 @@ type upOptions struct {
 	unreachableTolerationSec int
 	verbosity                int
 	readyTimeout             time.Duration
+	kubeAPIQPS               float64
+	kubeAPIBurst             int
 }
 
 // child is one component process.
@@ -60,6 +62,10 @@ func runUp(args []string) int {
 	fs.IntVar(&o.unreachableTolerationSec, "default-unreachable-toleration-seconds", 300, "toleration added to pods for node.kubernetes.io/unreachable")
 	fs.IntVar(&o.verbosity, "v", 1, "log verbosity of the components")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "give up when the cluster is not ready by then")
+	// Kubernetes' defaults (20/30) pace the Job controller at about 10 pods/s; big
+	// InferenceJobs on one machine want more, as large clusters configure too.
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 20, "API requests per second of the controller-manager and the scheduler")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 30, "API request burst of the controller-manager and the scheduler")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -214,6 +220,8 @@ func up(o upOptions) error {
 		"--cluster-signing-cert-file=" + p("ca.crt"),
 		"--cluster-signing-key-file=" + p("ca.key"),
 		"--controllers=*",
+		"--kube-api-qps=" + strconv.FormatFloat(o.kubeAPIQPS, 'f', -1, 64),
+		"--kube-api-burst=" + strconv.Itoa(o.kubeAPIBurst),
 		"--node-monitor-grace-period=" + o.nodeMonitorGracePeriod.String(),
 		"--node-monitor-period=" + o.nodeMonitorPeriod.String(),
 		"--node-startup-grace-period=" + o.nodeStartupGracePeriod.String(),
@@ -231,6 +239,8 @@ func up(o upOptions) error {
 		"--bind-address=127.0.0.1",
 		"--secure-port=0",
 		"--leader-elect=false",
+		"--kube-api-qps=" + strconv.FormatFloat(o.kubeAPIQPS, 'f', -1, 64),
+		"--kube-api-burst=" + strconv.Itoa(o.kubeAPIBurst),
 		"--profiling=false",
 		"--v=" + v,
 	}, logs)

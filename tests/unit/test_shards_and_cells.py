@@ -74,3 +74,22 @@ def test_pool_status_sums_cells_and_says_which_are_ready() -> None:
     s1 = node_status(POOL, "eu-1", state, address="a", kubelet_port=1, shard=0)
     both = pool_status(POOL, 4, {"pf-eu-0": {"status": s0}, "pf-eu-1": {"status": s1}})
     assert both["conditions"][0]["status"] == "True"
+
+
+def test_a_full_cell_sends_the_car_to_the_next_one_and_a_full_pool_leaves_it_waiting() -> None:
+    from parkfleet.gateway.cells import UNPOOLED, pool_cell_of
+
+    pool = FleetPoolSpec.from_k8s(
+        {
+            "metadata": {"name": "p"},
+            "spec": {"cellSize": 2, "cells": 3, "selector": {"matchAttributes": {"pool": "p"}}},
+        }
+    )
+    attrs = {"pool": "p", "cell": "1"}
+    assert pool_cell_of("car", attrs, [pool]).cell == "p-1"
+    counts = {"p-1": 2}
+    assert pool_cell_of("car", attrs, [pool], lambda c: counts.get(c, 0)).cell == "p-2"
+    counts = {"p-0": 2, "p-1": 2, "p-2": 2}
+    full = pool_cell_of("car", attrs, [pool], lambda c: counts.get(c, 0))
+    assert (full.pool, full.cell) == (UNPOOLED, UNPOOLED)
+    assert pool_cell_of("car", {"pool": "other"}, [pool]).cell == UNPOOLED

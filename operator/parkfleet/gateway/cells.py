@@ -7,7 +7,7 @@ The mapping is deterministic so that a reconnecting car lands in the same cell.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from parkfleet.api.fleetpool import FleetPoolSpec
@@ -57,21 +57,28 @@ class PoolCell:
 
 
 def pool_cell_of(
-    car_id: str, attributes: Mapping[str, str], pools: Sequence[FleetPoolSpec]
+    car_id: str,
+    attributes: Mapping[str, str],
+    pools: Sequence[FleetPoolSpec],
+    cars_in: Callable[[str], int] = lambda cell: 0,
 ) -> PoolCell:
     """The pool and cell of a car from the FleetPools' selectors.
 
     The first pool (by name) whose ``matchAttributes`` the car's certificate satisfies
     takes it. Its cell is the certificate's ``cell`` attribute when that is a valid
-    index of the pool, else a stable hash of the car id over the pool's cells.
+    index of the pool, else a stable hash of the car id over the pool's cells. A cell
+    holds at most ``cellSize`` cars: a car whose cell is full takes the next cell with
+    room, and waits unpooled when every cell of its pool is full.
 
     Args:
         car_id: The car id from its certificate.
         attributes: The certificate's attributes.
         pools: The FleetPools.
+        cars_in: How many other cars a cell holds now.
 
     Returns:
-        The car's place; pool and cell are ``UNPOOLED`` when no pool selects it.
+        The car's place; pool and cell are ``UNPOOLED`` when no pool selects it (or
+        its pool is full).
     """
     for pool in sorted(pools, key=lambda p: p.name):
         if not pool.matches(attributes):
@@ -81,5 +88,9 @@ def pool_cell_of(
             index = int(pinned)
         else:
             index = zlib.crc32(car_id.encode()) % pool.cells
-        return PoolCell(pool.name, cell_id(pool.name, index), pool.floor)
+        for step in range(pool.cells):
+            cell = cell_id(pool.name, (index + step) % pool.cells)
+            if cars_in(cell) < pool.cell_size:
+                return PoolCell(pool.name, cell, pool.floor)
+        return PoolCell(UNPOOLED, UNPOOLED, None)
     return PoolCell(UNPOOLED, UNPOOLED, None)

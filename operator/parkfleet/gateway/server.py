@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
@@ -96,7 +96,19 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             pool = identity.attributes.get("pool") or DEFAULT_POOL
             cell = cell_of(identity.car_id, identity.attributes, self.cells_per_pool)
             return PoolCell(pool, cell, self.pool_floors.get(pool))
-        return pool_cell_of(identity.car_id, identity.attributes, self.pools)
+        return pool_cell_of(identity.car_id, identity.attributes, self.pools, self._cars_in())
+
+    def _cars_in(self, car_id: str = "") -> Callable[[str], int]:
+        """Counts the cars of a cell, not counting ``car_id`` (a car being re-placed)."""
+        cells = self._registry.cells
+
+        def count(cell: str) -> int:
+            c = cells.get(cell)
+            if c is None:
+                return 0
+            return len(c.cars) - (1 if car_id in c.cars else 0)
+
+        return count
 
     def set_pools(self, pools: list[FleetPoolSpec]) -> int:
         """Lets FleetPools decide cells and floors, also for cars already connected.
@@ -107,7 +119,9 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         self.pools = list(pools)
         moved = 0
         for car in list(self._registry.cars.values()):
-            placed = pool_cell_of(car.car_id, dict(car.attributes), self.pools)
+            placed = pool_cell_of(
+                car.car_id, dict(car.attributes), self.pools, self._cars_in(car.car_id)
+            )
             policy = car.owner_policy
             if placed.floor is not None:
                 policy = policy.stricter(placed.floor)

@@ -1,0 +1,576 @@
+"""InferenceJob benchmark: the share of the fleet's compute a job gets, with and without churn.
+
+Not a test (pytest does not collect ``bench_*.py``). Run ``make bench-jobs`` or
+``.venv/bin/python tests/bench/bench_jobs.py``.
+
+What runs: a fresh local control plane (``parkfleet.devcluster.start`` in a temporary
+folder, stopped at the end whatever happens), the operator and a gateway with its node
+agent as separate processes (``parkfleet.devstack.DevStack``), and ``--cars`` simulated
+cars (the real agent code, one mTLS stream each, modelled compute: real outputs from one
+shared ONNX Runtime pool per simulator process, each car held to ``--rate`` items/s) of
+a FleetPool of ``--cells`` cells. The cars run in several simulator processes: the
+"leavers" (``--churn`` of the fleet) in ``--leaver-procs`` processes of their own, so
+that SIGKILLing one makes its cars vanish at once, mid-unit, without a goodbye.
+
+One InferenceJob of ``--items`` items (the digits inputs tiled), ``--items-per-unit``
+items per unit and parallelism = cars, three times, each run on a fresh gateway and a
+freshly connected fleet:
+
+- ``no_churn``: every car stays.
+- ``churn30``: the leaver processes are killed at staggered times during the run.
+- ``baseline_churn30``: the same job and the same kill times, with the gateway started
+  with ``--no-resume`` (the naive strategy: results held until the task is done, a
+  task that loses its car starts over from its first item).
+
+What it measures, per run:
+
+- achieved items/s = items / (completionTime - startTime) of the InferenceJob's status
+  (the batch Job's own times, one-second resolution), so pod creation, scheduling and
+  every Kubernetes round trip between units count against the fleet.
+- ideal items/s = sum over cars of ``--rate`` x the time the car was connected and
+  eligible within [startTime, completionTime], divided by the same duration. Every car is
+  connected and eligible before the job is created (checked on the Nodes' ``parkfleet.io/Cars``
+  condition); a leaver counts until the moment its process was killed.
+- efficiency = achieved / ideal.
+- every item's result exactly once over the unit files, and equal to local ONNX Runtime.
+
+Writes ``.cache/bench/jobs.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parkfleet import devcluster
+from parkfleet.controller.jobs import elapsed_s
+from parkfleet.devstack import DevStack, Proc
+from parkfleet.nodeagent.nodes import parse_cars_condition
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / ".cache" / "bench" / "jobs.json"
+POOL = "bench"
+INPUT = "bench/inputs.npy"  # under the gateway's data root
+GOAL_NO_CHURN = 0.90
+ASKED = {"items": 100_000, "cars": 500}
+
+
+def log(msg: str) -> None:
+    """Prints a timestamped progress line."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Budget:
+    """The whole benchmark is bounded; each wait asks how long it may still take."""
+
+    def __init__(self, total_s: float) -> None:
+        self.deadline = time.monotonic() + total_s
+
+    def left(self) -> float:
+        """Seconds left."""
+        return self.deadline - time.monotonic()
+
+
+class Kube:
+    """The machine's kubectl against the local control plane, as a user would type it."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+
+    def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        """Runs kubectl; raises on failure when ``check``."""
+        proc = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def json(self, *args: str) -> Any:
+        """``kubectl get ARGS -o json``, parsed."""
+        return json.loads(self("get", *args, "-o", "json"))
+
+    def cars(self) -> tuple[int, int]:
+        """(cars eligible, GPUs allocatable) over the pool's Nodes."""
+        eligible = gpus = 0
+        for n in self.json("nodes", "-l", f"parkfleet.io/pool={POOL}")["items"]:
+            st = n.get("status") or {}
+            state = parse_cars_condition(st.get("conditions"))
+            if state is not None:
+                eligible += state.cars_eligible
+            gpus += int((st.get("allocatable") or {}).get("nvidia.com/gpu", 0))
+        return eligible, gpus
+
+
+def pool_doc(cells: int, cell_size: int, grace_s: int) -> str:
+    """The FleetPool every run uses (lenient owners: every parked car plugged in may work)."""
+    return json.dumps(
+        {
+            "apiVersion": "parkfleet.io/v1alpha1",
+            "kind": "FleetPool",
+            "metadata": {"name": POOL},
+            "spec": {
+                "selector": {"matchAttributes": {"pool": POOL}},
+                "cellSize": cell_size,
+                "cells": cells,
+                "runtimes": ["onnxruntime"],
+                "gateway": {"graceSeconds": grace_s},
+            },
+        }
+    )
+
+
+def job_doc(name: str, items: int, per_unit: int, parallelism: int, batch: int) -> str:
+    """The InferenceJob (the digits sample's shape, sized for the fleet)."""
+    return json.dumps(
+        {
+            "apiVersion": "parkfleet.io/v1alpha1",
+            "kind": "InferenceJob",
+            "metadata": {"name": name},
+            "spec": {
+                "pool": POOL,
+                "model": {"name": "digits", "outputNames": ["label", "probabilities"]},
+                "input": {"path": INPUT, "items": items},
+                "itemsPerUnit": per_unit,
+                "parallelism": parallelism,
+                "batchSize": batch,
+                "retriesPerUnit": 3,
+                "deadlineSeconds": 3600,
+                "output": {"path": f"results/{name}"},
+            },
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One of the three runs.
+
+    Attributes:
+        key: Name in the JSON and the table.
+        resume: Gateway resumes moved tasks from their checkpoint (False: ``--no-resume``).
+        churn: Whether the leaver processes are killed during the run.
+    """
+
+    key: str
+    resume: bool
+    churn: bool
+
+
+RUNS = (
+    RunSpec("no_churn", resume=True, churn=False),
+    RunSpec("churn30", resume=True, churn=True),
+    RunSpec("baseline_churn30", resume=False, churn=True),
+)
+
+
+def split_cars(cars: int, churn: float, procs: int) -> tuple[int, list[int]]:
+    """(stayers, leavers per leaver process)."""
+    leavers = round(cars * churn)
+    per = [leavers // procs + (1 if i < leavers % procs else 0) for i in range(procs)]
+    return cars - leavers, [n for n in per if n > 0]
+
+
+def kill_offsets(ideal_s: float, n: int) -> list[float]:
+    """Seconds after the job's creation at which each leaver process is killed.
+
+    Spread over the middle of the run (30 % to 80 % of the ideal duration): cars start
+    their units at staggered times (pods are created at the Job controller's pace), so
+    at any of these moments nearly every car of the process is in mid-unit. The same
+    offsets serve both churn runs: the same trace.
+    """
+    if n == 1:
+        return [round(0.5 * ideal_s, 1)]
+    return [round(ideal_s * (0.3 + 0.5 * i / (n - 1)), 1) for i in range(n)]
+
+
+def exactly_once(stack: DevStack, name: str, items: int, truth: np.ndarray) -> dict[str, Any]:
+    """Checks the unit files: every item's result exactly once, equal to local ONNX Runtime."""
+    files = sorted((stack.data / "results" / name).glob("unit-*.npz"))
+    firsts, labels = [], []
+    for f in files:
+        with np.load(f) as z:
+            firsts.append(int(z["first_item"][0]))
+            labels.append(np.asarray(z["label"]))
+    if not files:
+        return {"unit_files": 0, "every_item_exactly_once": False, "matches_local_onnx": False}
+    order = np.argsort(firsts)
+    covered = np.concatenate([np.arange(firsts[i], firsts[i] + len(labels[i])) for i in order])
+    got = np.concatenate([labels[i] for i in order])
+    once = bool(np.array_equal(covered, np.arange(items)))
+    return {
+        "unit_files": len(files),
+        "every_item_exactly_once": once,
+        "matches_local_onnx": once and bool(np.array_equal(got, truth)),
+    }
+
+
+def local_labels(stack: DevStack, x: np.ndarray) -> np.ndarray:
+    """The labels ONNX Runtime gives here, for comparison."""
+    import onnxruntime as ort
+
+    assert stack.model is not None
+    session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["label"], {"input": x})[0])
+
+
+def wait_cars(kube: Kube, cars: int, within: float) -> float:
+    """Waits until the pool's Nodes count every car eligible; returns the seconds it took."""
+    t0 = time.monotonic()
+    last = (0, 0)
+    while time.monotonic() - t0 < within:
+        last = kube.cars()
+        if last[0] >= cars and last[1] >= cars:
+            return time.monotonic() - t0
+        time.sleep(1.0)
+    raise TimeoutError(f"{cars} eligible cars not seen within {within:.0f}s (last: {last})")
+
+
+def start_fleets(
+    stack: DevStack, args: argparse.Namespace, stayers: int, leavers: list[int]
+) -> tuple[Proc, list[Proc]]:
+    """One process of stayers and one per group of leavers; cars spread over every cell."""
+    extra = [
+        "--compute=modelled",
+        f"--modelled-rate={args.rate}",
+        "--lenient-owners",
+        "--log-level=error",
+        f"--ramp={args.ramp_s}",  # later flags win: spread the TLS handshakes
+    ]
+    stay = stack.start_fleet(
+        stayers, args.cells, POOL, prefix="stay-", name="fleet-stay", extra=extra
+    )
+    leave = [
+        stack.start_fleet(
+            n, args.cells, POOL, prefix=f"leave{i}-", name=f"fleet-leave{i}", extra=extra
+        )
+        for i, n in enumerate(leavers)
+    ]
+    return stay, leave
+
+
+def run_one(
+    stack: DevStack,
+    kube: Kube,
+    args: argparse.Namespace,
+    spec: RunSpec,
+    truth: np.ndarray,
+    budget: Budget,
+) -> dict[str, Any]:
+    """One run of the job: fresh gateway and fleet, the job, its numbers, clean up."""
+    name = f"bench-{spec.key.replace('_', '-')}"
+    gw = stack.procs.get("gateway")
+    if gw is not None:
+        gw.stop()  # the new one binds the same address: cars reconnect there
+    stack.start_gateway("--log-level=warning", *([] if spec.resume else ["--no-resume"]))
+    stayers, leavers = split_cars(args.cars, args.churn, args.leaver_procs)
+    stay, leave = start_fleets(stack, args, stayers, leavers)
+    out: dict[str, Any] = {"job": name, "resume_from_checkpoint": spec.resume}
+    try:
+        out["fleet_connect_s"] = round(wait_cars(kube, args.cars, min(240.0, budget.left())), 1)
+        log(f"{spec.key}: {args.cars} cars eligible after {out['fleet_connect_s']}s")
+        ideal_s = args.items / (args.cars * args.rate)
+        kills = kill_offsets(ideal_s, len(leave)) if spec.churn else []
+        shutil.rmtree(stack.data / "results" / name, ignore_errors=True)
+        created = time.time()
+        kube(
+            "apply",
+            "-f",
+            "-",
+            stdin=job_doc(name, args.items, args.items_per_unit, args.cars, args.batch),
+        )
+        killed_at: list[float | None] = [None] * len(leave)
+        st: dict[str, Any] = {}
+        busy_before_kill: list[int] = []
+        timeline: list[dict[str, Any]] = []
+        limit = min(args.run_cap_s, budget.left() - 30)
+        while time.time() - created < limit:
+            for i, off in enumerate(kills):
+                if killed_at[i] is None and time.time() - created >= off:
+                    busy_before_kill.append(_busy(leave[i]))
+                    leave[i].kill()  # its cars drive off without a word, mid-unit
+                    killed_at[i] = time.time()
+                    log(f"{spec.key}: killed {leavers[i]} cars ({leave[i].name}) at +{off:.0f}s")
+            st = kube.json("ij", name).get("status", {})
+            conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
+            units = st.get("units", {})
+            timeline.append(
+                {
+                    "t_s": round(time.time() - created, 1),
+                    "succeeded": units.get("succeeded", 0),
+                    "running": units.get("running", 0),
+                    "moved": st.get("carsMoved", 0),
+                }
+            )
+            if "True" in (conds.get("Complete"), conds.get("Failed")) and (
+                st.get("completionTime") or conds.get("Failed") == "True"
+            ):
+                break
+            time.sleep(args.poll_s)
+        observed_s = time.time() - created
+        # Kill what was scheduled but not reached (a run that ended early), for the same trace.
+        for i, proc in enumerate(leave):
+            if killed_at[i] is None and spec.churn:
+                proc.kill()
+                killed_at[i] = time.time()
+        conds = {c["type"]: c for c in st.get("conditions", [])}
+        complete = conds.get("Complete", {}).get("status") == "True"
+        start, end = st.get("startTime"), st.get("completionTime")
+        duration = elapsed_s(start, end) if start and end else float("nan")
+        done = int(st.get("items", {}).get("succeeded", 0))
+        t_start = _epoch(start) if start else created
+        t_end = t_start + duration
+        # Car-seconds the fleet offered within the job's window.
+        car_s = stayers * duration
+        for n, k in zip(leavers, killed_at, strict=True):
+            left_at = t_end if k is None or not spec.churn else min(k, t_end)
+            car_s += n * max(0.0, left_at - t_start)
+        ideal_rate = args.rate * car_s / duration if duration > 0 else float("nan")
+        achieved = done / duration if duration > 0 else float("nan")
+        out.update(
+            {
+                "complete": complete,
+                "conditions": {
+                    k: f"{v.get('reason')}: {v.get('message')}" for k, v in conds.items()
+                },
+                "start_time": start,
+                "completion_time": end,
+                "duration_s": duration,
+                "observed_duration_s": round(observed_s, 1),
+                "items_succeeded": done,
+                "units": st.get("units", {}),
+                "cars_used": st.get("carsUsed", 0),
+                "cars_moved": st.get("carsMoved", 0),
+                "status_items_per_second": st.get("itemsPerSecond", 0),
+                "achieved_items_per_second": round(achieved, 1),
+                "ideal_items_per_second": round(ideal_rate, 1),
+                "efficiency": round(achieved / ideal_rate, 4) if ideal_rate > 0 else None,
+                "car_seconds_eligible": round(car_s, 1),
+                "kill_offsets_s": kills,
+                "killed_at_s_after_start": [
+                    None if k is None else round(k - t_start, 1) for k in killed_at
+                ],
+                "leaver_cars_busy_before_kill": busy_before_kill,
+                "cars_left": sum(leavers) if spec.churn else 0,
+                "all_cars_busy_after_s": _ramp_s(timeline, args.cars),
+                "timeline": timeline,
+            }
+        )
+        out.update(exactly_once(stack, name, args.items, truth))
+        log(
+            f"{spec.key}: {'complete' if complete else 'NOT complete'} in {duration:.0f}s, "
+            f"{achieved:.0f}/{ideal_rate:.0f} items/s = {out['efficiency']}, "
+            f"moves {out['cars_moved']}, exactly once {out['every_item_exactly_once']}"
+        )
+    finally:
+        kube(
+            "delete", "ij", name, "--ignore-not-found", "--wait=true", "--timeout=120s", check=False
+        )
+        for proc in (stay, *leave):
+            proc.stop()
+    return out
+
+
+def _ramp_s(timeline: list[dict[str, Any]], cars: int) -> float | None:
+    """Seconds after creation until 95 % of the cars had a unit's pod Running (pod ramp)."""
+    for point in timeline:
+        if point["running"] + point["succeeded"] >= 0.95 * cars:
+            return float(point["t_s"])
+    return None
+
+
+def _epoch(rfc3339: str) -> float:
+    return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _busy(proc: Proc) -> int:
+    """Cars of a simulator process busy at its last report (every few seconds)."""
+    for line in reversed(proc.text().splitlines()):
+        if " busy " in line:
+            return int(line.split(" busy ", 1)[1].split()[0])
+    return -1
+
+
+def summarise(r: dict[str, Any]) -> None:
+    """Writes the JSON and prints the table."""
+    runs = r.get("runs", {})
+    flat = {
+        "efficiency_no_churn": runs.get("no_churn", {}).get("efficiency"),
+        "efficiency_churn30": runs.get("churn30", {}).get("efficiency"),
+        "baseline_efficiency_churn30": runs.get("baseline_churn30", {}).get("efficiency"),
+    }
+    r = {**flat, **r}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(r, indent=2, default=str) + "\n")
+
+    def f(v: Any, fmt: str = ".3f") -> str:
+        return "-" if v is None or v != v else format(v, fmt)
+
+    print()
+    print(
+        f"bench-jobs: {r['items']:,} items (asked {ASKED['items']:,}) on {r['cars']} cars "
+        f"(asked {ASKED['cars']}) in {r['cells']} cells, {r['items_per_unit']} items/unit, "
+        f"{r['rate']:g} items/s per car (a unit ~{r['unit_s']:.0f}s), on {r['machine']}"
+    )
+    cols = ("no_churn", "churn30", "baseline_churn30")
+    print(f"{'':30}" + "".join(f"{c:>18}" for c in cols))
+    rows: list[tuple[str, str, str]] = [
+        ("efficiency", "efficiency", ".3f"),
+        ("achieved items/s", "achieved_items_per_second", ".0f"),
+        ("ideal items/s", "ideal_items_per_second", ".0f"),
+        ("job duration s", "duration_s", ".0f"),
+        ("95% of cars busy after s", "all_cars_busy_after_s", ".0f"),
+        ("resume from checkpoint", "resume_from_checkpoint", ""),
+        ("cars that left", "cars_left", ""),
+        ("units succeeded/total", "", ""),
+        ("units failed", "", ""),
+        ("cars used", "cars_used", ""),
+        ("task moves (carsMoved)", "cars_moved", ""),
+        ("unit files", "unit_files", ""),
+        ("every item exactly once", "every_item_exactly_once", ""),
+        ("= local ONNX Runtime", "matches_local_onnx", ""),
+    ]
+    for label, key, fmt in rows:
+        cells = []
+        for c in cols:
+            run = runs.get(c, {})
+            units = run.get("units", {})
+            if label.startswith("units succeeded"):
+                v = f"{units.get('succeeded', '-')}/{units.get('total', '-')}"
+            elif label == "units failed":
+                v = str(units.get("failed", "-"))
+            elif fmt:
+                v = f(run.get(key), fmt)
+            else:
+                v = str(run.get(key, "-"))
+            cells.append(f"{v:>18}")
+        print(f"{label:30}" + "".join(cells))
+    print(f"goal: efficiency_no_churn >= {GOAL_NO_CHURN}")
+    if r.get("notes"):
+        for n in r["notes"]:
+            print(f"note: {n}")
+    print(f"wrote {OUT}")
+
+
+def run(args: argparse.Namespace, cluster: devcluster.LocalCluster, work: Path) -> None:
+    """The three runs on one control plane, operator and data root."""
+    budget = Budget(args.time_cap_s)
+    kube = Kube(cluster.kubeconfig)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), {platform.node()}",
+        "asked": ASKED,
+        "items": args.items,
+        "cars": args.cars,
+        "cells": args.cells,
+        "items_per_unit": args.items_per_unit,
+        "units": -(-args.items // args.items_per_unit),
+        "rate": args.rate,
+        "unit_s": args.items_per_unit / args.rate,
+        "ideal_job_s": args.items / (args.cars * args.rate),
+        "churn": args.churn,
+        "batch_size": args.batch,
+        "controlplane_flags": args.cp_flag,
+        "runs": {},
+        "notes": [],
+    }
+    stack = DevStack(work / "stack", cluster.kubeconfig, telemetry_interval_s=args.telemetry_s)
+    try:
+        for crd in ("fleetpools", "inferencejobs"):
+            kube("apply", "-f", str(ROOT / "crds" / f"{crd}.parkfleet.io.yaml"))
+            kube("wait", "--for=condition=Established", f"crd/{crd}.parkfleet.io", "--timeout=60s")
+        stack.prepare()
+        x = np.load(stack.data / "digits" / "inputs.npy")
+        reps = -(-args.items // len(x))
+        big = np.ascontiguousarray(np.tile(x, (reps, 1))[: args.items])
+        (stack.data / INPUT).parent.mkdir(parents=True, exist_ok=True)
+        np.save(stack.data / INPUT, big)
+        truth = local_labels(stack, big)
+        stack.start_operator()
+        kube(
+            "apply",
+            "-f",
+            "-",
+            stdin=pool_doc(args.cells, -(-args.cars // args.cells), args.grace_s),
+        )
+        wanted = [s for s in RUNS if s.key in args.runs.split(",")]
+        for spec in wanted:
+            if budget.left() < 60:
+                results["notes"].append(f"{spec.key}: not run, the time cap was reached")
+                continue
+            log(f"run {spec.key}")
+            try:
+                results["runs"][spec.key] = run_one(stack, kube, args, spec, truth, budget)
+            except Exception as e:  # keep what the other runs measured
+                results["runs"][spec.key] = {"error": repr(e)}
+                results["notes"].append(f"{spec.key} failed: {e!r}")
+                log(f"{spec.key} failed: {e!r}")
+    finally:
+        stack.stop()
+        kube("delete", "fp", POOL, "--ignore-not-found", "--wait=false", check=False)
+        summarise(results)
+
+
+def main() -> int:
+    """Parses the flags, starts a control plane, runs, stops it."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--cars", type=int, default=500)
+    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--items-per-unit", type=int, default=100)
+    p.add_argument("--rate", type=float, default=2.0, help="modelled items/s per car")
+    # The car infers SLICE_BATCHES batches per call and checkpoints between calls: at 2
+    # items/s, batch 2 means a slice of 16 items (8 s), so a car that leaves loses ~8 s.
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--churn", type=float, default=0.30, help="share of the cars that leave")
+    p.add_argument("--leaver-procs", type=int, default=3)
+    p.add_argument("--grace-s", type=int, default=600, help="the pool's graceSeconds")
+    p.add_argument("--telemetry-s", type=float, default=5.0)
+    p.add_argument("--ramp-s", type=float, default=10.0, help="spread the cars' connections")
+    p.add_argument("--poll-s", type=float, default=2.0)
+    p.add_argument("--runs", default=",".join(s.key for s in RUNS))
+    p.add_argument("--run-cap-s", type=float, default=400.0, help="one run at most")
+    p.add_argument("--time-cap-s", type=float, default=900.0, help="the whole benchmark")
+    p.add_argument(
+        "--cp-flag",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a `pf-controlplane up` flag (repeatable), e.g. node-monitor-period=1s",
+    )
+    args = p.parse_args()
+    cp_flags = dict(f.split("=", 1) for f in args.cp_flag)
+    if not devcluster.default_binary().exists():
+        print("the local control plane is not built: run `make controlplane`", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="parkfleet-bench-jobs-"))
+    log(f"starting a local control plane in {work}")
+    cluster = devcluster.start(work / "cluster", remove_dir_on_exit=True, flags=cp_flags)
+    try:
+        run(args, cluster, work)
+    finally:
+        devcluster.stop(cluster)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
