@@ -65,7 +65,9 @@ class NodeAgentConfig:
     lease_duration_s: int = 40
     status_check_s: float = 0.25
     status_min_interval_s: float = 1.0
-    status_heartbeat_s: float = 60.0
+    # Health travels in the Lease; like the kubelet's nodeStatusReportFrequency, an
+    # unchanged status is rewritten only every 5 minutes (the issue allows at most 1/min).
+    status_heartbeat_s: float = 300.0
     pool_resync_s: float = 30.0
 
 
