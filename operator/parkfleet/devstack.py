@@ -193,11 +193,25 @@ class DevStack:
         return proc
 
     def start_gateway(self, *extra: str) -> Proc:
-        """``parkfleet gateway`` with its node agent; waits until it serves."""
+        """``parkfleet gateway`` (shard 0) with its node agent; waits until it serves."""
+        proc, address, kubelet_port = self._gateway(
+            "gateway", self.gateway_address or "127.0.0.1:0", self.kubelet_port, extra
+        )
+        # Keep the same ports on restart: cars reconnect to the same address.
+        self.gateway_address, self.kubelet_port = address, kubelet_port
+        return proc
+
+    def start_shard(self, shard: int, listen: str, *extra: str) -> Proc:
+        """Another gateway shard (``gateway-N``), listening on ``listen``."""
+        proc, _, _ = self._gateway(f"gateway-{shard}", listen, 0, (f"--shard={shard}", *extra))
+        return proc
+
+    def _gateway(
+        self, name: str, listen: str, kubelet_port: int, extra: Sequence[str]
+    ) -> tuple[Proc, str, int]:
         assert self.model is not None, "prepare() first"
-        listen = self.gateway_address or "127.0.0.1:0"
         proc = self._spawn(
-            "gateway",
+            name,
             [
                 "gateway",
                 f"--listen={listen}",
@@ -206,7 +220,7 @@ class DevStack:
                 f"--model=digits={self.model.model_path}",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--data-dir={self.data}",
-                f"--kubelet-port={self.kubelet_port}",
+                f"--kubelet-port={kubelet_port}",
                 f"--telemetry-interval-s={self.telemetry_interval_s}",
                 f"--telemetry-timeout-s={max(3 * self.telemetry_interval_s, 3.0)}",
                 *extra,
@@ -218,11 +232,9 @@ class DevStack:
             m = re.search(r"node agent: shard \d+, kubelet API port (\d+)", text)
             a = re.search(r"listening on (\S+)", text)
             if m and a:
-                # Keep the same ports on restart: cars reconnect to the same address.
-                self.gateway_address, self.kubelet_port = a.group(1), int(m.group(1))
-                return proc
+                return proc, a.group(1), int(m.group(1))
             if not proc.alive() or time.monotonic() > deadline:
-                raise StackError(f"gateway did not start:\n{proc.tail()}")
+                raise StackError(f"{name} did not start:\n{proc.tail()}")
             time.sleep(0.1)
 
     def start_fleet(

@@ -108,3 +108,17 @@ seccompProfile:
     {{- end }}
   {{- end }}
 {{- end }}
+
+{{/* Every gateway shard's car address, by index, comma-separated. */}}
+{{- define "parkfleet.gateway.shardAddresses" -}}
+{{- if .Values.gateway.shardAddresses -}}
+{{- join "," .Values.gateway.shardAddresses -}}
+{{- else -}}
+{{- $fullname := include "parkfleet.fullname" . -}}
+{{- $out := list -}}
+{{- range $i := until (int .Values.gateway.shards) -}}
+{{- $out = append $out (printf "%s-gateway-%d.%s-gateway-headless.%s.svc:%d" $fullname $i $fullname $.Release.Namespace (int $.Values.gateway.grpcPort)) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
+{{- end }}

@@ -69,6 +69,8 @@ class GatewayConfig:
     metrics_port: int | None = None
     pool_floors: Mapping[str, Policy] = field(default_factory=dict)
     resume_from_checkpoint: bool = True
+    shard: int = 0
+    shard_addresses: list[str] = field(default_factory=list)
     grpc_options: Sequence[tuple[str, Any]] = ()
 
     @classmethod
@@ -115,6 +117,8 @@ class Gateway:
             hello_timeout_s=config.hello_timeout_s,
             pool_floors=config.pool_floors,
         )
+        self._service.shard = config.shard
+        self._service.shard_addresses = list(config.shard_addresses)
         self._server: grpc.aio.Server | None = None
         self._port = 0
         self._loops: list[asyncio.Task[None]] = []

@@ -127,6 +127,8 @@ def _main(args: argparse.Namespace) -> int:
         cells_per_pool=args.cells_per_pool,
         grace_s=args.grace_s,
         resume_from_checkpoint=not args.no_resume,
+        shard=args.shard,
+        shard_addresses=[a for a in args.shard_addresses.split(",") if a],
     )
     agent = None
     if args.node_agent or args.kubeconfig:
@@ -164,6 +166,13 @@ def register(subparsers: Any) -> None:
     k.add_argument("--node-agent", action="store_true", help="register cells as Nodes")
     k.add_argument("--kubeconfig", default=None, help="implies --node-agent")
     k.add_argument("--shard", type=int, default=0, help="this gateway's shard index")
+    k.add_argument(
+        "--shard-addresses",
+        default="",
+        metavar="ADDR0,ADDR1,...",
+        help="every shard's car address (host:port) by index: cars of other shards' cells "
+        "are redirected there",
+    )
     k.add_argument("--data-dir", type=Path, default=Path("."), help="task inputs and results")
     k.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
     k.add_argument("--advertise-address", default=None, help="default: the --listen host")

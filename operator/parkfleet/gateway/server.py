@@ -33,6 +33,7 @@ from parkfleet.protocol.limits import (
     check_protocol_version,
     validate_car_message,
 )
+from parkfleet.shards import shard_of
 
 __all__ = [
     "REASON_LINK_CLOSED",
@@ -89,6 +90,10 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         # None: cells come from the certificate's pool/cell attributes (no Kubernetes);
         # a list: the FleetPools' selectors decide (the node agent sets it).
         self.pools: list[FleetPoolSpec] | None = None
+        # Sharding (decision 8): this gateway's shard, and every shard's car address. A
+        # car whose cell another shard owns is redirected there in answer to its Hello.
+        self.shard = 0
+        self.shard_addresses: list[str] = []
 
     def place(self, identity: CarIdentity) -> PoolCell:
         """The pool, cell and pool floor of a car."""
@@ -97,6 +102,15 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             cell = cell_of(identity.car_id, identity.attributes, self.cells_per_pool)
             return PoolCell(pool, cell, self.pool_floors.get(pool))
         return pool_cell_of(identity.car_id, identity.attributes, self.pools, self._cars_in())
+
+    def owner_of(self, placed: PoolCell) -> int | None:
+        """The shard that owns a car's cell, or None when sharding does not apply."""
+        if not self.shard_addresses or self.pools is None:
+            return None
+        pool = next((p for p in self.pools if p.name == placed.pool), None)
+        if pool is None or pool.shards <= 1:
+            return None
+        return shard_of(placed.cell, pool.shards)
 
     def _cars_in(self, car_id: str = "") -> Callable[[str], int]:
         """Counts the cars of a cell, not counting ``car_id`` (a car being re-placed)."""
@@ -127,6 +141,15 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 policy = policy.stricter(placed.floor)
             if policy != car.eligibility.policy:
                 self._registry.set_policy(car, policy)
+            shard = self.owner_of(placed)
+            if shard is not None and shard != self.shard:
+                # Its cell moved to another shard: the car reconnects and is redirected.
+                car.close(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "Resharded",
+                    f"cell {placed.cell} now belongs to gateway shard {shard}",
+                )
+                continue
             if placed.cell != car.cell.id:
                 self._registry.move(car, self._registry.cell(placed.cell, placed.pool))
                 moved += 1
@@ -228,6 +251,25 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             )
         self._metrics.message("hello")
         placed = self.place(identity)
+        shard = self.owner_of(placed)
+        if shard is not None and shard != self.shard:
+            if shard >= len(self.shard_addresses):
+                self._metrics.streams_closed.labels("NoShardAddress").inc()
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"cell {placed.cell} belongs to shard {shard}, "
+                    "whose address this gateway does not know",
+                )
+            self._metrics.streams_closed.labels("Redirected").inc()
+            await context.write(
+                pb.GatewayMessage(
+                    redirect=pb.Redirect(
+                        address=self.shard_addresses[shard],
+                        reason=f"cell {placed.cell} belongs to gateway shard {shard}",
+                    )
+                )
+            )
+            return None
         cell = self._registry.cell(placed.cell, placed.pool)
         caps = hello.capabilities
         owner = self._registry.intern(Policy.from_proto(hello.policy))
