@@ -34,7 +34,7 @@ from parkfleet.nodeagent.compare import agree, majority
 from parkfleet.nodeagent.logs import LogStore
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster
-from parkfleet.nodeagent.taskio import ConfigMapInput, DirectorySink, NpyInput, resolve_under
+from parkfleet.nodeagent.taskio import ConfigMapInput, DirectorySink, VolumeInput, resolve_under
 from parkfleet.nodeagent.translate import PodTask, Unsupported, translate
 
 __all__ = ["CAR_ASSIGNED", "REASON_UNSUPPORTED", "PodDriver"]
@@ -281,7 +281,7 @@ class PodDriver:
         model = self._model(task)
         # Loading a model to read its names is slow work: off the event loop.
         info = await asyncio.to_thread(self.gateway.models.describe, model.sha256)
-        source: NpyInput | ConfigMapInput
+        source: VolumeInput | ConfigMapInput
         if task.input_configmap is not None:
             name, key = task.input_configmap
             cm = await self.core.read_namespaced_config_map(name, pod["metadata"]["namespace"])
@@ -290,7 +290,7 @@ class PodDriver:
             source = ConfigMapInput(cm.data[key])
             where = f"ConfigMap {name}/{key}"
         else:
-            source = NpyInput(resolve_under(self.data_root, task.input_path))
+            source = VolumeInput(resolve_under(self.data_root, task.input_path))
             where = task.input_path
         end = task.item_end if task.item_end is not None else source.items
         if end > source.items:

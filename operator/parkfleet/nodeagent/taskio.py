@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ConfigMapInput", "DirectorySink", "NpyInput", "resolve_under"]
+__all__ = ["ConfigMapInput", "DirectorySink", "VolumeInput", "resolve_under"]
 
 
 def resolve_under(root: Path, relative: str) -> Path:
@@ -29,27 +29,61 @@ def resolve_under(root: Path, relative: str) -> Path:
     return path
 
 
-class NpyInput:
-    """Items from a ``.npy`` file, memory-mapped so big inputs cost no memory up front.
+class VolumeInput:
+    """Items from the data volume: a ``.npy`` or ``.jsonl`` file, or a directory of them.
+
+    ``.npy`` files are memory-mapped, so big inputs cost no memory up front; a
+    ``.jsonl`` file holds one item per line (a JSON list) and is read into memory. In a
+    directory the files are taken in name order and their items numbered on end to end.
 
     Args:
-        path: The file; its first dimension is the item.
+        path: A file, or a directory of ``.npy``/``.jsonl`` files.
+        dtype: Element type for ``.jsonl`` items (the model input's).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dtype: str = "float32") -> None:
         self.path = path
-        self.array: npt.NDArray[np.generic] = np.load(path, mmap_mode="r", allow_pickle=False)
-        if self.array.ndim < 1:
-            raise ValueError(f"{path.name} holds a scalar, not items")
+        files = (
+            sorted(f for f in path.iterdir() if f.suffix in (".npy", ".jsonl"))
+            if path.is_dir()
+            else [path]
+        )
+        if not files:
+            raise ValueError(f"{path.name}/ holds no .npy or .jsonl files")
+        self.parts: list[npt.NDArray[np.generic]] = [_load(f, dtype) for f in files]
+        # starts[i] is the number of the first item of part i.
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
 
     @property
     def items(self) -> int:
-        """How many items the file holds."""
-        return int(self.array.shape[0])
+        """How many items the input holds."""
+        return int(self.starts[-1])
+
+    def _slice(self, start: int, end: int) -> npt.NDArray[np.generic]:
+        pieces = []
+        for i, part in enumerate(self.parts):
+            lo, hi = self.starts[i], self.starts[i + 1]
+            if hi <= start or lo >= end:
+                continue
+            pieces.append(part[max(start, lo) - lo : min(end, hi) - lo])
+        if len(pieces) == 1:
+            return np.ascontiguousarray(pieces[0])
+        return np.concatenate(pieces)
 
     async def read(self, start: int, end: int) -> npt.NDArray[np.generic]:
         """Items ``[start, end)``, read off the event loop (page faults are disk I/O)."""
-        return await asyncio.to_thread(lambda: np.ascontiguousarray(self.array[start:end]))
+        return await asyncio.to_thread(self._slice, start, end)
+
+
+def _load(path: Path, dtype: str) -> npt.NDArray[np.generic]:
+    if path.suffix == ".jsonl":
+        with path.open() as f:
+            array = np.asarray([json.loads(line) for line in f if line.strip()], dtype=dtype)
+    else:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.ndim < 1 or len(array) == 0:
+        raise ValueError(f"{path.name} holds no items")
+    return array
 
 
 class ConfigMapInput:

@@ -36,7 +36,7 @@ __all__ = [
 ENV_MODEL = "PARKFLEET_MODEL"  # a model name the gateway's model store knows
 ENV_MODEL_SHA256 = "PARKFLEET_MODEL_SHA256"  # or a content hash
 ENV_MODEL_URI = "PARKFLEET_MODEL_URI"  # where cars fetch it ("gateway:" by default)
-ENV_INPUT = "PARKFLEET_INPUT"  # a .npy file under the gateway's data root
+ENV_INPUT = "PARKFLEET_INPUT"  # a .npy/.jsonl file or a directory of them, on the data root
 ENV_INPUT_CONFIGMAP = "PARKFLEET_INPUT_CONFIGMAP"  # or NAME/KEY: a JSON list of items
 ENV_INPUT_NAME = "PARKFLEET_INPUT_NAME"
 ENV_OUTPUT_NAMES = "PARKFLEET_OUTPUT_NAMES"  # comma-separated
@@ -261,7 +261,7 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
     if bool(input_path) == bool(configmap):
         raise Unsupported(
             f"{at}.env",
-            f"set one of {ENV_INPUT} (a .npy file under the data root) and "
+            f"set one of {ENV_INPUT} (a .npy/.jsonl file or directory on the data root) and "
             f"{ENV_INPUT_CONFIGMAP} (NAME/KEY of a ConfigMap)",
         )
     input_cm: tuple[str, str] | None = None
