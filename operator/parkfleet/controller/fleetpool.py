@@ -7,7 +7,6 @@ create/update handlers only make the first answer come sooner.
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import GROUP, LABEL_POOL, VERSION, FleetPoolSpec, node_name
+from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.kube import api_client
 from parkfleet.controller.metrics import METRICS
 from parkfleet.nodeagent.nodes import parse_cars_condition
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 RESYNC_S = 5.0
 LEASE_NAMESPACE = "kube-node-lease"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ready(node: Mapping[str, Any]) -> bool:
@@ -99,22 +95,6 @@ def pool_status(
     }
 
 
-def _merge_conditions(
-    old: list[Mapping[str, Any]] | None, new: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Keeps ``lastTransitionTime`` unless a condition's status changed."""
-    before = {c.get("type"): c for c in old or ()}
-    out = []
-    for cond in new:
-        prev = before.get(cond["type"])
-        if prev is not None and prev.get("status") == cond["status"]:
-            cond["lastTransitionTime"] = prev.get("lastTransitionTime") or _now()
-        else:
-            cond["lastTransitionTime"] = _now()
-        out.append(cond)
-    return out
-
-
 async def _pool_nodes(api: client.ApiClient, pool: str) -> dict[str, dict[str, Any]]:
     listed = await client.CoreV1Api(api).list_node(label_selector=f"{LABEL_POOL}={pool}")
     return {n.metadata.name: api.sanitize_for_serialization(n) for n in listed.items}
@@ -149,7 +129,7 @@ async def reconcile(
             body, reason="CellRemoved", message=f"removed Node {name}: the pool has fewer cells"
         )
     new = pool_status(spec, int(body["metadata"].get("generation", 0)), nodes)
-    new["conditions"] = _merge_conditions(status.get("conditions"), new["conditions"])
+    new["conditions"] = merge_conditions(status.get("conditions"), new["conditions"])
     METRICS.observe_pool(spec.name, new)
     old_ready: Mapping[str, Any] = next(
         (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}

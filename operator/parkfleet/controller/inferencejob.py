@@ -16,7 +16,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import GROUP, VERSION, InferenceJobSpec
-from parkfleet.controller.fleetpool import _merge_conditions
+from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
 from parkfleet.controller.kube import api_client
 from parkfleet.controller.metrics import METRICS
@@ -180,7 +180,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         pods = [api.sanitize_for_serialization(p) for p in listed.items]
     new = job_status(spec, generation, job, pods, problem)
     METRICS.observe_job(spec.namespace, spec.name, spec.pool, new)
-    new["conditions"] = _merge_conditions(status.get("conditions"), new["conditions"])
+    new["conditions"] = merge_conditions(status.get("conditions"), new["conditions"])
     _post_transitions(body, status, new)
     if _comparable(status) != _comparable(new):
         for key, value in new.items():
