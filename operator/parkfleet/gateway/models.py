@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from parkfleet.files import write_atomic
 from parkfleet.gateway.spec import ModelRef
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
@@ -59,9 +60,7 @@ class ModelStore:
         digest = hashlib.sha256(data).hexdigest()
         target = self.directory / digest
         if not target.exists():
-            tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            write_atomic(target, data)
         return ModelRef(sha256=digest, uri="gateway:", size_bytes=len(data))
 
     def add_file(self, path: Path, name: str | None = None) -> ModelRef:
@@ -77,9 +76,7 @@ class ModelStore:
                 raise ValueError(f"{name!r} is not a model name")
             names = self.directory / "names"
             names.mkdir(exist_ok=True)
-            tmp = names / f".{name}.{os.getpid()}.tmp"
-            tmp.write_text(ref.sha256 + "\n")
-            tmp.replace(names / name)
+            write_atomic(names / name, (ref.sha256 + "\n").encode())
         return ref
 
     def lookup(self, name: str) -> ModelRef:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from parkfleet.files import write_atomic
 
 __all__ = [
     "BUILDER_VERSION",
@@ -90,17 +90,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _npy_bytes(arr: npt.NDArray[Any]) -> bytes:
@@ -185,9 +174,9 @@ def build_digits(out_dir: Path, *, seed: int = 0, force: bool = False) -> Digits
     model_bytes = onx.SerializeToString()
     sha = hashlib.sha256(model_bytes).hexdigest()
 
-    _atomic_write(out_dir / INPUTS_FILE, _npy_bytes(np.ascontiguousarray(x_test, np.float32)))
-    _atomic_write(out_dir / LABELS_FILE, _npy_bytes(np.asarray(y_test, dtype=np.int64)))
-    _atomic_write(out_dir / MODEL_FILE, model_bytes)
+    write_atomic(out_dir / INPUTS_FILE, _npy_bytes(np.ascontiguousarray(x_test, np.float32)))
+    write_atomic(out_dir / LABELS_FILE, _npy_bytes(np.asarray(y_test, dtype=np.int64)))
+    write_atomic(out_dir / MODEL_FILE, model_bytes)
     manifest = {
         "builder_version": BUILDER_VERSION,
         "seed": seed,
@@ -203,7 +192,7 @@ def build_digits(out_dir: Path, *, seed: int = 0, force: bool = False) -> Digits
         "accuracy": accuracy,
     }
     # The manifest goes last: its presence with a matching sha marks a complete build.
-    _atomic_write(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     model = load_digits_model(out_dir)
     if model is None:  # pragma: no cover - only if the disk changed under us
         raise RuntimeError(f"digits model build in {out_dir} did not verify")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from parkfleet.files import write_atomic
 
 __all__ = ["ConfigMapInput", "DirectorySink", "VolumeInput", "resolve_under"]
 
@@ -155,7 +156,7 @@ class DirectorySink:
         """Writes the results to ``path`` atomically (with their first item number)."""
         arrays = self.arrays()
         arrays["first_item"] = np.array([self._first or 0], dtype=np.int64)
-        await asyncio.to_thread(_write_atomic, path, arrays)
+        await asyncio.to_thread(_save_npz, path, arrays)
 
     async def complete(self) -> None:
         """Writes the result file atomically (when the sink has a path)."""
@@ -164,13 +165,7 @@ class DirectorySink:
         self.completed.set()
 
 
-def _write_atomic(path: Path, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())

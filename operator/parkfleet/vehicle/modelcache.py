@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from parkfleet.files import write_atomic
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc
 
@@ -62,18 +61,6 @@ def _read_file(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise ModelFetchError(f"{path} is larger than {limit} bytes")
     return data
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fetch-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelCache:
@@ -133,7 +120,7 @@ class ModelCache:
                 data = await self._fetch(ref, sha, stub)
                 _verify(sha, data, ref.uri or "gateway:")
                 if self._dir is not None:
-                    await asyncio.to_thread(_write_atomic, self._dir / sha, data)
+                    await asyncio.to_thread(write_atomic, self._dir / sha, data)
             self._remember(sha, data)
             return data
 
