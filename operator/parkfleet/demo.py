@@ -31,16 +31,7 @@ DEMO_ITEMS = 20_000
 
 
 def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
+    return devcluster.kubectl(kubeconfig, *args, stdin=stdin).stdout
 
 
 def _get(kubeconfig: Path, *args: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "LocalCluster",
     "default_binary",
     "die_with_parent",
+    "kubectl",
     "register",
     "start",
     "stop",
@@ -68,6 +69,40 @@ class LocalCluster:
 def default_binary() -> Path:
     """Where ``make controlplane`` puts the binary."""
     return Path(os.environ.get("PARKFLEET_CONTROLPLANE", REPO_ROOT / ".cache/bin/pf-controlplane"))
+
+
+def kubectl(
+    kubeconfig: Path,
+    *args: str,
+    stdin: str | None = None,
+    check: bool = True,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Runs the machine's kubectl against a cluster, as a user would type it.
+
+    Args:
+        kubeconfig: The cluster's kubeconfig.
+        args: kubectl's arguments.
+        stdin: Text for kubectl's standard input (e.g. a manifest for ``apply -f -``).
+        check: Raise when kubectl fails.
+        timeout: Seconds before kubectl is killed.
+
+    Returns:
+        The finished process (stdout and stderr as text).
+
+    Raises:
+        ClusterError: kubectl failed and ``check`` is set; the message has its stderr.
+    """
+    proc = subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
 
 
 def die_with_parent() -> None:

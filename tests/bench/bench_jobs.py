@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -94,16 +93,7 @@ class Kube:
 
     def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         """Runs kubectl; raises on failure when ``check``."""
-        proc = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.stdout
+        return devcluster.kubectl(self.kubeconfig, *args, stdin=stdin, check=check).stdout
 
     def json(self, *args: str) -> Any:
         """``kubectl get ARGS -o json``, parsed."""

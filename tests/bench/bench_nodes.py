@@ -53,7 +53,6 @@ import platform
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -165,16 +164,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        proc = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.stdout
+        return devcluster.kubectl(self.kubeconfig, *args, stdin=stdin).stdout
 
     async def apiserver_writes(self) -> dict[tuple[str, str, str], float]:
         """``apiserver_request_total`` summed by (verb, resource, subresource), writes only."""
