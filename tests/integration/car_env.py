@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from parkfleet.certs import FleetCA, KeyPair
-from parkfleet.gateway import Gateway, GatewayConfig, MemorySink, ModelRef, TaskEvent, TaskSpec
+from parkfleet.gateway import Gateway, MemorySink, ModelRef, TaskEvent, TaskSpec
 from parkfleet.models.digits import DigitsModel, build_digits
 from parkfleet.policy import Policy
 from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute
 from parkfleet.vehicle.agent import capabilities
+
+from .gateway_env import start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "cars"
@@ -191,17 +193,7 @@ async def start_env(tmp_path: Path, **config: Any) -> CarEnv:
     ca = FleetCA.create()
     certs = tmp_path / "certs"
     ca.save(certs)
-    server = ca.issue_gateway(["127.0.0.1", "localhost"])
-    gateway = Gateway(
-        GatewayConfig(
-            ca_pem=ca.cert_pem,
-            cert_pem=server.cert_pem,
-            key_pem=server.key_pem,
-            models_dir=tmp_path / "models",
-            **config,
-        )
-    )
-    await gateway.start()
+    gateway = (await start_gateway(tmp_path, ca, **config)).gateway
     return CarEnv(ca=ca, gateway=gateway, certs=certs, events=Events(gateway))
 
 
