@@ -16,8 +16,9 @@ from parkfleet.devstack import DevStack
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Short grace periods so that node-lifecycle behaviour shows within seconds.
-NODE_MONITOR_GRACE_S = 10
+# Short grace periods so that node-lifecycle behaviour shows within seconds. The grace
+# must exceed the 10 s Lease renewal (Kubernetes' own is 40 s for the same 10 s).
+NODE_MONITOR_GRACE_S = 20
 E2E_FLAGS = {
     "node-monitor-grace-period": f"{NODE_MONITOR_GRACE_S}s",
     "node-monitor-period": "1s",
