@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,18 @@ from parkfleet.certs import FleetCA, car_paths
 from parkfleet.devcluster import die_with_parent
 from parkfleet.models.digits import DigitsModel, build_digits
 
-__all__ = ["DevStack", "Proc", "StackError"]
+__all__ = ["ADMISSION_WEBHOOK", "DevStack", "Proc", "StackError", "free_port"]
+
+# The ValidatingWebhookConfiguration a local operator keeps pointing at itself.
+ADMISSION_WEBHOOK = "admission.parkfleet.io"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a process about to listen on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,6 +131,7 @@ class DevStack:
     procs: dict[str, Proc] = field(default_factory=dict)
     gateway_address: str = ""
     kubelet_port: int = 0
+    admission_port: int = 0
     model: DigitsModel | None = None
 
     @property
@@ -186,10 +199,22 @@ class DevStack:
         return proc
 
     def start_operator(self, metrics_port: int | None = None) -> Proc:
-        """``parkfleet operator``, serving ``/metrics`` on ``metrics_port`` when given."""
+        """``parkfleet operator`` with its admission webhook (on the same port across
+        restarts), serving ``/metrics`` on ``metrics_port`` when given; waits until the
+        webhook is configured."""
+        self.admission_port = self.admission_port or free_port()
         extra = [f"--metrics-port={metrics_port}"] if metrics_port is not None else []
-        proc = self._spawn("operator", ["operator", *extra])
-        proc.wait_for_line(r"Initial authentication has finished", timeout=60)
+        proc = self._spawn(
+            "operator",
+            [
+                "operator",
+                f"--admission-port={self.admission_port}",
+                "--admission-addr=127.0.0.1",
+                f"--admission-manage={ADMISSION_WEBHOOK}",
+                *extra,
+            ],
+        )
+        proc.wait_for_line(r"Reconfiguring the validating webhook", timeout=60)
         return proc
 
     def start_gateway(self, *extra: str) -> Proc:

@@ -8,6 +8,7 @@ restricted Pod Security admission would have refused them otherwise), not that t
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -20,8 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from parkfleet import devcluster
+from parkfleet.controller.admission import HANDLER_ID
 
 from .conftest import Kubectl
 from .kube import get_json, until
@@ -176,6 +179,36 @@ def test_operator_is_recreate_with_peering_and_a_lower_priority_standby(helm: He
     alone = helm.template("--set=operator.peering.enabled=false")
     assert [d["metadata"]["name"] for d in kinds(alone, "Deployment")] == ["t-parkfleet-operator"]
     assert not kinds(alone, "ClusterKopfPeering")
+
+
+def test_admission_webhook_reaches_the_operators_handler_over_its_own_ca(helm: Helm) -> None:
+    objects = helm.template()
+    (vwc,) = kinds(objects, "ValidatingWebhookConfiguration")
+    (hook,) = vwc["webhooks"]
+    service = hook["clientConfig"]["service"]
+    assert service["path"] == f"/{HANDLER_ID}"  # where Kopf serves the handler
+    (svc,) = [o for o in kinds(objects, "Service") if o["metadata"]["name"] == service["name"]]
+    (port,) = [p for p in svc["spec"]["ports"] if p["port"] == service["port"]]
+    secret = next(o for o in kinds(objects, "Secret") if o["type"] == "kubernetes.io/tls")
+    for name, spec in pod_specs(objects).items():
+        if "operator" not in name:
+            continue
+        container = spec["containers"][0]
+        assert port["targetPort"] in [p["name"] for p in container["ports"]]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["admission-tls"]["secret"]["secretName"] == secret["metadata"]["name"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(hook["clientConfig"]["caBundle"]))
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{service['name']}.pf.svc" in names.get_values_for_type(x509.DNSName)
+    assert (
+        kinds(
+            helm.template("--set=operator.admission.enabled=false"),
+            "ValidatingWebhookConfiguration",
+        )
+        == []
+    )
 
 
 def test_gateway_shards_come_from_the_pod_index(helm: Helm) -> None:

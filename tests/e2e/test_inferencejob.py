@@ -133,6 +133,8 @@ def test_digits_job_matches_local_onnx_item_for_item(jobs: DevStack, kubectl: Ku
         ({"output": "{path: /etc}"}, "spec.output.path must be relative"),
         ({"model": "{name: digits, uri: 'ftp://x'}"}, "spec.model.uri must be"),
         ({"redundancy": "{copies: 2}"}, "spec.redundancy.compare is required"),
+        # Not a schema rule: the operator's admission webhook looks the pool up.
+        ({"pool": "atlantis"}, 'spec.pool: Not found: no FleetPool named "atlantis"'),
     ],
 )
 def test_invalid_job_is_rejected_naming_the_field(
@@ -143,18 +145,20 @@ def test_invalid_job_is_rejected_naming_the_field(
     assert expected in proc.stderr
 
 
-def test_unknown_pool_is_reported_on_the_job(jobs: DevStack, kubectl: Kubectl) -> None:
-    kubectl("apply", "-f", "-", stdin=job("nowhere", pool="atlantis"))
+def test_pool_deleted_under_a_job_is_reported_on_the_job(jobs: DevStack, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("ephemeral"))
+    kubectl("apply", "-f", "-", stdin=job("orphaned", pool="ephemeral"))
+    kubectl("delete", "fp", "ephemeral", "--wait=true", "--timeout=60s")
     cond = until(
         lambda: (
-            condition(kubectl, "nowhere", "Progressing").get("reason") == "UnknownPool"
-            and condition(kubectl, "nowhere", "Progressing")
+            condition(kubectl, "orphaned", "Progressing").get("reason") == "UnknownPool"
+            and condition(kubectl, "orphaned", "Progressing")
         ),
         60,
         "the UnknownPool condition",
     )
-    assert "spec.pool: no FleetPool named 'atlantis'" in cond["message"]
-    kubectl("delete", "ij", "nowhere")
+    assert "spec.pool: no FleetPool named 'ephemeral'" in cond["message"]
+    kubectl("delete", "ij", "orphaned")
 
 
 def test_model_that_fails_to_load_fails_the_job(jobs: DevStack, kubectl: Kubectl) -> None:

@@ -12,7 +12,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from parkfleet.kubemetrics import KubeApiMetrics
 
@@ -107,6 +107,12 @@ class OperatorMetrics:
             "parkfleet_inferencejob_condition",
             "1 when the job's condition (Progressing, Complete, Failed) is True, else 0.",
             [*_JOB_LABELS, "condition"],
+            registry=r,
+        )
+        self.admission_denials = Counter(
+            "parkfleet_admission_denials_total",
+            "Requests the operator's admission webhook refused, by reason (e.g. UnknownPool).",
+            ["reason"],
             registry=r,
         )
         self.kube_api = KubeApiMetrics.of(r)
