@@ -52,7 +52,6 @@ import json
 import platform
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -66,7 +65,7 @@ from kubernetes_asyncio import client, config, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from parkfleet import devcluster
-from parkfleet.devstack import DevStack, Proc
+from parkfleet.devstack import DevStack, Proc, free_port
 from parkfleet.gateway.api import Gateway, GatewayConfig
 from parkfleet.gateway.spec import TaskEvent
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
@@ -92,12 +91,6 @@ def log(msg: str) -> None:
 
 def quantile(values: list[float], q: float) -> float:
     return float(np.quantile(np.asarray(values), q)) if values else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Budget:

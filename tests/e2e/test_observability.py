@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from parkfleet.devstack import DevStack, Proc
+from parkfleet.devstack import DevStack, Proc, free_port
 
 from .conftest import REPO, Kubectl
 from .kube import get_json, until
@@ -56,13 +55,6 @@ SELECTORS_ONLY_ON_FAILURE = {
 # Grafana's built-in variables, as Grafana would fill them for a 1 s scrape interval.
 GRAFANA_VARS = {"$__rate_interval": "15s", "$__interval": "2s", "$__range": "10m"}
 SELECTOR = re.compile(r"\b(up|parkfleet_[a-z0-9_]+)\b(\{[^}]*\})?")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str, timeout: float = 10.0) -> bytes:
@@ -171,7 +163,7 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def observed(stack: DevStack, kubectl: Kubectl) -> Iterator[Observed]:
-    gateway_port, operator_port, prom_port = _free_port(), _free_port(), _free_port()
+    gateway_port, operator_port, prom_port = free_port(), free_port(), free_port()
     stack.start_gateway(f"--metrics-port={gateway_port}")
     stack.start_operator(metrics_port=operator_port)
     obs = Observed(

@@ -3,11 +3,9 @@ reaches the wrong shard is redirected to the right one in answer to its Hello.""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from parkfleet.devstack import DevStack
+from parkfleet.devstack import DevStack, free_port
 from parkfleet.shards import shard_of
 
 from .conftest import Kubectl
@@ -25,12 +23,6 @@ spec:
   cells: 4
   gateway: {shards: 2, graceSeconds: 30}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_cells_are_served_by_their_shard_and_cars_are_redirected(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -13,16 +12,10 @@ import pytest
 
 from parkfleet import cli
 from parkfleet.certs import FleetCA, KeyPair, car_paths
+from parkfleet.devstack import free_port
 from parkfleet.gateway.probe import ProbeCar
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_gateway_process(tmp_path: Path) -> None:
