@@ -41,6 +41,7 @@ def free_port() -> int:
         port: int = s.getsockname()[1]
         return port
 
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
