@@ -41,6 +41,7 @@ class ModelStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._described: dict[str, dict[str, Any]] = {}
 
     def path(self, sha256: str) -> Path:
         """The file of a model.
@@ -94,6 +95,10 @@ class ModelStore:
         path = self.path(sha)
         return ModelRef(sha256=sha, uri="gateway:", size_bytes=path.stat().st_size)
 
+    def described(self, sha256: str) -> dict[str, Any] | None:
+        """What :meth:`describe` returned before for this model, without any I/O."""
+        return self._described.get(sha256)
+
     def describe(self, sha256: str) -> dict[str, Any]:
         """The model's first input name and output names (read once, then cached).
 
@@ -101,9 +106,13 @@ class ModelStore:
             ModelNotFound: Malformed digest or no such model.
         """
         path = self.path(sha256)
+        known = self._described.get(sha256)
+        if known is not None:
+            return known
         meta = self.directory / "meta" / f"{sha256}.json"
         if meta.exists():
             info: dict[str, Any] = json.loads(meta.read_text())
+            self._described[sha256] = info
             return info
         import onnxruntime as ort  # only the gateway's cold path needs it
 
@@ -112,8 +121,10 @@ class ModelStore:
             "input": session.get_inputs()[0].name,
             "outputs": [o.name for o in session.get_outputs()],
         }
-        meta.parent.mkdir(exist_ok=True)
-        meta.write_text(json.dumps(info))
+        # Callers run this in threads, several at once: a reader must never see the
+        # file half-written (an empty file once failed a whole job's first pods).
+        write_atomic(meta, json.dumps(info).encode())
+        self._described[sha256] = info
         return info
 
     async def chunks(self, sha256: str) -> AsyncIterator[pb.ModelChunk]:
