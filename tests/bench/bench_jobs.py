@@ -40,6 +40,7 @@ Writes ``.cache/bench/jobs.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
@@ -47,6 +48,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +225,146 @@ def local_labels(stack: DevStack, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(["label"], {"input": x})[0])
 
 
+class PodWatch:
+    """Stamps, as seen from here, when each of a job's pods was created, bound and ran.
+
+    A pod watch in a thread of its own: every event is stamped with the local clock on
+    arrival (the objects' own timestamps have one-second resolution), so the ramp splits
+    into the Job controller (creation), the scheduler (binding), and the node agent with
+    the car (bound to ``Running``; the agent writes Running once a car accepted). Stamps
+    are as this process sees the API: on a busy machine they lag by a few tenths.
+    """
+
+    def __init__(self, kubeconfig: Path, job: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.selector = f"batch.kubernetes.io/job-name={job}"
+        # name -> {"created", "bound", "running", "done"} (epoch seconds)
+        self.pods: dict[str, dict[str, float]] = {}
+        self.error = ""
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._watch()), daemon=True)
+        self.thread.start()
+        self._ready.wait(timeout=30)
+
+    async def _watch(self) -> None:
+        from kubernetes_asyncio import client, config
+
+        cfg = client.Configuration()
+        await config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
+        async with client.ApiClient(configuration=cfg) as api:
+            core = client.CoreV1Api(api)
+            listed = await core.list_namespaced_pod("default", label_selector=self.selector)
+            version = listed.metadata.resource_version
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    # The raw stream, one json.loads per event: the watch must cost the
+                    # machine it measures as little as it can.
+                    resp = await core.list_namespaced_pod(
+                        "default",
+                        label_selector=self.selector,
+                        resource_version=version,
+                        watch=True,
+                        timeout_seconds=2,  # wake up to notice stop()
+                        _preload_content=False,
+                    )
+                    async with resp:
+                        async for line in resp.content:
+                            ev = json.loads(line)
+                            if ev["type"] == "ERROR":
+                                raise RuntimeError(ev["object"].get("message"))
+                            self._seen(ev["object"], time.time())
+                            version = ev["object"]["metadata"]["resourceVersion"]
+                except Exception as e:  # keep what was stamped
+                    self.error = repr(e)
+                    return
+
+    def _seen(self, pod: dict[str, Any], now: float) -> None:
+        st = pod.get("status") or {}
+        phase = st.get("phase")
+        p = self.pods.setdefault(pod["metadata"]["name"], {"created": now})
+        if (pod.get("spec") or {}).get("nodeName"):
+            p.setdefault("bound", now)
+        ended = phase in ("Succeeded", "Failed")
+        if ended or phase == "Running":
+            p.setdefault("running", now)
+        if ended:
+            p.setdefault("done", now)
+
+    def stop(self) -> None:
+        """Ends the watch."""
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+    def phases(self, created: float, kube: Kube, job: str, cars: int) -> dict[str, Any]:
+        """Per stage p50/p99/max, and when the n-th pod reached each stage."""
+        pods = list(self.pods.values())
+
+        def stats(xs: list[float]) -> dict[str, Any]:
+            if not xs:
+                return {"n": 0}
+            a = np.asarray(xs)
+            return {
+                "n": len(xs),
+                "p50": round(float(np.percentile(a, 50)), 2),
+                "p99": round(float(np.percentile(a, 99)), 2),
+                "max": round(float(a.max()), 2),
+            }
+
+        def span(a: str, b: str, subset: list[dict[str, Any]]) -> dict[str, Any]:
+            return stats([p[b] - p[a] for p in subset if a in p and b in p])
+
+        def nth(key: str, ns: tuple[int, ...]) -> dict[str, float | None]:
+            ts = sorted(p[key] - created for p in pods if key in p)
+            return {str(n): (round(ts[n - 1], 2) if len(ts) >= n else None) for n in ns}
+
+        # The first wave: the pods created before any pod of the job ended.
+        first_done = min((p["done"] for p in pods if "done" in p), default=float("inf"))
+        wave1 = [p for p in pods if p["created"] < first_done]
+        wave2 = [p for p in pods if p["created"] >= first_done]
+        # Second wave: from a pod's end to the creation of the next one (Job controller).
+        ends = sorted(p["done"] for p in pods if "done" in p)
+        starts = sorted(p["created"] for p in wave2)
+        refill = [s - e for s, e in zip(starts, ends, strict=False)]
+        ms = (1, cars // 2, cars)
+        out: dict[str, Any] = {
+            "pods_seen": len(pods),
+            "wave1": {
+                "created_to_bound_s (scheduler)": span("created", "bound", wave1),
+                "bound_to_running_s (node agent + car)": span("bound", "running", wave1),
+                "created_to_running_s": span("created", "running", wave1),
+            },
+            "wave2": {
+                "pod_done_to_next_created_s (job controller)": stats(refill),
+                "created_to_bound_s (scheduler)": span("created", "bound", wave2),
+                "bound_to_running_s (node agent + car)": span("bound", "running", wave2),
+            },
+            "nth_pod_created_s": nth("created", ms),
+            "nth_pod_bound_s": nth("bound", ms),
+            "nth_pod_running_s": nth("running", ms),
+            "last_pod_done_s": round(ends[-1] - created, 2) if ends else None,
+        }
+        if self.error:
+            out["watch_error"] = self.error
+        # The operator: InferenceJob created -> Job created -> Job started (1 s resolution).
+        try:
+            ij = kube.json("ij", job)
+            bj = kube.json("job", job)
+            t_ij = _epoch(ij["metadata"]["creationTimestamp"])
+            t_job = _epoch(bj["metadata"]["creationTimestamp"])
+            out["ij_created_to_job_created_s (operator, 1s res)"] = round(t_job - t_ij, 1)
+            start = (bj.get("status") or {}).get("startTime")
+            if start:
+                out["job_created_to_job_started_s (1s res)"] = round(_epoch(start) - t_job, 1)
+            end = (bj.get("status") or {}).get("completionTime")
+            if end and ends:
+                out["last_pod_done_to_job_complete_s (1s res)"] = round(_epoch(end) - ends[-1], 1)
+        except Exception as e:  # a measurement must not spoil the run
+            out["operator_error"] = repr(e)
+        return out
+
+
 def wait_cars(kube: Kube, cars: int, within: float) -> float:
     """Waits until the pool's Nodes count every car eligible; returns the seconds it took."""
     t0 = time.monotonic()
@@ -281,6 +423,7 @@ def run_one(
         ideal_s = args.items / (args.cars * args.rate)
         kills = kill_offsets(ideal_s, len(leave)) if spec.churn else []
         shutil.rmtree(stack.data / "results" / name, ignore_errors=True)
+        watcher = PodWatch(kube.kubeconfig, name)
         created = time.time()
         kube(
             "apply",
@@ -317,6 +460,9 @@ def run_one(
                 break
             time.sleep(args.poll_s)
         observed_s = time.time() - created
+        watcher.stop()
+        out["pod_phases"] = watcher.phases(created, kube, name, args.cars)
+        log(f"{spec.key}: pod phases {json.dumps(out['pod_phases'])}")
         # Kill what was scheduled but not reached (a run that ended early), for the same trace.
         for i, proc in enumerate(leave):
             if killed_at[i] is None and spec.churn:
