@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import limits
-from parkfleet.vehicle.compute import OrtCompute, _run_batches
+from parkfleet.protocol.chunks import InputData, decode_gateway_message, encode_input
+from parkfleet.vehicle.compute import ModelledCompute, OrtCompute, _run_batches
 from parkfleet.vehicle.energy import EnergyMeter
 from parkfleet.vehicle.runner import StopRequest, TaskRunner
 
@@ -90,6 +91,11 @@ def chunks(x: np.ndarray, first: int, size: int) -> list[pb.InputChunk]:
     return out
 
 
+def as_message(m: pb.CarMessage | bytes) -> pb.CarMessage:
+    """What the gateway parses: result chunks come encoded (parkfleet.protocol.chunks)."""
+    return pb.CarMessage.FromString(m) if isinstance(m, bytes) else m
+
+
 def results(sent: list[pb.CarMessage]) -> tuple[list[int], np.ndarray]:
     firsts, doubles = [], []
     for m in sent:
@@ -112,8 +118,8 @@ async def test_runs_all_items_in_order_then_done(session: object) -> None:
     x = np.random.default_rng(0).random((25, 4), dtype=np.float32)
     sent: list[pb.CarMessage] = []
 
-    async def send(m: pb.CarMessage) -> None:
-        sent.append(m)
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
 
     runner = TaskRunner(offer(100, 125), send, EnergyMeter(50.0))
     for c in chunks(x, 100, 7):
@@ -138,9 +144,9 @@ async def test_stop_reports_retriable_failure_at_the_delivered_item(session: obj
     sent: list[pb.CarMessage] = []
     first_result = asyncio.Event()
 
-    async def send(m: pb.CarMessage) -> None:
-        sent.append(m)
-        if m.WhichOneof("body") == "result" and not first_result.is_set():
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+        if sent[-1].WhichOneof("body") == "result" and not first_result.is_set():
             # The owner unplugs as soon as the first results leave.
             runner.request_stop(StopRequest("NotPluggedIn", "unplugged"))
             first_result.set()
@@ -166,8 +172,8 @@ async def test_resume_from_the_middle_and_bad_inputs_fail(session: object) -> No
     x = np.ones((10, 4), dtype=np.float32)
     sent: list[pb.CarMessage] = []
 
-    async def send(m: pb.CarMessage) -> None:
-        sent.append(m)
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
 
     runner = TaskRunner(offer(0, 20, resume=10), send, EnergyMeter(1.0))
     for c in chunks(x, 10, 4):
@@ -192,8 +198,8 @@ async def test_one_big_input_chunk_is_worked_in_slices_with_checkpoints_between(
     x = np.ones((300, 4), dtype=np.float32)
     sent: list[pb.CarMessage] = []
 
-    async def send(m: pb.CarMessage) -> None:
-        sent.append(m)
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
         checkpoints = [s for s in sent if s.WhichOneof("body") == "checkpoint"]
         if len(checkpoints) == 2:
             runner.request_stop(StopRequest("NotPluggedIn", "unplugged"))
@@ -206,3 +212,173 @@ async def test_one_big_input_chunk_is_worked_in_slices_with_checkpoints_between(
     # batch 3 x 8 batches per slice: the stop came after the second slice, not at item 300.
     assert 0 < outcome.next_item < 300
     assert outcome.next_item % 24 == 0
+
+
+class GatedSession:
+    """A model whose slices finish only when the test says: shows what runs at once."""
+
+    def __init__(self) -> None:
+        self.providers = ["Fake"]
+        self.output_names = ["double", "sum"]
+        self.started: list[int] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.cancelled = 0
+        self.gates: list[asyncio.Event] = []
+        self.open = False
+
+    def release(self, call: int | None = None) -> None:
+        """Lets call number ``call`` finish (all calls, now and later, when None)."""
+        if call is None:
+            self.open = True
+            for gate in self.gates:
+                gate.set()
+        else:
+            self.gates[call].set()
+
+    async def infer(
+        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+    ) -> list[np.ndarray]:
+        self.started.append(inputs.shape[0])
+        gate = asyncio.Event()
+        if self.open:
+            gate.set()
+        self.gates.append(gate)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+        return [inputs * 2, inputs.sum(axis=1, keepdims=True)]
+
+
+async def test_the_next_slice_waits_at_the_model_while_one_runs() -> None:
+    x = np.ones((96, 4), dtype=np.float32)  # 4 slices of 8 batches of 3
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+
+    model = GatedSession()
+    runner = TaskRunner(offer(0, 96), send, EnergyMeter(50.0))
+    (only,) = chunks(x, 0, 96)
+    await runner.feed(only)
+    run = asyncio.create_task(runner.run(model, ["double", "sum"]))  # type: ignore[arg-type]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.started == [24, 24]  # one running, the next queued behind it
+    model.release()
+    outcome = await run
+    assert outcome.done
+    assert model.started[:2] == [24, 24]
+    assert sum(model.started) == 96
+    assert model.most_at_once == 2
+    np.testing.assert_array_equal(results(sent)[1], x * 2)
+
+
+async def test_a_stop_drops_the_queued_slice_and_reports_the_done_ones() -> None:
+    x = np.ones((96, 4), dtype=np.float32)
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+
+    model = GatedSession()
+    runner = TaskRunner(offer(0, 96, interval=1e-6), send, EnergyMeter(50.0))
+    (only,) = chunks(x, 0, 96)
+    await runner.feed(only)
+    run = asyncio.create_task(runner.run(model, ["double", "sum"]))  # type: ignore[arg-type]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.running == 2
+    runner.request_stop(StopRequest("NotPluggedIn", "unplugged"))
+    model.release(0)  # the slice running at the stop finishes; the one behind it is dropped
+    outcome = await run
+    assert not outcome.done
+    assert outcome.next_item == 24
+    failed = [m.failed for m in sent if m.WhichOneof("body") == "failed"]
+    assert failed[0].next_item == 24
+    assert len(results(sent)[1]) == 24
+    assert len(model.started) == 2
+    assert model.cancelled == 1
+
+
+async def test_inputs_decoded_from_the_wire_run_like_parsed_ones(session: object) -> None:
+    x = np.random.default_rng(1).random((10, 4), dtype=np.float32)
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+
+    runner = TaskRunner(offer(0, 10), send, EnergyMeter(50.0))
+    for first in (0, 6):
+        wire = chunks_wire(x[first : first + 6], first, last=first + 6 >= 10)
+        decoded = decode_gateway_message(wire)
+        assert isinstance(decoded, InputData)
+        await runner.feed(decoded)
+    assert (await runner.run(session, ["double", "sum"])).done  # type: ignore[arg-type]
+    np.testing.assert_allclose(results(sent)[1], x * 2)
+
+
+def chunks_wire(x: np.ndarray, first: int, last: bool) -> bytes:
+    return encode_input("t1", 2, first, last, "input", x)
+
+
+async def test_overlapping_calls_take_turns_on_a_modelled_gpu(session: object) -> None:
+    compute = ModelledCompute(FixedSessionCompute(session), items_per_second=200.0)
+    modelled = await compute.session("sha", b"")
+    x = np.ones((10, 4), dtype=np.float32)  # 10 items at 200/s: 50 ms each call
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.gather(*(modelled.infer(x, "input", ["double"], 3) for _ in range(2)))
+    assert loop.time() - t0 >= 0.095  # one after the other, as on one GPU
+
+
+class FixedSessionCompute:
+    def __init__(self, session: object) -> None:
+        self._session = session
+
+    async def session(self, sha256: str, model: bytes) -> object:
+        return self._session
+
+
+class TimedSession(GatedSession):
+    """Every slice takes ``seconds``, one at a time (one GPU)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.gpu = asyncio.Lock()
+        self.release()
+
+    async def infer(
+        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+    ) -> list[np.ndarray]:
+        async with self.gpu:
+            await asyncio.sleep(self.seconds)
+            return await super().infer(inputs, input_name, output_names, batch_size)
+
+
+@pytest.mark.parametrize(("seconds", "grows"), [(0.0, True), (0.03, False)])
+async def test_slices_of_a_cheap_model_grow_those_of_a_costly_one_do_not(
+    seconds: float, grows: bool
+) -> None:
+    x = np.ones((600, 4), dtype=np.float32)
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+
+    model = TimedSession(seconds)
+    runner = TaskRunner(offer(0, 600 if grows else 120), send, EnergyMeter(50.0))
+    (only,) = chunks(x if grows else x[:120], 0, 600)
+    await runner.feed(only)
+    assert (await runner.run(model, ["double", "sum"])).done  # type: ignore[arg-type]
+    assert model.started[0] == 24  # 8 batches of 3
+    assert all(n % 3 == 0 for n in model.started[:-1])  # whole batches
+    assert min(model.started[:-1]) == 24
+    assert (max(model.started) > 24) == grows

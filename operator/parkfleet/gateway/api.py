@@ -22,11 +22,14 @@ from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.models import ModelStore
 from parkfleet.gateway.registry import Registry
-from parkfleet.gateway.server import REASON_TELEMETRY_TIMEOUT, CarLinkService
+from parkfleet.gateway.server import (
+    REASON_TELEMETRY_TIMEOUT,
+    CarLinkService,
+    add_carlink_service,
+)
 from parkfleet.gateway.spec import CellCapacity, TaskEvent, TaskSpec, TaskStatus
 from parkfleet.gateway.tasks import TaskManager
 from parkfleet.policy import Policy
-from parkfleet.protocol import carlink_pb2_grpc
 from parkfleet.protocol.limits import server_options
 
 __all__ = ["Gateway", "GatewayConfig"]
@@ -140,7 +143,7 @@ class Gateway:
         options = dict(server_options())
         options.update(dict(self.config.grpc_options))
         server = grpc.aio.server(options=list(options.items()))
-        carlink_pb2_grpc.add_CarLinkServicer_to_server(self._service, server)
+        add_carlink_service(self._service, server)
         creds = grpc.ssl_server_credentials(
             [(self.config.key_pem, self.config.cert_pem)],
             root_certificates=self.config.ca_pem,

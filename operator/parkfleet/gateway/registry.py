@@ -93,8 +93,12 @@ class CarState:
         self.close_details = ""
         self.close_reason = ""
 
-    async def send(self, msg: pb.GatewayMessage) -> None:
-        """Writes one message to the car; concurrent writers take turns."""
+    async def send(self, msg: pb.GatewayMessage | bytes) -> None:
+        """Writes one message to the car; concurrent writers take turns.
+
+        Args:
+            msg: A message, or one already encoded (``parkfleet.protocol.chunks``).
+        """
         if self.context is None:
             raise ConnectionError(f"car {self.car_id} has no stream")
         if self.lock is None:

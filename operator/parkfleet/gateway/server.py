@@ -27,6 +27,7 @@ from parkfleet.gateway.tasks import TaskManager
 from parkfleet.policy import Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc
+from parkfleet.protocol.chunks import ResultData, decode_car_message, serialize
 from parkfleet.protocol.limits import (
     MAX_MESSAGE_BYTES,
     ProtocolViolation,
@@ -41,6 +42,7 @@ __all__ = [
     "REASON_REPLACED",
     "REASON_TELEMETRY_TIMEOUT",
     "CarLinkService",
+    "add_carlink_service",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,33 @@ REASON_LINK_CLOSED = "LinkClosed"
 REASON_PROTOCOL_VIOLATION = "ProtocolViolation"
 REASON_TELEMETRY_TIMEOUT = "TelemetryTimeout"
 REASON_REPLACED = "Reconnected"
-# grpc ships no type hints (mypy sees Any); the alias documents what flows.
-_Context: TypeAlias = "grpc.aio.ServicerContext[pb.CarMessage, pb.GatewayMessage]"
+# grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
+# arrive as ResultData (their tensors viewing the received bytes), input chunks leave as
+# bytes encoded by parkfleet.protocol.chunks.
+_Context: TypeAlias = (
+    "grpc.aio.ServicerContext[pb.CarMessage | ResultData, pb.GatewayMessage | bytes]"
+)
+
+
+def add_carlink_service(service: CarLinkService, server: grpc.aio.Server) -> None:
+    """Registers ``CarLink`` on ``server``, as the generated code does, with the stream's
+    codec from :mod:`parkfleet.protocol.chunks` (tensor payloads copied once at most).
+    """
+    handlers = {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            service.Connect,
+            request_deserializer=decode_car_message,
+            response_serializer=serialize,
+        ),
+        "FetchModel": grpc.unary_stream_rpc_method_handler(
+            service.FetchModel,
+            request_deserializer=pb.ModelRequest.FromString,
+            response_serializer=pb.ModelChunk.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["CarLink"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
@@ -171,7 +198,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         raise AssertionError("unreachable")  # abort raises
 
     async def Connect(  # type: ignore[override]  # read/write handler, no iterator
-        self, request_iterator: AsyncIterator[pb.CarMessage], context: _Context
+        self, request_iterator: AsyncIterator[pb.CarMessage | ResultData], context: _Context
     ) -> None:
         """One car's link, from Hello until it ends."""
         identity = await self._identity(context)
@@ -185,7 +212,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             )
         if first is grpc.aio.EOF:
             return
-        assert isinstance(first, pb.CarMessage)
+        assert isinstance(first, pb.CarMessage | ResultData)
         car = await self._admit(identity, first, context)
         if car is None:
             return
@@ -226,16 +253,19 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             await context.abort(code, details)
 
     async def _admit(
-        self, identity: CarIdentity, first: pb.CarMessage, context: _Context
+        self, identity: CarIdentity, first: pb.CarMessage | ResultData, context: _Context
     ) -> CarState | None:
         """Checks Hello and registers the car; aborts the stream when it must not join."""
         try:
+            if isinstance(first, ResultData):
+                raise ProtocolViolation("the first message must be Hello, not result")
             kind = validate_car_message(first)
             if kind != "hello":
                 raise ProtocolViolation(f"the first message must be Hello, not {kind}")
         except ProtocolViolation as e:
             self._metrics.streams_closed.labels(REASON_PROTOCOL_VIOLATION).inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        assert isinstance(first, pb.CarMessage)  # abort() raised otherwise
         hello = first.hello
         try:
             check_protocol_version(hello.protocol_version)
@@ -308,6 +338,10 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return
+            if isinstance(msg, ResultData):  # most of a task's bytes: decoded without copies
+                count(msg.validate())
+                await tasks.on_result(car, msg)
+                continue
             assert isinstance(msg, pb.CarMessage)
             t0 = time.perf_counter()
             kind = validate_car_message(msg)

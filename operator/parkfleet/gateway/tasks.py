@@ -25,12 +25,12 @@ from parkfleet.gateway.placement import choose_car
 from parkfleet.gateway.registry import CarState, Registry
 from parkfleet.gateway.spec import EventKind, TaskEvent, TaskSpec, TaskState, TaskStatus
 from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.chunks import ResultData, encode_input
 from parkfleet.protocol.limits import (
     MAX_TENSOR_BYTES,
     ProtocolViolation,
     check_text,
     tensor_from_proto,
-    tensor_to_proto,
 )
 
 __all__ = [
@@ -340,7 +340,15 @@ class TaskManager:
                 n = min(step, spec.item_end - start)
                 try:
                     array = await self._read(task, start, start + n)
-                    chunk = tensor_to_proto(spec.input_name, array)
+                    # Encoded straight to the wire: the payload is copied once.
+                    msg = encode_input(
+                        spec.task_id,
+                        attempt,
+                        start,
+                        start + n == spec.item_end,
+                        spec.input_name,
+                        array,
+                    )
                 except (ProtocolViolation, ValueError, TypeError, OSError) as e:
                     if task.attempt == attempt and task.car is car:
                         self._cancel_on_car(task, car, REASON_INPUT_ERROR)
@@ -354,18 +362,9 @@ class TaskManager:
                     if step >= spec.batch_size:
                         step -= step % spec.batch_size
                     sized = True
-                last = start + n == spec.item_end
-                await car.send(
-                    pb.GatewayMessage(
-                        input=pb.InputChunk(
-                            task_id=spec.task_id,
-                            attempt=attempt,
-                            first_item=start,
-                            tensor=chunk,
-                            last=last,
-                        )
-                    )
-                )
+                await car.send(msg)
+                # Freed before the next chunk is encoded, so that one can reuse the memory.
+                del msg
                 start += n
         except asyncio.CancelledError:
             raise
@@ -421,7 +420,7 @@ class TaskManager:
             ProtocolViolation: The message breaks the protocol; the car's stream closes.
         """
         if kind == "result":
-            await self._on_result(car, msg.result)
+            await self.on_result(car, msg.result)
         elif kind == "checkpoint":
             c = msg.checkpoint
             task = self._task_for(car, c.task_id, c.attempt)
@@ -491,7 +490,12 @@ class TaskManager:
                 task.started_at = self._metrics.task_started(task.pool)
             self._emit(task, "accepted")
 
-    async def _on_result(self, car: CarState, r: pb.ResultChunk) -> None:
+    async def on_result(self, car: CarState, r: pb.ResultChunk | ResultData) -> None:
+        """Hands a car's results to the task's sink, in item order, each item once.
+
+        Raises:
+            ProtocolViolation: The results do not fit the task; the car's stream closes.
+        """
         task = self._task_for(car, r.task_id, r.attempt)
         if task is None:
             return

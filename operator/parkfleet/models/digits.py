@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "DigitsModel",
     "build_digits",
     "load_digits_model",
+    "read_manifest",
     "register",
     "sha256_file",
 ]
@@ -92,6 +94,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_manifest(
+    manifest_path: Path, model_path: Path, builder_version: int, needed: Sequence[Path] = ()
+) -> dict[str, Any] | None:
+    """A built model's manifest, or None when a file is missing, the build is from another
+    builder version, or the model file's sha256 is not the manifest's (altered)."""
+    if not all(p.is_file() for p in (manifest_path, model_path, *needed)):
+        return None
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("builder_version") != builder_version:
+        return None
+    if sha256_file(model_path) != manifest.get("sha256"):
+        return None
+    return manifest
+
+
 def _npy_bytes(arr: npt.NDArray[Any]) -> bytes:
     import io
 
@@ -109,18 +129,14 @@ def load_digits_model(directory: Path) -> DigitsModel | None:
     Returns:
         The model when every file is there and the ONNX file's sha256 matches the manifest.
     """
-    manifest_path = directory / MANIFEST_FILE
     model_path = directory / MODEL_FILE
-    needed = (manifest_path, model_path, directory / INPUTS_FILE, directory / LABELS_FILE)
-    if not all(p.is_file() for p in needed):
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("builder_version") != BUILDER_VERSION:
-        return None
-    if sha256_file(model_path) != manifest.get("sha256"):
+    manifest = read_manifest(
+        directory / MANIFEST_FILE,
+        model_path,
+        BUILDER_VERSION,
+        needed=(directory / INPUTS_FILE, directory / LABELS_FILE),
+    )
+    if manifest is None:
         return None
     return DigitsModel(
         directory=directory,

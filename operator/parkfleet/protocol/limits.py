@@ -8,7 +8,8 @@ a violation raises :class:`ProtocolViolation`, which closes only that peer's str
 from __future__ import annotations
 
 import math
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_TENSOR_BYTES",
     "PROTOCOL_VERSION",
     "ProtocolViolation",
+    "TensorFields",
     "channel_options",
     "check_protocol_version",
     "check_text",
@@ -34,6 +36,7 @@ __all__ = [
     "tensor_from_proto",
     "tensor_to_proto",
     "validate_car_message",
+    "wire_tensor",
 ]
 
 PROTOCOL_VERSION: Final[int] = int(pb.PROTOCOL_VERSION)
@@ -68,6 +71,22 @@ _FROM_NUMPY: Final[dict[str, pb.DType.ValueType]] = {
 
 class ProtocolViolation(Exception):
     """A peer sent something the protocol does not allow; its message says what."""
+
+
+class TensorFields(Protocol):
+    """A received tensor's fields: a :class:`NamedTensor`, or a view of one on the wire."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dtype(self) -> int: ...
+
+    @property
+    def dims(self) -> Sequence[int]: ...
+
+    @property
+    def data(self) -> bytes | memoryview: ...
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -140,6 +159,28 @@ def dtype_from_proto(dtype: int) -> np.dtype[np.generic]:
         raise ProtocolViolation(f"unknown tensor dtype {dtype}") from None
 
 
+def wire_tensor(name: str, array: np.ndarray) -> tuple[pb.DType.ValueType, np.ndarray]:
+    """Checks a tensor against the protocol's bounds and lays it out for the wire.
+
+    Returns:
+        The wire dtype and the data as a little-endian, C-ordered array (``array``
+        itself when it already is one).
+
+    Raises:
+        ProtocolViolation: The name is bad, the dtype unsupported, or the tensor exceeds
+            ``MAX_TENSOR_BYTES`` or ``MAX_DIMS``.
+    """
+    check_text(name, "tensor name")
+    wire = dtype_to_proto(array.dtype)
+    if array.ndim > MAX_DIMS:
+        raise ProtocolViolation(f"tensor {name!r} has {array.ndim} dims, the limit is {MAX_DIMS}")
+    if array.nbytes > MAX_TENSOR_BYTES:
+        raise ProtocolViolation(
+            f"tensor {name!r} is {array.nbytes} bytes, the limit is {MAX_TENSOR_BYTES}"
+        )
+    return wire, np.ascontiguousarray(array, dtype=_TO_NUMPY[wire])
+
+
 def tensor_to_proto(name: str, array: np.ndarray) -> pb.NamedTensor:
     """Encodes an array as a :class:`NamedTensor` (little-endian, C order).
 
@@ -154,23 +195,16 @@ def tensor_to_proto(name: str, array: np.ndarray) -> pb.NamedTensor:
         ProtocolViolation: The dtype is unsupported or the tensor exceeds
             ``MAX_TENSOR_BYTES`` or ``MAX_DIMS``.
     """
-    check_text(name, "tensor name")
-    wire = dtype_to_proto(array.dtype)
-    if array.ndim > MAX_DIMS:
-        raise ProtocolViolation(f"tensor {name!r} has {array.ndim} dims, the limit is {MAX_DIMS}")
-    if array.nbytes > MAX_TENSOR_BYTES:
-        raise ProtocolViolation(
-            f"tensor {name!r} is {array.nbytes} bytes, the limit is {MAX_TENSOR_BYTES}"
-        )
-    little = np.ascontiguousarray(array, dtype=_TO_NUMPY[wire])
+    wire, little = wire_tensor(name, array)
     return pb.NamedTensor(name=name, dtype=wire, dims=list(array.shape), data=little.tobytes())
 
 
-def tensor_from_proto(t: pb.NamedTensor) -> np.ndarray:
+def tensor_from_proto(t: TensorFields) -> np.ndarray:
     """Decodes a :class:`NamedTensor` after checking dtype, dims and size.
 
     Args:
-        t: The wire tensor.
+        t: The wire tensor (a message, or a :class:`~parkfleet.protocol.chunks.WireTensor`
+            viewing the received bytes).
 
     Returns:
         A read-only array viewing the message's bytes (copy it to write).
@@ -184,18 +218,20 @@ def tensor_from_proto(t: pb.NamedTensor) -> np.ndarray:
     dims = list(t.dims)
     if len(dims) > MAX_DIMS:
         raise ProtocolViolation(f"tensor {t.name!r} has {len(dims)} dims, the limit is {MAX_DIMS}")
-    if len(t.data) > MAX_TENSOR_BYTES:
+    # Each read of a message's ``data`` copies the payload: read it once.
+    data = t.data
+    if len(data) > MAX_TENSOR_BYTES:
         raise ProtocolViolation(
-            f"tensor {t.name!r} is {len(t.data)} bytes, the limit is {MAX_TENSOR_BYTES}"
+            f"tensor {t.name!r} is {len(data)} bytes, the limit is {MAX_TENSOR_BYTES}"
         )
     # math.prod on Python ints cannot overflow, so absurd dims are caught here.
     expected = math.prod(dims) * dtype.itemsize
-    if expected != len(t.data):
+    if expected != len(data):
         raise ProtocolViolation(
             f"tensor {t.name!r} has dims {dims} of {dtype.name} ({expected} bytes) "
-            f"but carries {len(t.data)} bytes"
+            f"but carries {len(data)} bytes"
         )
-    return np.frombuffer(t.data, dtype=dtype).reshape(dims)
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _check_task_ref(task_id: str, field: str) -> None:

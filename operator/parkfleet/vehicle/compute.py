@@ -198,14 +198,19 @@ class _ModelledSession(_WrappedSession):
     def __init__(self, inner: ModelSession, items_per_second: float) -> None:
         super().__init__(inner)
         self._rate = items_per_second
+        # When the modelled GPU is free again: calls that overlap (a runner queues the
+        # next slice while one runs) take turns on it, as on a real GPU.
+        self._free_at = 0.0
 
     async def infer(
         self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
-        started = time.monotonic()
+        start = max(time.monotonic(), self._free_at)
+        done_at = start + inputs.shape[0] / self._rate
+        self._free_at = done_at
         outs = await self._inner.infer(inputs, input_name, output_names, batch_size)
         # The car's modelled GPU would have taken this long; the shared CPU was faster.
-        remaining = inputs.shape[0] / self._rate - (time.monotonic() - started)
+        remaining = done_at - time.monotonic()
         if remaining > 0:
             await asyncio.sleep(remaining)
         return outs

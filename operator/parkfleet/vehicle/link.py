@@ -26,6 +26,7 @@ from parkfleet import __version__
 from parkfleet.policy import Conditions, Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
+from parkfleet.protocol.chunks import InputData, decode_gateway_message, serialize
 from parkfleet.vehicle.backoff import Backoff
 from parkfleet.vehicle.compute import Compute
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter, PowerReader
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 RUNTIME = "onnxruntime"
 # Messages queued for the stream; results are ~1 MiB each, so this bounds memory too.
 OUTBOUND_QUEUE = 32
+# The stream's method: its codec (parkfleet.protocol.chunks) passes encoded result chunks
+# through and reads input chunks without copying their tensors; otherwise it is protobuf.
+_CONNECT = f"/{pb.DESCRIPTOR.services_by_name['CarLink'].full_name}/Connect"
 # Status codes a retry cannot fix: the car's identity or version is wrong.
 _FATAL = frozenset(
     {
@@ -207,7 +211,7 @@ class Agent:
         self._daily = DailyEnergy(config.policy.utc_offset_minutes)
         self._tasks: dict[str, TaskRunner] = {}
         self._task_handles: set[asyncio.Task[None]] = set()
-        self._outbound: asyncio.Queue[pb.CarMessage] | None = None
+        self._outbound: asyncio.Queue[pb.CarMessage | bytes] | None = None
         self._stopping = asyncio.Event()
         self._telemetry_interval = config.telemetry_interval_s
         self._telemetry_kick = asyncio.Event()
@@ -288,7 +292,11 @@ class Agent:
     async def _session(self) -> None:
         async with self._channel() as channel:
             stub = carlink_pb2_grpc.CarLinkStub(channel)
-            call = stub.Connect()
+            call = channel.stream_stream(
+                _CONNECT,
+                request_serializer=serialize,
+                response_deserializer=decode_gateway_message,
+            )()
             self.metrics.connects.inc()
             try:
                 await self._converse(stub, call)
@@ -328,7 +336,7 @@ class Agent:
             self._telemetry_interval = first.welcome.telemetry_interval_s
         self._backoff.reset()
 
-        outbound: asyncio.Queue[pb.CarMessage] = asyncio.Queue(OUTBOUND_QUEUE)
+        outbound: asyncio.Queue[pb.CarMessage | bytes] = asyncio.Queue(OUTBOUND_QUEUE)
         self._outbound = outbound
         self.connected.set()
         self.metrics.connected.inc()
@@ -383,7 +391,7 @@ class Agent:
         self._tasks.clear()
 
     async def _write(
-        self, call: grpc.aio.StreamStreamCall, outbound: asyncio.Queue[pb.CarMessage]
+        self, call: grpc.aio.StreamStreamCall, outbound: asyncio.Queue[pb.CarMessage | bytes]
     ) -> None:
         while True:
             msg = await outbound.get()
@@ -392,7 +400,7 @@ class Agent:
             finally:
                 outbound.task_done()
 
-    async def _send(self, msg: pb.CarMessage) -> None:
+    async def _send(self, msg: pb.CarMessage | bytes) -> None:
         outbound = self._outbound
         if outbound is None:
             raise _StreamEnded("no stream")
@@ -405,6 +413,11 @@ class Agent:
             msg = await call.read()
             if msg == grpc.aio.EOF:
                 return
+            if isinstance(msg, InputData):  # an input chunk, its tensor viewing the bytes
+                runner = self._tasks.get(msg.task_id)
+                if runner is not None and runner.attempt == msg.attempt:
+                    await runner.feed(msg)
+                continue
             kind = msg.WhichOneof("body")
             if kind == "input":
                 runner = self._tasks.get(msg.input.task_id)

@@ -2,7 +2,9 @@
 
 The link hands the runner the task's ``InputChunk`` messages; the runner infers them
 (in the compute's thread pool, several batches per hop), and queues ``ResultChunk``
-messages in item order on the link's single outbound queue. Because that queue is FIFO, a
+messages in item order on the link's single outbound queue. While one slice runs, the
+next one (from inputs already received) waits at the model, so the model does not idle
+while the event loop decodes inputs and encodes results. Because that queue is FIFO, a
 ``TaskCheckpoint(next_item)`` queued after the results covers only items whose results
 are already on their way. The task ends with ``TaskDone``, or ``TaskFailed`` (retriable
 when the car stops because its policy or its link says so). Inputs and outputs live in
@@ -12,8 +14,10 @@ memory only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +25,7 @@ import numpy as np
 
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import limits
+from parkfleet.protocol.chunks import InputData, encode_result
 from parkfleet.vehicle.compute import ModelSession
 from parkfleet.vehicle.energy import EnergyMeter
 
@@ -39,16 +44,26 @@ RESULT_CHUNK_BYTES = 1024 * 1024
 # Batches per inference call: big enough to keep the GPU busy, small enough that a
 # stop or a checkpoint waits at most one slice.
 SLICE_BATCHES = 8
+# Slices of a cheap model grow (doubling, in whole batches, up to MAX_ITEMS_PER_HOP) while
+# one takes less than half of this, so that the executor hop is paid rarely; a slice never
+# gets smaller than SLICE_BATCHES batches.
+SLICE_TARGET_S = 0.05
 # Items handed to one executor hop at most: enough to amortise the hop, small enough to
 # stop promptly when the policy says so.
 MAX_ITEMS_PER_HOP = 16384
 # Chunks at least this large go to inference alone: merging them would only copy.
 MERGE_BELOW_ITEMS = 4096
+# Slices handed to the model at once: one running, one queued behind it (inputs that are
+# already here only; the runner never waits for inputs while results are ready).
+PIPELINE_DEPTH = 2
 # Input chunks buffered per task (up to ~3 MiB each); when full the link stops reading,
 # and gRPC flow control holds the gateway back.
 INPUT_QUEUE_CHUNKS = 8
 
-Send = Callable[[pb.CarMessage], Awaitable[None]]
+# Messages, or result chunks already encoded (parkfleet.protocol.chunks).
+Send = Callable[[pb.CarMessage | bytes], Awaitable[None]]
+# An input chunk: as protobuf parsed it, or with its tensor viewing the received bytes.
+Input = pb.InputChunk | InputData
 
 
 class InputError(Exception):
@@ -117,17 +132,22 @@ class TaskRunner:
         self._meter = meter
         self._clock = clock
         self._on_energy = on_energy
-        self._inputs: asyncio.Queue[pb.InputChunk | None] = asyncio.Queue(INPUT_QUEUE_CHUNKS)
+        self._inputs: asyncio.Queue[Input | None] = asyncio.Queue(INPUT_QUEUE_CHUNKS)
         self._stop: StopRequest | None = None
         self._received_last = False
         self._next_input = offer.resume_from
+        # Inputs taken from the queue: the chunk being sliced and where its next slice starts.
+        self._held: Input | None = None
+        self._chunk: np.ndarray | None = None
+        self._pos = 0
+        self._taken_last = False
         self.sent_upto = offer.resume_from
         self.items_done = 0
         self._energy_reported_wh = 0.0
 
     # ---- fed by the link ---------------------------------------------------------
 
-    async def feed(self, chunk: pb.InputChunk) -> None:
+    async def feed(self, chunk: Input) -> None:
         """Queues an input chunk (waits while the buffer is full: that is backpressure)."""
         if self._stop is not None or self._received_last:
             return  # stopping: later inputs are dropped
@@ -190,11 +210,8 @@ class TaskRunner:
 
     # ---- the run -----------------------------------------------------------------
 
-    async def _next_inputs(self) -> tuple[np.ndarray | None, bool]:
-        """Takes one chunk (waiting) plus whatever else is already queued, concatenated."""
-        first = await self._inputs.get()
-        if first is None:
-            return None, False
+    def _take_inputs(self, first: Input) -> None:
+        """Decodes ``first`` plus whatever small chunks are already queued, concatenated."""
         arrays = [self._decode(first)]
         last = first.last
         count = arrays[0].shape[0]
@@ -211,11 +228,37 @@ class TaskRunner:
             arrays.append(arr)
             count += arr.shape[0]
             last = chunk.last
-        if len(arrays) == 1:
-            return arrays[0], last
-        return np.concatenate(arrays, axis=0), last
+        self._chunk = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        self._pos = 0
+        self._taken_last = last
 
-    def _decode(self, chunk: pb.InputChunk) -> np.ndarray:
+    def _slice_ready(self, step: int) -> np.ndarray | None:
+        """The next slice of at most ``step`` items from inputs already here, else None."""
+        chunk = self._chunk
+        if chunk is None or self._pos >= chunk.shape[0]:
+            if self._taken_last:
+                return None
+            first = self._held
+            self._held = None
+            if first is None:
+                if self._inputs.empty():
+                    return None
+                first = self._inputs.get_nowait()
+            if first is None:  # the stop's wake-up
+                return None
+            self._take_inputs(first)
+            chunk = self._chunk
+            assert chunk is not None
+        x = chunk[self._pos : self._pos + step]
+        self._pos += x.shape[0]
+        return x
+
+    async def _wait_inputs(self) -> None:
+        """Waits until an input chunk (or a stop's wake-up) has arrived."""
+        if self._held is None:
+            self._held = await self._inputs.get()
+
+    def _decode(self, chunk: Input) -> np.ndarray:
         if chunk.first_item != self._next_input:
             raise InputError(
                 f"input chunk starts at item {chunk.first_item}, expected {self._next_input}"
@@ -272,20 +315,16 @@ class TaskRunner:
             if pending_items == 0:
                 return
             outs = [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in pending]
-            step = max(1, RESULT_CHUNK_BYTES // max(1, per_item_bytes))
-            for start in range(0, pending_items, step):
-                end = min(pending_items, start + step)
+            per_message = max(1, RESULT_CHUNK_BYTES // max(1, per_item_bytes))
+            for start in range(0, pending_items, per_message):
+                end = min(pending_items, start + per_message)
+                # Encoded straight to the wire: each output is copied once.
                 await self._send(
-                    pb.CarMessage(
-                        result=pb.ResultChunk(
-                            task_id=self.task_id,
-                            attempt=self.attempt,
-                            first_item=self.sent_upto,
-                            outputs=[
-                                limits.tensor_to_proto(n, o[start:end])
-                                for n, o in zip(names, outs, strict=True)
-                            ],
-                        )
+                    encode_result(
+                        self.task_id,
+                        self.attempt,
+                        self.sent_upto,
+                        [(n, o[start:end]) for n, o in zip(names, outs, strict=True)],
                     )
                 )
                 self.sent_upto += end - start
@@ -314,47 +353,89 @@ class TaskRunner:
             )
             self._energy()
 
-        try:
-            if offer.resume_from >= offer.item_end:
-                self._received_last = True
-                last = True
-            else:
-                last = False
-            while not last:
-                if self._stop is not None:
-                    break
-                chunk, last = await self._next_inputs()
-                if chunk is None or self._stop is not None:
-                    break
-                # An input chunk can hold thousands of items: work through it a slice at a
-                # time so that a stop, a checkpoint and results come between slices.
-                step = max(1, (offer.batch_size or 1) * SLICE_BATCHES)
-                for lo in range(0, chunk.shape[0], step):
-                    if self._stop is not None:
-                        break
-                    x = chunk[lo : lo + step]
-                    outs = await session.infer(x, offer.input_name, names, offer.batch_size or 1)
-                    if len(outs) != len(names) or any(o.shape[0] != x.shape[0] for o in outs):
-                        raise InputError("the model's outputs do not have one row per item")
-                    if per_item_bytes == 0:
-                        per_item_bytes = sum(o[:1].nbytes for o in outs)
-                    for acc, out in zip(pending, outs, strict=True):
-                        acc.append(out)
-                    pending_items += x.shape[0]
-                    self.items_done += x.shape[0]
-                    if pending_items * per_item_bytes >= RESULT_CHUNK_BYTES:
-                        await flush()
-                    now = self._clock()
-                    if now >= next_checkpoint:
-                        await checkpoint(now)
-                        next_checkpoint = now + interval
-        except InputError as e:
+        batch = offer.batch_size or 1
+        step = max(1, batch * SLICE_BATCHES)
+        max_step = max(step, MAX_ITEMS_PER_HOP - MAX_ITEMS_PER_HOP % batch)
+        # Slices at the model: the hop, its items, when it was handed over.
+        inflight: deque[tuple[asyncio.Task[list[np.ndarray]], int, float]] = deque()
+        last_done = started
+
+        async def collect() -> None:
+            nonlocal pending_items, per_item_bytes, next_checkpoint, step, last_done
+            hop, n, handed = inflight.popleft()
+            outs = await hop
+            done_at = self._clock()
+            # It ran from when it was handed over, or when the one before it finished.
+            ran = done_at - max(handed, last_done)
+            last_done = done_at
+            if n == step < max_step and ran < SLICE_TARGET_S / 2:
+                step = min(2 * step, max_step)
+            if len(outs) != len(names) or any(o.shape[0] != n for o in outs):
+                raise InputError("the model's outputs do not have one row per item")
+            if per_item_bytes == 0:
+                per_item_bytes = sum(o[:1].nbytes for o in outs)
+            for acc, out in zip(pending, outs, strict=True):
+                acc.append(out)
+            pending_items += n
+            self.items_done += n
+            if pending_items * per_item_bytes >= RESULT_CHUNK_BYTES:
+                await flush()
+            now = self._clock()
+            if now >= next_checkpoint:
+                await checkpoint(now)
+                next_checkpoint = now + interval
+
+        async def settle() -> None:
+            """After an error: results of slices that still finish are kept, then flushed."""
+            while inflight:
+                try:
+                    await collect()
+                except Exception:  # the first error is the one reported
+                    for hop, _, _ in inflight:
+                        hop.cancel()
+                    inflight.clear()
             await flush()
+
+        if offer.resume_from >= offer.item_end:
+            self._received_last = True
+            self._taken_last = True
+        try:
+            while True:
+                if self._stop is not None:
+                    # Stop after the slice that ran when the stop came: those behind it
+                    # are dropped (their items go to the next car) unless already done.
+                    done = 0
+                    while done < len(inflight) and inflight[done][0].done():
+                        done += 1
+                    while len(inflight) > done:
+                        inflight.pop()[0].cancel()
+                # An input chunk can hold thousands of items: work through it a slice at a
+                # time so that a stop, a checkpoint and results come between slices. Up
+                # to PIPELINE_DEPTH slices of inputs already here go to the model at once.
+                while self._stop is None and len(inflight) < PIPELINE_DEPTH:
+                    x = self._slice_ready(step)
+                    if x is None:
+                        break
+                    hop = asyncio.ensure_future(session.infer(x, offer.input_name, names, batch))
+                    inflight.append((hop, x.shape[0], self._clock()))
+                if inflight:
+                    await collect()
+                    continue
+                if self._stop is not None or self._taken_last:
+                    break
+                await self._wait_inputs()
+        except InputError as e:
+            await settle()
             return await self._fail("InvalidInput", str(e), retriable=False)
         except Exception as e:  # an ORT error: this car cannot do it, another might
             log.warning("task %s failed: %s", self.task_id, e)
-            await flush()
+            await settle()
             return await self._fail("InferenceError", f"{type(e).__name__}: {e}", True)
+        finally:
+            for hop, _, _ in inflight:  # only when the runner itself is cancelled
+                hop.cancel()
+                with contextlib.suppress(BaseException):
+                    await hop
 
         await flush()
         stop = self._stop
