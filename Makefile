@@ -80,7 +80,7 @@ model: $(MODELS)/digits.json ## build the digits ONNX model (scikit-learn's bund
 
 .PHONY: bench-gateway
 bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry latency, task round trip
-	$(PY) tests/bench/bench_gateway.py --ramp 1000,5000,10000,19000 --time-cap-s 300
+	$(PY) tests/bench/bench_gateway.py --ramp 1000,5000,10000,19000 --equivalent 50000 --time-cap-s 300
 
 .PHONY: bench-agent
 bench-agent: $(VENV)/.installed model ## items/s through gateway + agent vs raw ONNX Runtime
