@@ -26,7 +26,7 @@ class NodeAgentMetrics:
         r = self.registry
         self.status_writes = Counter(
             "parkfleet_node_status_writes_total",
-            "Node status writes (on change, or the once-a-minute heartbeat).",
+            "Node status writes (on change, or the 5-minute heartbeat of an unchanged status).",
             ["pool"],
             registry=r,
         )
