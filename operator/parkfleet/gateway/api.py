@@ -53,6 +53,10 @@ class GatewayConfig:
         cells_per_pool: Cells a pool's cars are hashed over (without a ``cell`` attribute).
         grace_s: Default time a task may wait for a car before failing ``NoEligibleCar``.
         offer_timeout_s: Time a car has to answer an offer.
+        stall_timeout_s: A running task whose car says nothing about it this long moves
+            to another car (0: never).
+        start_timeout_s: The same before an attempt's first checkpoint, progress or
+            result (the car may be fetching and loading the model).
         metrics_port: Serve Prometheus metrics on this port (None: not served).
         pool_floors: Per pool, a policy floor applied to cars that connect.
         grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
@@ -69,6 +73,8 @@ class GatewayConfig:
     cells_per_pool: int = 1
     grace_s: float = 60.0
     offer_timeout_s: float = 30.0
+    stall_timeout_s: float = 120.0
+    start_timeout_s: float = 900.0
     metrics_port: int | None = None
     pool_floors: Mapping[str, Policy] = field(default_factory=dict)
     resume_from_checkpoint: bool = True
@@ -109,6 +115,8 @@ class Gateway:
             grace_s=config.grace_s,
             offer_timeout_s=config.offer_timeout_s,
             resume=config.resume_from_checkpoint,
+            stall_timeout_s=config.stall_timeout_s,
+            start_timeout_s=config.start_timeout_s,
         )
         self._service = CarLinkService(
             self.registry,
@@ -297,3 +305,7 @@ class Gateway:
             deadline = time.monotonic() - timeout
             for car in list(self.registry.silent_since(deadline)):
                 car.close(grpc.StatusCode.UNAVAILABLE, REASON_TELEMETRY_TIMEOUT, details)
+            try:
+                self._tasks.move_stalled()
+            except Exception:
+                log.exception("moving stalled tasks failed")

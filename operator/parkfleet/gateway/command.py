@@ -126,6 +126,8 @@ def _main(args: argparse.Namespace) -> int:
         telemetry_timeout_s=args.telemetry_timeout_s,
         cells_per_pool=args.cells_per_pool,
         grace_s=args.grace_s,
+        stall_timeout_s=args.stall_timeout_s,
+        start_timeout_s=args.start_timeout_s,
         resume_from_checkpoint=not args.no_resume,
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
@@ -155,6 +157,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
     p.add_argument("--cells-per-pool", type=int, default=1)
     p.add_argument("--grace-s", type=float, default=60.0, help="task wait before NoEligibleCar")
+    p.add_argument(
+        "--stall-timeout-s",
+        type=float,
+        default=120.0,
+        help="move a running task whose car says nothing about it this long (0: never)",
+    )
+    p.add_argument(
+        "--start-timeout-s",
+        type=float,
+        default=900.0,
+        help="the same before a task's first checkpoint (model fetch and load)",
+    )
     p.add_argument(
         "--model",
         action="append",

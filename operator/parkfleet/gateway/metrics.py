@@ -125,6 +125,12 @@ class GatewayMetrics:
             ["pool"],
             registry=r,
         )
+        self.task_stalls = Counter(
+            "parkfleet_gateway_task_stalls_total",
+            "Running tasks moved off a car that said nothing about them for the stall timeout.",
+            ["pool"],
+            registry=r,
+        )
         self.result_items = Counter(
             "parkfleet_gateway_result_items_total",
             "Items whose results reached a sink.",

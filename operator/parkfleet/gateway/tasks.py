@@ -39,6 +39,7 @@ __all__ = [
     "REASON_NO_ELIGIBLE_CAR",
     "REASON_OFFER_TIMEOUT",
     "REASON_SINK_ERROR",
+    "REASON_STALLED",
     "Task",
     "TaskManager",
 ]
@@ -50,6 +51,7 @@ REASON_OFFER_TIMEOUT = "OfferTimeout"
 REASON_INPUT_ERROR = "InputError"
 REASON_SINK_ERROR = "SinkError"
 REASON_CANCELLED = "Cancelled"
+REASON_STALLED = "TaskStalled"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TERMINAL: frozenset[TaskState] = frozenset({"Succeeded", "Failed", "Cancelled"})
 
@@ -65,12 +67,14 @@ class Task:
         "delivered",
         "energy_modelled",
         "energy_wh",
+        "heard_at",
         "message",
         "moves",
         "offered_at",
         "pending",
         "pool",
         "previous_car",
+        "progressed",
         "queued_at",
         "reason",
         "refused_by",
@@ -91,6 +95,8 @@ class Task:
         self.delivered = spec.item_start
         self.queued_at = time.monotonic()
         self.offered_at = 0.0
+        self.heard_at = 0.0  # the car's last message about this attempt
+        self.progressed = False  # this attempt has checkpointed, progressed or delivered
         self.started_at = 0.0  # first acceptance by a car (metrics: task duration)
         self.refused_by: set[str] = set()
         self.reason = ""
@@ -164,6 +170,10 @@ class TaskManager:
         bus: Where task events go.
         grace_s: Default time a task may wait for a car before failing.
         offer_timeout_s: Time a car has to accept or refuse an offer.
+        stall_timeout_s: A running task whose car says nothing about it (no progress,
+            checkpoint or result) this long moves to another car; 0 never moves it.
+        start_timeout_s: The same before the attempt's first checkpoint, progress or
+            result: the car may first fetch and load the model, over a slow link.
     """
 
     def __init__(
@@ -174,6 +184,8 @@ class TaskManager:
         grace_s: float = 60.0,
         offer_timeout_s: float = 30.0,
         resume: bool = True,
+        stall_timeout_s: float = 120.0,
+        start_timeout_s: float = 900.0,
     ) -> None:
         self._registry = registry
         # False: the naive strategy benchmarks compare against (no checkpoint; a task
@@ -183,6 +195,8 @@ class TaskManager:
         self._bus = bus
         self.grace_s = grace_s
         self.offer_timeout_s = offer_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.start_timeout_s = start_timeout_s
         self.tasks: dict[str, Task] = {}
         self._queued: dict[str, Task] = {}
         self._offered: dict[str, Task] = {}
@@ -282,6 +296,32 @@ class TaskManager:
                     detail += f" (last: {task.reason}: {task.message})"
                 self._finish_failed(task, REASON_NO_ELIGIBLE_CAR, detail)
 
+    def move_stalled(self, now: float | None = None) -> None:
+        """Moves running tasks whose car has gone quiet about them to another car.
+
+        A car can stay connected (telemetry flowing) while its task makes no progress: a
+        hung runtime, a wedged GPU. Without this the task would hold its unit forever.
+        """
+        if self.stall_timeout_s <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        for task in list(self.tasks.values()):
+            car = task.car
+            if task.state != "Running" or car is None:
+                continue
+            quiet = now - task.heard_at
+            if quiet <= (self.stall_timeout_s if task.progressed else self.start_timeout_s):
+                continue
+            self._cancel_on_car(task, car, REASON_STALLED)
+            task.refused_by.add(car.car_id)  # not back to the car that stalled on it
+            self._metrics.task_stalls.labels(task.pool).inc()
+            self._give_back(
+                task,
+                "lost",
+                REASON_STALLED,
+                f"car {car.car_id} sent no progress, checkpoint or result for {quiet:.0f} s",
+            )
+
     def _enqueue(self, task: Task) -> None:
         task.state = "Queued"
         task.queued_at = time.monotonic()
@@ -298,6 +338,8 @@ class TaskManager:
         task.attempt += 1
         task.car = car
         task.state = "Offered"
+        task.heard_at = time.monotonic()
+        task.progressed = False
         task.offered_at = time.monotonic()
         task.cars.append(car.car_id)
         if task.spec.group:
@@ -349,11 +391,11 @@ class TaskManager:
                         spec.input_name,
                         array,
                     )
-                except (ProtocolViolation, ValueError, TypeError, OSError) as e:
+                except Exception as e:  # a bad input source, whatever it raises
                     if task.attempt == attempt and task.car is car:
                         self._cancel_on_car(task, car, REASON_INPUT_ERROR)
                         self._release(task)
-                        self._finish_failed(task, REASON_INPUT_ERROR, str(e))
+                        self._finish_failed(task, REASON_INPUT_ERROR, str(e) or repr(e))
                     return
                 if not sized:
                     # Chunks as large as the bound allows (whole batches when possible).
@@ -411,6 +453,7 @@ class TaskManager:
             raise ProtocolViolation(f"unknown task id {task_id!r}: it was never offered to you")
         if task.car is not car or task.attempt != attempt or task.terminal:
             return None
+        task.heard_at = time.monotonic()
         return task
 
     async def on_message(self, car: CarState, kind: str, msg: pb.CarMessage) -> None:
@@ -432,6 +475,7 @@ class TaskManager:
                     f"were delivered up to item {task.delivered} only"
                 )
             self._mark_running(task)
+            task.progressed = True
             if c.next_item > task.checkpoint:
                 task.checkpoint = c.next_item
                 self._emit(task, "checkpoint")
@@ -446,6 +490,7 @@ class TaskManager:
                     f"[{task.spec.item_start}, {task.spec.item_end})"
                 )
             self._mark_running(task)
+            task.progressed = True
             self._emit(task, "progress", message=f"{p.items_per_second:.1f} items/s")
         elif kind == "accept":
             a = msg.accept
@@ -499,6 +544,7 @@ class TaskManager:
         task = self._task_for(car, r.task_id, r.attempt)
         if task is None:
             return
+        task.progressed = True
         spec = task.spec
         outputs: dict[str, np.ndarray] = {}
         n = -1
