@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .promtool import METRIC, promtool
 from .test_metrics_rules import exported_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,14 +52,6 @@ GRAFANA_VARS = {
     "$__interval": "30s",
     "$__range": "1h",
 }
-METRIC = re.compile(r"\bparkfleet_[a-z0-9_]+")
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: run hack/prometheus.sh (make test does)")
-    return path
 
 
 def load(path: Path) -> dict[str, Any]:

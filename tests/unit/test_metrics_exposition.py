@@ -6,7 +6,6 @@ conventions, and the operator's InferenceJob gauges say what the job's status sa
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
@@ -18,14 +17,9 @@ from parkfleet.kubemetrics import KubeApiMetrics
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.vehicle.metrics import AgentMetrics
 
+from .promtool import promtool
+
 FORBIDDEN_LABELS = {"car", "car_id", "pod", "pod_name", "task", "task_id", "uid", "node"}
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: run hack/prometheus.sh (make test does)")
-    return path
 
 
 def check_metrics(registry: CollectorRegistry) -> str:

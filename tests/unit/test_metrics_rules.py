@@ -4,30 +4,21 @@ unit test, a severity, a summary and a description, and uses only metrics the co
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from parkfleet.controller.metrics import OperatorMetrics
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 
+from .promtool import METRIC, promtool
+
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "helm" / "parkfleet" / "rules" / "parkfleet-rules.yaml"
 RULE_TESTS = sorted((RULES.parent / "tests").glob("*.yaml"))
-METRIC = re.compile(r"\bparkfleet_[a-z0-9_]+")
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: run hack/prometheus.sh (make test does)")
-    return path
 
 
 def alerts() -> list[dict[str, Any]]:
