@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from manifests import pool_doc
 
 from parkfleet import devcluster
 from parkfleet.controller.jobs import elapsed_s
@@ -111,24 +112,6 @@ class Kube:
                 eligible += state.cars_eligible
             gpus += int((st.get("allocatable") or {}).get("nvidia.com/gpu", 0))
         return eligible, gpus
-
-
-def pool_doc(cells: int, cell_size: int, grace_s: int) -> str:
-    """The FleetPool every run uses (lenient owners: every parked car plugged in may work)."""
-    return json.dumps(
-        {
-            "apiVersion": "parkfleet.io/v1alpha1",
-            "kind": "FleetPool",
-            "metadata": {"name": POOL},
-            "spec": {
-                "selector": {"matchAttributes": {"pool": POOL}},
-                "cellSize": cell_size,
-                "cells": cells,
-                "runtimes": ["onnxruntime"],
-                "gateway": {"graceSeconds": grace_s},
-            },
-        }
-    )
 
 
 def job_doc(name: str, items: int, per_unit: int, parallelism: int, batch: int) -> str:
@@ -645,7 +628,9 @@ def run(args: argparse.Namespace, cluster: devcluster.LocalCluster, work: Path) 
             "apply",
             "-f",
             "-",
-            stdin=pool_doc(args.cells, -(-args.cars // args.cells), args.grace_s),
+            stdin=pool_doc(
+                POOL, -(-args.cars // args.cells), args.cells, args.grace_s, ["onnxruntime"]
+            ),
         )
         wanted = [s for s in RUNS if s.key in args.runs.split(",")]
         for spec in wanted:

@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 from kubernetes_asyncio import client, config, watch
+from manifests import pool_doc
 from prometheus_client.parser import text_string_to_metric_families
 
 from parkfleet import devcluster
@@ -101,22 +102,6 @@ class Budget:
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
-
-
-def pool_doc(name: str, cell_size: int, cells: int, grace_s: int = 60) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "parkfleet.io/v1alpha1",
-            "kind": "FleetPool",
-            "metadata": {"name": name},
-            "spec": {
-                "selector": {"matchAttributes": {"pool": name}},
-                "cellSize": cell_size,
-                "cells": cells,
-                "gateway": {"graceSeconds": grace_s},
-            },
-        }
-    )
 
 
 def pod_body(name: str, pool: str, items: str, batch: int) -> dict[str, Any]:
