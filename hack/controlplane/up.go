@@ -25,6 +25,16 @@ import (
 
 const kubernetesVersion = "v1.34.4"
 
+// auditWritesPolicy records one line per write (at ResponseComplete), nothing for reads.
+const auditWritesPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+`
+
 func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 type upOptions struct {
@@ -40,6 +50,7 @@ type upOptions struct {
 	readyTimeout             time.Duration
 	kubeAPIQPS               float64
 	kubeAPIBurst             int
+	auditWrites              bool
 }
 
 // child is one component process.
@@ -66,6 +77,8 @@ func runUp(args []string) int {
 	// InferenceJobs on one machine want more, as large clusters configure too.
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 20, "API requests per second of the controller-manager and the scheduler")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 30, "API request burst of the controller-manager and the scheduler")
+	// Benchmarks attribute the API server's writes to their writers (user, user agent).
+	fs.BoolVar(&o.auditWrites, "audit-writes", false, "log every write request's metadata to DIR/logs/audit.log (JSON lines)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -190,6 +203,20 @@ func up(o upOptions) error {
 		"--default-unreachable-toleration-seconds=" + strconv.Itoa(o.unreachableTolerationSec),
 		"--profiling=false",
 		"--v=" + v,
+	}
+	if o.auditWrites {
+		policy := filepath.Join(dir, "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditWritesPolicy), 0o600); err != nil {
+			return err
+		}
+		apiArgs = append(apiArgs,
+			"--audit-policy-file="+policy,
+			"--audit-log-path="+filepath.Join(logs, "audit.log"),
+			"--audit-log-format=json",
+			// Written as requests complete, so a reader sees a window's writes at its end.
+			"--audit-log-mode=blocking",
+			"--audit-log-maxsize=0",
+		)
 	}
 	api, err := spawn(self, "kube-apiserver", apiArgs, logs)
 	if err != nil {

@@ -6,6 +6,7 @@ import os
 
 from kubernetes_asyncio import client, config
 
+from parkfleet import __version__
 from parkfleet.controller.metrics import METRICS
 from parkfleet.kubemetrics import instrument
 
@@ -24,6 +25,8 @@ async def api_client() -> client.ApiClient:
         else:
             await config.load_kube_config(client_configuration=cfg)
         _client = instrument(client.ApiClient(configuration=cfg), METRICS.registry)
+        # Names this process in the API server's audit log (Kopf's own client says "kopf").
+        _client.user_agent = f"parkfleet-operator/{__version__}"
     return _client
 
 

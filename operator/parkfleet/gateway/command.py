@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 
+from parkfleet import __version__
 from parkfleet.gateway.api import Gateway, GatewayConfig
 from parkfleet.kubemetrics import instrument
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
@@ -35,6 +36,7 @@ class NodeAgentOptions:
     kubelet_port: int
     advertise_address: str
     kubelet_client_ca: Path | None
+    status_heartbeat_s: float = 0.0
 
 
 async def _kube_client(kubeconfig: str | None) -> client.ApiClient:
@@ -43,7 +45,10 @@ async def _kube_client(kubeconfig: str | None) -> client.ApiClient:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     else:
         await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)
+    api = client.ApiClient(configuration=cfg)
+    # Names this process in the API server's audit log and request logs.
+    api.user_agent = f"parkfleet-gateway/{__version__}"
+    return api
 
 
 async def run(
@@ -82,6 +87,7 @@ async def run(
                 address=node_agent.advertise_address,
                 kubelet_port=kubelet.port,
                 data_root=node_agent.data_root,
+                status_heartbeat_s=node_agent.status_heartbeat_s,
             ),
             logs,
         )
@@ -141,6 +147,7 @@ def _main(args: argparse.Namespace) -> int:
             kubelet_port=args.kubelet_port,
             advertise_address=args.advertise_address or args.listen.rsplit(":", 1)[0],
             kubelet_client_ca=args.kubelet_client_ca,
+            status_heartbeat_s=args.node_status_heartbeat_s,
         )
     asyncio.run(run(config, models=_models(args.model), node_agent=agent))
     return 0
@@ -195,6 +202,14 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         help="CA of the apiserver's kubelet client cert (default: the kubeconfig's CA)",
+    )
+    k.add_argument(
+        "--node-status-heartbeat-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="also rewrite an unchanged Node status this often (0: only on change; a Node's "
+        "health travels in its Lease)",
     )
     p.add_argument(
         "--no-resume",

@@ -26,7 +26,7 @@ class NodeAgentMetrics:
         r = self.registry
         self.status_writes = Counter(
             "parkfleet_node_status_writes_total",
-            "Node status writes (on change, or the 5-minute heartbeat of an unchanged status).",
+            "Node status writes (on change, or --node-status-heartbeat-s, off by default).",
             ["pool"],
             registry=r,
         )
