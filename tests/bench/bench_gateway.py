@@ -23,6 +23,13 @@ What it measures, per step of the ramp:
 - ``task_rtt_p50_ms`` / ``task_rtt_p99_ms``: submit -> succeeded event of a 1-item task
   (offer, accept, input, result, checkpoint, done) over loopback, while the load runs.
 
+Baseline, measured in the same run (``--floor N``, 5,000 cars): the same clients against a
+bare ``grpc.aio`` server of the same service and options that only answers Hello with
+Welcome and reads on (``grpc_floor``), once with the gateway's mTLS and once in
+plaintext. Its memory per connection is what grpcio itself costs (for TLS, BoringSSL's
+buffer pair and gRPC's frame buffer are allocated per connection at fixed sizes); the
+gateway's ``memory_per_car_kib`` less that floor is what parkfleet adds.
+
 Equivalent load (``--equivalent 50000``): one process cannot hold 50,000 connections here
 (the sandbox's hard limit on open files is 20,000 and cannot be raised), so a second pass
 runs the largest ramp step with the telemetry period shortened until its message rate
@@ -207,6 +214,51 @@ async def server_main(args: argparse.Namespace) -> None:
     await gw.stop(1.0)
 
 
+async def bare_main(args: argparse.Namespace) -> None:
+    """A bare grpc.aio CarLink server: Welcome for a Hello, then reads; nothing else."""
+    from parkfleet.protocol import carlink_pb2 as pb
+    from parkfleet.protocol import carlink_pb2_grpc
+    from parkfleet.protocol.limits import PROTOCOL_VERSION, server_options
+
+    raise_nofile()
+    streams = 0
+    welcome = pb.GatewayMessage(welcome=pb.Welcome(protocol_version=PROTOCOL_VERSION))
+
+    class Bare(carlink_pb2_grpc.CarLinkServicer):
+        async def Connect(self, request_iterator: Any, context: Any) -> None:
+            nonlocal streams
+            await context.read()
+            await context.write(welcome)
+            streams += 1
+            try:
+                while await context.read() is not grpc.aio.EOF:
+                    pass
+            finally:
+                streams -= 1
+
+    server = grpc.aio.server(options=server_options())
+    carlink_pb2_grpc.add_CarLinkServicer_to_server(Bare(), server)
+    if args.plaintext:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        certs = Path(args.certs)
+        creds = grpc.ssl_server_credentials(
+            [((certs / "gateway.key").read_bytes(), (certs / "gateway.crt").read_bytes())],
+            root_certificates=(certs / "ca.crt").read_bytes(),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    emit({"listening": f"127.0.0.1:{port}", "rss_kib": rss_kib()})
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while (line := (await reader.readline()).decode().strip()) not in ("", "quit"):
+        if line == "cars":
+            emit({"cars": streams, "rss_kib": rss_kib()})
+    await server.stop(1.0)
+
+
 # ---- clients role: lightweight cars ------------------------------------------------------
 
 
@@ -267,7 +319,11 @@ async def clients_main(args: argparse.Namespace) -> None:
         creds = grpc.ssl_channel_credentials(ca_pem, pair.key_pem, pair.cert_pem)
         async with sem:
             try:
-                channel = grpc.aio.secure_channel(args.address, creds, options=options)
+                channel = (
+                    grpc.aio.insecure_channel(args.address, options=options)
+                    if args.plaintext
+                    else grpc.aio.secure_channel(args.address, creds, options=options)
+                )
                 call = carlink_pb2_grpc.CarLinkStub(channel).Connect()
                 await call.write(hello)
                 await call.read()  # Welcome
@@ -348,19 +404,33 @@ class Proc:
             await self.proc.wait()
 
 
-async def driver(args: argparse.Namespace) -> dict[str, Any]:
+def make_certs(work: Path) -> Path:
+    """A fleet CA and the gateway's certificate for 127.0.0.1, in ``work/certs``."""
     from parkfleet.certs import FleetCA
 
+    certs = work / "certs"
+    ca = FleetCA.create()
+    ca.save(certs)
+    ca.issue_gateway(["127.0.0.1", "localhost"]).save(certs / "gateway.crt", certs / "gateway.key")
+    return certs
+
+
+async def stop_all(server: Proc, clients: list[Proc]) -> None:
+    with contextlib.suppress(Exception):
+        await server.ask("quit", timeout=30)
+    await server.close()
+    for c in clients:
+        await c.close()
+
+
+async def driver(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     cpus = sorted(os.sched_getaffinity(0))
     gateway_cores = {cpus[0]}
     client_cores = set(cpus[1:]) or set(cpus)
     ramp = [int(x) for x in args.ramp.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    certs = work / "certs"
-    ca = FleetCA.create()
-    ca.save(certs)
-    ca.issue_gateway(["127.0.0.1", "localhost"]).save(certs / "gateway.crt", certs / "gateway.key")
+    certs = make_certs(work)
     interval = str(args.interval)
 
     server = await Proc.start(
@@ -441,11 +511,7 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
         else:
             limited_by = "ramp finished (raise --ramp; the fd limit caps one process near 20k)"
     finally:
-        with contextlib.suppress(Exception):
-            await server.ask("quit", timeout=30)
-        await server.close()
-        for c in clients:
-            await c.close()
+        await stop_all(server, clients)
 
     good = [
         s
@@ -480,6 +546,48 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+async def grpc_floor(args: argparse.Namespace, cars: int) -> dict[str, Any]:
+    """Memory per connection of a bare grpc.aio server (mTLS and plaintext), same clients."""
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cores, client_cores = {cpus[0]}, set(cpus[1:]) or set(cpus)
+    certs = make_certs(Path(tempfile.mkdtemp(prefix="bench-gateway-floor-")))
+    out: dict[str, Any] = {"cars": cars}
+    for mode in ("mtls", "plaintext"):
+        flag = ["--plaintext"] if mode == "plaintext" else []
+        server = await Proc.start(server_cores, "bare", "--certs", str(certs), *flag)
+        clients: list[Proc] = []
+        try:
+            address = (await server.read())["listening"]
+            await asyncio.sleep(1.0)
+            rss0 = (await server.ask("cars"))["rss_kib"]
+            started = 0
+            while started < cars:
+                count = min(args.per_proc, cars - started)
+                clients.append(
+                    await Proc.start(
+                        client_cores, "clients", "--address", address, "--certs", str(certs),
+                        "--first", str(started), "--count", str(count), *flag,
+                    )
+                )  # fmt: skip
+                started += count
+            for c in clients:
+                await c.read(timeout=args.time_cap_s)
+            await asyncio.sleep(2.0)
+            got = await server.ask("cars")
+            out[f"{mode}_streams"] = got["cars"]
+            out[f"{mode}_memory_per_car_kib"] = round(
+                (got["rss_kib"] - rss0) / max(got["cars"], 1), 1
+            )
+        finally:
+            await stop_all(server, clients)
+    print(
+        f"grpc.aio floor at {cars} connections: mTLS {out['mtls_memory_per_car_kib']} KiB, "
+        f"plaintext {out['plaintext_memory_per_car_kib']} KiB per connection",
+        flush=True,
+    )
+    return out
 
 
 def equivalent_load(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
@@ -525,6 +633,9 @@ def main() -> int:
     p.add_argument("--models", required=True)
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--grpc-option", action="append", default=[])
+    p = sub.add_parser("bare")
+    p.add_argument("--certs", required=True)
+    p.add_argument("--plaintext", action="store_true")
     p = sub.add_parser("clients")
     p.add_argument("--address", required=True)
     p.add_argument("--certs", required=True)
@@ -532,6 +643,7 @@ def main() -> int:
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, default=0)
     p.add_argument("--rtt-car", action="store_true")
+    p.add_argument("--plaintext", action="store_true")
     parser.add_argument("--ramp", default="1000,5000,10000,19000")
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--per-proc", type=int, default=5000)
@@ -546,6 +658,12 @@ def main() -> int:
     parser.add_argument(
         "--grpc-option", action="append", default=[], help='gateway option as JSON ["k", v]'
     )
+    parser.add_argument(
+        "--floor",
+        type=int,
+        default=5000,
+        help="connections for the bare grpc.aio memory baseline (0: skip)",
+    )
     args = parser.parse_args()
     if args.role == "server":
         asyncio.run(server_main(args))
@@ -553,7 +671,18 @@ def main() -> int:
     if args.role == "clients":
         asyncio.run(clients_main(args))
         return 0
+    if args.role == "bare":
+        asyncio.run(bare_main(args))
+        return 0
     result = asyncio.run(driver(args))
+    if args.floor:
+        floor = result["grpc_floor"] = asyncio.run(grpc_floor(args, args.floor))
+        at = next((s for s in result["steps"] if s["cars"] >= args.floor), None)
+        if at is not None:
+            floor["gateway_memory_per_car_kib_at_same_n"] = at["memory_per_car_kib"]
+            floor["parkfleet_adds_kib"] = round(
+                at["memory_per_car_kib"] - floor["mtls_memory_per_car_kib"], 1
+            )
     if args.equivalent and result["largest_n"]:
         result["equivalent_load"] = equivalent_load(args, result)
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -570,6 +699,14 @@ def main() -> int:
             f"of {eq['equivalent_cars']} cars at {args.interval:g} s: p99 "
             f"{eq['telemetry_p99_ms']} ms, gateway core {eq['gateway_cpu_share']:.0%} busy "
             f"-> {'meets' if eq['meets_goal'] else 'misses'} the p99 goal"
+        )
+    fl = result.get("grpc_floor")
+    if fl:
+        print(
+            f"memory baseline at {fl['cars']} connections: bare grpc.aio mTLS "
+            f"{fl['mtls_memory_per_car_kib']} KiB, plaintext {fl['plaintext_memory_per_car_kib']}"
+            f" KiB; the gateway {fl.get('gateway_memory_per_car_kib_at_same_n')} KiB "
+            f"(parkfleet adds {fl.get('parkfleet_adds_kib')})"
         )
     print(f"clients: lightweight protocol clients, not the real agent. wrote {OUT}")
     return 0
