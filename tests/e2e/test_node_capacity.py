@@ -1,4 +1,5 @@
-"""A cell's capacity follows its cars; ``kubectl logs`` streams from them and is guarded.
+"""A cell's capacity follows its cars; its Node lives on its Lease; ``kubectl logs``
+streams from the cars and is guarded.
 
 End to end on the real local control plane with the session ``stack`` (operator, gateway
 with its node agent): real ``parkfleet agent`` and ``parkfleet simulate`` processes are
@@ -25,7 +26,7 @@ import yaml
 from parkfleet import devcluster
 from parkfleet.devstack import DevStack
 
-from .conftest import Kubectl
+from .conftest import NODE_MONITOR_GRACE_S, Kubectl
 from .kube import get_json, inference_pod, pod_phase, until
 
 pytestmark = pytest.mark.e2e
@@ -147,6 +148,32 @@ def test_unplugging_driving_off_and_battery_change_the_cells_allocatable(
     # The car goes away altogether: its GPU leaves the cell.
     stack.procs[f"agent-{pool}-car"].kill()
     until(lambda: gpus_of(kubectl, node) == 0, WITHIN_S, "allocatable 0 once the car is gone")
+
+
+def ready_condition(kubectl: Kubectl, node: str) -> dict[str, Any]:
+    conditions = get_json(kubectl, "node", node)["status"]["conditions"]
+    found: dict[str, Any] = next(c for c in conditions if c["type"] == "Ready")
+    return found
+
+
+def test_a_node_with_nothing_new_stays_ready_on_its_lease_alone(
+    stack: DevStack, kubectl: Kubectl, pool: str
+) -> None:
+    node = f"pf-{pool}-0"
+    stack.start_agent(f"{pool}-car", {"pool": pool})
+    until(lambda: gpus_of(kubectl, node) == 1, 60, f"{node} to offer the car's GPU")
+    until(lambda: ready_condition(kubectl, node)["status"] == "True", 60, f"{node} Ready")
+    before = ready_condition(kubectl, node)
+    # Past the node-lifecycle controller's grace period: without Lease renewals it would
+    # mark the Node Unknown; an unchanged status is not rewritten meanwhile.
+    deadline = time.monotonic() + NODE_MONITOR_GRACE_S * 1.5
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        now = ready_condition(kubectl, node)
+        assert now["status"] == "True", f"{node} left Ready: {now}"
+    assert now["lastHeartbeatTime"] == before["lastHeartbeatTime"], "status was rewritten"
+    lease = get_json(kubectl, "lease", node, "-n", "kube-node-lease")
+    assert lease["spec"]["holderIdentity"] == node
 
 
 def test_kubectl_logs_follow_streams_until_the_pod_ends(
