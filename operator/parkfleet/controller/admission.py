@@ -12,6 +12,8 @@ truth about a missing pool (as it does when a pool is deleted after its jobs).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,8 @@ def webhook_server(config: AdmissionConfig) -> kopf.WebhookServer:
         # Nobody provisioned one (a local run): a CA of our own, its bundle handed to the
         # managed configuration so the API server trusts it.
         cert_dir = Path(tempfile.mkdtemp(prefix="parkfleet-admission-"))
+        # Kopf reads the files when its server starts; they are not needed after we exit.
+        atexit.register(shutil.rmtree, cert_dir, ignore_errors=True)
         ca = FleetCA.create("parkfleet operator admission CA")
         hosts = [host] + ([config.addr] if config.addr not in (host, "0.0.0.0") else [])
         ca.issue_gateway(hosts).save(cert_dir / "tls.crt", cert_dir / "tls.key")
