@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
+from kubernetes_asyncio import client
 
-from kubernetes_asyncio import client, config
-
-from parkfleet import __version__
 from parkfleet.controller.metrics import METRICS
+from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
 
 __all__ = ["api_client", "close_api_client"]
@@ -19,14 +17,8 @@ async def api_client() -> client.ApiClient:
     """The shared client (created on first use)."""
     global _client
     if _client is None:
-        cfg = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            await config.load_kube_config(client_configuration=cfg)
-        _client = instrument(client.ApiClient(configuration=cfg), METRICS.registry)
-        # Names this process in the API server's audit log (Kopf's own client says "kopf").
-        _client.user_agent = f"parkfleet-operator/{__version__}"
+        # Kopf's own machinery has a client of its own; its user agent says "kopf".
+        _client = instrument(await connect("parkfleet-operator"), METRICS.registry)
     return _client
 
 

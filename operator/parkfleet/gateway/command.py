@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
-from parkfleet import __version__
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
 from parkfleet.nodeagent.kubeletapi import KubeletServer
@@ -39,18 +38,6 @@ class NodeAgentOptions:
     status_heartbeat_s: float = 0.0
 
 
-async def _kube_client(kubeconfig: str | None) -> client.ApiClient:
-    cfg = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    else:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    api = client.ApiClient(configuration=cfg)
-    # Names this process in the API server's audit log and request logs.
-    api.user_agent = f"parkfleet-gateway/{__version__}"
-    return api
-
-
 async def run(
     config: GatewayConfig,
     grace_s: float = 5.0,
@@ -71,7 +58,9 @@ async def run(
     kubelet: KubeletServer | None = None
     api: client.ApiClient | None = None
     if node_agent is not None:
-        api = instrument(await _kube_client(node_agent.kubeconfig), gateway.metrics.registry)
+        api = instrument(
+            await connect("parkfleet-gateway", node_agent.kubeconfig), gateway.metrics.registry
+        )
         ca_path = node_agent.kubelet_client_ca or api.configuration.ssl_ca_cert
         client_ca = await asyncio.to_thread(Path(ca_path).read_bytes) if ca_path else None
         logs = LogStore()
