@@ -212,6 +212,7 @@ class DevStack:
                 f"--admission-port={self.admission_port}",
                 "--admission-addr=127.0.0.1",
                 f"--admission-manage={ADMISSION_WEBHOOK}",
+                "--metrics-addr=127.0.0.1",
                 *extra,
             ],
         )
@@ -249,6 +250,7 @@ class DevStack:
                 f"--kubelet-port={kubelet_port}",
                 f"--telemetry-interval-s={self.telemetry_interval_s}",
                 f"--telemetry-timeout-s={max(3 * self.telemetry_interval_s, 3.0)}",
+                "--metrics-addr=127.0.0.1",
                 *extra,
             ],
         )

@@ -29,7 +29,8 @@ async def test_gateway_process(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "parkfleet.cli", "gateway",
         "--listen", "127.0.0.1:0", "--certs", str(certs), "--models", str(tmp_path / "models"),
-        "--metrics-port", str(metrics_port), "--log-level", "warning",
+        "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1",
+        "--log-level", "warning",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

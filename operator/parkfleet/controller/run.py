@@ -55,6 +55,7 @@ async def run(
     *,
     peering: str | None,
     metrics_port: int | None,
+    metrics_addr: str = "0.0.0.0",
     stop: asyncio.Event | None = None,
     priority: int = 0,
     admission: AdmissionConfig | None = None,
@@ -64,6 +65,7 @@ async def run(
     Args:
         peering: A ClusterKopfPeering name for active/standby; None runs standalone.
         metrics_port: Serve Prometheus metrics on this port.
+        metrics_addr: The address the metrics server listens on.
         stop: Set to stop.
         priority: Peering priority: the live peer with the highest one works, the
             others wait (peers of equal priority all pause, so a standby needs a lower one).
@@ -79,7 +81,7 @@ async def run(
     _PRIORITY["value"] = priority
     _ADMISSION["config"] = admission
     if metrics_port is not None:
-        start_http_server(metrics_port, registry=METRICS.registry)
+        start_http_server(metrics_port, addr=metrics_addr, registry=METRICS.registry)
     await kopf.operator(clusterwide=True, standalone=peering is None, stop_flag=stop)
 
 
@@ -100,6 +102,7 @@ def _cmd(args: argparse.Namespace) -> int:
         run(
             peering=args.peering,
             metrics_port=args.metrics_port,
+            metrics_addr=args.metrics_addr,
             priority=args.priority,
             admission=admission,
         )
@@ -118,6 +121,7 @@ def register(subparsers: Any) -> None:
         help="peering priority: the highest live one works, a standby takes a lower one",
     )
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics server")
     a = p.add_argument_group("admission webhook (refuses an InferenceJob whose pool is missing)")
     a.add_argument("--admission-port", type=int, default=None, help="serve it on this port")
     a.add_argument("--admission-addr", default="0.0.0.0", help="listen address")

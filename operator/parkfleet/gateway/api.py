@@ -58,6 +58,8 @@ class GatewayConfig:
         start_timeout_s: The same before an attempt's first checkpoint, progress or
             result (the car may be fetching and loading the model).
         metrics_port: Serve Prometheus metrics on this port (None: not served).
+        metrics_addr: The address it listens on (all interfaces, for Prometheus in a
+            cluster; loopback for a local run).
         pool_floors: Per pool, a policy floor applied to cars that connect.
         grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
     """
@@ -76,6 +78,7 @@ class GatewayConfig:
     stall_timeout_s: float = 120.0
     start_timeout_s: float = 900.0
     metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
     pool_floors: Mapping[str, Policy] = field(default_factory=dict)
     resume_from_checkpoint: bool = True
     shard: int = 0
@@ -164,7 +167,9 @@ class Gateway:
         self._server = server
         if self.config.metrics_port is not None:
             self._metrics_server = start_http_server(
-                self.config.metrics_port, addr="0.0.0.0", registry=self.metrics.registry
+                self.config.metrics_port,
+                addr=self.config.metrics_addr,
+                registry=self.metrics.registry,
             )
         loop = asyncio.get_running_loop()
         self._loops = [

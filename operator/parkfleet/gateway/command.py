@@ -117,6 +117,7 @@ def _main(args: argparse.Namespace) -> int:
         args.models,
         listen=args.listen,
         metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
         telemetry_interval_s=args.telemetry_interval_s,
         telemetry_timeout_s=args.telemetry_timeout_s,
         cells_per_pool=args.cells_per_pool,
@@ -149,6 +150,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--certs", type=Path, required=True, help="dir with ca.crt, gateway.crt/key")
     p.add_argument("--models", type=Path, required=True, help="model store directory")
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics server")
     p.add_argument("--telemetry-interval-s", type=float, default=10.0)
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
     p.add_argument("--cells-per-pool", type=int, default=1)
