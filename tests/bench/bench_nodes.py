@@ -21,8 +21,8 @@ What it measures:
   over ``--window`` seconds at steady state (1,000 cars connected, no pods being created),
   per 1,000 connected cars. The audit log names each request's writer (user agent:
   ``parkfleet-gateway``, ``parkfleet-operator``, ``kopf``), so the control plane's own
-  background writes (its controllers' leases and endpoints, there with no car at all) are
-  counted apart, and printed beside it with every writer's share and the resources written
+  background writes (the API server's own Lease and endpoints, there with no car at all)
+  are counted apart, and printed beside it with every writer's share and the resources written
   (Lease renewals vs Node status ...). ``apiserver_request_total`` over the same window
   cross-checks that the audit log saw every write, and the same counter with the bare
   control plane (before parkfleet starts) is the baseline.
