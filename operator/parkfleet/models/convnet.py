@@ -17,16 +17,20 @@ deterministic and cached like the digits model's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from parkfleet.files import write_atomic
-from parkfleet.models.digits import read_manifest
+from parkfleet.models.builds import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    BuiltModel,
+    built_fields,
+    read_manifest,
+    write_build,
+)
 
 __all__ = [
     "BUILDER_VERSION",
@@ -43,8 +47,6 @@ __all__ = [
 BUILDER_VERSION = 1
 MODEL_FILE = "convnet.onnx"
 MANIFEST_FILE = "convnet.json"
-INPUT_NAME = "input"
-OUTPUT_NAMES = ("label", "probabilities")
 INPUT_SHAPE = (3, 32, 32)
 CLASSES = 10
 # Output channels of the conv stages (3x3, padding 1, each followed by ReLU and 2x2 max-pool).
@@ -53,25 +55,13 @@ HIDDEN = 256
 
 
 @dataclass(frozen=True)
-class ConvNetModel:
-    """A built convnet on disk.
+class ConvNetModel(BuiltModel):
+    """A built convnet on disk (see :class:`BuiltModel` for the common attributes).
 
     Attributes:
-        directory: Where the files are.
-        model_path: The ONNX file.
-        sha256: Hex sha256 of the ONNX file.
-        size_bytes: Size of the ONNX file.
-        input_name: The model's input name.
-        output_names: The model's output names, in order.
         mflop_per_item: Floating-point operations per item, in millions.
     """
 
-    directory: Path
-    model_path: Path
-    sha256: str
-    size_bytes: int
-    input_name: str
-    output_names: tuple[str, ...]
     mflop_per_item: float
 
     def inputs(self, items: int, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -97,12 +87,7 @@ def load_convnet_model(directory: Path) -> ConvNetModel | None:
     if manifest is None:
         return None
     return ConvNetModel(
-        directory=directory,
-        model_path=model_path,
-        sha256=str(manifest["sha256"]),
-        size_bytes=int(manifest["size_bytes"]),
-        input_name=str(manifest["input"]["name"]),
-        output_names=tuple(str(o["name"]) for o in manifest["outputs"]),
+        **built_fields(manifest, directory, model_path),
         mflop_per_item=float(manifest["mflop_per_item"]),
     )
 
@@ -189,24 +174,16 @@ def build_convnet(out_dir: Path, *, seed: int = 0, force: bool = False) -> ConvN
         cached = load_convnet_model(out_dir)
         if cached is not None:
             return cached
-    model_bytes = _model_bytes(seed)
-    sha = hashlib.sha256(model_bytes).hexdigest()
-    write_atomic(out_dir / MODEL_FILE, model_bytes)
-    manifest = {
-        "builder_version": BUILDER_VERSION,
-        "seed": seed,
-        "sha256": sha,
-        "size_bytes": len(model_bytes),
-        "runtime": "onnxruntime",
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, *INPUT_SHAPE]},
-        "outputs": [
-            {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": [None]},
-            {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": [None, CLASSES]},
-        ],
-        "mflop_per_item": round(_mflop(), 3),
-    }
-    # The manifest goes last: its presence with a matching sha marks a complete build.
-    write_atomic(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_build(
+        out_dir / MODEL_FILE,
+        out_dir / MANIFEST_FILE,
+        _model_bytes(seed),
+        builder_version=BUILDER_VERSION,
+        seed=seed,
+        input_shape=INPUT_SHAPE,
+        classes=CLASSES,
+        mflop_per_item=round(_mflop(), 3),
+    )
     model = load_convnet_model(out_dir)
     if model is None:  # pragma: no cover - only if the disk changed under us
         raise RuntimeError(f"convnet build in {out_dir} did not verify")

@@ -15,9 +15,6 @@ matches them, nothing is rebuilt.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from parkfleet.files import write_atomic
+from parkfleet.models.builds import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    BuiltModel,
+    built_fields,
+    read_manifest,
+    write_build,
+)
 
 __all__ = [
     "BUILDER_VERSION",
@@ -35,9 +40,7 @@ __all__ = [
     "DigitsModel",
     "build_digits",
     "load_digits_model",
-    "read_manifest",
     "register",
-    "sha256_file",
 ]
 
 # Bump when the training recipe changes, so cached builds are redone.
@@ -46,32 +49,18 @@ MODEL_FILE = "digits.onnx"
 MANIFEST_FILE = "digits.json"
 INPUTS_FILE = "digits_inputs.npy"
 LABELS_FILE = "digits_labels.npy"
-INPUT_NAME = "input"
-OUTPUT_NAMES = ("label", "probabilities")
 FEATURES = 64
 CLASSES = 10
 
 
 @dataclass(frozen=True)
-class DigitsModel:
-    """A built digits model on disk.
+class DigitsModel(BuiltModel):
+    """A built digits model on disk (see :class:`BuiltModel` for the common attributes).
 
     Attributes:
-        directory: Where the files are.
-        model_path: The ONNX file.
-        sha256: Hex sha256 of the ONNX file.
-        size_bytes: Size of the ONNX file.
-        input_name: The model's input name.
-        output_names: The model's output names, in order.
         accuracy: Accuracy on the held-out split, measured at build time.
     """
 
-    directory: Path
-    model_path: Path
-    sha256: str
-    size_bytes: int
-    input_name: str
-    output_names: tuple[str, ...]
     accuracy: float
 
     def test_inputs(self) -> npt.NDArray[np.float32]:
@@ -83,33 +72,6 @@ class DigitsModel:
         """Returns the held-out labels, int64 [N]."""
         arr: npt.NDArray[np.int64] = np.load(self.directory / LABELS_FILE)
         return arr
-
-
-def sha256_file(path: Path) -> str:
-    """Returns the hex sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(
-    manifest_path: Path, model_path: Path, builder_version: int, needed: Sequence[Path] = ()
-) -> dict[str, Any] | None:
-    """A built model's manifest, or None when a file is missing, the build is from another
-    builder version, or the model file's sha256 is not the manifest's (altered)."""
-    if not all(p.is_file() for p in (manifest_path, model_path, *needed)):
-        return None
-    try:
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("builder_version") != builder_version:
-        return None
-    if sha256_file(model_path) != manifest.get("sha256"):
-        return None
-    return manifest
 
 
 def _npy_bytes(arr: npt.NDArray[Any]) -> bytes:
@@ -139,13 +101,7 @@ def load_digits_model(directory: Path) -> DigitsModel | None:
     if manifest is None:
         return None
     return DigitsModel(
-        directory=directory,
-        model_path=model_path,
-        sha256=str(manifest["sha256"]),
-        size_bytes=int(manifest["size_bytes"]),
-        input_name=str(manifest["input"]["name"]),
-        output_names=tuple(str(o["name"]) for o in manifest["outputs"]),
-        accuracy=float(manifest["accuracy"]),
+        **built_fields(manifest, directory, model_path), accuracy=float(manifest["accuracy"])
     )
 
 
@@ -187,28 +143,19 @@ def build_digits(out_dir: Path, *, seed: int = 0, force: bool = False) -> Digits
         options={"zipmap": False},
         target_opset={"": 17, "ai.onnx.ml": 1},
     )
-    model_bytes = onx.SerializeToString()
-    sha = hashlib.sha256(model_bytes).hexdigest()
-
     write_atomic(out_dir / INPUTS_FILE, _npy_bytes(np.ascontiguousarray(x_test, np.float32)))
     write_atomic(out_dir / LABELS_FILE, _npy_bytes(np.asarray(y_test, dtype=np.int64)))
-    write_atomic(out_dir / MODEL_FILE, model_bytes)
-    manifest = {
-        "builder_version": BUILDER_VERSION,
-        "seed": seed,
-        "sha256": sha,
-        "size_bytes": len(model_bytes),
-        "runtime": "onnxruntime",
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, FEATURES]},
-        "outputs": [
-            {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": [None]},
-            {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": [None, CLASSES]},
-        ],
-        "test_items": len(y_test),
-        "accuracy": accuracy,
-    }
-    # The manifest goes last: its presence with a matching sha marks a complete build.
-    write_atomic(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_build(
+        out_dir / MODEL_FILE,
+        out_dir / MANIFEST_FILE,
+        onx.SerializeToString(),
+        builder_version=BUILDER_VERSION,
+        seed=seed,
+        input_shape=(FEATURES,),
+        classes=CLASSES,
+        test_items=len(y_test),
+        accuracy=accuracy,
+    )
     model = load_digits_model(out_dir)
     if model is None:  # pragma: no cover - only if the disk changed under us
         raise RuntimeError(f"digits model build in {out_dir} did not verify")
