@@ -102,10 +102,11 @@ prometheus: ## Debian's prometheus package (prometheus + promtool) for the obser
 	hack/prometheus.sh
 
 .PHONY: lint
-lint: $(VENV)/.installed ## ruff and mypy (strict)
+lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, pyproject.toml)
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test
 test: $(VENV)/.installed $(CP) $(HELM) prometheus ## install what is needed, build the control plane if missing, lint, run every test

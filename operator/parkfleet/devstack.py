@@ -178,12 +178,13 @@ class DevStack:
         labels: np.ndarray = np.load(self.data / "digits" / "labels.npy")
         return labels
 
-    def _spawn(self, name: str, args: Sequence[str]) -> Proc:
+    def _spawn(self, name: str, args: Sequence[str], entry: Sequence[str] = ()) -> Proc:
+        """Starts ``parkfleet ARGS`` (or ``python ENTRY ARGS``) as ``name``."""
         log = self.logs / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "parkfleet.cli", *args],
+                [sys.executable, *(entry or ("-m", "parkfleet.cli")), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -219,10 +220,14 @@ class DevStack:
         proc.wait_for_line(r"Reconfiguring the validating webhook", timeout=60)
         return proc
 
-    def start_gateway(self, *extra: str) -> Proc:
-        """``parkfleet gateway`` (shard 0) with its node agent; waits until it serves."""
+    def start_gateway(self, *extra: str, entry: Sequence[str] = ()) -> Proc:
+        """``parkfleet gateway`` (shard 0) with its node agent; waits until it serves.
+
+        Args:
+            entry: Run ``python ENTRY gateway ...`` instead (a benchmark's own gateway).
+        """
         proc, address, kubelet_port = self._gateway(
-            "gateway", self.gateway_address or "127.0.0.1:0", self.kubelet_port, extra
+            "gateway", self.gateway_address or "127.0.0.1:0", self.kubelet_port, extra, entry
         )
         # Keep the same ports on restart: cars reconnect to the same address.
         self.gateway_address, self.kubelet_port = address, kubelet_port
@@ -234,7 +239,12 @@ class DevStack:
         return proc
 
     def _gateway(
-        self, name: str, listen: str, kubelet_port: int, extra: Sequence[str]
+        self,
+        name: str,
+        listen: str,
+        kubelet_port: int,
+        extra: Sequence[str],
+        entry: Sequence[str] = (),
     ) -> tuple[Proc, str, int]:
         assert self.model is not None, "prepare() first"
         proc = self._spawn(
@@ -253,6 +263,7 @@ class DevStack:
                 "--metrics-addr=127.0.0.1",
                 *extra,
             ],
+            entry,
         )
         deadline = time.monotonic() + 60
         while True:

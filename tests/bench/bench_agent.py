@@ -205,8 +205,8 @@ async def measure(
         events = gateway.events()
         try:
             for _ in range(600):
-                cap = gateway.capacity().get("bench-0")
-                if cap is not None and cap.cars_eligible:
+                cap = gateway.capacity("bench-0")
+                if cap.cars_eligible:
                     break
                 await asyncio.sleep(0.05)
             else:

@@ -125,7 +125,7 @@ def quantile(
 
 async def server_main(args: argparse.Namespace) -> None:
     from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, MemorySink, TaskSpec
-    from parkfleet.gateway.spec import ModelRef
+    from parkfleet.taskport import ModelRef
 
     raise_nofile()
     config = GatewayConfig.from_certs_dir(
@@ -196,7 +196,7 @@ async def server_main(args: argparse.Namespace) -> None:
                     item_end=1,
                     inputs=ArrayInput(np.ones((1, 4), np.float32)),
                     sink=MemorySink(),
-                    grace_s=30,
+                    car_wait_s=30,
                 )
                 t0 = time.perf_counter()
                 await gw.submit(spec)
@@ -204,7 +204,7 @@ async def server_main(args: argparse.Namespace) -> None:
                     if e.task_id == task_id and e.kind in ("succeeded", "failed"):
                         break
                 times.append((time.perf_counter() - t0) * 1000)
-                gw.forget(task_id)
+                gw.release(task_id)
             emit(
                 {
                     "rtt_p50_ms": float(np.percentile(times, 50)),

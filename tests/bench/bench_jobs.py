@@ -19,7 +19,7 @@ freshly connected fleet:
 - ``no_churn``: every car stays.
 - ``churn30``: the leaver processes are killed at staggered times during the run.
 - ``baseline_churn30``: the same job and the same kill times, with the gateway started
-  with ``--no-resume`` (the naive strategy: results held until the task is done, a
+  as ``tests/bench/naive_gateway.py`` (the naive strategy: results held until the task is done, a
   task that loses its car starts over from its first item).
 
 What it measures, per run:
@@ -58,9 +58,9 @@ import numpy as np
 from manifests import pool_doc
 
 from parkfleet import devcluster
+from parkfleet.contract import parse_cars_condition
 from parkfleet.controller.jobs import elapsed_s
 from parkfleet.devstack import DevStack, Proc
-from parkfleet.nodeagent.nodes import parse_cars_condition
 
 __all__ = ["main"]
 
@@ -142,7 +142,8 @@ class RunSpec:
 
     Attributes:
         key: Name in the JSON and the table.
-        resume: Gateway resumes moved tasks from their checkpoint (False: ``--no-resume``).
+        resume: Gateway resumes moved tasks from their checkpoint (False: the naive
+            strategy of ``naive_gateway.py``).
         churn: Whether the leaver processes are killed during the run.
     """
 
@@ -396,7 +397,8 @@ def run_one(
     gw = stack.procs.get("gateway")
     if gw is not None:
         gw.stop()  # the new one binds the same address: cars reconnect there
-    stack.start_gateway("--log-level=warning", *([] if spec.resume else ["--no-resume"]))
+    entry = () if spec.resume else (str(Path(__file__).with_name("naive_gateway.py")),)
+    stack.start_gateway("--log-level=warning", entry=entry)
     stayers, leavers = split_cars(args.cars, args.churn, args.leaver_procs)
     stay, leave = start_fleets(stack, args, stayers, leavers)
     out: dict[str, Any] = {"job": name, "resume_from_checkpoint": spec.resume}

@@ -70,13 +70,13 @@ from manifests import pool_doc
 from prometheus_client.parser import text_string_to_metric_families
 
 from parkfleet import devcluster
+from parkfleet.contract import parse_cars_condition
 from parkfleet.devstack import DevStack, Proc, free_port
 from parkfleet.gateway.api import Gateway, GatewayConfig
-from parkfleet.gateway.spec import TaskEvent
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
 from parkfleet.nodeagent.kubeletapi import KubeletServer
 from parkfleet.nodeagent.logs import LogStore
-from parkfleet.nodeagent.nodes import parse_cars_condition
+from parkfleet.taskport import TaskEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".cache" / "bench" / "nodes.json"
@@ -563,7 +563,7 @@ async def measure_moves(
                     raise TimeoutError(
                         f"replacement car {newest.name} not there after 60 s "
                         f"(alive: {newest.alive()}): {newest.tail(5)!r}; "
-                        f"cell: {gw.capacity().get(cell)}"
+                        f"cell: {gw.capacity(cell)}"
                     ) from None
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t_spawn)))
         except TimeoutError as exc:
@@ -594,8 +594,8 @@ async def measure_moves(
 
 
 async def _eligible(gw: Gateway, cell: str, n: int) -> bool:
-    cap = gw.capacity().get(cell)
-    return cap is not None and cap.cars_eligible >= n
+    cap = gw.capacity(cell)
+    return cap.cars_eligible >= n
 
 
 # ---- the run -------------------------------------------------------------------------------------

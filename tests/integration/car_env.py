@@ -166,8 +166,8 @@ class CarEnv:
     async def wait_eligible(self, count: int, timeout_s: float = 30.0) -> None:
         async with asyncio.timeout(timeout_s):
             while True:
-                cap = self.gateway.capacity().get(CELL)
-                if cap is not None and cap.cars_eligible >= count:
+                cap = self.gateway.capacity(CELL)
+                if cap.cars_eligible >= count:
                     return
                 await asyncio.sleep(0.02)
 

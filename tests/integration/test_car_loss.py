@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from parkfleet.gateway import ArrayInput, MemorySink
-from parkfleet.gateway.tasks import REASON_STALLED
+from parkfleet.gateway.taskstate import REASON_STALLED
 from parkfleet.vehicle import ModelledCompute, ModelSession, OrtCompute
 from tests.integration.car_env import POOL, CarEnv, SlowInput, digits, digits_task, start_env
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
-    e = await start_env(tmp_path, grace_s=30.0, telemetry_interval_s=0.5)
+    e = await start_env(tmp_path, car_wait_s=30.0, telemetry_interval_s=0.5)
     yield e
     await e.close()
 

@@ -23,7 +23,7 @@ CHARGING_ONLY = Policy(only_while_plugged_in=True)
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
-    e = await start_env(tmp_path, grace_s=30.0, telemetry_interval_s=0.3)
+    e = await start_env(tmp_path, car_wait_s=30.0, telemetry_interval_s=0.3)
     yield e
     await e.close()
 
@@ -36,11 +36,11 @@ async def test_unplugged_car_gets_no_work(env: CarEnv) -> None:
     await agent.connected.wait()
     x = model.test_inputs()[:20]
     sink = MemorySink()
-    await env.gateway.submit(digits_task("t", ref, ArrayInput(x), len(x), sink, grace_s=1.0))
+    await env.gateway.submit(digits_task("t", ref, ArrayInput(x), len(x), sink, car_wait_s=1.0))
     end = await env.events.ended("t")
     assert end.kind == "failed"
     assert end.reason == "NoEligibleCar"
-    cap = env.gateway.capacity()[CELL]
+    cap = env.gateway.capacity(CELL)
     assert cap.cars_connected == 1
     assert cap.cars_eligible == 0
     assert (
@@ -100,7 +100,7 @@ async def test_unplugged_mid_task_stops_within_one_telemetry_period(env: CarEnv)
 async def test_car_refuses_an_offer_its_policy_forbids(tmp_path: Path) -> None:
     # Telemetry is rare here, so the gateway still believes the car is plugged in when
     # the offer arrives: the car's own check is what refuses it.
-    env = await start_env(tmp_path, grace_s=1.0, telemetry_interval_s=60.0)
+    env = await start_env(tmp_path, car_wait_s=1.0, telemetry_interval_s=60.0)
     try:
         model = digits()
         ref = env.gateway.models.add_file(model.model_path)

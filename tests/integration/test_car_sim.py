@@ -24,7 +24,7 @@ NIGHT_MS = (5 * 86_400 + 3 * 3600) * 1000
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
-    e = await start_env(tmp_path, grace_s=30.0, telemetry_interval_s=0.5)
+    e = await start_env(tmp_path, car_wait_s=30.0, telemetry_interval_s=0.5)
     yield e
     await e.close()
 
@@ -51,10 +51,10 @@ async def test_fleet_connects_and_runs_a_task(env: CarEnv) -> None:
         assert await fleet.wait_connected(timeout_s=30.0) == 8
         plugged = sum(t.state_at(NIGHT_MS / 1000 - 4 * 86_400).plugged_in for t in fleet.traces)
         assert 0 < plugged < 8  # this seed has some of each
-        cap = env.gateway.capacity()["sim-0"]
+        cap = env.gateway.capacity("sim-0")
         assert cap.cars_connected == 8  # eight identities, eight streams
         for _ in range(200):
-            cap = env.gateway.capacity()["sim-0"]
+            cap = env.gateway.capacity("sim-0")
             if cap.cars_eligible == plugged:
                 break
             await asyncio.sleep(0.02)

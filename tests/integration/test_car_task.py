@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
-    e = await start_env(tmp_path, grace_s=30.0)
+    e = await start_env(tmp_path, car_wait_s=30.0)
     yield e
     await e.close()
 

@@ -41,9 +41,9 @@ async def test_car_with_valid_certificate_is_welcomed(env: Env) -> None:
         assert welcome.protocol_version == 1
         assert welcome.max_message_bytes == MAX_MESSAGE_BYTES
         await car.telemetry()
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 1)
-        cap = env.gateway.capacity()["p-0"]
-        assert (cap.cars_connected, cap.gpus_allocatable, cap.max_gpu_memory_mib) == (1, 1, 8192)
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+        cap = env.gateway.capacity("p-0")
+        assert (cap.cars_connected, cap.gpus, cap.max_gpu_memory_mib) == (1, 1, 8192)
 
 
 async def test_no_client_certificate_is_refused(env: Env) -> None:
@@ -124,7 +124,7 @@ async def test_oversized_message_closes_only_that_stream(env: Env) -> None:
         await good.connect()
         await bad.connect()
         await good.telemetry()
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 1)
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
         huge = pb.CarMessage(
             log=pb.TaskLog(task_id="t", lines=["x" * 1_000_000] * (MAX_MESSAGE_BYTES // 10**6 + 1))
         )
@@ -137,7 +137,7 @@ async def test_oversized_message_closes_only_that_stream(env: Env) -> None:
         await wait_until(lambda: "car-bad" not in env.gateway.registry.cars)
         # The other car is unaffected: still registered, still talking.
         await good.telemetry(state=pb.DRIVING)
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 0)
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 0)
         assert "car-good" in env.gateway.registry.cars
 
 
@@ -150,8 +150,8 @@ async def test_reconnect_replaces_the_old_stream(env: Env) -> None:
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert len(env.gateway.registry.cars) == 1
         await second.telemetry()
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 1)
-        assert env.gateway.capacity()["p-0"].cars_connected == 1
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+        assert env.gateway.capacity("p-0").cars_connected == 1
 
 
 async def test_silent_car_is_dropped(tmp_path: Path, ca: FleetCA) -> None:
@@ -164,7 +164,7 @@ async def test_silent_car_is_dropped(tmp_path: Path, ca: FleetCA) -> None:
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "no telemetry" in (err.value.details() or "")
         assert env.gateway.registry.cars == {}
-        assert env.gateway.capacity()["p-0"].cars_connected == 0
+        assert env.gateway.capacity("p-0").cars_connected == 0
     finally:
         await env.gateway.stop(0)
 

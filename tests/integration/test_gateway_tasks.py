@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from parkfleet.certs import FleetCA
+from parkfleet.contract import CarCounts
 from parkfleet.gateway import ArrayInput, MemorySink, ModelRef, TaskEvent, TaskSpec
 from parkfleet.gateway.probe import ProbeCar, wait_until
 from parkfleet.protocol import carlink_pb2 as pb
@@ -57,7 +58,7 @@ class Recorder:
 
 @pytest.fixture
 async def env(tmp_path: Path, ca: FleetCA) -> AsyncIterator[Env]:
-    e = await start_gateway(tmp_path, ca, grace_s=5.0)
+    e = await start_gateway(tmp_path, ca, car_wait_s=5.0)
     yield e
     await e.gateway.stop(0)
 
@@ -107,7 +108,7 @@ async def test_task_runs_and_sink_sees_every_item_once(env: Env, rec: Recorder) 
     sink = MemorySink()
     async with await ready(env, "car-a") as car:
         worker = asyncio.create_task(car.work())
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 1)
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
         await env.gateway.submit(spec(data, sink))
         await rec.wait("succeeded")
         worker.cancel()
@@ -135,7 +136,7 @@ async def test_car_lost_mid_task_is_reported_and_moved(env: Env, rec: Recorder) 
     data = np.arange(40, dtype=np.int64).reshape(40, 1)
     sink = MemorySink()
     first = await ready(env, "car-a")
-    await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 1)
+    await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
     await env.gateway.submit(spec(data, sink, batch_size=8))
     # car-a does the first chunk (one batch), checkpoints, then dies.
     stopped_at = await first.work(stop_after_items=8)
@@ -165,7 +166,7 @@ async def test_resume_after_loss_delivers_rest(env: Env, rec: Recorder) -> None:
     data = np.arange(40, dtype=np.int64).reshape(40, 1)
     sink = MemorySink()
     first = await ready(env, "car-a")
-    await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 1)
+    await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
     await env.gateway.submit(spec(data, sink, batch_size=8))
     await first.work(stop_after_items=8)
     await rec.wait("checkpoint")
@@ -279,9 +280,9 @@ async def test_unplugged_car_gets_no_work_and_task_fails_after_grace(
     async with env.car("car-a") as car:
         await car.connect(ProbeCar.hello(policy=PLUGGED_ONLY))
         await car.telemetry(plugged_in=False)
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_connected == 1)
-        assert env.gateway.capacity()["p-0"].cars_eligible == 0
-        await env.gateway.submit(spec(np.zeros((4, 1), np.float32), MemorySink(), grace_s=0.3))
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_connected == 1)
+        assert env.gateway.capacity("p-0").cars_eligible == 0
+        await env.gateway.submit(spec(np.zeros((4, 1), np.float32), MemorySink(), car_wait_s=0.3))
         failed = await rec.wait("failed")
         assert failed.reason == "NoEligibleCar"
         assert "p-0" in failed.message
@@ -318,7 +319,7 @@ async def test_cancel_tells_the_car(env: Env, rec: Recorder) -> None:
         assert cancel.task_id == "t1"
         event = await rec.wait("cancelled")
         assert event.message == "pod deleted"
-        assert env.gateway.capacity()["p-0"].cars_busy == 0
+        assert env.gateway.capacity("p-0").cars_busy == 0
 
 
 async def test_runtime_and_memory_decide_placement(env: Env, rec: Recorder) -> None:
@@ -327,25 +328,24 @@ async def test_runtime_and_memory_decide_placement(env: Env, rec: Recorder) -> N
         await small.telemetry(free_gpu_memory_mib=0)
         await big.connect(ProbeCar.hello(gpu_memory_mib=16384))
         await big.telemetry(free_gpu_memory_mib=0, link_quality=0.1)
-        await wait_until(lambda: env.gateway.capacity()["p-0"].cars_eligible == 2)
-        assert env.gateway.capacity()["p-0"].max_gpu_memory_mib == 16384
-        assert env.gateway.max_gpu_memory_mib("p-0") == 16384
-        assert env.gateway.eligible_gpus("p-0") == 2
-        assert env.gateway.eligible_gpus("nope") == env.gateway.max_gpu_memory_mib("nope") == 0
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 2)
+        assert env.gateway.capacity("p-0").max_gpu_memory_mib == 16384
+        assert env.gateway.capacity("p-0").gpus == 2
+        assert env.gateway.capacity("nope") == CarCounts()
         await env.gateway.submit(
             spec(np.zeros((4, 1), np.float32), MemorySink(), gpu_memory_mib=4096)
         )
         placed = await rec.wait("placed")
         assert placed.car_id == "car-big"
-        assert env.gateway.eligible_gpus("p-0") == 2  # busy cars still count
-        assert env.gateway.capacity()["p-0"].gpus_allocatable == 1  # idle ones only
+        assert env.gateway.capacity("p-0").gpus == 2  # busy cars still count
+        assert env.gateway.capacity("p-0").cars_busy == 1
         await env.gateway.submit(
             spec(
                 np.zeros((4, 1), np.float32),
                 MemorySink(),
                 task_id="t2",
                 runtime="tensorrt",
-                grace_s=0.2,
+                car_wait_s=0.2,
             )
         )
         failed = await rec.wait("failed")

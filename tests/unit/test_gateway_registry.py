@@ -7,9 +7,9 @@ import asyncio
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.registry import CarState, Registry
-from parkfleet.gateway.spec import TaskEvent
 from parkfleet.policy import Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.taskport import TaskEvent
 
 
 def make(reg: Registry, car_id: str, policy: Policy | None = None) -> CarState:
@@ -46,7 +46,7 @@ def test_counters_follow_telemetry_tasks_and_removal() -> None:
     assert reg.update_telemetry(a, tel()) is None  # no change, no verdict
     reg.update_telemetry(b, tel())
     assert (cell.eligible, set(cell.available)) == (2, {"a", "b"})
-    reg.set_task(a, object())  # type: ignore[arg-type]
+    reg.set_busy(a, True)
     assert (cell.busy, set(cell.available)) == (1, {"b"})
     v = reg.update_telemetry(b, tel(state=pb.DRIVING))
     assert v is not None

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from parkfleet.api import InferenceJobSpec
+from parkfleet.contract import exit_code
 from parkfleet.controller.inferencejob import job_status
 from parkfleet.controller.jobs import batch_job, parse_indexes, tally
 from parkfleet.nodeagent.compare import agree, majority
-from parkfleet.nodeagent.pods import exit_code
 from parkfleet.nodeagent.translate import Unsupported, translate
 
 OBJ: dict[str, Any] = {
@@ -90,8 +90,12 @@ def pod(index: int, phase: str, summary: dict[str, Any] | None = None) -> dict[s
 def test_status_sums_units_items_cars_and_energy() -> None:
     spec = InferenceJobSpec.from_k8s(OBJ)
     pods = [
-        pod(0, "Succeeded", {"cars": ["a", "b"], "moves": 1, "energyWh": 0.5, "disagreements": 1}),
-        pod(1, "Succeeded", {"cars": ["b"], "moves": 0, "energyWh": 0.25, "energyModelled": True}),
+        pod(
+            0,
+            "Succeeded",
+            {"items": 9, "cars": ["a", "b"], "moves": 1, "energyWh": 0.5, "disagreements": 1},
+        ),
+        pod(1, "Succeeded", {"items": 9, "cars": ["b"], "energyWh": 0.25, "energyModelled": True}),
         pod(2, "Running"),
     ]
     job = {
@@ -114,6 +118,40 @@ def test_status_sums_units_items_cars_and_energy() -> None:
         "True",
         3,
     )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '{"items": 1, "energyWh": Infinity}',
+        '{"items": 1, "energyWh": 1e999}',
+        '{"items": 1, "moves": "many"}',
+        '{"items": -1}',
+        '{"items": 1, "cars": "abc"}',
+        '{"items": 1, "cars": [1, 2]}',
+        '{"items": 1, "owner": "me"}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_summary_that_is_not_ours_is_counted_not_added(message: str) -> None:
+    good = pod(0, "Succeeded", {"items": 3, "cars": ["a"], "energyWh": 0.5})
+    bad = pod(1, "Succeeded")
+    bad["status"]["containerStatuses"] = [
+        {"state": {"terminated": {"exitCode": 0, "message": message}}}
+    ]
+    t = tally([good, bad])
+    assert (t.cars, t.energy_wh, t.unreadable) == ({"a"}, 0.5, 1)
+
+
+def test_a_failed_pods_message_is_never_read_as_a_summary() -> None:
+    failed = pod(0, "Failed")
+    summary = {"items": 3, "cars": ["x"], "energyWh": 99.0}
+    failed["status"]["containerStatuses"] = [
+        {"state": {"terminated": {"exitCode": 1, "message": json.dumps(summary)}}}
+    ]
+    t = tally([failed])
+    assert (t.cars, t.energy_wh, t.unreadable) == (set(), 0.0, 0)
 
 
 def test_failed_job_carries_the_loader_error() -> None:

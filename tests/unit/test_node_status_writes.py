@@ -3,46 +3,33 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from parkfleet.api import FleetPoolSpec
-from parkfleet.gateway import Gateway
-from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig, _Cell
+from parkfleet.contract import CarCounts
+from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig, _CellNode
+from parkfleet.taskport import TaskPort
 
 POOL = FleetPoolSpec.from_k8s({"metadata": {"name": "eu"}, "spec": {"cellSize": 10, "cells": 1}})
-
-
-@dataclass
-class _Capacity:
-    cars_connected: int
-    cars_eligible: int
-    cars_busy: int = 0
-
-
-@dataclass
-class _Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
 
 class FakeGateway:
     """What the node agent reads of a gateway to build a cell's status."""
 
     def __init__(self) -> None:
-        self.metrics = _Metrics()
         self.eligible = 3
 
-    def capacity(self) -> dict[str, _Capacity]:
-        return {"eu-0": _Capacity(cars_connected=5, cars_eligible=self.eligible)}
-
-    def eligible_gpus(self, cell: str) -> int:
-        return self.eligible
-
-    def max_gpu_memory_mib(self, cell: str) -> int:
-        return 8192
+    def capacity(self, cell: str) -> CarCounts:
+        assert cell == "eu-0"
+        return CarCounts(
+            cars_connected=5,
+            cars_eligible=self.eligible,
+            gpus=self.eligible,
+            max_gpu_memory_mib=8192,
+        )
 
     def events(self) -> object:
         return None  # the pod driver's task event stream; unused here
@@ -58,12 +45,17 @@ class FakeCore:
         self.patches.append((name, body))
 
 
-def _agent(**config: Any) -> tuple[NodeAgent, FakeGateway, FakeCore, _Cell]:
+def _agent(**config: Any) -> tuple[NodeAgent, FakeGateway, FakeCore, _CellNode]:
     gateway = FakeGateway()
-    agent = NodeAgent(client.ApiClient(), cast(Gateway, gateway), NodeAgentConfig(**config))
+    agent = NodeAgent(
+        client.ApiClient(),
+        cast(TaskPort, gateway),
+        NodeAgentConfig(**config),
+        registry=CollectorRegistry(),
+    )
     core = FakeCore()
     agent.core = cast(client.CoreV1Api, core)
-    return agent, gateway, core, _Cell(pool=POOL, node="pf-eu-0")
+    return agent, gateway, core, _CellNode(pool=POOL, node="pf-eu-0")
 
 
 async def test_an_unchanged_status_is_not_rewritten_by_default() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from parkfleet.api import FleetPoolSpec
+from parkfleet.contract import CarCounts, parse_cars_condition
 from parkfleet.controller.fleetpool import pool_status
-from parkfleet.nodeagent.nodes import CellState, node_object, node_status, parse_cars_condition
+from parkfleet.nodeagent.nodes import node_object, node_status
 from parkfleet.shards import shard_of
 
 
@@ -49,7 +50,7 @@ def test_node_object_has_pool_labels_and_both_taints() -> None:
 
 
 def test_node_status_carries_gpus_and_car_counts() -> None:
-    state = CellState(
+    state = CarCounts(
         cars_connected=7, cars_eligible=5, cars_busy=2, gpus=5, max_gpu_memory_mib=8192
     )
     status = node_status(POOL, "eu-1", state, address="127.0.0.1", kubelet_port=1, shard=0)
@@ -59,7 +60,7 @@ def test_node_status_carries_gpus_and_car_counts() -> None:
 
 
 def test_pool_status_sums_cells_and_says_which_are_ready() -> None:
-    state = CellState(cars_connected=3, cars_eligible=2, cars_busy=1, gpus=2)
+    state = CarCounts(cars_connected=3, cars_eligible=2, cars_busy=1, gpus=2)
     s0 = node_status(POOL, "eu-0", state, address="a", kubelet_port=1, shard=0)
     status = pool_status(POOL, 4, {"pf-eu-0": {"status": s0}})
     assert status["cellCount"] == 2

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from parkfleet.contract import DEFAULT_POOL_CAR_WAIT_S, cell_id, node_name
 from parkfleet.policy import Policy
 
 __all__ = [
@@ -28,11 +29,6 @@ VERSION = "v1alpha1"
 LABEL_POOL = "parkfleet.io/pool"
 LABEL_CELL = "parkfleet.io/cell"
 FLEET_TAINT_KEY = "parkfleet.io/fleet"
-
-
-def node_name(cell: str) -> str:
-    """The virtual Node that stands for a cell (``pf-<pool>-<index>``)."""
-    return f"pf-{cell}"
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ class FleetPoolSpec:
         labels: Extra Node labels.
         taints: Extra Node taints (besides the fleet taint).
         shards: Gateway shards the cells are spread over.
-        grace_s: How long a task may wait for an eligible car.
+        car_wait_s: How long a task may wait for an eligible car (``gateway.graceSeconds``).
     """
 
     name: str
@@ -77,7 +73,7 @@ class FleetPoolSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[NodeTaint, ...] = ()
     shards: int = 1
-    grace_s: float = 120.0
+    car_wait_s: float = DEFAULT_POOL_CAR_WAIT_S
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> FleetPoolSpec:
@@ -109,7 +105,7 @@ class FleetPoolSpec:
                 for t in template.get("taints") or ()
             ),
             shards=int(gateway.get("shards", 1)),
-            grace_s=float(gateway.get("graceSeconds", 120)),
+            car_wait_s=float(gateway.get("graceSeconds", DEFAULT_POOL_CAR_WAIT_S)),
         )
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
@@ -118,4 +114,4 @@ class FleetPoolSpec:
 
     def cell_ids(self) -> list[str]:
         """The pool's cells, ``<pool>-0`` .. ``<pool>-<cells-1>``."""
-        return [f"{self.name}-{i}" for i in range(self.cells)]
+        return [cell_id(self.name, i) for i in range(self.cells)]

@@ -16,10 +16,10 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import GROUP, LABEL_POOL, VERSION, FleetPoolSpec, node_name
+from parkfleet.contract import parse_cars_condition
 from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.kube import api_client
 from parkfleet.controller.metrics import METRICS
-from parkfleet.nodeagent.nodes import parse_cars_condition
 from parkfleet.shards import shard_of
 
 __all__ = ["pool_status"]
@@ -56,7 +56,10 @@ def pool_status(
     for cell in spec.cell_ids():
         name = node_name(cell)
         node = nodes.get(name)
-        state = parse_cars_condition((node or {}).get("status", {}).get("conditions"))
+        try:
+            state = parse_cars_condition((node or {}).get("status", {}).get("conditions"))
+        except ValueError:
+            state = None  # not written by a node agent of ours: no counts to add
         entry = {
             "name": cell,
             "node": name,

@@ -13,12 +13,16 @@ Pure functions: no I/O.
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from parkfleet.api import FLEET_TAINT_KEY, LABEL_POOL, InferenceJobSpec
+from parkfleet.contract import (
+    EXIT_RETRY_ELSEWHERE,
+    FAIL_JOB_EXIT_CODES,
+    TerminationSummary,
+)
 
 __all__ = [
     "LABEL_JOB",
@@ -30,9 +34,6 @@ __all__ = [
 
 LABEL_JOB = "parkfleet.io/inference-job"
 CONTAINER = "infer"
-EXIT_RETRY_ELSEWHERE = 75
-EXIT_BAD_SPEC = 2
-EXIT_MODEL = 3
 
 
 def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
                     "onExitCodes": {
                         "containerName": CONTAINER,
                         "operator": "In",
-                        "values": [EXIT_BAD_SPEC, EXIT_MODEL],
+                        "values": list(FAIL_JOB_EXIT_CODES),
                     },
                 },
                 # Evicted or preempted: not the unit's fault either.
@@ -161,6 +162,7 @@ class JobTally:
         disagreements: Units whose copies disagreed.
         running_units: Units with a Running pod.
         failure: The message of a pod that failed the job (model or spec error).
+        unreadable: Terminated pods whose summary could not be read (counted, not added).
     """
 
     cars: set[str] = field(default_factory=set)
@@ -170,6 +172,7 @@ class JobTally:
     disagreements: int = 0
     running_units: set[int] = field(default_factory=set)
     failure: str = ""
+    unreadable: int = 0
 
 
 def tally(pods: Iterable[Mapping[str, Any]]) -> JobTally:
@@ -188,19 +191,21 @@ def tally(pods: Iterable[Mapping[str, Any]]) -> JobTally:
             term = (cs.get("state") or {}).get("terminated")
             if not term:
                 continue
-            if term.get("exitCode") in (EXIT_BAD_SPEC, EXIT_MODEL) and not t.failure:
+            code = term.get("exitCode")
+            if code in FAIL_JOB_EXIT_CODES and not t.failure:
                 t.failure = f"{term.get('reason')}: {term.get('message')}"
+            if code != 0:
+                continue  # a failed pod's message is its reason's detail, not a summary
             try:
-                info = json.loads(term.get("message") or "")
+                info = TerminationSummary.from_json(str(term.get("message") or ""))
             except ValueError:
+                t.unreadable += 1
                 continue
-            if not isinstance(info, dict):
-                continue
-            t.cars.update(info.get("cars", ()))
-            t.moves += int(info.get("moves", 0))
-            t.energy_wh += float(info.get("energyWh", 0.0))
-            t.energy_modelled = t.energy_modelled or bool(info.get("energyModelled"))
-            t.disagreements += int(info.get("disagreements", 0))
+            t.cars.update(info.cars)
+            t.moves += info.moves
+            t.energy_wh += info.energy_wh
+            t.energy_modelled = t.energy_modelled or info.energy_modelled
+            t.disagreements += info.disagreements
     return t
 
 

@@ -1,31 +1,35 @@
 """The fleet gateway: the cars' gRPC server, their registry by cell, task placement.
 
-Use :class:`Gateway` in-process or run it with ``parkfleet gateway``.
+Use :class:`Gateway` in-process or run it with ``parkfleet gateway``. The node agent
+sees it only through :class:`parkfleet.taskport.TaskPort`.
 """
 
 from parkfleet.gateway.api import Gateway, GatewayConfig
-from parkfleet.gateway.spec import (
-    ArrayInput,
-    CellCapacity,
+from parkfleet.gateway.inmemory import ArrayInput, MemorySink
+from parkfleet.taskport import (
     InputSource,
-    MemorySink,
+    ModelInfo,
+    ModelNotFound,
     ModelRef,
     ResultSink,
     TaskEvent,
+    TaskPort,
     TaskSpec,
     TaskStatus,
 )
 
 __all__ = [
     "ArrayInput",
-    "CellCapacity",
     "Gateway",
     "GatewayConfig",
     "InputSource",
     "MemorySink",
+    "ModelInfo",
+    "ModelNotFound",
     "ModelRef",
     "ResultSink",
     "TaskEvent",
+    "TaskPort",
     "TaskSpec",
     "TaskStatus",
 ]

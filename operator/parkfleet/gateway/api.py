@@ -1,5 +1,5 @@
-"""The gateway as an object: what ``parkfleet gateway`` runs, and what the node agent
-of the next issue drives in-process (capacity per cell, submit, cancel, task events).
+"""The gateway as an object: what ``parkfleet gateway`` runs, and the
+:class:`~parkfleet.taskport.TaskPort` its node agent drives in-process.
 """
 
 from __future__ import annotations
@@ -18,19 +18,20 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE
+from parkfleet.contract import DEFAULT_CAR_WAIT_S, CarCounts
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
-from parkfleet.gateway.models import ModelStore
+from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.gateway.registry import Registry
 from parkfleet.gateway.server import (
     REASON_TELEMETRY_TIMEOUT,
     CarLinkService,
     add_carlink_service,
 )
-from parkfleet.gateway.spec import CellCapacity, TaskEvent, TaskSpec, TaskStatus
 from parkfleet.gateway.tasks import TaskManager
 from parkfleet.policy import Policy
 from parkfleet.protocol.limits import server_options
+from parkfleet.taskport import ModelInfo, TaskEvent, TaskSpec, TaskStatus
 
 __all__ = ["Gateway", "GatewayConfig"]
 
@@ -51,7 +52,8 @@ class GatewayConfig:
         telemetry_timeout_s: A car silent this long is lost (its stream is closed).
         hello_timeout_s: Time a new stream has to send Hello.
         cells_per_pool: Cells a pool's cars are hashed over (without a ``cell`` attribute).
-        grace_s: Default time a task may wait for a car before failing ``NoEligibleCar``.
+        car_wait_s: Default time a task may wait for a car before failing
+            ``NoEligibleCar`` (a pod's task takes its pool's ``gateway.graceSeconds``).
         offer_timeout_s: Time a car has to answer an offer.
         stall_timeout_s: A running task whose car says nothing about it this long moves
             to another car (0: never).
@@ -73,14 +75,13 @@ class GatewayConfig:
     telemetry_timeout_s: float = 30.0
     hello_timeout_s: float = 10.0
     cells_per_pool: int = 1
-    grace_s: float = 60.0
+    car_wait_s: float = DEFAULT_CAR_WAIT_S
     offer_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
     start_timeout_s: float = 900.0
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
     pool_floors: Mapping[str, Policy] = field(default_factory=dict)
-    resume_from_checkpoint: bool = True
     shard: int = 0
     shard_addresses: list[str] = field(default_factory=list)
     grpc_options: Sequence[tuple[str, Any]] = ()
@@ -103,21 +104,27 @@ class Gateway:
     Args:
         config: How to run.
         registry: Prometheus registry for its metrics (a fresh one when None).
+        task_manager: The task manager's class (a benchmark's baseline strategy
+            subclasses it).
     """
 
-    def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: CollectorRegistry | None = None,
+        task_manager: type[TaskManager] = TaskManager,
+    ) -> None:
         self.config = config
         self.metrics = GatewayMetrics(registry)
         self.registry = Registry(self.metrics)
         self.models = ModelStore(config.models_dir)
         self._bus = EventBus()
-        self._tasks = TaskManager(
+        self._tasks = task_manager(
             self.registry,
             self.metrics,
             self._bus,
-            grace_s=config.grace_s,
+            car_wait_s=config.car_wait_s,
             offer_timeout_s=config.offer_timeout_s,
-            resume=config.resume_from_checkpoint,
             stall_timeout_s=config.stall_timeout_s,
             start_timeout_s=config.start_timeout_s,
         )
@@ -202,45 +209,28 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    # ---- the node agent's API ----------------------------------------------------------
+    # ---- the node agent's port (parkfleet.taskport.TaskPort) -------------------------
 
-    def capacity(self) -> dict[str, CellCapacity]:
-        """Per cell: cars connected / eligible / busy and what eligible idle cars offer."""
-        out: dict[str, CellCapacity] = {}
-        for cell in self.registry.cells.values():
-            gpus = 0
-            memory = 0
-            runtimes: set[str] = set()
-            for car in cell.available.values():
+    def capacity(self, cell: str) -> CarCounts:
+        """One cell's cars now: connected, eligible, busy, the eligible cars' GPUs (the
+        Node's allocatable: the scheduler subtracts what pods bound to it request) and
+        the largest GPU memory of any connected car. Walks that cell's cars only."""
+        c = self.registry.cells.get(cell)
+        if c is None:
+            return CarCounts()
+        gpus = 0
+        memory = 0
+        for car in c.cars.values():
+            memory = max(memory, car.gpu_memory_mib)
+            if car.eligible:
                 gpus += car.gpu_count
-                memory = max(memory, car.gpu_memory_mib)
-                runtimes.update(car.runtimes)
-            out[cell.id] = CellCapacity(
-                cell=cell.id,
-                pool=cell.pool,
-                cars_connected=len(cell.cars),
-                cars_eligible=cell.eligible,
-                cars_busy=cell.busy,
-                gpus_allocatable=gpus,
-                max_gpu_memory_mib=memory,
-                runtimes=frozenset(runtimes),
-            )
-        return out
-
-    def eligible_gpus(self, cell: str) -> int:
-        """GPUs of the cell's eligible cars, busy or not (a Node's allocatable: the
-        scheduler subtracts what pods bound to it already request)."""
-        c = self.registry.cells.get(cell)
-        if c is None:
-            return 0
-        return sum(car.gpu_count for car in c.cars.values() if car.eligible)
-
-    def max_gpu_memory_mib(self, cell: str) -> int:
-        """The largest GPU memory of any car connected to the cell (0 when none)."""
-        c = self.registry.cells.get(cell)
-        if c is None:
-            return 0
-        return max((car.gpu_memory_mib for car in c.cars.values()), default=0)
+        return CarCounts(
+            cars_connected=len(c.cars),
+            cars_eligible=c.eligible,
+            cars_busy=c.busy,
+            gpus=gpus,
+            max_gpu_memory_mib=memory,
+        )
 
     async def submit(self, spec: TaskSpec) -> None:
         """Queues a task for its cell; events follow on :meth:`events`.
@@ -258,32 +248,31 @@ class Gateway:
         """A new subscription to task events, from now until the gateway stops."""
         return self._bus.subscribe()
 
-    def task(self, task_id: str) -> TaskStatus | None:
-        """A task's status, or None when unknown."""
-        task = self._tasks.tasks.get(task_id)
-        return task.status() if task is not None else None
+    async def resolve_model(self, name: str = "", sha256: str = "") -> ModelInfo:
+        """A model of the store by name or digest, with its input and output names.
 
-    def forget(self, task_id: str) -> None:
+        Raises:
+            ModelNotFound: No such model, or a malformed name or digest.
+        """
+        return await self.models.resolve(name=name, sha256=sha256)
+
+    def release(self, task_id: str) -> None:
         """Drops an ended task's record (the caller has taken its outcome)."""
-        self._tasks.forget(task_id)
+        self._tasks.release(task_id)
 
-    def release_group(self, group: str) -> None:
-        """Forgets which cars took copies of a task group (after its result is decided)."""
-        self._tasks.release_group(group)
-
-    def set_pools(self, pools: list[FleetPoolSpec]) -> None:
+    def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""
-        moved = self._service.set_pools(pools)
+        moved = self._service.set_pools(list(pools))
         if moved:
             log.info("FleetPools changed: %d connected cars changed cell", moved)
         self._tasks.kick.set()
 
-    def set_pool_floor(self, pool: str, floor: Policy | None) -> None:
-        """Sets (or clears) a pool's policy floor for cars that connect from now on."""
-        if floor is None:
-            self._service.pool_floors.pop(pool, None)
-        else:
-            self._service.pool_floors[pool] = floor
+    # ---- for operators and tests ---------------------------------------------------------
+
+    def task(self, task_id: str) -> TaskStatus | None:
+        """A task's status, or None when unknown (or released)."""
+        task = self._tasks.tasks.get(task_id)
+        return task.status() if task is not None else None
 
     # ---- background loops -------------------------------------------------------------
 

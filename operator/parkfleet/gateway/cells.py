@@ -11,18 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from parkfleet.api.fleetpool import FleetPoolSpec
+from parkfleet.contract import cell_id
 from parkfleet.policy import Policy
 
-__all__ = ["DEFAULT_POOL", "UNPOOLED", "PoolCell", "cell_id", "cell_of", "pool_cell_of"]
+__all__ = ["DEFAULT_POOL", "UNPOOLED", "PoolCell", "cell_of", "pool_cell_of"]
 
 DEFAULT_POOL = "default"
 # Cars no FleetPool selects wait here: no Node serves this cell, so no work reaches them.
 UNPOOLED = "unpooled"
-
-
-def cell_id(pool: str, index: str | int) -> str:
-    """The id of cell ``index`` of ``pool``, e.g. ``"eu-west-3"``."""
-    return f"{pool}-{index}"
 
 
 def cell_of(car_id: str, attributes: Mapping[str, str], cells_per_pool: int = 1) -> str:
@@ -31,7 +27,7 @@ def cell_of(car_id: str, attributes: Mapping[str, str], cells_per_pool: int = 1)
     Args:
         car_id: The car id from its certificate.
         attributes: The certificate's attributes; ``pool`` names the pool (default
-            ``"default"``) and ``cell``, when present, pins the cell index.
+            ``"default"``) and ``cell``, when it is a number, pins the cell index.
         cells_per_pool: Without a ``cell`` attribute, cars are spread over this many
             cells by a stable hash of the car id (CRC-32, not Python's salted hash).
 
@@ -39,9 +35,9 @@ def cell_of(car_id: str, attributes: Mapping[str, str], cells_per_pool: int = 1)
         The cell id.
     """
     pool = attributes.get("pool") or DEFAULT_POOL
-    pinned = attributes.get("cell")
-    if pinned:
-        return cell_id(pool, pinned)
+    pinned = attributes.get("cell", "")
+    if pinned.isdigit():
+        return cell_id(pool, int(pinned))
     if cells_per_pool <= 1:
         return cell_id(pool, 0)
     return cell_id(pool, zlib.crc32(car_id.encode()) % cells_per_pool)

@@ -13,7 +13,9 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from parkfleet.contract import DEFAULT_CAR_WAIT_S
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.gateway.tasks import TaskManager
 from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
@@ -43,12 +45,13 @@ async def run(
     grace_s: float = 5.0,
     models: Mapping[str, Path] | None = None,
     node_agent: NodeAgentOptions | None = None,
+    task_manager: type[TaskManager] = TaskManager,
 ) -> None:
     """Runs a gateway (and its node agent, when asked) until SIGTERM/SIGINT.
 
     Prints ``listening on HOST:PORT`` once serving (scripts read the port from it).
     """
-    gateway = Gateway(config)
+    gateway = Gateway(config, task_manager=task_manager)
     for name, path in (models or {}).items():
         ref = gateway.models.add_file(path, name=name)
         log.info("model %s = %s", name, ref.sha256)
@@ -79,6 +82,7 @@ async def run(
                 status_heartbeat_s=node_agent.status_heartbeat_s,
             ),
             logs,
+            registry=gateway.metrics.registry,
         )
         kubelet.node_of = agent.node_of_pod
         await agent.start()
@@ -107,7 +111,8 @@ def _models(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def _main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager) -> int:
+    """Runs ``parkfleet gateway`` with its parsed arguments until SIGTERM/SIGINT."""
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -121,10 +126,9 @@ def _main(args: argparse.Namespace) -> int:
         telemetry_interval_s=args.telemetry_interval_s,
         telemetry_timeout_s=args.telemetry_timeout_s,
         cells_per_pool=args.cells_per_pool,
-        grace_s=args.grace_s,
+        car_wait_s=args.car_wait_s,
         stall_timeout_s=args.stall_timeout_s,
         start_timeout_s=args.start_timeout_s,
-        resume_from_checkpoint=not args.no_resume,
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
     )
@@ -139,7 +143,9 @@ def _main(args: argparse.Namespace) -> int:
             kubelet_client_ca=args.kubelet_client_ca,
             status_heartbeat_s=args.node_status_heartbeat_s,
         )
-    asyncio.run(run(config, models=_models(args.model), node_agent=agent))
+    asyncio.run(
+        run(config, models=_models(args.model), node_agent=agent, task_manager=task_manager)
+    )
     return 0
 
 
@@ -154,7 +160,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--telemetry-interval-s", type=float, default=10.0)
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
     p.add_argument("--cells-per-pool", type=int, default=1)
-    p.add_argument("--grace-s", type=float, default=60.0, help="task wait before NoEligibleCar")
+    p.add_argument(
+        "--car-wait-s",
+        "--grace-s",  # its former name
+        dest="car_wait_s",
+        type=float,
+        default=DEFAULT_CAR_WAIT_S,
+        help="how long a task of no pool waits for a car before NoEligibleCar "
+        "(a pod's task takes its pool's gateway.graceSeconds)",
+    )
     p.add_argument(
         "--stall-timeout-s",
         type=float,
@@ -202,10 +216,5 @@ def register(subparsers: Any) -> None:
         help="also rewrite an unchanged Node status this often (0: only on change; a Node's "
         "health travels in its Lease)",
     )
-    p.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="benchmark baseline: no checkpoints, a task that loses its car starts over",
-    )
     p.add_argument("--log-level", default="info")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=main)

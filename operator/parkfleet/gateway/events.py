@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from parkfleet.gateway.spec import TaskEvent
+from parkfleet.taskport import TaskEvent
 
 __all__ = ["EventBus"]
 

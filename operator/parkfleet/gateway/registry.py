@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from parkfleet.gateway.metrics import CellGauges, GatewayMetrics
 from parkfleet.policy import Conditions, Eligibility, Policy, Verdict
 from parkfleet.protocol import carlink_pb2 as pb
-
-if TYPE_CHECKING:
-    from parkfleet.gateway.tasks import Task
 
 __all__ = ["REASON_NO_TELEMETRY", "CarState", "Cell", "Registry"]
 
@@ -34,6 +31,7 @@ class CarState:
 
     __slots__ = (
         "attributes",
+        "busy",
         "car_id",
         "cell",
         "close_code",
@@ -53,7 +51,6 @@ class CarState:
         "reason",
         "runtimes",
         "soc_percent",
-        "task",
     )
 
     def __init__(
@@ -87,7 +84,8 @@ class CarState:
         self.soc_percent = 0.0
         self.link_quality = 0.0
         self.last_seen = time.monotonic()
-        self.task: Task | None = None
+        # Holding a task (offered or running); which one is the task manager's to know.
+        self.busy = False
         self.lock: asyncio.Lock | None = None
         self.close_code: grpc.StatusCode | None = None
         self.close_details = ""
@@ -188,7 +186,7 @@ class Registry:
         if car.eligible:
             cell.eligible -= 1
             cell.gauges.eligible.dec()
-        if car.task is not None:
+        if car.busy:
             cell.busy -= 1
             cell.gauges.busy.dec()
         return True
@@ -209,7 +207,7 @@ class Registry:
             old.gauges.eligible.dec()
             cell.eligible += 1
             cell.gauges.eligible.inc()
-        if car.task is not None:
+        if car.busy:
             old.busy -= 1
             old.gauges.busy.dec()
             cell.busy += 1
@@ -248,11 +246,10 @@ class Registry:
         """Replaces a car's policy (e.g. a new pool floor); hysteresis state restarts."""
         car.eligibility = Eligibility(self.intern(policy))
 
-    def set_task(self, car: CarState, task: Task | None) -> None:
-        """Marks the car busy with ``task`` or idle (None)."""
-        before = car.task is not None
-        car.task = task
-        after = task is not None
+    def set_busy(self, car: CarState, busy: bool) -> None:
+        """Marks the car busy (it holds a task) or idle."""
+        before = car.busy
+        car.busy = after = busy
         if before != after and self.is_current(car):
             delta = 1 if after else -1
             car.cell.busy += delta
@@ -260,7 +257,7 @@ class Registry:
             self._refresh_available(car)
 
     def _refresh_available(self, car: CarState) -> None:
-        if car.eligible and car.task is None:
+        if car.eligible and not car.busy:
             car.cell.available[car.car_id] = car
         else:
             car.cell.available.pop(car.car_id, None)

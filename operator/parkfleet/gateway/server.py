@@ -21,7 +21,7 @@ from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CarIdentity, car_identity
 from parkfleet.gateway.cells import DEFAULT_POOL, PoolCell, cell_of, pool_cell_of
 from parkfleet.gateway.metrics import GatewayMetrics
-from parkfleet.gateway.models import ModelNotFound, ModelStore
+from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.gateway.registry import CarState, Registry
 from parkfleet.gateway.tasks import TaskManager
 from parkfleet.policy import Eligibility, Policy
@@ -35,6 +35,7 @@ from parkfleet.protocol.limits import (
     validate_car_message,
 )
 from parkfleet.shards import shard_of
+from parkfleet.taskport import ModelNotFound
 
 __all__ = [
     "REASON_LINK_CLOSED",
@@ -351,7 +352,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 if verdict is not None:
                     if verdict.eligible:
                         tasks.car_available()
-                    elif car.task is not None:
+                    elif car.busy:
                         tasks.car_ineligible(car, verdict.reason, verdict.message)
                 observe(time.perf_counter() - t0)
                 sent_ms = msg.telemetry.unix_time_ms

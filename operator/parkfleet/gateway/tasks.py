@@ -10,155 +10,35 @@ fails with ``NoEligibleCar``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import re
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-import numpy as np
-
+from parkfleet.contract import DEFAULT_CAR_WAIT_S, parse_cell_id
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
+from parkfleet.gateway.offers import InputError, stream_inputs
 from parkfleet.gateway.placement import choose_car
 from parkfleet.gateway.registry import CarState, Registry
-from parkfleet.gateway.spec import EventKind, TaskEvent, TaskSpec, TaskState, TaskStatus
-from parkfleet.protocol import carlink_pb2 as pb
-from parkfleet.protocol.chunks import ResultData, encode_input
-from parkfleet.protocol.limits import (
-    MAX_TENSOR_BYTES,
-    ProtocolViolation,
-    check_text,
-    tensor_from_proto,
+from parkfleet.gateway.results import check_result, check_spec
+from parkfleet.gateway.taskstate import (
+    REASON_CANCELLED,
+    REASON_INPUT_ERROR,
+    REASON_NO_ELIGIBLE_CAR,
+    REASON_OFFER_TIMEOUT,
+    REASON_SINK_ERROR,
+    REASON_STALLED,
+    Task,
 )
+from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.chunks import ResultData
+from parkfleet.protocol.limits import ProtocolViolation
+from parkfleet.taskport import EventKind, TaskEvent, TaskSpec
 
-__all__ = [
-    "REASON_CANCELLED",
-    "REASON_INPUT_ERROR",
-    "REASON_NO_ELIGIBLE_CAR",
-    "REASON_OFFER_TIMEOUT",
-    "REASON_SINK_ERROR",
-    "REASON_STALLED",
-    "Task",
-    "TaskManager",
-]
+__all__ = ["TaskManager"]
 
 log = logging.getLogger(__name__)
-
-REASON_NO_ELIGIBLE_CAR = "NoEligibleCar"
-REASON_OFFER_TIMEOUT = "OfferTimeout"
-REASON_INPUT_ERROR = "InputError"
-REASON_SINK_ERROR = "SinkError"
-REASON_CANCELLED = "Cancelled"
-REASON_STALLED = "TaskStalled"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TERMINAL: frozenset[TaskState] = frozenset({"Succeeded", "Failed", "Cancelled"})
-
-
-class Task:
-    """The gateway's state of one task."""
-
-    __slots__ = (
-        "attempt",
-        "car",
-        "cars",
-        "checkpoint",
-        "delivered",
-        "energy_modelled",
-        "energy_wh",
-        "heard_at",
-        "message",
-        "moves",
-        "offered_at",
-        "pending",
-        "pool",
-        "previous_car",
-        "progressed",
-        "queued_at",
-        "reason",
-        "refused_by",
-        "spec",
-        "started_at",
-        "state",
-    )
-
-    def __init__(self, spec: TaskSpec, pool: str) -> None:
-        self.spec = spec
-        self.pool = pool
-        self.state: TaskState = "Queued"
-        self.attempt = 0
-        self.car: CarState | None = None
-        # First item still to do according to the car's last checkpoint.
-        self.checkpoint = spec.item_start
-        # First item whose result has not reached the sink; resume point.
-        self.delivered = spec.item_start
-        self.queued_at = time.monotonic()
-        self.offered_at = 0.0
-        self.heard_at = 0.0  # the car's last message about this attempt
-        self.progressed = False  # this attempt has checkpointed, progressed or delivered
-        self.started_at = 0.0  # first acceptance by a car (metrics: task duration)
-        self.refused_by: set[str] = set()
-        self.reason = ""
-        self.message = ""
-        self.energy_wh = 0.0
-        self.energy_modelled = False
-        self.cars: list[str] = []
-        self.moves = 0
-        self.previous_car = ""
-        # Without checkpoints (the naive baseline): results held until the task is done.
-        self.pending: list[tuple[int, dict[str, Any]]] = []
-
-    @property
-    def terminal(self) -> bool:
-        """Whether the task has ended."""
-        return self.state in _TERMINAL
-
-    def status(self) -> TaskStatus:
-        """A snapshot."""
-        return TaskStatus(
-            task_id=self.spec.task_id,
-            cell=self.spec.cell,
-            state=self.state,
-            attempt=self.attempt,
-            car_id=self.car.car_id if self.car is not None else "",
-            items_done=self.delivered - self.spec.item_start,
-            checkpoint=self.checkpoint,
-            cars=tuple(self.cars),
-            moves=self.moves,
-            reason=self.reason,
-            message=self.message,
-            energy_wh=self.energy_wh,
-            energy_modelled=self.energy_modelled,
-        )
-
-
-def _check_spec(spec: TaskSpec) -> None:
-    problems = []
-    if not spec.task_id:
-        problems.append("task_id is empty")
-    try:
-        check_text(spec.task_id, "task_id")
-    except ProtocolViolation as e:
-        problems.append(str(e))
-    if not spec.cell:
-        problems.append("cell is empty")
-    if not spec.runtime:
-        problems.append("runtime is empty")
-    if not _SHA256.match(spec.model.sha256):
-        problems.append(f"model sha256 {spec.model.sha256!r} is not 64 lowercase hex digits")
-    if not spec.input_name:
-        problems.append("input_name is empty")
-    if not spec.output_names:
-        problems.append("output_names is empty")
-    if spec.batch_size < 1:
-        problems.append(f"batch_size {spec.batch_size} < 1")
-    if not 0 <= spec.item_start < spec.item_end:
-        problems.append(f"item range [{spec.item_start}, {spec.item_end}) is empty or negative")
-    if spec.gpu_memory_mib < 0:
-        problems.append("gpu_memory_mib < 0")
-    if problems:
-        raise ValueError(f"task {spec.task_id!r}: " + "; ".join(problems))
 
 
 class TaskManager:
@@ -168,7 +48,7 @@ class TaskManager:
         registry: The connected cars.
         metrics: Where to count.
         bus: Where task events go.
-        grace_s: Default time a task may wait for a car before failing.
+        car_wait_s: Default time a task may wait for a car before failing.
         offer_timeout_s: Time a car has to accept or refuse an offer.
         stall_timeout_s: A running task whose car says nothing about it (no progress,
             checkpoint or result) this long moves to another car; 0 never moves it.
@@ -181,27 +61,27 @@ class TaskManager:
         registry: Registry,
         metrics: GatewayMetrics,
         bus: EventBus,
-        grace_s: float = 60.0,
+        car_wait_s: float = DEFAULT_CAR_WAIT_S,
         offer_timeout_s: float = 30.0,
-        resume: bool = True,
         stall_timeout_s: float = 120.0,
         start_timeout_s: float = 900.0,
     ) -> None:
         self._registry = registry
-        # False: the naive strategy benchmarks compare against (no checkpoint; a task
-        # that loses its car starts again from its first item).
-        self.resume = resume
         self._metrics = metrics
         self._bus = bus
-        self.grace_s = grace_s
+        self.car_wait_s = car_wait_s
         self.offer_timeout_s = offer_timeout_s
         self.stall_timeout_s = stall_timeout_s
         self.start_timeout_s = start_timeout_s
         self.tasks: dict[str, Task] = {}
         self._queued: dict[str, Task] = {}
         self._offered: dict[str, Task] = {}
-        # Per task group (the copies of one redundant unit): cars that took a copy.
+        # The task each car holds, by car id (the car's own record only says "busy").
+        self._on_car: dict[str, Task] = {}
+        # Per task group (the copies of one redundant unit): cars that took a copy, and
+        # the group's tasks not yet released.
         self._group_cars: dict[str, set[str]] = {}
+        self._group_tasks: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.kick = asyncio.Event()
 
@@ -213,14 +93,22 @@ class TaskManager:
         Raises:
             ValueError: The spec is invalid or the id is taken by a live task.
         """
-        _check_spec(spec)
+        check_spec(spec)
         old = self.tasks.get(spec.task_id)
         if old is not None and not old.terminal:
             raise ValueError(f"task {spec.task_id!r} already exists ({old.state})")
         cell = self._registry.cells.get(spec.cell)
-        pool = cell.pool if cell is not None else spec.cell.rsplit("-", 1)[0]
+        if cell is not None:
+            pool = cell.pool
+        else:
+            try:
+                pool = parse_cell_id(spec.cell)[0]
+            except ValueError:
+                pool = spec.cell  # a cell of no pool (in-process use): its own label
         task = Task(spec, pool)
         self.tasks[spec.task_id] = task
+        if spec.group:
+            self._group_tasks.setdefault(spec.group, set()).add(spec.task_id)
         self._enqueue(task)
         return task
 
@@ -242,15 +130,24 @@ class TaskManager:
         self._emit(task, "cancelled", reason=REASON_CANCELLED, message=reason)
         return True
 
-    def forget(self, task_id: str) -> None:
-        """Drops an ended task's record."""
+    def release(self, task_id: str) -> None:
+        """Drops an ended task's record; with its group's last task, the group's cars."""
         task = self.tasks.get(task_id)
-        if task is not None and task.terminal:
-            del self.tasks[task_id]
+        if task is None or not task.terminal:
+            return
+        del self.tasks[task_id]
+        group = task.spec.group
+        members = self._group_tasks.get(group)
+        if members is not None:
+            members.discard(task_id)
+            if not members:
+                del self._group_tasks[group]
+                self._group_cars.pop(group, None)
 
-    def release_group(self, group: str) -> None:
-        """Forgets which cars took copies of ``group`` (its unit is decided)."""
-        self._group_cars.pop(group, None)
+    def task_on(self, car: CarState) -> Task | None:
+        """The task ``car`` holds (this stream of it), if any."""
+        task = self._on_car.get(car.car_id)
+        return task if task is not None and task.car is car else None
 
     async def close(self) -> None:
         """Stops background senders."""
@@ -287,7 +184,7 @@ class TaskManager:
             if chosen is not None:
                 self._offer(task, chosen)
                 continue
-            grace = spec.grace_s if spec.grace_s is not None else self.grace_s
+            grace = spec.car_wait_s if spec.car_wait_s is not None else self.car_wait_s
             if now - task.queued_at >= grace:
                 del self._queued[spec.task_id]
                 self._update_queued_gauge()
@@ -345,7 +242,8 @@ class TaskManager:
         if task.spec.group:
             self._group_cars.setdefault(task.spec.group, set()).add(car.car_id)
         self._offered[task.spec.task_id] = task
-        self._registry.set_task(car, task)
+        self._on_car[car.car_id] = task
+        self._registry.set_busy(car, True)
         if task.previous_car:
             task.moves += 1
             self._metrics.task_moves.labels(task.pool).inc()
@@ -354,88 +252,33 @@ class TaskManager:
         self._spawn(self._send_offer(task, car, task.attempt))
 
     async def _send_offer(self, task: Task, car: CarState, attempt: int) -> None:
-        spec = task.spec
-        start = task.delivered
-        offer = pb.TaskOffer(
-            task_id=spec.task_id,
-            attempt=attempt,
-            runtime=spec.runtime,
-            model=pb.ModelRef(
-                uri=spec.model.uri, sha256=spec.model.sha256, size_bytes=spec.model.size_bytes
-            ),
-            input_name=spec.input_name,
-            output_names=list(spec.output_names),
-            batch_size=spec.batch_size,
-            item_start=spec.item_start,
-            item_end=spec.item_end,
-            resume_from=start,
-            gpu_memory_mib=spec.gpu_memory_mib,
-            checkpoint_interval_s=spec.checkpoint_interval_s,
-        )
+        def current() -> bool:
+            return task.attempt == attempt and task.car is car
+
         try:
-            await car.send(pb.GatewayMessage(offer=offer))
-            step = spec.batch_size
-            sized = False
-            while start < spec.item_end:
-                if task.attempt != attempt or task.car is not car:
-                    return
-                n = min(step, spec.item_end - start)
-                try:
-                    array = await self._read(task, start, start + n)
-                    # Encoded straight to the wire: the payload is copied once.
-                    msg = encode_input(
-                        spec.task_id,
-                        attempt,
-                        start,
-                        start + n == spec.item_end,
-                        spec.input_name,
-                        array,
-                    )
-                except Exception as e:  # a bad input source, whatever it raises
-                    if task.attempt == attempt and task.car is car:
-                        self._cancel_on_car(task, car, REASON_INPUT_ERROR)
-                        self._release(task)
-                        self._finish_failed(task, REASON_INPUT_ERROR, str(e) or repr(e))
-                    return
-                if not sized:
-                    # Chunks as large as the bound allows (whole batches when possible).
-                    per_item = max(1, array.nbytes // n)
-                    step = max(1, MAX_TENSOR_BYTES // per_item)
-                    if step >= spec.batch_size:
-                        step -= step % spec.batch_size
-                    sized = True
-                await car.send(msg)
-                # Freed before the next chunk is encoded, so that one can reuse the memory.
-                del msg
-                start += n
+            await stream_inputs(car, task.spec, attempt, task.delivered, current)
+        except InputError as e:
+            if current():
+                self._cancel_on_car(task, car, REASON_INPUT_ERROR)
+                self._release(task)
+                self._finish_failed(task, REASON_INPUT_ERROR, str(e))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the car's stream went away: its handler re-queues
-            log.debug("sending task %s to car %s stopped: %r", spec.task_id, car.car_id, e)
-
-    async def _read(self, task: Task, start: int, end: int) -> np.ndarray:
-        got = task.spec.inputs.read(start, end)
-        array = await got if inspect.isawaitable(got) else got
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"input source returned {type(array).__name__}, not an array")
-        if array.ndim < 1 or array.shape[0] != end - start:
-            raise ValueError(
-                f"input source returned shape {array.shape} for items [{start}, {end})"
-            )
-        return array
+            log.debug("sending task %s to car %s stopped: %r", task.spec.task_id, car.car_id, e)
 
     # ---- car side --------------------------------------------------------------------
 
     def car_lost(self, car: CarState, reason: str, message: str) -> None:
         """The car's stream ended (or it went silent): its task goes back to the queue."""
-        task = car.task
+        task = self.task_on(car)
         if task is None:
             return
         self._give_back(task, "lost", reason, message)
 
     def car_ineligible(self, car: CarState, reason: str, message: str) -> None:
         """The car's owner policy no longer allows work: stop its task and move it."""
-        task = car.task
+        task = self.task_on(car)
         if task is None:
             return
         self._cancel_on_car(task, car, reason)
@@ -546,35 +389,9 @@ class TaskManager:
             return
         task.progressed = True
         spec = task.spec
-        outputs: dict[str, np.ndarray] = {}
-        n = -1
-        for t in r.outputs:
-            if t.name not in spec.output_names:
-                raise ProtocolViolation(f"result output {t.name!r} was not asked for")
-            if t.name in outputs:
-                raise ProtocolViolation(f"result output {t.name!r} appears twice")
-            array = tensor_from_proto(t)
-            if array.ndim < 1:
-                raise ProtocolViolation(f"result output {t.name!r} is a scalar, not items")
-            if n == -1:
-                n = array.shape[0]
-            elif array.shape[0] != n:
-                raise ProtocolViolation("result outputs disagree on the number of items")
-            outputs[t.name] = array
-        if len(outputs) != len(spec.output_names):
-            missing = sorted(set(spec.output_names) - outputs.keys())
-            raise ProtocolViolation(f"result lacks outputs {missing}")
+        outputs = check_result(spec, r, task.delivered)
         first = r.first_item
-        if n < 1 or first < spec.item_start or first + n > spec.item_end:
-            raise ProtocolViolation(
-                f"result for items [{first}, {first + n}) is outside task {r.task_id!r}'s "
-                f"range [{spec.item_start}, {spec.item_end})"
-            )
-        if first > task.delivered:
-            raise ProtocolViolation(
-                f"result starts at item {first} but item {task.delivered} is next: "
-                "results must come in order without gaps"
-            )
+        n = len(next(iter(outputs.values())))
         self._mark_running(task)
         skip = task.delivered - first
         if skip >= n:
@@ -582,11 +399,8 @@ class TaskManager:
         if skip:
             outputs = {k: v[skip:] for k, v in outputs.items()}
         try:
-            if self.resume:
-                await spec.sink.write(task.delivered, outputs)
-            else:
-                task.pending.append((task.delivered, {k: v.copy() for k, v in outputs.items()}))
-        except Exception as e:
+            await self._deliver(task, task.delivered, outputs)
+        except Exception as e:  # a sink's own errors (a full disk, a store away)
             log.warning("sink of task %s failed: %r", spec.task_id, e)
             if task.car is car:
                 self._cancel_on_car(task, car, REASON_SINK_ERROR)
@@ -608,12 +422,22 @@ class TaskManager:
         task.energy_wh += d.energy_wh
         task.energy_modelled |= d.energy_modelled
         self._metrics.energy_used(task.pool, d.energy_wh)
-        for first, outputs in task.pending:
-            await task.spec.sink.write(first, outputs)
-        task.pending.clear()
+        await self._all_delivered(task)
         task.checkpoint = task.spec.item_end
         self._release(task)
         await self._finish_succeeded(task)
+
+    # ---- where results go: what a different strategy (tests/bench) may change -----------
+
+    async def _deliver(self, task: Task, first: int, outputs: Mapping[str, Any]) -> None:
+        """Hands results for items from ``first`` on to the task's sink."""
+        await task.spec.sink.write(first, outputs)
+
+    async def _all_delivered(self, task: Task) -> None:
+        """Every result was delivered and the car said done; the sink completes next."""
+
+    def _left_car(self, task: Task) -> None:
+        """The task left its car; the next car resumes at ``task.delivered``."""
 
     # ---- transitions ------------------------------------------------------------------
 
@@ -623,8 +447,9 @@ class TaskManager:
         if car is not None:
             task.car = None
             task.previous_car = car.car_id
-            if car.task is task:
-                self._registry.set_task(car, None)
+            if self._on_car.get(car.car_id) is task:
+                del self._on_car[car.car_id]
+                self._registry.set_busy(car, False)
                 if car.eligible:
                     self.car_available()
 
@@ -632,9 +457,7 @@ class TaskManager:
         """The task left its car (lost, refused, policy): queue it again, or finish it."""
         from_car = task.car.car_id if task.car is not None else ""
         self._release(task)
-        if not self.resume:
-            task.pending.clear()
-            task.delivered = task.checkpoint = task.spec.item_start
+        self._left_car(task)
         task.reason = reason
         task.message = message
         self._emit(task, kind, from_car=from_car, reason=reason, message=message)

@@ -21,23 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
 
-from parkfleet.api import GROUP, VERSION, FleetPoolSpec, node_name
-from parkfleet.gateway import Gateway
+from parkfleet.api import GROUP, VERSION, FleetPoolSpec
+from parkfleet.contract import CarCounts, node_name
 from parkfleet.nodeagent.logs import LogStore
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
-from parkfleet.nodeagent.nodes import CellState, node_object, node_status
+from parkfleet.nodeagent.nodes import node_object, node_status
 from parkfleet.nodeagent.pods import PodDriver
 from parkfleet.nodeagent.posting import EventPoster
+from parkfleet.nodeagent.taskspecs import TaskSpecs
 from parkfleet.shards import shard_of
+from parkfleet.taskport import TaskPort
 
 __all__ = ["NodeAgent", "NodeAgentConfig"]
 
 log = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "kube-node-lease"
+# What a loop talking to the API server expects to see now and then: the server away, a
+# request refused or timed out. Anything else is a bug, logged with its traceback.
+EXPECTED_API_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError, ConnectionError)
+WATCH_RETRY_S = 1.0
+WATCH_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -73,10 +82,12 @@ class NodeAgentConfig:
 
 
 @dataclass
-class _Cell:
+class _CellNode:
+    """A cell this shard owns: its pool, its Node, and what was last written of it."""
+
     pool: FleetPoolSpec
     node: str
-    written: CellState | None = None
+    written: CarCounts | None = None
     written_at: float = 0.0
     pod_watch: asyncio.Task[None] | None = None
 
@@ -86,31 +97,40 @@ class NodeAgent:
 
     Args:
         api: Kubernetes API client.
-        gateway: The gateway (started) whose cars run the pods.
+        port: The gateway (started) whose cars run the pods.
         config: How to run.
         logs: Log buffers (shared with the kubelet API).
+        registry: Where its metrics live (the gateway's, to be served together).
     """
 
     def __init__(
         self,
         api: client.ApiClient,
-        gateway: Gateway,
+        port: TaskPort,
         config: NodeAgentConfig,
         logs: LogStore | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.gateway = gateway
+        self.port = port
         self.config = config
         self.logs = logs or LogStore()
         self.poster = EventPoster(api, "parkfleet-gateway", f"shard-{config.shard}")
         self.pools: dict[str, FleetPoolSpec] = {}
-        self.cells: dict[str, _Cell] = {}
-        self.metrics = NodeAgentMetrics(gateway.metrics.registry)
+        self.cells: dict[str, _CellNode] = {}
+        self.metrics = NodeAgentMetrics(registry)
         self.pods = PodDriver(
-            api, gateway, self._pool_of, config.data_root, self.logs, self.poster, self.metrics
+            api,
+            port,
+            self._pool_of,
+            TaskSpecs(api, port, config.data_root),
+            self.logs,
+            self.poster,
+            self.metrics,
+            host_ip=config.address,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.status_writes = 0
@@ -118,11 +138,9 @@ class NodeAgent:
 
     def node_of_pod(self, key: str) -> str:
         """The Node of a pod we run (``namespace/name``), "" when unknown."""
-        for t in self.pods.tracked.values():
-            if t.key == key:
-                c = self.cells.get(t.cell)
-                return c.node if c is not None else ""
-        return ""
+        cell = self.pods.cell_of(key)
+        c = self.cells.get(cell) if cell is not None else None
+        return c.node if c is not None else ""
 
     def _pool_of(self, cell: str) -> FleetPoolSpec | None:
         c = self.cells.get(cell)
@@ -163,7 +181,7 @@ class NodeAgent:
 
     async def _apply_pools(self, pools: Mapping[str, FleetPoolSpec]) -> None:
         self.pools = dict(pools)
-        self.gateway.set_pools(list(self.pools.values()))
+        self.port.set_pools(list(self.pools.values()))
         wanted: dict[str, FleetPoolSpec] = {}
         for pool in self.pools.values():
             for cell in pool.cell_ids():
@@ -178,7 +196,7 @@ class NodeAgent:
         for cell, pool in wanted.items():
             known = self.cells.get(cell)
             if known is None:
-                known = self.cells[cell] = _Cell(pool=pool, node=node_name(cell))
+                known = self.cells[cell] = _CellNode(pool=pool, node=node_name(cell))
                 await self._register(cell, known)
                 known.pod_watch = asyncio.get_running_loop().create_task(
                     self._watch_pods(cell, known.node), name=f"nodeagent-pods-{cell}"
@@ -188,7 +206,7 @@ class NodeAgent:
                 await self._register(cell, known)
                 known.written = None  # capacity may change with the spec
 
-    async def _register(self, cell: str, c: _Cell) -> None:
+    async def _register(self, cell: str, c: _CellNode) -> None:
         body = node_object(
             c.pool, cell, address=self.config.address, kubelet_port=self.config.kubelet_port
         )
@@ -204,9 +222,11 @@ class NodeAgent:
         await self._renew(c.node)
 
     async def _watch_pools(self) -> None:
+        retry = Backoff()
         while True:
             try:
                 await self._resync_pools()
+                retry.reset()
                 w = watch.Watch()
                 async with w.stream(
                     self.custom.list_cluster_custom_object,
@@ -226,15 +246,19 @@ class NodeAgent:
                         await self._apply_pools(pools)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except EXPECTED_API_ERRORS as exc:
                 log.warning("FleetPool watch: %s; retrying", exc)
-                await asyncio.sleep(1)
+                await retry.wait()
+            except Exception:
+                log.exception("FleetPool watch failed; retrying")
+                await retry.wait()
 
     # ---- pods ----------------------------------------------------------------------------
 
     async def _watch_pods(self, cell: str, node: str) -> None:
         selector = f"spec.nodeName={node}"
         sanitize = self.api.sanitize_for_serialization
+        retry = Backoff()
         while True:
             try:
                 listed = await self.core.list_pod_for_all_namespaces(field_selector=selector)
@@ -243,11 +267,8 @@ class NodeAgent:
                     d = sanitize(pod)
                     seen.add(d["metadata"]["uid"])
                     await self.pods.sync(d, cell)
-                for uid, t in list(self.pods.tracked.items()):
-                    if t.cell == cell and uid not in seen:
-                        await self.pods.forget(
-                            {"metadata": {"uid": uid, "namespace": t.namespace, "name": t.name}}
-                        )
+                self.pods.forget_missing(cell, seen)
+                retry.reset()
                 # Plain dicts, as the API sent them: building a V1Pod per event and
                 # turning it back into a dict cost milliseconds of a busy gateway's CPU.
                 w = watch.Watch(return_type="object")
@@ -260,14 +281,17 @@ class NodeAgent:
                     async for event in stream:
                         d = event["object"]
                         if event["type"] == "DELETED":
-                            await self.pods.forget(d)
+                            self.pods.forget(d)
                         else:
                             await self.pods.sync(d, cell)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except EXPECTED_API_ERRORS as exc:
                 log.warning("pod watch of %s: %s; relisting", node, exc)
-                await asyncio.sleep(1)
+                await retry.wait()
+            except Exception:
+                log.exception("pod watch of %s failed; relisting", node)
+                await retry.wait()
 
     # ---- leases and status --------------------------------------------------------------
 
@@ -304,9 +328,12 @@ class NodeAgent:
             # A renewal that hangs must not hold up the next one: the Lease would lapse.
             async with asyncio.timeout(self.config.lease_seconds):
                 await self._renew(node)
-        except Exception as exc:
+        except EXPECTED_API_ERRORS as exc:
             self.metrics.lease_renewals.labels("error").inc()
             log.warning("lease of %s not renewed: %s", node, exc)
+        except Exception:
+            self.metrics.lease_renewals.labels("error").inc()
+            log.exception("lease of %s not renewed", node)
 
     async def _lease_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -318,20 +345,11 @@ class NodeAgent:
             await asyncio.sleep(max(0.0, due - loop.time()))
             await asyncio.gather(*(self._renew_one(c.node) for c in list(self.cells.values())))
 
-    def cell_state(self, cell: str) -> CellState:
+    def cell_state(self, cell: str) -> CarCounts:
         """What the gateway says of a cell now."""
-        cap = self.gateway.capacity().get(cell)
-        if cap is None:
-            return CellState()
-        return CellState(
-            cars_connected=cap.cars_connected,
-            cars_eligible=cap.cars_eligible,
-            cars_busy=cap.cars_busy,
-            gpus=self.gateway.eligible_gpus(cell),
-            max_gpu_memory_mib=self.gateway.max_gpu_memory_mib(cell),
-        )
+        return self.port.capacity(cell)
 
-    async def _write_status(self, cell: str, c: _Cell, *, force: bool = False) -> None:
+    async def _write_status(self, cell: str, c: _CellNode, *, force: bool = False) -> None:
         state = self.cell_state(cell)
         now = time.monotonic()
         beat = self.config.status_heartbeat_s
@@ -360,5 +378,25 @@ class NodeAgent:
             for cell, c in list(self.cells.items()):
                 try:
                     await self._write_status(cell, c)
-                except Exception as exc:
+                except EXPECTED_API_ERRORS as exc:
                     log.warning("status of %s not written: %s", c.node, exc)
+                except Exception:
+                    log.exception("status of %s not written", c.node)
+
+
+class Backoff:
+    """Waits between retries of a loop: ``WATCH_RETRY_S``, doubling up to the cap."""
+
+    def __init__(self, first: float = WATCH_RETRY_S, cap: float = WATCH_RETRY_MAX_S) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+
+    def reset(self) -> None:
+        """The loop made progress: the next wait is short again."""
+        self.delay = self.first
+
+    async def wait(self) -> None:
+        """Sleeps, then doubles the next wait."""
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.cap, self.delay * 2)

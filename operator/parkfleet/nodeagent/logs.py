@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["LogStore"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["LogStore", "result_lines"]
 
 MAX_LINES_PER_POD = 5000
+MAX_RESULT_LOG_ITEMS = 64  # per chunk: a log is for people, the result file is for data
 
 
 @dataclass
@@ -86,3 +90,25 @@ class LogStore:
                 for line in fresh:
                     yield line if timestamps else line.split(" ", 1)[1]
                 seen = log.written
+
+
+def result_lines(first: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> list[str]:
+    """Readable lines for a result chunk: one per item, the first few outputs of each."""
+    if not outputs:
+        return []
+    n = len(next(iter(outputs.values())))
+    lines = []
+    for i in range(min(n, MAX_RESULT_LOG_ITEMS)):
+        parts = []
+        for name, array in outputs.items():
+            value = array[i]
+            if np.ndim(value) == 0:
+                parts.append(f"{name}={value.item()}")
+            else:
+                flat = np.ravel(value)
+                shown = ", ".join(f"{x:.4g}" for x in flat[:4])
+                parts.append(f"{name}=[{shown}{', ...' if flat.size > 4 else ''}]")
+        lines.append(f"item {first + i}: " + " ".join(parts))
+    if n > MAX_RESULT_LOG_ITEMS:
+        lines.append(f"... {n - MAX_RESULT_LOG_ITEMS} more items in this chunk")
+    return lines

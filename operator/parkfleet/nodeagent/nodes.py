@@ -9,45 +9,18 @@ aggregates into the FleetPool's status (no extra writes: it rides on status upda
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from parkfleet import __version__
-from parkfleet.api import FLEET_TAINT_KEY, LABEL_CELL, LABEL_POOL, FleetPoolSpec, node_name
+from parkfleet.api import FLEET_TAINT_KEY, LABEL_CELL, LABEL_POOL, FleetPoolSpec
+from parkfleet.contract import CARS_CONDITION, CarCounts, cars_condition_message, node_name
 
-__all__ = [
-    "CARS_CONDITION",
-    "CellState",
-    "node_object",
-    "node_status",
-    "parse_cars_condition",
-]
+__all__ = ["node_object", "node_status"]
 
-CARS_CONDITION = "parkfleet.io/Cars"
 # What one car contributes besides its GPUs: nominal, so that pods with ordinary
 # cpu/memory requests schedule; a car runs one task at a time.
 CPU_PER_CAR = 8
 MEMORY_GIB_PER_CAR = 16
-
-
-@dataclass(frozen=True)
-class CellState:
-    """What the Node of a cell shows; equal states need no write.
-
-    Attributes:
-        cars_connected: Cars with an open stream.
-        cars_eligible: Cars the owner policy allows to work now.
-        cars_busy: Cars running a task.
-        gpus: GPUs of eligible cars (allocatable ``nvidia.com/gpu``).
-        max_gpu_memory_mib: Largest GPU memory among connected cars.
-    """
-
-    cars_connected: int = 0
-    cars_eligible: int = 0
-    cars_busy: int = 0
-    gpus: int = 0
-    max_gpu_memory_mib: int = 0
 
 
 def _now() -> str:
@@ -86,7 +59,7 @@ def node_object(
 def node_status(
     pool: FleetPoolSpec,
     cell: str,
-    state: CellState,
+    state: CarCounts,
     *,
     address: str,
     kubelet_port: int,
@@ -107,11 +80,7 @@ def node_status(
         "pods": str(pool.cell_size),
         "nvidia.com/gpu": str(max(state.gpus, 0)),
     }
-    cars_message = (
-        f"connected={state.cars_connected} eligible={state.cars_eligible} "
-        f"busy={state.cars_busy} gpus={state.gpus} "
-        f"max-gpu-memory-mib={state.max_gpu_memory_mib}"
-    )
+    cars_message = cars_condition_message(state)
     conditions = [
         {
             "type": "Ready",
@@ -160,23 +129,3 @@ def node_status(
             "bootID": "",
         },
     }
-
-
-def parse_cars_condition(conditions: list[Mapping[str, Any]] | None) -> CellState | None:
-    """Reads the car counts back from a Node's ``parkfleet.io/Cars`` condition."""
-    for cond in conditions or ():
-        if cond.get("type") != CARS_CONDITION:
-            continue
-        values: dict[str, int] = {}
-        for part in str(cond.get("message", "")).split():
-            key, _, value = part.partition("=")
-            if value.isdigit():
-                values[key] = int(value)
-        return CellState(
-            cars_connected=values.get("connected", 0),
-            cars_eligible=values.get("eligible", 0),
-            cars_busy=values.get("busy", 0),
-            gpus=values.get("gpus", 0),
-            max_gpu_memory_mib=values.get("max-gpu-memory-mib", 0),
-        )
-    return None

@@ -12,13 +12,13 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-__all__ = ["EventPoster", "unparsed"]
+__all__ = ["EventPoster", "write_unread"]
 
 log = logging.getLogger(__name__)
 
 
-async def unparsed(call: Awaitable[Any]) -> None:
-    """Awaits an API call made with ``_preload_content=False``, dropping the answer unread.
+async def write_unread(call: Awaitable[Any]) -> None:
+    """Awaits a write made with ``_preload_content=False``, dropping the answer unread.
 
     The client would build a model of the object the API sends back, which costs a busy
     gateway more CPU than the call itself; a write whose answer nobody reads skips that.
@@ -77,7 +77,7 @@ class EventPoster:
             reporting_instance=self.host or self.component,
         )
         try:
-            await unparsed(
+            await write_unread(
                 self.core.create_namespaced_event(namespace, body, _preload_content=False)
             )
         except ApiException as exc:

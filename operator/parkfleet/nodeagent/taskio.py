@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -19,7 +20,14 @@ import numpy.typing as npt
 
 from parkfleet.files import write_atomic
 
-__all__ = ["ConfigMapInput", "DirectorySink", "VolumeInput", "resolve_under"]
+__all__ = [
+    "ConfigMapInput",
+    "DirectorySink",
+    "InputCache",
+    "VolumeInput",
+    "finished_items",
+    "resolve_under",
+]
 
 
 def resolve_under(root: Path, relative: str) -> Path:
@@ -85,6 +93,68 @@ def _load(path: Path, dtype: str) -> npt.NDArray[np.generic]:
     if array.ndim < 1 or len(array) == 0:
         raise ValueError(f"{path.name} holds no items")
     return array
+
+
+# Opened inputs kept: the units of one job share one input, opened once.
+INPUT_CACHE_SIZE = 16
+
+
+def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What identifies an input's content cheaply: each file's name, size and mtime."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((f.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class InputCache:
+    """Opens volume inputs in a thread, and keeps the last few open.
+
+    Every unit of a job reads the same input: its directory is listed and its
+    ``.jsonl`` parsed once, not once per pod, and never on the event loop. An input
+    whose files changed (size or mtime) is opened again.
+    """
+
+    def __init__(self, size: int = INPUT_CACHE_SIZE) -> None:
+        self._size = size
+        self._open: OrderedDict[Path, tuple[object, VolumeInput]] = OrderedDict()
+
+    async def open(self, path: Path) -> VolumeInput:
+        """The input at ``path`` (a file or a directory).
+
+        Raises:
+            ValueError: It holds no items, or a file is not ``.npy``/``.jsonl`` data.
+            OSError: It cannot be read.
+        """
+        signature = await asyncio.to_thread(_signature, path)
+        known = self._open.get(path)
+        if known is not None and known[0] == signature:
+            self._open.move_to_end(path)
+            return known[1]
+        opened = await asyncio.to_thread(VolumeInput, path)
+        self._open[path] = (signature, opened)
+        self._open.move_to_end(path)
+        while len(self._open) > self._size:
+            self._open.popitem(last=False)
+        return opened
+
+
+def _count_items(path: Path) -> int | None:
+    try:
+        with np.load(path, allow_pickle=False) as done:
+            return len(next(done[k] for k in done.files if k != "first_item"))
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+async def finished_items(path: Path) -> int | None:
+    """How many items a unit's result file holds; None when there is no readable one.
+
+    Read in a thread, and the file is closed again.
+    """
+    return await asyncio.to_thread(_count_items, path)
 
 
 class ConfigMapInput:

@@ -1,23 +1,36 @@
-"""The gateway's in-process API types: what a task is, what happens to it, capacity."""
+"""The gateway's port: the one thing its node agent knows of the gateway.
+
+:class:`TaskPort` is what the node agent depends on: submit a task, cancel it, follow
+its events, read one cell's capacity, resolve a model, release an ended task, tell the
+gateway about the pools. :class:`parkfleet.gateway.Gateway` implements it. The node agent
+imports this module and nothing of ``parkfleet.gateway`` (``make lint`` checks it); it
+lives beside both, so that importing it loads neither. The types a task is made of live
+here too, so that both sides share them.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from parkfleet.contract import CarCounts
+
+if TYPE_CHECKING:
+    from parkfleet.api.fleetpool import FleetPoolSpec
+
 __all__ = [
-    "ArrayInput",
-    "CellCapacity",
     "EventKind",
     "InputSource",
-    "MemorySink",
+    "ModelInfo",
+    "ModelNotFound",
     "ModelRef",
+    "ModelUnreadable",
     "ResultSink",
     "TaskEvent",
+    "TaskPort",
     "TaskSpec",
     "TaskState",
     "TaskStatus",
@@ -51,7 +64,11 @@ class InputSource(Protocol):
 
 
 class ResultSink(Protocol):
-    """Where a task's results go; sees every item exactly once, in order."""
+    """Where a task's results go; sees every item exactly once, in order.
+
+    The gateway reports a task ``succeeded`` only after :meth:`complete` returned, so
+    the task's event is the one signal that its results are all there.
+    """
 
     async def write(self, first_item: int, outputs: Mapping[str, np.ndarray]) -> None:
         """Takes outputs for items starting at ``first_item`` (first dim = items).
@@ -65,46 +82,6 @@ class ResultSink(Protocol):
         ...
 
 
-class ArrayInput:
-    """An :class:`InputSource` over an in-memory array (item ``i`` is ``array[i - base]``)."""
-
-    def __init__(self, array: np.ndarray, base: int = 0) -> None:
-        self.array = array
-        self.base = base
-
-    def read(self, start: int, end: int) -> np.ndarray:
-        """Items ``[start, end)``."""
-        return self.array[start - self.base : end - self.base]
-
-
-class MemorySink:
-    """A :class:`ResultSink` that keeps results in memory (tests, small jobs)."""
-
-    def __init__(self) -> None:
-        self.chunks: list[tuple[int, dict[str, np.ndarray]]] = []
-        self.completed = asyncio.Event()
-
-    async def write(self, first_item: int, outputs: Mapping[str, np.ndarray]) -> None:
-        """Keeps a copy of the chunk."""
-        self.chunks.append((first_item, {k: np.array(v) for k, v in outputs.items()}))
-
-    async def complete(self) -> None:
-        """Marks the results complete."""
-        self.completed.set()
-
-    def items(self) -> list[int]:
-        """Every item number written, in the order written."""
-        out: list[int] = []
-        for first, outputs in self.chunks:
-            n = len(next(iter(outputs.values())))
-            out.extend(range(first, first + n))
-        return out
-
-    def output(self, name: str) -> np.ndarray:
-        """One output over all items written, concatenated."""
-        return np.concatenate([outputs[name] for _, outputs in self.chunks])
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """A model by content hash.
@@ -114,11 +91,35 @@ class ModelRef:
         uri: ``"gateway:"`` (fetched through the gateway's model store) or a
             ``file://`` / ``http(s)://`` URL the car fetches directly.
         size_bytes: Size, when known (0 otherwise).
+
     """
 
     sha256: str
     uri: str = "gateway:"
     size_bytes: int = 0
+
+
+class ModelNotFound(LookupError):
+    """No model has that name or digest (or the name or digest is malformed)."""
+
+
+class ModelUnreadable(ValueError):
+    """The model's file is there, but it is not a model the runtime can load."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A resolved model: where cars get it and what it takes and gives.
+
+    Attributes:
+        ref: The model by content hash.
+        input_name: Its first input.
+        output_names: Its outputs, in order.
+    """
+
+    ref: ModelRef
+    input_name: str
+    output_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class TaskSpec:
         sink: Where results go.
         gpu_memory_mib: GPU memory the task needs.
         checkpoint_interval_s: How often the car checkpoints.
-        grace_s: How long the task may wait for a car before failing with
+        car_wait_s: How long the task may wait for a car before failing with
             ``NoEligibleCar``; None takes the gateway's default.
         group: Tasks of one group (copies of a redundant unit) run on distinct cars.
     """
@@ -157,7 +158,7 @@ class TaskSpec:
     sink: ResultSink = field(repr=False, compare=False)
     gpu_memory_mib: int = 0
     checkpoint_interval_s: float = 5.0
-    grace_s: float | None = None
+    car_wait_s: float | None = None
     group: str = ""
 
 
@@ -232,26 +233,44 @@ class TaskStatus:
     energy_modelled: bool
 
 
-@dataclass(frozen=True, slots=True)
-class CellCapacity:
-    """What a cell can take now.
+class TaskPort(Protocol):
+    """What the node agent asks of the gateway (implemented by ``Gateway``)."""
 
-    Attributes:
-        cell: The cell id.
-        pool: Its pool.
-        cars_connected: Cars with an open stream.
-        cars_eligible: Cars the owner policy allows to work now.
-        cars_busy: Cars running (or offered) a task.
-        gpus_allocatable: GPUs of eligible, idle cars.
-        max_gpu_memory_mib: Largest GPU memory among eligible, idle cars.
-        runtimes: Runtimes offered by eligible, idle cars.
-    """
+    async def submit(self, spec: TaskSpec) -> None:
+        """Queues a task for its cell; its events follow on :meth:`events`.
 
-    cell: str
-    pool: str
-    cars_connected: int
-    cars_eligible: int
-    cars_busy: int
-    gpus_allocatable: int
-    max_gpu_memory_mib: int
-    runtimes: frozenset[str]
+        Raises:
+            ValueError: The spec is invalid or its id belongs to a live task.
+        """
+        ...
+
+    async def cancel(self, task_id: str, reason: str) -> None:
+        """Cancels a task (its car is told to stop); no-op when unknown or ended."""
+        ...
+
+    def events(self) -> AsyncIterator[TaskEvent]:
+        """A new subscription to every task's events, from now on."""
+        ...
+
+    def capacity(self, cell: str) -> CarCounts:
+        """One cell's cars now (zeros for a cell with no car)."""
+        ...
+
+    async def resolve_model(self, name: str = "", sha256: str = "") -> ModelInfo:
+        """A model of the gateway's store, by name or by digest (cached; no blocking I/O
+        on the caller's loop).
+
+        Raises:
+            ModelNotFound: No such model, or a malformed name or digest.
+            ModelUnreadable: The file is not a model the runtime loads.
+        """
+        ...
+
+    def release(self, task_id: str) -> None:
+        """Forgets an ended task (the caller has its outcome). The cars that took copies
+        of its group are forgotten with the group's last task."""
+        ...
+
+    def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
+        """Lets the FleetPools decide every car's cell and policy floor."""
+        ...

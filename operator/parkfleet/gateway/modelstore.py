@@ -1,6 +1,7 @@
 """The gateway's model store: a directory of files named by their sha256 hex digest.
 
-It serves ``FetchModel`` in chunks of at most ``MAX_MODEL_CHUNK_BYTES``. It does not
+Names (``names/<name>`` holds a digest) let pods say ``PARKFLEET_MODEL=digits``. It
+serves ``FetchModel`` in chunks of at most ``MAX_MODEL_CHUNK_BYTES``. It does not
 re-hash what it serves: the car verifies the digest before loading (decision 5), so
 a corrupted store file is caught where it matters.
 """
@@ -12,23 +13,23 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from parkfleet.files import write_atomic
-from parkfleet.gateway.spec import ModelRef
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
+from parkfleet.taskport import ModelInfo, ModelNotFound, ModelRef, ModelUnreadable
 
 __all__ = ["ModelNotFound", "ModelStore"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-
-
-class ModelNotFound(LookupError):
-    """The store has no model with that digest (or the digest is malformed)."""
+# A name may be pointed at another model (``parkfleet gateway --model``, or an admin's
+# copy onto the volume); a pod sees the change within this long.
+NAME_TTL_S = 10.0
 
 
 class ModelStore:
@@ -42,6 +43,8 @@ class ModelStore:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._described: dict[str, dict[str, Any]] = {}
+        self._resolved: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
+        self._resolving: dict[tuple[str, str], asyncio.Future[ModelInfo]] = {}
 
     def path(self, sha256: str) -> Path:
         """The file of a model.
@@ -95,15 +98,49 @@ class ModelStore:
         path = self.path(sha)
         return ModelRef(sha256=sha, uri="gateway:", size_bytes=path.stat().st_size)
 
-    def described(self, sha256: str) -> dict[str, Any] | None:
-        """What :meth:`describe` returned before for this model, without any I/O."""
-        return self._described.get(sha256)
+    async def resolve(self, name: str = "", sha256: str = "") -> ModelInfo:
+        """A model by name or digest with its input and output names.
+
+        Served from memory once known (a name for ``NAME_TTL_S``, a digest for good: its
+        content cannot change); the first lookup reads the store in a thread, and
+        concurrent lookups of one model share it.
+
+        Raises:
+            ModelNotFound: No such model, or a malformed name or digest.
+            ModelUnreadable: The file is not a model ONNX Runtime loads.
+        """
+        key = (name, sha256)
+        known = self._resolved.get(key)
+        if known is not None and (not name or time.monotonic() - known[0] < NAME_TTL_S):
+            return known[1]
+        pending = self._resolving.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._resolve, name, sha256))
+            self._resolving[key] = pending
+            pending.add_done_callback(lambda _: self._resolving.pop(key, None))
+        info = await asyncio.shield(pending)
+        self._resolved[key] = (time.monotonic(), info)
+        return info
+
+    def _resolve(self, name: str, sha256: str) -> ModelInfo:
+        ref = self.lookup(name) if name else self._by_digest(sha256)
+        described = self.describe(ref.sha256)
+        return ModelInfo(
+            ref=ref,
+            input_name=str(described.get("input", "input")),
+            output_names=tuple(str(o) for o in described.get("outputs", ())),
+        )
+
+    def _by_digest(self, sha256: str) -> ModelRef:
+        path = self.path(sha256)
+        return ModelRef(sha256=sha256, uri="gateway:", size_bytes=path.stat().st_size)
 
     def describe(self, sha256: str) -> dict[str, Any]:
         """The model's first input name and output names (read once, then cached).
 
         Raises:
             ModelNotFound: Malformed digest or no such model.
+            ModelUnreadable: The file is not a model ONNX Runtime loads.
         """
         path = self.path(sha256)
         known = self._described.get(sha256)
@@ -116,7 +153,10 @@ class ModelStore:
             return info
         import onnxruntime as ort  # only the gateway's cold path needs it
 
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # the runtime's own errors: the file is not a model it loads
+            raise ModelUnreadable(f"model {sha256} cannot be loaded: {exc}") from exc
         info = {
             "input": session.get_inputs()[0].name,
             "outputs": [o.name for o in session.get_outputs()],

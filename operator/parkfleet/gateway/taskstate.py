@@ -1,0 +1,100 @@
+"""The gateway's record of one task, and the reasons a task ends or moves."""
+
+from __future__ import annotations
+
+import time
+
+from parkfleet.gateway.registry import CarState
+from parkfleet.taskport import TaskSpec, TaskState, TaskStatus
+
+__all__ = [
+    "REASON_CANCELLED",
+    "REASON_INPUT_ERROR",
+    "REASON_NO_ELIGIBLE_CAR",
+    "REASON_OFFER_TIMEOUT",
+    "REASON_SINK_ERROR",
+    "REASON_STALLED",
+    "Task",
+]
+
+REASON_NO_ELIGIBLE_CAR = "NoEligibleCar"
+REASON_OFFER_TIMEOUT = "OfferTimeout"
+REASON_INPUT_ERROR = "InputError"
+REASON_SINK_ERROR = "SinkError"
+REASON_CANCELLED = "Cancelled"
+REASON_STALLED = "TaskStalled"
+_TERMINAL: frozenset[TaskState] = frozenset({"Succeeded", "Failed", "Cancelled"})
+
+
+class Task:
+    """The gateway's state of one task."""
+
+    __slots__ = (
+        "attempt",
+        "car",
+        "cars",
+        "checkpoint",
+        "delivered",
+        "energy_modelled",
+        "energy_wh",
+        "heard_at",
+        "message",
+        "moves",
+        "offered_at",
+        "pool",
+        "previous_car",
+        "progressed",
+        "queued_at",
+        "reason",
+        "refused_by",
+        "spec",
+        "started_at",
+        "state",
+    )
+
+    def __init__(self, spec: TaskSpec, pool: str) -> None:
+        self.spec = spec
+        self.pool = pool
+        self.state: TaskState = "Queued"
+        self.attempt = 0
+        self.car: CarState | None = None
+        # First item still to do according to the car's last checkpoint.
+        self.checkpoint = spec.item_start
+        # First item whose result has not reached the sink; resume point.
+        self.delivered = spec.item_start
+        self.queued_at = time.monotonic()
+        self.offered_at = 0.0
+        self.heard_at = 0.0  # the car's last message about this attempt
+        self.progressed = False  # this attempt has checkpointed, progressed or delivered
+        self.started_at = 0.0  # first acceptance by a car (metrics: task duration)
+        self.refused_by: set[str] = set()
+        self.reason = ""
+        self.message = ""
+        self.energy_wh = 0.0
+        self.energy_modelled = False
+        self.cars: list[str] = []
+        self.moves = 0
+        self.previous_car = ""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the task has ended."""
+        return self.state in _TERMINAL
+
+    def status(self) -> TaskStatus:
+        """A snapshot."""
+        return TaskStatus(
+            task_id=self.spec.task_id,
+            cell=self.spec.cell,
+            state=self.state,
+            attempt=self.attempt,
+            car_id=self.car.car_id if self.car is not None else "",
+            items_done=self.delivered - self.spec.item_start,
+            checkpoint=self.checkpoint,
+            cars=tuple(self.cars),
+            moves=self.moves,
+            reason=self.reason,
+            message=self.message,
+            energy_wh=self.energy_wh,
+            energy_modelled=self.energy_modelled,
+        )

@@ -1,0 +1,190 @@
+"""A pod's task spec: its model resolved by the gateway, its input opened, its result file.
+
+The I/O a pod needs before its task can be submitted, none of it on the event loop:
+the model through :meth:`TaskPort.resolve_model` (cached), a ConfigMap read from the
+API, a volume input opened in a thread (and kept, for the job's other units).
+What the pod itself got wrong raises :class:`BadInput`, which fails the pod with a
+message naming the field; anything else is an error of ours, retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from parkfleet.api import FleetPoolSpec
+from parkfleet.contract import REASON_INVALID_INPUT, REASON_MODEL_LOAD_FAILED
+from parkfleet.nodeagent.taskio import ConfigMapInput, InputCache, resolve_under
+from parkfleet.nodeagent.translate import PodTask, Unsupported
+from parkfleet.taskport import (
+    InputSource,
+    ModelInfo,
+    ModelNotFound,
+    ModelRef,
+    ModelUnreadable,
+    ResultSink,
+    TaskPort,
+    TaskSpec,
+)
+
+__all__ = ["BadInput", "Prepared", "TaskSpecs"]
+
+
+class BadInput(Exception):
+    """The pod's model or input cannot be used: the pod fails with ``reason``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _NoSink:
+    """Placeholder until the shell gives each copy its own sink."""
+
+    async def write(self, first_item: int, outputs: Mapping[str, Any]) -> None:
+        raise RuntimeError("a task spec was submitted without its sink")
+
+    async def complete(self) -> None:
+        raise RuntimeError("a task spec was submitted without its sink")
+
+
+NO_SINK: ResultSink = _NoSink()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A pod's task, ready to submit once each copy has its sink.
+
+    Attributes:
+        spec: The task (its ``task_id``, ``sink`` and ``group`` are set per copy).
+        result: The unit's result file, or None when the pod keeps no result.
+    """
+
+    spec: TaskSpec
+    result: Path | None
+
+
+class TaskSpecs:
+    """Builds pods' task specs.
+
+    Args:
+        api: Kubernetes API client (ConfigMap inputs).
+        port: The gateway (models).
+        data_root: Where volume inputs and results live.
+    """
+
+    def __init__(self, api: client.ApiClient, port: TaskPort, data_root: Path) -> None:
+        self.core = client.CoreV1Api(api)
+        self.port = port
+        self.data_root = data_root
+        self.inputs = InputCache()
+
+    async def prepare(
+        self, pod: Mapping[str, Any], cell: str, task: PodTask, pool: FleetPoolSpec
+    ) -> Prepared:
+        """The pod's task spec and result file.
+
+        Raises:
+            BadInput: The model or the input cannot be used (the pod's fault).
+            ApiException: The API failed otherwise than "no such ConfigMap" (retry).
+        """
+        model = await self._model(task)
+        source, items, where = await self._input(pod, task)
+        end = task.item_end if task.item_end is not None else items
+        if end > items:
+            raise BadInput(
+                REASON_INVALID_INPUT,
+                f"spec.containers[0].env[PARKFLEET_ITEMS]: asks for items up to {end - 1} "
+                f"but {where} holds {items}",
+            )
+        result: Path | None = None
+        if task.output_dir:
+            out_dir = self._under_root(task.output_dir, "PARKFLEET_OUTPUT")
+            result = out_dir / (task.result_name or f"{pod['metadata']['name']}.npz")
+        ref = model.ref
+        if task.model_uri and task.model_uri != ref.uri:
+            ref = ModelRef(sha256=ref.sha256, uri=task.model_uri, size_bytes=ref.size_bytes)
+        spec = TaskSpec(
+            task_id=str(pod["metadata"]["uid"]),
+            cell=cell,
+            runtime=task.runtime,
+            model=ref,
+            input_name=task.input_name or model.input_name,
+            output_names=task.output_names or model.output_names,
+            batch_size=task.batch_size,
+            item_start=task.item_start,
+            item_end=end,
+            inputs=source,
+            sink=NO_SINK,
+            gpu_memory_mib=task.gpu_memory_mib,
+            car_wait_s=pool.car_wait_s,
+        )
+        return Prepared(spec, result)
+
+    async def _model(self, task: PodTask) -> ModelInfo:
+        try:
+            if task.model_sha256:
+                return await self.port.resolve_model(sha256=task.model_sha256)
+            return await self.port.resolve_model(name=task.model_name)
+        except ModelNotFound as exc:
+            raise BadInput(REASON_INVALID_INPUT, str(exc)) from None
+        except ModelUnreadable as exc:
+            raise BadInput(REASON_MODEL_LOAD_FAILED, str(exc)) from None
+
+    async def _input(self, pod: Mapping[str, Any], task: PodTask) -> tuple[InputSource, int, str]:
+        if task.input_configmap is not None:
+            name, key = task.input_configmap
+            try:
+                cm = await self.core.read_namespaced_config_map(name, pod["metadata"]["namespace"])
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise BadInput(
+                        REASON_INVALID_INPUT,
+                        f"spec.containers[0].env[PARKFLEET_INPUT_CONFIGMAP]: no ConfigMap "
+                        f"{name} in namespace {pod['metadata']['namespace']}",
+                    ) from None
+                raise
+            text = (cm.data or {}).get(key)
+            if text is None:
+                raise BadInput(REASON_INVALID_INPUT, f"ConfigMap {name} has no key {key!r}")
+            try:
+                parsed = await asyncio.to_thread(ConfigMapInput, text)
+            except ValueError as exc:
+                raise BadInput(REASON_INVALID_INPUT, f"ConfigMap {name}/{key}: {exc}") from None
+            return parsed, parsed.items, f"ConfigMap {name}/{key}"
+        path = self._under_root(task.input_path, "PARKFLEET_INPUT")
+        try:
+            opened = await self.inputs.open(path)
+        except (ValueError, OSError) as exc:
+            raise BadInput(REASON_INVALID_INPUT, f"input {task.input_path}: {exc}") from None
+        return opened, opened.items, task.input_path
+
+    def _under_root(self, relative: str, env: str) -> Path:
+        try:
+            return resolve_under(self.data_root, relative)
+        except ValueError as exc:
+            raise BadInput(REASON_INVALID_INPUT, f"spec.containers[0].env[{env}]: {exc}") from None
+
+
+def check_gpu_memory(task: PodTask, cell: str, port: TaskPort) -> None:
+    """Refuses a pod that asks for more GPU memory than any connected car of the cell has.
+
+    Raises:
+        Unsupported: It does.
+    """
+    if not task.gpu_memory_mib:
+        return
+    cap = port.capacity(cell)
+    if cap.cars_connected and task.gpu_memory_mib > cap.max_gpu_memory_mib:
+        raise Unsupported(
+            "spec.containers[0].env[PARKFLEET_GPU_MEMORY_MIB]",
+            f"{task.gpu_memory_mib} MiB is more GPU memory than any car of cell "
+            f"{cell} has ({cap.max_gpu_memory_mib} MiB)",
+        )

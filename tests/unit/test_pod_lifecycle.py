@@ -1,0 +1,301 @@
+"""The pod lifecycle core, driven through every transition: no cluster, socket or loop."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parkfleet.contract import (
+    EXIT_BAD_SPEC,
+    EXIT_FAILED,
+    EXIT_MODEL,
+    EXIT_RETRY_ELSEWHERE,
+    REASON_UNSUPPORTED,
+    TerminationSummary,
+)
+from parkfleet.nodeagent import lifecycle as lc
+from parkfleet.nodeagent import podevents as ev
+
+T0 = datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)
+POD = lc.Pod(
+    uid="u1",
+    namespace="ns",
+    name="p",
+    cell="eu-0",
+    pool="eu",
+    container="infer",
+    image="parkfleet.io/runtime/onnxruntime:1",
+    created="2026-12-01T11:59:58Z",
+    host_ip="10.0.0.9",
+    items=(0, 100),
+)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def kinds(effects: list[ev.Effect]) -> list[str]:
+    return [type(e).__name__ for e in effects]
+
+
+def only(effects: list[ev.Effect], kind: type[Any]) -> list[Any]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def final_status(effects: list[ev.Effect]) -> dict[str, Any]:
+    (patch,) = [e for e in only(effects, ev.PatchStatus) if e.final]
+    return dict(patch.status)
+
+
+def terminated(effects: list[ev.Effect]) -> dict[str, Any]:
+    status = final_status(effects)
+    term: dict[str, Any] = status["containerStatuses"][0]["state"]["terminated"]
+    return term
+
+
+def run(state: lc.PodState, *events: ev.Event, t: float = 1.0) -> tuple[lc.PodState, list[Any]]:
+    effects: list[Any] = []
+    for e in events:
+        state, more = lc.step(state, e, at(t))
+        effects += more
+    return state, effects
+
+
+def test_admission_submits_and_arms_the_pending_check() -> None:
+    state, effects = lc.admit(POD)
+    assert kinds(effects) == ["Log", "Submit", "SchedulePendingCheck"]
+    assert only(effects, ev.Submit) == [ev.Submit("u1", "")]
+    assert state.phase == "Waiting"
+    assert "items 0..99 queued on cell eu-0" in effects[0].lines[0]
+
+
+def test_waiting_then_running_then_moved_then_succeeded() -> None:
+    state, _ = lc.admit(POD)
+    state, effects = run(state, ev.PendingDue())
+    (pending,) = only(effects, ev.PatchStatus)
+    assert pending.status["phase"] == "Pending"
+    assert pending.status["conditions"][0]["reason"] == "WaitingForCar"
+
+    state, effects = run(state, ev.Accepted("u1", "car-a"), t=2.0)
+    assert state.phase == "Running"
+    assert kinds(effects) == ["Log", "PostEvent", "PatchStatus", "ObserveStart"]
+    running = only(effects, ev.PatchStatus)[0].status
+    assert running["phase"] == "Running"
+    assert running["hostIP"] == "10.0.0.9"
+    assert running["containerStatuses"][0]["name"] == "infer"
+    assert only(effects, ev.ObserveStart)[0].seconds == pytest.approx(4.0)
+    # A late pending check says nothing: the pod is Running.
+    assert run(state, ev.PendingDue())[1] == []
+
+    state, effects = run(state, ev.Moved("u1", "car-a", "car-b", 40), ev.Accepted("u1", "car-b"))
+    assert state.moves == 1
+    assert only(effects, ev.PostEvent)[0].reason == "Moved"
+    assert "resuming at item 40" in only(effects, ev.PostEvent)[0].message
+    assert not only(effects, ev.PatchStatus)  # still Running: nothing to rewrite
+    assert state.cars == ("car-a", "car-b")
+
+    state, effects = run(state, ev.Succeeded("u1", 100, 0.25, True), t=9.0)
+    assert state.ended
+    assert only(effects, ev.Release) == [ev.Release("u1")]
+    status = final_status(effects)
+    assert status["phase"] == "Succeeded"
+    term = terminated(effects)
+    assert term["exitCode"] == 0
+    assert term["startedAt"] == "2026-12-01T12:00:02Z"
+    summary = TerminationSummary.from_json(term["message"])
+    assert summary == TerminationSummary(
+        items=100, cars=("car-a", "car-b"), moves=1, energy_wh=0.25, energy_modelled=True
+    )
+    assert only(effects, ev.CountEnded) == [ev.CountEnded("Succeeded", "Completed", 0.25)]
+    assert "(modelled)" in only(effects, ev.PostEvent)[0].message
+
+
+def test_a_lost_car_is_told_and_the_pod_stays_running() -> None:
+    state, _ = lc.admit(POD)
+    state, _ = run(state, ev.Accepted("u1", "car-a"))
+    state, effects = run(state, ev.Lost("u1", "car-a", "Driving", 30))
+    (event,) = only(effects, ev.PostEvent)
+    assert (event.reason, event.warning) == ("CarLost", True)
+    assert "from item 30" in event.message
+    assert state.phase == "Running"
+    assert not only(effects, ev.PatchStatus)
+
+
+def test_car_log_lines_reach_the_pod_log() -> None:
+    state, _ = lc.admit(POD)
+    _, effects = run(state, ev.Logged("u1", ("loaded model", "batch 1")))
+    assert effects == [ev.Log(("loaded model", "batch 1"))]
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        ("NoEligibleCar", EXIT_RETRY_ELSEWHERE),
+        ("OfferTimeout", EXIT_RETRY_ELSEWHERE),
+        ("ModelHashMismatch", EXIT_MODEL),
+        ("InputError", EXIT_FAILED),
+        ("", EXIT_FAILED),
+    ],
+)
+def test_each_failure_reason_ends_with_its_exit_code(reason: str, code: int) -> None:
+    state, _ = lc.admit(POD)
+    state, _ = run(state, ev.Accepted("u1", "car-a"))
+    state, effects = run(state, ev.Failed("u1", reason, "detail", 0.5))
+    assert state.ended
+    status = final_status(effects)
+    assert status["phase"] == "Failed"
+    assert status["reason"] == (reason or "TaskFailed")
+    assert terminated(effects)["exitCode"] == code
+    assert only(effects, ev.CountEnded)[0].energy_wh == 0.5
+    assert only(effects, ev.Release) == [ev.Release("u1")]
+    assert not only(effects, ev.Cancel)  # the failed copy is over already
+
+
+def test_a_refused_task_spec_fails_the_pod() -> None:
+    state, _ = lc.admit(POD)
+    state, effects = run(state, ev.SubmitFailed("u1", "task 'u1' already exists"))
+    assert terminated(effects)["reason"] == "TaskRefused"
+    assert "already exists" in terminated(effects)["message"]
+
+
+def test_deletion_mid_task_cancels_then_removes_the_pod() -> None:
+    state, _ = lc.admit(POD)
+    state, _ = run(state, ev.Accepted("u1", "car-a"))
+    state, effects = run(state, ev.DeletionRequested())
+    assert kinds(effects) == ["Cancel", "Release", "DeletePod"]
+    assert effects[0] == ev.Cancel("u1", "PodDeleted")
+    # The cancelled copy's event, and the object's removal, change nothing more.
+    state, late = run(state, ev.Stopped("u1", 0.1), ev.Succeeded("u1", 100), ev.Gone())
+    assert late == []
+
+
+def test_deletion_of_an_ended_pod_only_removes_it() -> None:
+    state, _ = lc.admit(POD)
+    state, _ = run(state, ev.Accepted("u1", "car-a"), ev.Succeeded("u1", 100))
+    _, effects = run(state, ev.DeletionRequested())
+    assert effects == [ev.DeletePod()]
+
+
+def test_a_pod_gone_mid_task_has_its_task_cancelled() -> None:
+    state, _ = lc.admit(POD)
+    _, effects = run(state, ev.Gone())
+    assert kinds(effects) == ["Cancel", "Release"]
+
+
+def test_an_already_finished_unit_succeeds_without_running() -> None:
+    state, effects = lc.already_done(POD, 100, "unit-000003.npz", at(0))
+    assert state.ended
+    assert not only(effects, ev.Submit)
+    summary = TerminationSummary.from_json(terminated(effects)["message"])
+    assert (summary.items, summary.cached) == (100, True)
+    assert "unit-000003.npz" in only(effects, ev.Log)[0].lines[0]
+
+
+def test_a_pod_no_car_can_run_fails_at_once_naming_the_field() -> None:
+    message = "spec.volumes[0].hostPath: a car has no host paths"
+    state, effects = lc.refuse(POD, REASON_UNSUPPORTED, message, at(0))
+    assert state.ended
+    status = final_status(effects)
+    assert status["conditions"][0]["type"] == "parkfleet.io/CarAssigned"
+    assert status["conditions"][0]["reason"] == REASON_UNSUPPORTED
+    assert terminated(effects)["exitCode"] == EXIT_BAD_SPEC
+    assert terminated(effects)["message"] == message
+    assert only(effects, ev.PostEvent)[0].warning
+
+
+def test_a_pod_running_when_the_gateway_restarted_stays_running() -> None:
+    state, effects = lc.admit(POD, running_since="2026-12-01T11:00:00Z")
+    assert state.phase == "Running"
+    assert kinds(effects) == ["Log", "Submit"]
+    state, effects = run(state, ev.Accepted("u1", "car-a"))
+    assert not only(effects, ev.PatchStatus)
+
+
+# ---- redundancy --------------------------------------------------------------------------
+
+REDUNDANT = lc.Pod(
+    uid="u2",
+    namespace="ns",
+    name="r",
+    cell="eu-0",
+    items=(0, 2),
+    copies=2,
+    compare=("argmax", "probabilities", 0.0),
+)
+A = {"probabilities": np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)}
+B = {"probabilities": np.array([[0.1, 0.9], [0.2, 0.8]], dtype=np.float32)}
+
+
+def redundant_running() -> lc.PodState:
+    state, effects = lc.admit(REDUNDANT)
+    assert only(effects, ev.Submit) == [ev.Submit("u2-r0", "u2"), ev.Submit("u2-r1", "u2")]
+    state, _ = run(state, ev.Accepted("u2-r0", "car-a"), ev.Accepted("u2-r1", "car-b"))
+    return state
+
+
+def test_copies_that_agree_promote_one_result() -> None:
+    state = redundant_running()
+    state, effects = run(state, ev.Succeeded("u2-r0", 2, 0.1, outputs=A))
+    assert effects == []  # the other copy still runs
+    state, effects = run(state, ev.Succeeded("u2-r1", 2, 0.2, outputs=A))
+    assert kinds(effects)[0] == "PromoteResult"
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r0")]
+    assert only(effects, ev.Release) == [ev.Release("u2-r0"), ev.Release("u2-r1")]
+    summary = TerminationSummary.from_json(terminated(effects)["message"])
+    assert (summary.energy_wh, summary.disagreements) == (pytest.approx(0.3), 0)
+
+
+def test_a_disagreement_asks_another_car_and_the_majority_wins() -> None:
+    state = redundant_running()
+    state, effects = run(
+        state, ev.Succeeded("u2-r0", 2, outputs=A), ev.Succeeded("u2-r1", 2, outputs=B)
+    )
+    assert only(effects, ev.Submit) == [ev.Submit("u2-r2", "u2")]
+    assert only(effects, ev.PostEvent)[0].reason == "ResultsDisagree"
+    assert state.disagreements == 1
+    state, effects = run(state, ev.Accepted("u2-r2", "car-c"), ev.Succeeded("u2-r2", 2, outputs=B))
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r1")]
+    resolved = only(effects, ev.PostEvent)[0]
+    assert resolved.reason == "DisagreementResolved"
+    assert "car(s) car-a" in resolved.message
+    summary = TerminationSummary.from_json(terminated(effects)["message"])
+    assert summary.disagreements == 1
+    assert summary.cars == ("car-a", "car-b", "car-c")
+
+
+def test_no_majority_after_the_tie_breakers_fails_the_pod() -> None:
+    c = {"probabilities": np.array([[0.6, 0.4], [0.3, 0.7]], dtype=np.float32)}  # as A
+    d = {"probabilities": np.array([[0.4, 0.6], [0.9, 0.1]], dtype=np.float32)}
+    state = redundant_running()
+    state, _ = run(state, ev.Succeeded("u2-r0", 2, outputs=A), ev.Succeeded("u2-r1", 2, outputs=B))
+    state, effects = run(state, ev.Succeeded("u2-r2", 2, outputs=c))
+    # A and c agree: that is a majority of three, no fourth car needed.
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r0")]
+
+    state = redundant_running()
+    e = {"probabilities": np.array([[0.9, 0.1], [0.9, 0.1]], dtype=np.float32)}
+    state, _ = run(state, ev.Succeeded("u2-r0", 2, outputs=A), ev.Succeeded("u2-r1", 2, outputs=B))
+    state, effects = run(state, ev.Succeeded("u2-r2", 2, outputs=e))
+    assert only(effects, ev.Submit) == [ev.Submit("u2-r3", "u2")]
+    state, effects = run(state, ev.Succeeded("u2-r3", 2, outputs=d))
+    assert terminated(effects)["reason"] == "ResultsDisagree"
+    assert terminated(effects)["exitCode"] == EXIT_FAILED
+    assert state.disagreements == 2
+
+
+def test_a_failed_copy_fails_the_pod_and_cancels_the_others() -> None:
+    state = redundant_running()
+    state, effects = run(state, ev.Failed("u2-r1", "InputError", "bad input"))
+    assert only(effects, ev.Cancel) == [ev.Cancel("u2-r0", "copy failed: InputError")]
+    assert terminated(effects)["reason"] == "InputError"
+    # Cancelled copies' energy arrives later, and changes nothing already written.
+    assert run(state, ev.Stopped("u2-r0", 1.0))[1] == []
+
+
+def test_events_of_unknown_tasks_are_ignored() -> None:
+    state, _ = lc.admit(POD)
+    assert run(state, ev.Accepted("other", "car-x"))[1] == []
