@@ -550,16 +550,14 @@ class Agent:
         self, stub: carlink_pb2_grpc.CarLinkStub, runner: TaskRunner
     ) -> TaskOutcome:
         offer = runner.offer
-        before = self.models.fetches
         try:
-            model = await self.models.get(offer.model, stub)
+            model, fetched = await self.models.lookup(offer.model, stub)
         except ModelHashMismatch as e:
             self.metrics.model_fetches.labels("HashMismatch").inc()
             return await runner.fail_before_start("ModelHashMismatch", str(e), retriable=False)
         except ModelFetchError as e:
             self.metrics.model_fetches.labels("FetchFailed").inc()
             return await runner.fail_before_start("ModelFetchFailed", str(e), retriable=True)
-        fetched = self.models.fetches > before
         self.metrics.model_fetches.labels("fetched" if fetched else "hit").inc()
         try:
             session = await self.compute.session(offer.model.sha256.lower(), model)
