@@ -78,8 +78,7 @@ def build_agent(args: argparse.Namespace) -> Agent:
     )
 
 
-async def _main(args: argparse.Namespace) -> int:
-    agent = build_agent(args)
+async def _main(agent: Agent, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
@@ -104,7 +103,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(_main(args))
+    # Before the loop starts: it reads the certificates and the policy, and loads ONNX Runtime.
+    agent = build_agent(args)
+    return asyncio.run(_main(agent, args))
 
 
 def register(subparsers: Any) -> None:
