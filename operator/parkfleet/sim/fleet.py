@@ -127,7 +127,8 @@ def car_credentials(
         cert_pem = cert_path.read_bytes()
         try:
             same = dict(car_identity(cert_pem).attributes) == attributes
-        except ValueError:
+        except ValueError as e:
+            log.info("cached certificate of %s unusable (%s); issuing a new one", car_id, e)
             same = False
         if same:
             return Credentials(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_path.read_bytes())
@@ -233,6 +234,8 @@ class SimulatedFleet:
             await agent.run()
         except (LinkRefused, GaveUp) as e:
             log.warning("car %s stopped: %s", agent.config.car_id, e)
+        except Exception:  # a bug: this car stops, the others go on; said in full
+            log.exception("car %s failed", agent.config.car_id)
 
     async def wait_connected(self, count: int | None = None, timeout_s: float = 60.0) -> int:
         """Waits until ``count`` cars (default all) are connected, or the timeout passes."""

@@ -7,11 +7,14 @@ task's time, and the result says it was modelled.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["DailyEnergy", "EnergyMeter", "EnergyReading", "PowerReader"]
+
+log = logging.getLogger(__name__)
 
 # Returns the GPU's draw in watts now, or None when the sensor has no value.
 PowerReader = Callable[[], "float | None"]
@@ -66,7 +69,13 @@ class EnergyMeter:
             return
         try:
             watts = self._reader()
-        except Exception:  # a flaky sensor must not fail the task
+        except Exception as e:  # a flaky sensor must not fail the task: energy is modelled
+            if not self._failed_reads:  # once per task: a sensor that fails, fails often
+                log.warning(
+                    "power sensor failed, this task's energy is modelled: %r",
+                    e,
+                    exc_info=not isinstance(e, OSError | ValueError),  # a bug: in full
+                )
             watts = None
         if watts is None:
             self._failed_reads = True

@@ -28,7 +28,7 @@ from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, serialize
 from parkfleet.vehicle.backoff import Backoff
-from parkfleet.vehicle.compute import Compute
+from parkfleet.vehicle.compute import Compute, ModelLoadError
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter, PowerReader
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache, ModelFetchError, ModelHashMismatch
@@ -36,6 +36,7 @@ from parkfleet.vehicle.runner import StopRequest, TaskOutcome, TaskRunner
 from parkfleet.vehicle.sensors import SensorReading, Sensors
 
 __all__ = [
+    "REASON_AGENT_ERROR",
     "RUNTIME",
     "Agent",
     "AgentConfig",
@@ -48,6 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RUNTIME = "onnxruntime"
+# TaskFailed reason when the agent itself failed (a bug), not the model or the inputs.
+REASON_AGENT_ERROR = "AgentError"
 # Messages queued for the stream; results are ~1 MiB each, so this bounds memory too.
 OUTBOUND_QUEUE = 32
 # The stream's method: its codec (parkfleet.protocol.chunks) passes encoded result chunks
@@ -96,6 +99,11 @@ class TaskRecord:
 
 class _StreamEnded(Exception):
     """The gateway closed the stream (cleanly or not); reconnect."""
+
+
+# How the stream's writer, reader and telemetry end when the stream does: a write after
+# the call finished raises InvalidStateError; sends without a stream raise _StreamEnded.
+_LINK_ENDED = (_StreamEnded, asyncio.InvalidStateError)
 
 
 @dataclass(frozen=True)
@@ -360,9 +368,12 @@ class Agent:
             results = await asyncio.gather(
                 writer, telemetry, reader, stopper, return_exceptions=True
             )
-        for r in results:
+        for name, r in zip(("writer", "telemetry", "reader", "stopper"), results, strict=True):
             if isinstance(r, grpc.aio.AioRpcError):
                 raise r
+            if isinstance(r, Exception) and not isinstance(r, _LINK_ENDED):
+                # A bug: the stream ends (and reconnects with backoff), logged in full.
+                log.error("car %s: the link's %s failed", self.config.car_id, name, exc_info=r)
         code = await call.code() if call.done() else grpc.StatusCode.CANCELLED
         details = (await call.details()) if call.done() else "agent closed the stream"
         self._ended(code, details or "")
@@ -530,12 +541,32 @@ class Agent:
         )
         handle = asyncio.create_task(self._run_task(stub, runner))
         self._task_handles.add(handle)
-        handle.add_done_callback(self._task_handles.discard)
+        handle.add_done_callback(self._task_ended)
+
+    def _task_ended(self, handle: asyncio.Task[None]) -> None:
+        self._task_handles.discard(handle)
+        if handle.cancelled():
+            return
+        e = handle.exception()
+        if isinstance(e, _StreamEnded):
+            log.debug("a task of %s ended with its stream: %s", self.config.car_id, e)
+        elif e is not None:
+            log.error("a task of %s died", self.config.car_id, exc_info=e)
 
     async def _run_task(self, stub: carlink_pb2_grpc.CarLinkStub, runner: TaskRunner) -> None:
         offer = runner.offer
         try:
-            outcome = await self._load_and_run(stub, runner)
+            try:
+                outcome = await self._load_and_run(stub, runner)
+            except _StreamEnded:
+                raise  # nobody to tell: the gateway moves the task when the stream goes
+            except Exception as e:
+                # A bug of this agent, not the task's fault: logged in full, and the task
+                # goes back to the gateway as retriable, so that another car takes it.
+                log.exception("task %s attempt %d: the agent failed", offer.task_id, offer.attempt)
+                outcome = await runner.abort(
+                    REASON_AGENT_ERROR, f"{type(e).__name__}: {e}", retriable=True
+                )
         finally:
             if self._tasks.get(offer.task_id) is runner:
                 del self._tasks[offer.task_id]
@@ -554,16 +585,14 @@ class Agent:
             model, fetched = await self.models.lookup(offer.model, stub)
         except ModelHashMismatch as e:
             self.metrics.model_fetches.labels("HashMismatch").inc()
-            return await runner.fail_before_start("ModelHashMismatch", str(e), retriable=False)
+            return await runner.abort("ModelHashMismatch", str(e), retriable=False)
         except ModelFetchError as e:
             self.metrics.model_fetches.labels("FetchFailed").inc()
-            return await runner.fail_before_start("ModelFetchFailed", str(e), retriable=True)
+            return await runner.abort("ModelFetchFailed", str(e), retriable=True)
         self.metrics.model_fetches.labels("fetched" if fetched else "hit").inc()
         try:
             session = await self.compute.session(offer.model.sha256.lower(), model)
-        except Exception as e:  # ORT rejects the model: no car will do better
-            return await runner.fail_before_start(
-                "ModelLoadFailed", f"{type(e).__name__}: {e}", retriable=False
-            )
+        except ModelLoadError as e:  # ORT rejects the model: no car will do better
+            return await runner.abort("ModelLoadFailed", str(e), retriable=False)
         names = list(offer.output_names) or session.output_names
         return await runner.run(session, names)

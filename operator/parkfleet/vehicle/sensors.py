@@ -8,6 +8,7 @@ real car's side process or a test); the simulator drives ``MutableSensors`` from
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,8 @@ __all__ = [
     "StaticSensors",
     "parse_sensor_spec",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ _FIELDS = {
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in values.items():
-        key = key.replace("-", "_")
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")  # a YAML file's keys may be numbers
         if key == "state":
             out["parked"] = str(value).lower() == "parked"
             continue
@@ -150,6 +153,7 @@ class FileSensors:
         self._path = path
         self._mtime_ns = -1
         self._reading = SensorReading()
+        self._last_error = ""
 
     def read(self) -> SensorReading:
         """Returns the file's reading stamped with the current time."""
@@ -160,6 +164,10 @@ class FileSensors:
                 data = json.loads(text) if self._path.suffix == ".json" else yaml.safe_load(text)
                 self._reading = replace(SensorReading(), **_coerce(dict(data or {})))
                 self._mtime_ns = stat.st_mtime_ns
-        except (OSError, ValueError, yaml.YAMLError):
-            pass  # keep the last good reading; a sensor hiccup is not a reason to crash
+                self._last_error = ""
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+            # Keep the last good reading: a sensor hiccup is not a reason to crash.
+            if str(e) != self._last_error:  # said once, not every telemetry period
+                log.warning("sensors file %s: %s; keeping the last reading", self._path, e)
+                self._last_error = str(e)
         return replace(self._reading, unix_time_ms=_now_ms())
