@@ -14,7 +14,6 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -282,8 +281,3 @@ class SimulatedFleet:
             await asyncio.gather(*self._runs, return_exceptions=True)
         if self._own_compute is not None:
             self._own_compute.close()
-
-    @property
-    def car_ids(self) -> Sequence[str]:
-        """Every car id, in index order."""
-        return [a.config.car_id for a in self.agents]

@@ -57,7 +57,6 @@ class EnergyMeter:
         self._last_t = self._start
         self._last_w: float | None = None
         self._measured_j = 0.0
-        self._measured_s = 0.0
         self._failed_reads = False
         self.sample()
 
@@ -82,7 +81,6 @@ class EnergyMeter:
         elif self._last_w is not None:
             dt = now - self._last_t
             self._measured_j += dt * (watts + self._last_w) / 2.0
-            self._measured_s += dt
         self._last_w = watts if watts is not None else self._last_w
         self._last_t = now
 

@@ -225,16 +225,12 @@ class Agent:
         self._telemetry_kick = asyncio.Event()
         #: Set while a stream is up (after Welcome).
         self.connected = asyncio.Event()
-        #: The latest Welcome.
-        self.welcome: pb.Welcome | None = None
         #: Recent tasks as they ended, newest last (for tests and the simulator).
         self.outcomes: deque[TaskRecord] = deque(maxlen=64)
         #: Telemetry messages sent so far.
         self.telemetry_sent = 0
         #: Recent refusals as (task_id, reason).
         self.refusals: deque[tuple[str, str]] = deque(maxlen=64)
-        #: The status of the last stream that ended.
-        self.last_status: tuple[grpc.StatusCode, str] | None = None
 
     # ---- public ------------------------------------------------------------------
 
@@ -309,15 +305,14 @@ class Agent:
             try:
                 await self._converse(stub, call)
             except grpc.aio.AioRpcError as e:
-                self._ended(e.code(), e.details() or "")
+                self._count_disconnect(e.code())
                 if e.code() in _FATAL:
                     raise LinkRefused(e.code(), e.details() or "") from None
                 raise
             finally:
                 call.cancel()
 
-    def _ended(self, code: grpc.StatusCode, details: str) -> None:
-        self.last_status = (code, details)
+    def _count_disconnect(self, code: grpc.StatusCode) -> None:
         self.metrics.disconnects.labels(code.name).inc()
 
     async def _converse(
@@ -328,7 +323,7 @@ class Agent:
         if first == grpc.aio.EOF:
             code = await call.code()
             details = await call.details()
-            self._ended(code, details or "")
+            self._count_disconnect(code)
             if code in _FATAL:
                 raise LinkRefused(code, details or "")
             raise _StreamEnded(f"closed before welcome: {code.name} {details}")
@@ -339,7 +334,6 @@ class Agent:
             raise _StreamEnded(f"redirected to {first.redirect.address}: {first.redirect.reason}")
         if kind != "welcome":
             raise _StreamEnded(f"gateway sent {kind} before welcome")
-        self.welcome = first.welcome
         if first.welcome.telemetry_interval_s > 0:
             self._telemetry_interval = first.welcome.telemetry_interval_s
         self._backoff.reset()
@@ -376,7 +370,7 @@ class Agent:
                 log.error("car %s: the link's %s failed", self.config.car_id, name, exc_info=r)
         code = await call.code() if call.done() else grpc.StatusCode.CANCELLED
         details = (await call.details()) if call.done() else "agent closed the stream"
-        self._ended(code, details or "")
+        self._count_disconnect(code)
         if code in _FATAL:
             raise LinkRefused(code, details or "")
         raise _StreamEnded(f"stream ended: {code.name} {details}")

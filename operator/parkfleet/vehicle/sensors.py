@@ -126,21 +126,18 @@ class StaticSensors:
 
 
 class MutableSensors:
-    """A reading that code (the simulator, a test) changes while the agent runs."""
+    """A reading that code (a test, a benchmark) changes while the agent runs."""
 
     def __init__(self, reading: SensorReading | None = None) -> None:
         self.reading = reading or SensorReading()
-        self.follow_wall_clock = True
 
     def set(self, **changes: Any) -> None:
         """Changes some fields of the reading."""
         self.reading = replace(self.reading, **changes)
 
     def read(self) -> SensorReading:
-        """Returns the current reading (stamped with the wall clock unless told otherwise)."""
-        if self.follow_wall_clock:
-            return replace(self.reading, unix_time_ms=_now_ms())
-        return self.reading
+        """Returns the current reading stamped with the current time."""
+        return replace(self.reading, unix_time_ms=_now_ms())
 
 
 class FileSensors:
