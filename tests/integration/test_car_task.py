@@ -21,7 +21,7 @@ from parkfleet.vehicle import (
     MutableSensors,
     OrtCompute,
 )
-from parkfleet.vehicle.agent import capabilities
+from parkfleet.vehicle.link import capabilities
 from tests.integration.car_env import CarEnv, digits, digits_task, start_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

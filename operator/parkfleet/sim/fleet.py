@@ -22,9 +22,15 @@ from parkfleet.certs import CA_CERT_FILE, FleetCA, car_identity, car_paths
 from parkfleet.policy import Policy
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
-from parkfleet.vehicle.agent import capabilities
 from parkfleet.vehicle.compute import Compute, CorruptCompute, ModelledCompute, OrtCompute
-from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused
+from parkfleet.vehicle.link import (
+    Agent,
+    AgentConfig,
+    Credentials,
+    GaveUp,
+    LinkRefused,
+    capabilities,
+)
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache
 

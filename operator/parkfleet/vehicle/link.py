@@ -44,6 +44,7 @@ __all__ = [
     "GaveUp",
     "LinkRefused",
     "TaskRecord",
+    "capabilities",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,20 @@ class AgentConfig:
     max_tasks: int = 1
     channel_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
     server_name_override: str = ""
+
+
+def capabilities(
+    gpu_model: str, gpu_memory_mib: int, gpu_power_w: float, providers: list[str]
+) -> pb.Capabilities:
+    """What a car offers, for its Hello."""
+    return pb.Capabilities(
+        gpu_model=gpu_model,
+        gpu_count=1,
+        gpu_memory_mib=gpu_memory_mib,
+        runtimes=[RUNTIME],
+        execution_providers=providers,
+        gpu_power_w=gpu_power_w,
+    )
 
 
 def _telemetry(reading: SensorReading, energy_today_wh: float) -> pb.Telemetry:
