@@ -60,6 +60,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".cache" / "bench" / "gateway.json"
+# Run as a script: the lightweight cars (tests/carlink_probe.py) import from the repo root.
+sys.path.insert(0, str(ROOT))
 GOAL_P99_MS = 50.0
 
 
@@ -264,10 +266,10 @@ async def bare_main(args: argparse.Namespace) -> None:
 
 async def clients_main(args: argparse.Namespace) -> None:
     from parkfleet.certs import FleetCA
-    from parkfleet.gateway.probe import ProbeCar, parked_telemetry
     from parkfleet.protocol import carlink_pb2 as pb
     from parkfleet.protocol import carlink_pb2_grpc
     from parkfleet.protocol.limits import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
+    from tests.carlink_probe import ProbeCar, parked_telemetry
 
     raise_nofile()
     ca = FleetCA.load(Path(args.certs))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+from prometheus_client.parser import text_string_to_metric_families
 
 from parkfleet.devstack import DevStack
 
@@ -22,6 +24,7 @@ __all__ = [
     "inference_pod",
     "local_labels",
     "pod_phase",
+    "scrape",
     "until",
 ]
 
@@ -54,6 +57,22 @@ def until(check: Callable[[], T | None], within: float, what: str) -> T:
 
 def get_json(k: Kubectl, *args: str) -> Any:
     return json.loads(k("get", *args, "-o", "json").stdout)
+
+
+def scrape(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` (with its ``_total`` suffix) at ``url``, as
+    Prometheus would read them; none while the endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return []
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
 
 
 def pod_phase(k: Kubectl, name: str) -> str:

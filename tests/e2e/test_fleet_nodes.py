@@ -15,10 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from parkfleet.devstack import DevStack
+from parkfleet.devstack import DevStack, free_port
 
 from .conftest import Kubectl
-from .kube import SOLO_POOL, events_of, get_json, inference_pod, local_labels, pod_phase, until
+from .kube import (
+    SOLO_POOL,
+    events_of,
+    get_json,
+    inference_pod,
+    local_labels,
+    pod_phase,
+    scrape,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -172,6 +181,10 @@ def test_deleting_the_pool_removes_its_nodes(stack: DevStack, kubectl: Kubectl) 
 
 
 def test_deleting_a_running_pod_cancels_its_task(stack: DevStack, kubectl: Kubectl) -> None:
+    # The session's gateway serves no /metrics: restarted with them (cars reconnect).
+    gateway_metrics, car_metrics = free_port(), free_port()
+    stack.procs["gateway"].stop()
+    stack.start_gateway(f"--metrics-port={gateway_metrics}")
     kubectl("apply", "-f", "-", stdin=SOLO_POOL.replace("solo", "cancel"))
     car = stack.start_fleet(
         1,
@@ -179,9 +192,10 @@ def test_deleting_a_running_pod_cancels_its_task(stack: DevStack, kubectl: Kubec
         "cancel",
         prefix="cancel-",
         name="cancel",
-        extra=["--compute=modelled", "--modelled-rate=20"],
+        extra=["--compute=modelled", "--modelled-rate=2", f"--metrics-port={car_metrics}"],
     )
-    kubectl("apply", "-f", "-", stdin=inference_pod("doomed", "cancel", "0-300", 5))
+    # Every input (450 items) at 2 items/s: almost 4 minutes, far longer than the waits below.
+    kubectl("apply", "-f", "-", stdin=inference_pod("doomed", "cancel", "0-450", 1))
     until(lambda: pod_phase(kubectl, "doomed") == "Running", 60, "the pod to run")
     until(
         lambda: get_json(kubectl, "fp", "cancel").get("status", {}).get("carsBusy") == 1,
@@ -189,10 +203,30 @@ def test_deleting_a_running_pod_cancels_its_task(stack: DevStack, kubectl: Kubec
         "the car to be busy",
     )
     kubectl("delete", "pod", "doomed", "--timeout=30s")
+
+    def outcomes(port: int, metric: str) -> dict[str, float]:
+        """How this pool's tasks ended, by outcome, from a process's /metrics (the car's
+        counters have no pool label: they are all its own)."""
+        got = scrape(f"http://127.0.0.1:{port}/metrics", metric)
+        return {
+            labels["outcome"]: v for labels, v in got if labels.get("pool", "cancel") == "cancel"
+        }
+
     until(
-        lambda: get_json(kubectl, "fp", "cancel").get("status", {}).get("carsBusy") == 0,
+        lambda: outcomes(gateway_metrics, "parkfleet_gateway_tasks_total") == {"Cancelled": 1.0},
         30,
-        "the car to be free again (task cancelled)",
+        "the gateway to count the task Cancelled",
     )
+    # The car itself stopped the task: it ended with the cancel's reason, not Done.
+    ended = until(
+        lambda: outcomes(car_metrics, "parkfleet_agent_tasks_total"), 30, "the car to end its task"
+    )
+    assert sum(ended.values()) == 1.0, ended
+    assert "Done" not in ended, ended
+    # And it is free again: the next pod runs on it, long before the old task could end.
+    kubectl("apply", "-f", "-", stdin=inference_pod("after", "cancel", "0-10", 1))
+    until(lambda: pod_phase(kubectl, "after") == "Succeeded", 60, "the next pod to succeed")
+    assert ("Started", "running on car cancel-000000") in events_of(kubectl, "after")
     car.stop()
+    kubectl("delete", "pod", "after")
     kubectl("delete", "fp", "cancel", "--wait=false")

@@ -24,7 +24,7 @@ from parkfleet.gateway import Gateway, MemorySink, ModelRef, TaskEvent, TaskSpec
 from parkfleet.models.digits import DigitsModel, build_digits
 from parkfleet.policy import Policy
 from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute
-from parkfleet.vehicle.agent import capabilities
+from parkfleet.vehicle.link import capabilities
 
 from .gateway_env import start_gateway
 

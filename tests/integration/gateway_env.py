@@ -9,7 +9,7 @@ from typing import Any
 
 from parkfleet.certs import FleetCA, KeyPair
 from parkfleet.gateway import Gateway, GatewayConfig
-from parkfleet.gateway.probe import ProbeCar
+from tests.carlink_probe import ProbeCar
 
 
 @dataclass

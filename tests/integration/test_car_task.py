@@ -17,10 +17,11 @@ from parkfleet.vehicle import (
     AgentConfig,
     Credentials,
     LinkRefused,
+    ModelSession,
     MutableSensors,
     OrtCompute,
 )
-from parkfleet.vehicle.agent import capabilities
+from parkfleet.vehicle.link import capabilities
 from tests.integration.car_env import CarEnv, digits, digits_task, start_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -87,3 +88,28 @@ async def test_agent_claiming_another_id_is_refused_for_good(env: CarEnv) -> Non
         await agent.run()
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert "car-1" in refused.value.details
+
+
+class _BuggyCompute:
+    """Fails as no runtime does (a KeyError): a bug in the agent's own code."""
+
+    async def session(self, sha256: str, model: bytes) -> ModelSession:
+        raise KeyError("a bug")
+
+
+async def test_a_bug_in_the_agent_gives_the_task_back_and_is_logged_in_full(
+    env: CarEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = digits()
+    ref = env.gateway.models.add_file(model.model_path)
+    env.start_agent("car-buggy", compute=_BuggyCompute())
+    await env.wait_eligible(1)
+    x = model.test_inputs()[:10]
+    await env.gateway.submit(digits_task("bug", ref, ArrayInput(x), len(x), MemorySink()))
+    # Not ModelLoadFailed (the user's fault, for good): retriable, so another car may take it.
+    lost = await env.events.wait(lambda e: e.task_id == "bug" and e.kind == "lost")
+    assert (lost.reason, lost.message) == ("AgentError", "KeyError: 'a bug'")
+    logged = [r for r in caplog.records if "the agent failed" in r.getMessage()]
+    assert logged
+    assert logged[0].exc_info
+    assert logged[0].exc_info[0] is KeyError  # with its traceback

@@ -13,7 +13,7 @@ import pytest
 from parkfleet import cli
 from parkfleet.certs import FleetCA, KeyPair, car_paths
 from parkfleet.devstack import free_port
-from parkfleet.gateway.probe import ProbeCar
+from tests.carlink_probe import ProbeCar
 
 pytestmark = pytest.mark.integration
 

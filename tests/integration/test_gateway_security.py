@@ -1,7 +1,7 @@
 """The gateway's door: mTLS, identity from the certificate, version, message bounds.
 
 Real grpc.aio over 127.0.0.1 with real certificates; the client is the small protocol
-client in parkfleet.gateway.probe (it is the link itself, not a mock).
+client in tests/carlink_probe.py (it is the link itself, not a mock).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import grpc
 import pytest
 
 from parkfleet.certs import FleetCA
-from parkfleet.gateway.probe import ProbeCar, wait_until
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import MAX_MESSAGE_BYTES
+from tests.carlink_probe import ProbeCar, wait_until
 from tests.integration.gateway_env import Env, start_gateway
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import pytest
 from parkfleet.certs import FleetCA
 from parkfleet.contract import CarCounts
 from parkfleet.gateway import ArrayInput, MemorySink, ModelRef, TaskEvent, TaskSpec
-from parkfleet.gateway.probe import ProbeCar, wait_until
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import tensor_to_proto
+from tests.carlink_probe import ProbeCar, wait_until
 from tests.integration.gateway_env import Env, start_gateway
 
 pytestmark = pytest.mark.integration

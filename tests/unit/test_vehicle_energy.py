@@ -38,17 +38,23 @@ def test_measured_integrates_samples() -> None:
     assert reading.wh == pytest.approx(250.0)
 
 
-def test_a_failing_sensor_falls_back_to_the_model() -> None:
+@pytest.mark.parametrize(("error", "traceback"), [(OSError, False), (AttributeError, True)])
+def test_a_failing_sensor_falls_back_to_the_model_and_says_so_once(
+    error: type[Exception], traceback: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
 
     def broken() -> float | None:
-        raise OSError("sensor gone")
+        raise error("sensor gone")
 
     meter = EnergyMeter(gpu_power_w=36.0, reader=broken, clock=clock)
     clock.t += 100.0
+    meter.sample()
     reading = meter.reading()
     assert reading.modelled
     assert reading.wh == pytest.approx(1.0)
+    (said,) = [r for r in caplog.records if "power sensor failed" in r.getMessage()]
+    assert bool(said.exc_info) == traceback  # a bug (not an I/O error) comes in full
 
 
 def test_daily_energy_resets_at_local_midnight() -> None:

@@ -382,3 +382,78 @@ async def test_slices_of_a_cheap_model_grow_those_of_a_costly_one_do_not(
     assert all(n % 3 == 0 for n in model.started[:-1])  # whole batches
     assert min(model.started[:-1]) == 24
     assert (max(model.started) > 24) == grows
+
+
+async def test_an_inference_failure_is_reported_retriable(session: object) -> None:
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+
+    runner = TaskRunner(offer(0, 6), send, EnergyMeter(50.0))
+    await runner.feed(chunks(np.ones((6, 5), dtype=np.float32), 0, 6)[0])  # the model takes 4
+    outcome = await runner.run(session, ["double", "sum"])  # type: ignore[arg-type]
+    assert outcome.reason == "InferenceError"
+    assert sent[-1].failed.retriable
+    assert sent[-1].failed.message.startswith("InvalidArgument: ")  # ONNX Runtime's words
+
+
+class BuggySession(GatedSession):
+    """A slice raises what no runtime raises: a bug in the agent's own code."""
+
+    async def infer(
+        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+    ) -> list[np.ndarray]:
+        raise ZeroDivisionError("a bug")
+
+
+async def test_a_bug_is_not_reported_as_an_inference_error() -> None:
+    sent: list[pb.CarMessage] = []
+
+    async def send(m: pb.CarMessage | bytes) -> None:
+        sent.append(as_message(m))
+
+    runner = TaskRunner(offer(0, 6), send, EnergyMeter(50.0))
+    await runner.feed(chunks(np.ones((6, 4), dtype=np.float32), 0, 6)[0])
+    with pytest.raises(ZeroDivisionError):  # the agent reports it (AgentError), in full
+        await runner.run(BuggySession(), ["double", "sum"])  # type: ignore[arg-type]
+    assert not any(m.WhichOneof("body") == "failed" for m in sent)
+
+
+class QueuedSliceFailsWhenCancelled(GatedSession):
+    """The slice queued behind the running one fails with a bug when it is cancelled."""
+
+    async def infer(
+        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+    ) -> list[np.ndarray]:
+        queued = len(self.started) == 1
+        try:
+            return await super().infer(inputs, input_name, output_names, batch_size)
+        except asyncio.CancelledError:
+            if queued:
+                raise RuntimeError("a bug while cancelled") from None
+            raise
+
+
+async def test_a_cancelled_runner_stops_its_slices_and_says_what_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def send(m: pb.CarMessage | bytes) -> None:
+        pass
+
+    model = QueuedSliceFailsWhenCancelled()
+    runner = TaskRunner(offer(0, 96), send, EnergyMeter(50.0))
+    await runner.feed(chunks(np.ones((96, 4), dtype=np.float32), 0, 96)[0])
+    run = asyncio.create_task(runner.run(model, ["double", "sum"]))  # type: ignore[arg-type]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.running == 2
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert model.running == 0  # both slices stopped, none left
+    assert model.cancelled == 2
+    failures = [r for r in caplog.records if "a slice failed while the task stopped" in r.msg]
+    assert len(failures) == 1
+    assert failures[0].exc_info
+    assert failures[0].exc_info[0] is RuntimeError  # with its traceback

@@ -20,7 +20,9 @@ def test_spec_overrides_defaults() -> None:
         parse_sensor_spec("warp_drive=1")
 
 
-def test_file_sensors_follow_the_file_and_survive_garbage(tmp_path: Path) -> None:
+def test_file_sensors_follow_the_file_and_survive_garbage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "sensors.json"
     path.write_text(json.dumps({"plugged_in": True, "soc_percent": 70}))
     sensors = FileSensors(path)
@@ -33,6 +35,12 @@ def test_file_sensors_follow_the_file_and_survive_garbage(tmp_path: Path) -> Non
     path.write_text("{not json")
     os.utime(path, ns=(1, 2 * 10**18))
     assert not sensors.read().plugged_in  # last good reading kept
+    assert not sensors.read().plugged_in
+    path.write_text("[1, 2]")  # not a mapping
+    os.utime(path, ns=(1, 3 * 10**18))
+    assert not sensors.read().plugged_in
+    said = [r.getMessage() for r in caplog.records if "keeping the last reading" in r.getMessage()]
+    assert len(said) == 2  # once per distinct problem, not once per read
 
 
 def test_mutable_sensors() -> None:

@@ -183,11 +183,6 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 moved += 1
         return moved
 
-    def policy_for(self, pool: str, owner: Policy) -> Policy:
-        """The policy a car of ``pool`` works under: its owner's, tightened by the floor."""
-        floor = self.pool_floors.get(pool)
-        return owner.stricter(floor) if floor is not None else owner
-
     async def _identity(self, context: _Context) -> CarIdentity:
         certs = context.auth_context().get("x509_pem_cert")
         if not certs:

@@ -14,7 +14,6 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,9 +22,15 @@ from parkfleet.certs import CA_CERT_FILE, FleetCA, car_identity, car_paths
 from parkfleet.policy import Policy
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
-from parkfleet.vehicle.agent import capabilities
 from parkfleet.vehicle.compute import Compute, CorruptCompute, ModelledCompute, OrtCompute
-from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused
+from parkfleet.vehicle.link import (
+    Agent,
+    AgentConfig,
+    Credentials,
+    GaveUp,
+    LinkRefused,
+    capabilities,
+)
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache
 
@@ -127,7 +132,8 @@ def car_credentials(
         cert_pem = cert_path.read_bytes()
         try:
             same = dict(car_identity(cert_pem).attributes) == attributes
-        except ValueError:
+        except ValueError as e:
+            log.info("cached certificate of %s unusable (%s); issuing a new one", car_id, e)
             same = False
         if same:
             return Credentials(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_path.read_bytes())
@@ -233,6 +239,8 @@ class SimulatedFleet:
             await agent.run()
         except (LinkRefused, GaveUp) as e:
             log.warning("car %s stopped: %s", agent.config.car_id, e)
+        except Exception:  # a bug: this car stops, the others go on; said in full
+            log.exception("car %s failed", agent.config.car_id)
 
     async def wait_connected(self, count: int | None = None, timeout_s: float = 60.0) -> int:
         """Waits until ``count`` cars (default all) are connected, or the timeout passes."""
@@ -279,8 +287,3 @@ class SimulatedFleet:
             await asyncio.gather(*self._runs, return_exceptions=True)
         if self._own_compute is not None:
             self._own_compute.close()
-
-    @property
-    def car_ids(self) -> Sequence[str]:
-        """Every car id, in index order."""
-        return [a.config.car_id for a in self.agents]

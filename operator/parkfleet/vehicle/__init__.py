@@ -1,6 +1,13 @@
 """The vehicle agent: the car's end of the car link (``parkfleet agent``)."""
 
-from parkfleet.vehicle.compute import Compute, ModelledCompute, ModelSession, OrtCompute
+from parkfleet.vehicle.compute import (
+    Compute,
+    InferenceFailed,
+    ModelledCompute,
+    ModelLoadError,
+    ModelSession,
+    OrtCompute,
+)
 from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused
 from parkfleet.vehicle.modelcache import ModelCache, ModelFetchError, ModelHashMismatch
 from parkfleet.vehicle.sensors import (
@@ -18,10 +25,12 @@ __all__ = [
     "Credentials",
     "FileSensors",
     "GaveUp",
+    "InferenceFailed",
     "LinkRefused",
     "ModelCache",
     "ModelFetchError",
     "ModelHashMismatch",
+    "ModelLoadError",
     "ModelSession",
     "ModelledCompute",
     "MutableSensors",

@@ -6,6 +6,9 @@ there, so the agent's event loop never blocks. One ``OrtCompute`` can serve many
 
 ``ModelledCompute`` wraps it for large simulated fleets: the outputs are still computed
 for real (on the shared pool), but each car's rate is held to a modelled items/s.
+
+What ONNX Runtime raises (its exceptions share no base class) becomes ``ModelLoadError``
+or ``InferenceFailed`` here, so the agent tells a model's failure from a bug of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 
 __all__ = [
     "Compute",
+    "InferenceFailed",
+    "ModelLoadError",
     "ModelSession",
     "ModelledCompute",
     "OrtCompute",
@@ -29,6 +34,14 @@ __all__ = [
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+class ModelLoadError(Exception):
+    """The runtime rejected the model (its message names the runtime's error)."""
+
+
+class InferenceFailed(Exception):
+    """The runtime failed on these inputs (its message names the runtime's error)."""
 
 
 def available_providers() -> list[str]:
@@ -59,6 +72,9 @@ class ModelSession(Protocol):
 
         Returns:
             One array per output name, first dimension = items.
+
+        Raises:
+            InferenceFailed: The runtime failed on these inputs.
         """
         ...
 
@@ -67,8 +83,19 @@ class Compute(Protocol):
     """Turns verified model bytes into sessions."""
 
     async def session(self, sha256: str, model: bytes) -> ModelSession:
-        """Returns a (possibly cached) session for the model with this hash."""
+        """Returns a (possibly cached) session for the model with this hash.
+
+        Raises:
+            ModelLoadError: The runtime rejected the model.
+        """
         ...
+
+
+def _run(session: Any, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+    try:
+        return session.run(names, feeds)
+    except Exception as e:  # whatever ORT raises: the model or its inputs, not this code
+        raise InferenceFailed(f"{type(e).__name__}: {e}") from e
 
 
 def _run_batches(
@@ -82,10 +109,10 @@ def _run_batches(
     names = list(output_names)
     n = inputs.shape[0]
     if n <= batch_size:
-        return [np.asarray(o) for o in session.run(names, {input_name: inputs})]
+        return [np.asarray(o) for o in _run(session, names, {input_name: inputs})]
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, n, batch_size):
-        outs = session.run(names, {input_name: inputs[start : start + batch_size]})
+        outs = _run(session, names, {input_name: inputs[start : start + batch_size]})
         for acc, out in zip(parts, outs, strict=True):
             acc.append(np.asarray(out))
     return [np.concatenate(acc, axis=0) for acc in parts]
@@ -156,11 +183,18 @@ class OrtCompute:
         options.intra_op_num_threads = self._intra_op_threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # From bytes: the verified model in memory is exactly what runs.
-        return ort.InferenceSession(model, sess_options=options, providers=self._providers)
+        try:
+            # From bytes: the verified model in memory is exactly what runs.
+            return ort.InferenceSession(model, sess_options=options, providers=self._providers)
+        except Exception as e:  # whatever ORT raises: the model is at fault, not this code
+            raise ModelLoadError(f"{type(e).__name__}: {e}") from e
 
     async def session(self, sha256: str, model: bytes) -> ModelSession:
-        """Returns the cached session for ``sha256``, creating it from ``model`` if needed."""
+        """Returns the cached session for ``sha256``, creating it from ``model`` if needed.
+
+        Raises:
+            ModelLoadError: ONNX Runtime rejected the model.
+        """
         async with self._lock:
             cached = self._sessions.get(sha256)
             if cached is not None:

@@ -7,11 +7,14 @@ task's time, and the result says it was modelled.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["DailyEnergy", "EnergyMeter", "EnergyReading", "PowerReader"]
+
+log = logging.getLogger(__name__)
 
 # Returns the GPU's draw in watts now, or None when the sensor has no value.
 PowerReader = Callable[[], "float | None"]
@@ -54,7 +57,6 @@ class EnergyMeter:
         self._last_t = self._start
         self._last_w: float | None = None
         self._measured_j = 0.0
-        self._measured_s = 0.0
         self._failed_reads = False
         self.sample()
 
@@ -66,14 +68,19 @@ class EnergyMeter:
             return
         try:
             watts = self._reader()
-        except Exception:  # a flaky sensor must not fail the task
+        except Exception as e:  # a flaky sensor must not fail the task: energy is modelled
+            if not self._failed_reads:  # once per task: a sensor that fails, fails often
+                log.warning(
+                    "power sensor failed, this task's energy is modelled: %r",
+                    e,
+                    exc_info=not isinstance(e, OSError | ValueError),  # a bug: in full
+                )
             watts = None
         if watts is None:
             self._failed_reads = True
         elif self._last_w is not None:
             dt = now - self._last_t
             self._measured_j += dt * (watts + self._last_w) / 2.0
-            self._measured_s += dt
         self._last_w = watts if watts is not None else self._last_w
         self._last_t = now
 

@@ -28,7 +28,7 @@ from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, serialize
 from parkfleet.vehicle.backoff import Backoff
-from parkfleet.vehicle.compute import Compute
+from parkfleet.vehicle.compute import Compute, ModelLoadError
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter, PowerReader
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache, ModelFetchError, ModelHashMismatch
@@ -36,6 +36,7 @@ from parkfleet.vehicle.runner import StopRequest, TaskOutcome, TaskRunner
 from parkfleet.vehicle.sensors import SensorReading, Sensors
 
 __all__ = [
+    "REASON_AGENT_ERROR",
     "RUNTIME",
     "Agent",
     "AgentConfig",
@@ -43,11 +44,14 @@ __all__ = [
     "GaveUp",
     "LinkRefused",
     "TaskRecord",
+    "capabilities",
 ]
 
 log = logging.getLogger(__name__)
 
 RUNTIME = "onnxruntime"
+# TaskFailed reason when the agent itself failed (a bug), not the model or the inputs.
+REASON_AGENT_ERROR = "AgentError"
 # Messages queued for the stream; results are ~1 MiB each, so this bounds memory too.
 OUTBOUND_QUEUE = 32
 # The stream's method: its codec (parkfleet.protocol.chunks) passes encoded result chunks
@@ -96,6 +100,11 @@ class TaskRecord:
 
 class _StreamEnded(Exception):
     """The gateway closed the stream (cleanly or not); reconnect."""
+
+
+# How the stream's writer, reader and telemetry end when the stream does: a write after
+# the call finished raises InvalidStateError; sends without a stream raise _StreamEnded.
+_LINK_ENDED = (_StreamEnded, asyncio.InvalidStateError)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,20 @@ class AgentConfig:
     max_tasks: int = 1
     channel_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
     server_name_override: str = ""
+
+
+def capabilities(
+    gpu_model: str, gpu_memory_mib: int, gpu_power_w: float, providers: list[str]
+) -> pb.Capabilities:
+    """What a car offers, for its Hello."""
+    return pb.Capabilities(
+        gpu_model=gpu_model,
+        gpu_count=1,
+        gpu_memory_mib=gpu_memory_mib,
+        runtimes=[RUNTIME],
+        execution_providers=providers,
+        gpu_power_w=gpu_power_w,
+    )
 
 
 def _telemetry(reading: SensorReading, energy_today_wh: float) -> pb.Telemetry:
@@ -217,16 +240,12 @@ class Agent:
         self._telemetry_kick = asyncio.Event()
         #: Set while a stream is up (after Welcome).
         self.connected = asyncio.Event()
-        #: The latest Welcome.
-        self.welcome: pb.Welcome | None = None
         #: Recent tasks as they ended, newest last (for tests and the simulator).
         self.outcomes: deque[TaskRecord] = deque(maxlen=64)
         #: Telemetry messages sent so far.
         self.telemetry_sent = 0
         #: Recent refusals as (task_id, reason).
         self.refusals: deque[tuple[str, str]] = deque(maxlen=64)
-        #: The status of the last stream that ended.
-        self.last_status: tuple[grpc.StatusCode, str] | None = None
 
     # ---- public ------------------------------------------------------------------
 
@@ -301,15 +320,14 @@ class Agent:
             try:
                 await self._converse(stub, call)
             except grpc.aio.AioRpcError as e:
-                self._ended(e.code(), e.details() or "")
+                self._count_disconnect(e.code())
                 if e.code() in _FATAL:
                     raise LinkRefused(e.code(), e.details() or "") from None
                 raise
             finally:
                 call.cancel()
 
-    def _ended(self, code: grpc.StatusCode, details: str) -> None:
-        self.last_status = (code, details)
+    def _count_disconnect(self, code: grpc.StatusCode) -> None:
         self.metrics.disconnects.labels(code.name).inc()
 
     async def _converse(
@@ -320,7 +338,7 @@ class Agent:
         if first == grpc.aio.EOF:
             code = await call.code()
             details = await call.details()
-            self._ended(code, details or "")
+            self._count_disconnect(code)
             if code in _FATAL:
                 raise LinkRefused(code, details or "")
             raise _StreamEnded(f"closed before welcome: {code.name} {details}")
@@ -331,7 +349,6 @@ class Agent:
             raise _StreamEnded(f"redirected to {first.redirect.address}: {first.redirect.reason}")
         if kind != "welcome":
             raise _StreamEnded(f"gateway sent {kind} before welcome")
-        self.welcome = first.welcome
         if first.welcome.telemetry_interval_s > 0:
             self._telemetry_interval = first.welcome.telemetry_interval_s
         self._backoff.reset()
@@ -360,12 +377,15 @@ class Agent:
             results = await asyncio.gather(
                 writer, telemetry, reader, stopper, return_exceptions=True
             )
-        for r in results:
+        for name, r in zip(("writer", "telemetry", "reader", "stopper"), results, strict=True):
             if isinstance(r, grpc.aio.AioRpcError):
                 raise r
+            if isinstance(r, Exception) and not isinstance(r, _LINK_ENDED):
+                # A bug: the stream ends (and reconnects with backoff), logged in full.
+                log.error("car %s: the link's %s failed", self.config.car_id, name, exc_info=r)
         code = await call.code() if call.done() else grpc.StatusCode.CANCELLED
         details = (await call.details()) if call.done() else "agent closed the stream"
-        self._ended(code, details or "")
+        self._count_disconnect(code)
         if code in _FATAL:
             raise LinkRefused(code, details or "")
         raise _StreamEnded(f"stream ended: {code.name} {details}")
@@ -530,12 +550,32 @@ class Agent:
         )
         handle = asyncio.create_task(self._run_task(stub, runner))
         self._task_handles.add(handle)
-        handle.add_done_callback(self._task_handles.discard)
+        handle.add_done_callback(self._task_ended)
+
+    def _task_ended(self, handle: asyncio.Task[None]) -> None:
+        self._task_handles.discard(handle)
+        if handle.cancelled():
+            return
+        e = handle.exception()
+        if isinstance(e, _StreamEnded):
+            log.debug("a task of %s ended with its stream: %s", self.config.car_id, e)
+        elif e is not None:
+            log.error("a task of %s died", self.config.car_id, exc_info=e)
 
     async def _run_task(self, stub: carlink_pb2_grpc.CarLinkStub, runner: TaskRunner) -> None:
         offer = runner.offer
         try:
-            outcome = await self._load_and_run(stub, runner)
+            try:
+                outcome = await self._load_and_run(stub, runner)
+            except _StreamEnded:
+                raise  # nobody to tell: the gateway moves the task when the stream goes
+            except Exception as e:
+                # A bug of this agent, not the task's fault: logged in full, and the task
+                # goes back to the gateway as retriable, so that another car takes it.
+                log.exception("task %s attempt %d: the agent failed", offer.task_id, offer.attempt)
+                outcome = await runner.abort(
+                    REASON_AGENT_ERROR, f"{type(e).__name__}: {e}", retriable=True
+                )
         finally:
             if self._tasks.get(offer.task_id) is runner:
                 del self._tasks[offer.task_id]
@@ -550,22 +590,18 @@ class Agent:
         self, stub: carlink_pb2_grpc.CarLinkStub, runner: TaskRunner
     ) -> TaskOutcome:
         offer = runner.offer
-        before = self.models.fetches
         try:
-            model = await self.models.get(offer.model, stub)
+            model, fetched = await self.models.lookup(offer.model, stub)
         except ModelHashMismatch as e:
             self.metrics.model_fetches.labels("HashMismatch").inc()
-            return await runner.fail_before_start("ModelHashMismatch", str(e), retriable=False)
+            return await runner.abort("ModelHashMismatch", str(e), retriable=False)
         except ModelFetchError as e:
             self.metrics.model_fetches.labels("FetchFailed").inc()
-            return await runner.fail_before_start("ModelFetchFailed", str(e), retriable=True)
-        fetched = self.models.fetches > before
+            return await runner.abort("ModelFetchFailed", str(e), retriable=True)
         self.metrics.model_fetches.labels("fetched" if fetched else "hit").inc()
         try:
             session = await self.compute.session(offer.model.sha256.lower(), model)
-        except Exception as e:  # ORT rejects the model: no car will do better
-            return await runner.fail_before_start(
-                "ModelLoadFailed", f"{type(e).__name__}: {e}", retriable=False
-            )
+        except ModelLoadError as e:  # ORT rejects the model: no car will do better
+            return await runner.abort("ModelLoadFailed", str(e), retriable=False)
         names = list(offer.output_names) or session.output_names
         return await runner.run(session, names)

@@ -5,14 +5,21 @@ A model is fetched through the gateway (``ModelRef.uri == "gateway:"``, by sha25
 checked BEFORE anything loads it. Verified models are kept in memory (LRU by bytes) and,
 when a cache folder is given, on disk by hash; a disk copy is verified again on every load.
 Models are not task data, so caching them on disk is allowed.
+
+Hashing, joining and file reads run in a thread: a simulator runs thousands of agents on
+one event loop, and hashing a model of a gigabyte takes seconds. Concurrent lookups of one
+hash share one fetch (a whole simulated fleet asks for the same model at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import logging
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -26,6 +33,8 @@ __all__ = [
     "ModelFetchError",
     "ModelHashMismatch",
 ]
+
+log = logging.getLogger(__name__)
 
 # A car will not take a model larger than this (its GPU could not hold it anyway).
 MAX_MODEL_BYTES = 2 * 1024 * 1024 * 1024
@@ -47,20 +56,20 @@ def _check_sha(sha256: str) -> str:
     return sha
 
 
-def _verify(sha256: str, data: bytes, source: str) -> None:
-    got = hashlib.sha256(data).hexdigest()
-    if got != sha256:
-        raise ModelHashMismatch(
-            f"model from {source} has sha256 {got}, the task expects {sha256}; not loaded"
-        )
+def _joined_digest(parts: Sequence[bytes]) -> tuple[bytes, str]:
+    """The parts as one bytes object and its sha256 (run in a thread: both take seconds
+    for a large model; hashlib releases the GIL)."""
+    data = parts[0] if len(parts) == 1 else b"".join(parts)  # one part: no copy
+    return data, hashlib.sha256(data).hexdigest()
 
 
-def _read_file(path: Path, limit: int) -> bytes:
+def _read_file(path: Path, limit: int) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (blocking: run it in a thread)."""
     with path.open("rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ModelFetchError(f"{path} is larger than {limit} bytes")
-    return data
+    return data, hashlib.sha256(data).hexdigest()
 
 
 class ModelCache:
@@ -83,7 +92,8 @@ class ModelCache:
         self._max_model = max_model_bytes
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_bytes = 0
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Lookups under way by hash: later callers wait on the same one.
+        self._loading: dict[str, asyncio.Task[tuple[bytes, bool]]] = {}
         self.fetches = 0  # sources actually contacted (tests check the cache works)
 
     def _remember(self, sha: str, data: bytes) -> None:
@@ -96,11 +106,25 @@ class ModelCache:
             self._memory_bytes -= len(old)
 
     async def get(self, ref: pb.ModelRef, stub: carlink_pb2_grpc.CarLinkStub | None) -> bytes:
-        """Returns the model's verified bytes.
+        """Returns the model's verified bytes (see :meth:`lookup`)."""
+        data, _ = await self.lookup(ref, stub)
+        return data
+
+    async def lookup(
+        self, ref: pb.ModelRef, stub: carlink_pb2_grpc.CarLinkStub | None
+    ) -> tuple[bytes, bool]:
+        """Returns the model's verified bytes and whether a source was contacted for them.
+
+        Concurrent lookups of one hash share one fetch. When a shared fetch fails for want
+        of a source (e.g. the link of the car that started it dropped), a caller that
+        only joined it tries once more with its own ``stub``.
 
         Args:
             ref: Where the model is and what its sha256 must be.
             stub: The car link, for ``gateway:`` models.
+
+        Returns:
+            The bytes, and False when memory or the disk cache had them.
 
         Raises:
             ModelHashMismatch: The bytes do not hash to ``ref.sha256``.
@@ -109,57 +133,94 @@ class ModelCache:
         sha = _check_sha(ref.sha256)
         if ref.size_bytes > self._max_model:
             raise ModelFetchError(f"model is {ref.size_bytes} bytes, limit {self._max_model}")
-        lock = self._locks.setdefault(sha, asyncio.Lock())
-        async with lock:  # one fetch per hash even when several tasks want it
-            data = self._memory.get(sha)
-            if data is not None:
-                self._memory.move_to_end(sha)
-                return data
-            data = await self._from_disk(sha)
-            if data is None:
-                data = await self._fetch(ref, sha, stub)
-                _verify(sha, data, ref.uri or "gateway:")
-                if self._dir is not None:
-                    await asyncio.to_thread(write_atomic, self._dir / sha, data)
-            self._remember(sha, data)
-            return data
+        data = self._memory.get(sha)
+        if data is not None:
+            self._memory.move_to_end(sha)
+            return data, False
+        for tries_left in (1, 0):
+            loading = self._loading.get(sha)
+            joined = loading is not None
+            if loading is None:
+                loading = asyncio.create_task(self._load(ref, sha, stub), name=f"model {sha}")
+                self._loading[sha] = loading
+                loading.add_done_callback(functools.partial(self._loaded, sha))
+            try:
+                # Shielded: a caller that is cancelled (its task was) leaves the fetch
+                # running for the others, and the cache gets the model anyway.
+                return await asyncio.shield(loading)
+            except ModelFetchError as e:
+                if not joined or not tries_left:
+                    raise
+                log.info("shared fetch of model %s failed (%s); fetching it again", sha, e)
+        raise AssertionError("unreachable")  # the last try returns or raises
+
+    def _loaded(self, sha: str, task: asyncio.Task[tuple[bytes, bool]]) -> None:
+        if self._loading.get(sha) is task:
+            del self._loading[sha]
+        if not task.cancelled() and task.exception() is None:
+            self._remember(sha, task.result()[0])
+
+    async def _load(
+        self, ref: pb.ModelRef, sha: str, stub: carlink_pb2_grpc.CarLinkStub | None
+    ) -> tuple[bytes, bool]:
+        data = await self._from_disk(sha)
+        if data is not None:
+            return data, False
+        data, got = await self._fetch(ref, sha, stub)
+        if got != sha:
+            raise ModelHashMismatch(
+                f"model from {ref.uri or 'gateway:'} has sha256 {got}, "
+                f"the task expects {sha}; not loaded"
+            )
+        if self._dir is not None:
+            await asyncio.to_thread(write_atomic, self._dir / sha, data)
+        return data, True
 
     async def _from_disk(self, sha: str) -> bytes | None:
         if self._dir is None:
             return None
         path = self._dir / sha
         try:
-            data = await asyncio.to_thread(_read_file, path, self._max_model)
-        except (OSError, ModelFetchError):
+            data, got = await asyncio.to_thread(_read_file, path, self._max_model)
+        except FileNotFoundError:
             return None
-        if hashlib.sha256(data).hexdigest() != sha:
+        except (OSError, ModelFetchError) as e:
+            log.warning("model cache entry %s unreadable, fetching it again: %s", path, e)
+            return None
+        if got != sha:
             # A corrupted cache entry is dropped and fetched again, never loaded.
+            log.warning("model cache entry %s has sha256 %s; dropped, fetching it again", path, got)
             await asyncio.to_thread(path.unlink, True)
             return None
         return data
 
     async def _fetch(
         self, ref: pb.ModelRef, sha: str, stub: carlink_pb2_grpc.CarLinkStub | None
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
+        """The model's bytes from its source and their sha256."""
         self.fetches += 1
         uri = ref.uri or "gateway:"
         parsed = urlparse(uri)
         if parsed.scheme == "gateway":
             if stub is None:
                 raise ModelFetchError("model is on the gateway but there is no link")
-            return await self._fetch_gateway(stub, sha)
-        if parsed.scheme == "file":
+            parts = await self._fetch_gateway(stub, sha)
+        elif parsed.scheme == "file":
             try:
                 return await asyncio.to_thread(
                     _read_file, Path(unquote(parsed.path)), self._max_model
                 )
             except OSError as e:
                 raise ModelFetchError(f"cannot read {uri}: {e}") from None
-        if parsed.scheme in ("http", "https"):
-            return await self._fetch_http(uri)
-        raise ModelFetchError(f"model uri {uri!r}: scheme must be gateway:, file:// or http(s)://")
+        elif parsed.scheme in ("http", "https"):
+            parts = await self._fetch_http(uri)
+        else:
+            raise ModelFetchError(
+                f"model uri {uri!r}: scheme must be gateway:, file:// or http(s)://"
+            )
+        return await asyncio.to_thread(_joined_digest, parts)
 
-    async def _fetch_gateway(self, stub: carlink_pb2_grpc.CarLinkStub, sha: str) -> bytes:
+    async def _fetch_gateway(self, stub: carlink_pb2_grpc.CarLinkStub, sha: str) -> list[bytes]:
         import grpc
 
         parts: list[bytes] = []
@@ -186,9 +247,9 @@ class ModelCache:
             ) from None
         if offset != max(total, 0):
             raise ModelFetchError(f"model stream ended at {offset} of {total} bytes")
-        return b"".join(parts)
+        return parts
 
-    async def _fetch_http(self, uri: str) -> bytes:
+    async def _fetch_http(self, uri: str) -> list[bytes]:
         import aiohttp
 
         try:
@@ -199,11 +260,13 @@ class ModelCache:
             ):
                 if resp.status != 200:
                     raise ModelFetchError(f"GET {uri}: HTTP {resp.status}")
-                buf = bytearray()
+                parts: list[bytes] = []
+                size = 0
                 async for block in resp.content.iter_chunked(1 << 20):
-                    buf += block
-                    if len(buf) > self._max_model:
+                    parts.append(block)
+                    size += len(block)
+                    if size > self._max_model:
                         raise ModelFetchError(f"{uri} is larger than {self._max_model} bytes")
-                return bytes(buf)
+                return parts
         except aiohttp.ClientError as e:
             raise ModelFetchError(f"GET {uri}: {e}") from None

@@ -14,7 +14,6 @@ memory only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -26,7 +25,7 @@ import numpy as np
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import limits
 from parkfleet.protocol.chunks import InputData, encode_result
-from parkfleet.vehicle.compute import ModelSession
+from parkfleet.vehicle.compute import InferenceFailed, ModelSession
 from parkfleet.vehicle.energy import EnergyMeter
 
 __all__ = [
@@ -106,6 +105,24 @@ class TaskOutcome:
     energy_modelled: bool
 
 
+async def _cancel_hops(hops: Sequence[asyncio.Future[list[np.ndarray]]], task_id: str) -> None:
+    """Cancels slices at the model and waits until they are over (a cancel of the caller
+    while it waits still stops the caller)."""
+    for hop in hops:
+        hop.cancel()
+    if not hops:
+        return
+    await asyncio.wait(hops)
+    for hop in hops:
+        if hop.cancelled():
+            continue
+        e = hop.exception()
+        if isinstance(e, InferenceFailed):
+            log.info("task %s: a slice failed while the task stopped: %s", task_id, e)
+        elif e is not None:
+            log.error("task %s: a slice failed while the task stopped", task_id, exc_info=e)
+
+
 class TaskRunner:
     """One task: feed it input chunks, run it, await its outcome.
 
@@ -164,11 +181,6 @@ class TaskRunner:
             self._inputs.get_nowait()
         self._inputs.put_nowait(None)
 
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested."""
-        return self._stop is not None
-
     # ---- messages ----------------------------------------------------------------
 
     async def _log(self, *lines: str) -> None:
@@ -203,8 +215,9 @@ class TaskRunner:
         )
         return TaskOutcome(False, reason, self.sent_upto, wh, modelled)
 
-    async def fail_before_start(self, reason: str, message: str, retriable: bool) -> TaskOutcome:
-        """Reports a task that cannot start (e.g. ``ModelHashMismatch``)."""
+    async def abort(self, reason: str, message: str, retriable: bool) -> TaskOutcome:
+        """Reports the task failed where it stands: it cannot start (e.g.
+        ``ModelHashMismatch``), or the agent failed while running it."""
         self.request_stop(StopRequest(reason, message, retriable, report=False))
         return await self._fail(reason, message, retriable)
 
@@ -390,7 +403,8 @@ class TaskRunner:
             while inflight:
                 try:
                     await collect()
-                except Exception:  # the first error is the one reported
+                except (InputError, InferenceFailed) as e:  # the first error is the one reported
+                    log.info("task %s: a later slice failed too: %s", self.task_id, e)
                     for hop, _, _ in inflight:
                         hop.cancel()
                     inflight.clear()
@@ -427,15 +441,13 @@ class TaskRunner:
         except InputError as e:
             await settle()
             return await self._fail("InvalidInput", str(e), retriable=False)
-        except Exception as e:  # an ORT error: this car cannot do it, another might
+        except InferenceFailed as e:  # this car cannot do it, another might
             log.warning("task %s failed: %s", self.task_id, e)
             await settle()
-            return await self._fail("InferenceError", f"{type(e).__name__}: {e}", True)
+            return await self._fail("InferenceError", str(e), True)
         finally:
-            for hop, _, _ in inflight:  # only when the runner itself is cancelled
-                hop.cancel()
-                with contextlib.suppress(BaseException):
-                    await hop
+            # Slices still at the model only when the runner is cancelled or failed itself.
+            await _cancel_hops([hop for hop, _, _ in inflight], self.task_id)
 
         await flush()
         stop = self._stop

@@ -8,6 +8,7 @@ real car's side process or a test); the simulator drives ``MutableSensors`` from
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,8 @@ __all__ = [
     "StaticSensors",
     "parse_sensor_spec",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ _FIELDS = {
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in values.items():
-        key = key.replace("-", "_")
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")  # a YAML file's keys may be numbers
         if key == "state":
             out["parked"] = str(value).lower() == "parked"
             continue
@@ -123,21 +126,18 @@ class StaticSensors:
 
 
 class MutableSensors:
-    """A reading that code (the simulator, a test) changes while the agent runs."""
+    """A reading that code (a test, a benchmark) changes while the agent runs."""
 
     def __init__(self, reading: SensorReading | None = None) -> None:
         self.reading = reading or SensorReading()
-        self.follow_wall_clock = True
 
     def set(self, **changes: Any) -> None:
         """Changes some fields of the reading."""
         self.reading = replace(self.reading, **changes)
 
     def read(self) -> SensorReading:
-        """Returns the current reading (stamped with the wall clock unless told otherwise)."""
-        if self.follow_wall_clock:
-            return replace(self.reading, unix_time_ms=_now_ms())
-        return self.reading
+        """Returns the current reading stamped with the current time."""
+        return replace(self.reading, unix_time_ms=_now_ms())
 
 
 class FileSensors:
@@ -150,6 +150,7 @@ class FileSensors:
         self._path = path
         self._mtime_ns = -1
         self._reading = SensorReading()
+        self._last_error = ""
 
     def read(self) -> SensorReading:
         """Returns the file's reading stamped with the current time."""
@@ -160,6 +161,10 @@ class FileSensors:
                 data = json.loads(text) if self._path.suffix == ".json" else yaml.safe_load(text)
                 self._reading = replace(SensorReading(), **_coerce(dict(data or {})))
                 self._mtime_ns = stat.st_mtime_ns
-        except (OSError, ValueError, yaml.YAMLError):
-            pass  # keep the last good reading; a sensor hiccup is not a reason to crash
+                self._last_error = ""
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+            # Keep the last good reading: a sensor hiccup is not a reason to crash.
+            if str(e) != self._last_error:  # said once, not every telemetry period
+                log.warning("sensors file %s: %s; keeping the last reading", self._path, e)
+                self._last_error = str(e)
         return replace(self._reading, unix_time_ms=_now_ms())

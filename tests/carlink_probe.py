@@ -1,10 +1,11 @@
-"""A minimal car that speaks the real protocol over real gRPC and mTLS.
+"""A minimal car that speaks the real protocol over real gRPC and mTLS (a test client).
 
 It is not the vehicle agent: it has no ONNX Runtime, no backoff, no policy of its
 own. Tests use it to poke the gateway with exact messages (including bad ones), and
 the gateway benchmark uses it because thousands of real agents would not fit on the
 benchmark machine. Its optional worker answers offers by echoing each input chunk
-back as every requested output (identity "inference").
+back as every requested output (identity "inference"). It lives in ``tests/``, not in
+the product package: no deployment needs it.
 """
 
 from __future__ import annotations

@@ -12,31 +12,23 @@ from typing import Any
 
 from parkfleet.certs import car_identity
 from parkfleet.policy import Policy
-from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.vehicle.compute import OrtCompute
-from parkfleet.vehicle.link import RUNTIME, Agent, AgentConfig, Credentials, GaveUp, LinkRefused
+from parkfleet.vehicle.link import (
+    Agent,
+    AgentConfig,
+    Credentials,
+    GaveUp,
+    LinkRefused,
+    capabilities,
+)
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache
 from parkfleet.vehicle.policyfile import load_policy
 from parkfleet.vehicle.sensors import FileSensors, Sensors, StaticSensors, parse_sensor_spec
 
-__all__ = ["build_agent", "capabilities", "register", "sensors_from_arg"]
+__all__ = ["build_agent", "register", "sensors_from_arg"]
 
 log = logging.getLogger(__name__)
-
-
-def capabilities(
-    gpu_model: str, gpu_memory_mib: int, gpu_power_w: float, providers: list[str]
-) -> pb.Capabilities:
-    """What this car offers, for its Hello."""
-    return pb.Capabilities(
-        gpu_model=gpu_model,
-        gpu_count=1,
-        gpu_memory_mib=gpu_memory_mib,
-        runtimes=[RUNTIME],
-        execution_providers=providers,
-        gpu_power_w=gpu_power_w,
-    )
 
 
 def sensors_from_arg(value: str) -> Sensors:
@@ -78,8 +70,7 @@ def build_agent(args: argparse.Namespace) -> Agent:
     )
 
 
-async def _main(args: argparse.Namespace) -> int:
-    agent = build_agent(args)
+async def _main(agent: Agent, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
@@ -104,7 +95,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(_main(args))
+    # Before the loop starts: it reads the certificates and the policy, and loads ONNX Runtime.
+    agent = build_agent(args)
+    return asyncio.run(_main(agent, args))
 
 
 def register(subparsers: Any) -> None:
