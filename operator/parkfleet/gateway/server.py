@@ -52,6 +52,9 @@ REASON_LINK_CLOSED = "LinkClosed"
 REASON_PROTOCOL_VIOLATION = "ProtocolViolation"
 REASON_TELEMETRY_TIMEOUT = "TelemetryTimeout"
 REASON_REPLACED = "Reconnected"
+REASON_INTERNAL_ERROR = "InternalError"
+# How a car's stream breaks from its side (reset, closed while written to).
+_STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 # grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
 # arrive as ResultData (their tensors viewing the received bytes), input chunks leave as
 # bytes encoded by parkfleet.protocol.chunks.
@@ -239,8 +242,15 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 reason, details = "Shutdown", "the gateway is stopping"
                 raise
             code, reason, details = car.close_code, car.close_reason, car.close_details
-        except Exception as e:  # a broken stream (e.g. reset by the peer) ends this car only
+        except _STREAM_ERRORS as e:  # a broken stream (e.g. reset by the peer): this car only
             reason, details = REASON_LINK_CLOSED, f"stream error: {e!r}"
+        except Exception:  # a bug of ours: this car's stream closes, and it is said loudly
+            log.exception("car %s: handling its stream failed", car.car_id)
+            code, reason, details = (
+                grpc.StatusCode.INTERNAL,
+                REASON_INTERNAL_ERROR,
+                "the gateway failed handling this stream",
+            )
         finally:
             self._registry.remove(car)
             self._tasks.car_lost(car, reason, details)
