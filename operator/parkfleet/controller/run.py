@@ -12,43 +12,43 @@ import kopf
 from prometheus_client import start_http_server
 
 from parkfleet.controller import admission as _admission
+from parkfleet.controller import fleetpool, inferencejob
 from parkfleet.controller.admission import AdmissionConfig, webhook_server
-from parkfleet.controller.kube import close_api_client
-from parkfleet.controller.metrics import METRICS
+from parkfleet.controller.state import OperatorState
 
-__all__ = ["register", "run"]
-
-
-_PEERING: dict[str, str | None] = {"name": None}
-# Kopf pauses every peer of the same priority, so a standby runs with a lower one.
-_PRIORITY = {"value": 0}
-_ADMISSION: dict[str, AdmissionConfig | None] = {"config": None}
+__all__ = ["operator_settings", "register", "register_handlers", "run"]
 
 
-@kopf.on.startup()
-async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    name = _PEERING["name"]
-    settings.peering.standalone = name is None
-    settings.peering.clusterwide = True
-    if name is not None:
-        settings.peering.name = name
-        settings.peering.mandatory = True
-        settings.peering.priority = _PRIORITY["value"]
+def register_handlers(
+    registry: kopf.OperatorRegistry, state: OperatorState, admission: AdmissionConfig | None
+) -> None:
+    """Adds every handler of the operator to ``registry``, bound to ``state``.
+
+    The admission handler only when the operator serves admission (Kopf refuses to
+    start with an admission handler and no server).
+    """
+    # A registry of our own lacks the login Kopf's default one has: the same one, by
+    # kubernetes_asyncio (kubeconfig, or the pod's service account).
+    kopf.on.login(registry=registry, errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_async_client)
+    fleetpool.register(registry, state)
+    inferencejob.register(registry, state)
+    if admission is not None:
+        _admission.register(registry, state)
+
+
+def operator_settings(admission: AdmissionConfig | None) -> kopf.OperatorSettings:
+    """Kopf's settings for the operator (peering is passed to ``kopf.operator``)."""
+    settings = kopf.OperatorSettings()
     # Status is ours to write in full; Kopf keeps its own bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="parkfleet.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="parkfleet.io")
     settings.persistence.finalizer = "parkfleet.io/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    admission = _ADMISSION["config"]
     if admission is not None:
         settings.admission.server = webhook_server(admission)
         settings.admission.managed = admission.managed
-
-
-@kopf.on.cleanup()
-async def _cleanup(**_: Any) -> None:
-    await close_api_client()
+    return settings
 
 
 async def run(
@@ -71,18 +71,26 @@ async def run(
             others wait (peers of equal priority all pause, so a standby needs a lower one).
         admission: Serve the validating webhook (a job's pool must exist); None does not.
     """
-    import parkfleet.controller.fleetpool
-    import parkfleet.controller.inferencejob  # noqa: F401
-
-    if admission is not None:
-        _admission.register()
-
-    _PEERING["name"] = peering
-    _PRIORITY["value"] = priority
-    _ADMISSION["config"] = admission
+    state = OperatorState()
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, state, admission)
+    settings = operator_settings(admission)
     if metrics_port is not None:
-        start_http_server(metrics_port, addr=metrics_addr, registry=METRICS.registry)
-    await kopf.operator(clusterwide=True, standalone=peering is None, stop_flag=stop)
+        start_http_server(metrics_port, addr=metrics_addr, registry=state.metrics.registry)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            # Kopf copies the memo per object; the state in it is shared, never copied.
+            memo=kopf.Memo(state=state),
+            clusterwide=True,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
+            stop_flag=stop,
+        )
+    finally:
+        await state.close()
 
 
 def _cmd(args: argparse.Namespace) -> int:
