@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
@@ -15,8 +17,14 @@ from parkfleet.controller import admission as _admission
 from parkfleet.controller import fleetpool, inferencejob
 from parkfleet.controller.admission import AdmissionConfig, webhook_server
 from parkfleet.controller.state import OperatorState
+from parkfleet.stopping import STOP_GRACE_S, run_until_signalled
 
 __all__ = ["operator_settings", "register", "register_handlers", "run"]
+
+log = logging.getLogger(__name__)
+
+# How Kopf retries a failed API call once the operator is stopping.
+STOP_BACKOFFS_S = (1.0, 2.0)
 
 
 def register_handlers(
@@ -37,7 +45,7 @@ def register_handlers(
 
 
 def operator_settings(admission: AdmissionConfig | None) -> kopf.OperatorSettings:
-    """Kopf's settings for the operator (peering is passed to ``kopf.operator``)."""
+    """Kopf's settings for the operator (peering is passed to ``kopf.spawn_tasks``)."""
     settings = kopf.OperatorSettings()
     # Status is ours to write in full; Kopf keeps its own bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="parkfleet.io")
@@ -51,6 +59,12 @@ def operator_settings(admission: AdmissionConfig | None) -> kopf.OperatorSetting
     return settings
 
 
+def _leaving(settings: kopf.OperatorSettings) -> None:
+    # Kopf's stop ends with API calls (removing its webhooks) retried for about a minute
+    # by default; when leaving, and the API server may be gone, a few seconds will do.
+    settings.networking.error_backoffs = STOP_BACKOFFS_S
+
+
 async def run(
     *,
     peering: str | None,
@@ -59,17 +73,20 @@ async def run(
     stop: asyncio.Event | None = None,
     priority: int = 0,
     admission: AdmissionConfig | None = None,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> None:
-    """Runs the operator until ``stop`` is set (or forever).
+    """Runs the operator until ``stop`` is set, or SIGTERM or SIGINT (or forever).
 
     Args:
         peering: A ClusterKopfPeering name for active/standby; None runs standalone.
         metrics_port: Serve Prometheus metrics on this port.
         metrics_addr: The address the metrics server listens on.
-        stop: Set to stop.
+        stop: Set to stop (the caller decides how long to wait for it).
         priority: Peering priority: the live peer with the highest one works, the
             others wait (peers of equal priority all pause, so a standby needs a lower one).
         admission: Serve the validating webhook (a job's pool must exist); None does not.
+        stop_grace_s: After SIGTERM or SIGINT, how long the stop may take before what is
+            left of it is cancelled (see ``parkfleet.stopping``).
     """
     state = OperatorState()
     registry = kopf.OperatorRegistry()
@@ -77,8 +94,10 @@ async def run(
     settings = operator_settings(admission)
     if metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_addr, registry=state.metrics.registry)
+    stop_flag = stop or asyncio.Event()
+    existing = asyncio.all_tasks()
     try:
-        await kopf.operator(
+        tasks = await kopf.spawn_tasks(
             registry=registry,
             settings=settings,
             # Kopf copies the memo per object; the state in it is shared, never copied.
@@ -87,8 +106,22 @@ async def run(
             standalone=peering is None,
             peering_name=peering,
             priority=priority,
-            stop_flag=stop,
+            stop_flag=stop_flag,
         )
+        # Kopf has just put its own signal handlers in place; these stop it the same way
+        # (by its stop flag) and bound how long that may take.
+        await run_until_signalled(
+            kopf.run_tasks(tasks, ignored=existing),
+            stop_flag,
+            name="the operator",
+            grace_s=stop_grace_s,
+            on_signal=functools.partial(_leaving, settings),
+        )
+    except aiohttp.ClientConnectionError as exc:
+        if not stop_flag.is_set():
+            raise
+        # Expected when the API server went first: Kopf's last calls (its webhooks) failed.
+        log.warning("stopped without reaching the API server to remove its webhooks: %s", exc)
     finally:
         await state.close()
 
