@@ -4,7 +4,9 @@ The CRD's schema and CEL rules check everything one object can say about itself;
 its pool exists needs a lookup, so it takes a validating webhook, served by the operator
 (Kopf's admission server). The webhook's failure policy is Ignore: while the operator is
 down jobs can still be created, and the job's ``UnknownPool`` condition still tells the
-truth about a missing pool (as it does when a pool is deleted after its jobs).
+truth about a missing pool (as it does when a pool is deleted after its jobs). For the same
+reason a lookup that fails (the API server, or a bug of ours: logged with its traceback)
+lets the job in rather than showing the user an error that is not theirs.
 
 ``register`` adds the handler; ``run.register_handlers`` calls it only when the operator serves
 admission (Kopf refuses to start with an admission handler and no server).
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -29,6 +33,8 @@ from parkfleet.certs import FleetCA
 from parkfleet.controller.state import OperatorState
 
 __all__ = ["HANDLER_ID", "AdmissionConfig", "register", "webhook_server"]
+
+log = logging.getLogger(__name__)
 
 # The webhook's URL path (Kopf serves each handler at /<id>); the Helm chart names it too.
 HANDLER_ID = "inferencejob-pool"
@@ -102,7 +108,17 @@ async def pool_exists(*, spec: kopf.Spec, state: OperatorState, **kwargs: Any) -
         return  # the schema says what is wrong with it
     if operation == "UPDATE" and old is not None and old.get("spec", {}).get("pool") == pool:
         return  # unchanged: a later pool deletion is the UnknownPool condition's to report
-    if not await _pool_exists(state, pool):
+    try:
+        exists = await _pool_exists(state, pool)
+    except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+        # Undecided: let it in, as the failure policy Ignore would; UnknownPool still tells.
+        log.warning("admission: FleetPool %r could not be looked up (%s): allowed", pool, exc)
+        return
+    except Exception:
+        # A bug of ours must not become the user's rejection reason: logged in full, allowed.
+        log.exception("admission: looking up FleetPool %r failed: allowed", pool)
+        return
+    if not exists:
         state.metrics.admission_denials.labels(reason="UnknownPool").inc()
         raise kopf.AdmissionError(
             f'spec.pool: Not found: no FleetPool named "{pool}" '
