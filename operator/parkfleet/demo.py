@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,11 +21,12 @@ import numpy as np
 import onnxruntime as ort
 
 from parkfleet import devcluster
-from parkfleet.devstack import DevStack
+from parkfleet.devstack import DevStack, stop_recorded
 
-__all__ = ["register", "run_demo"]
+__all__ = ["down", "register", "run_demo"]
 
 REPO = Path(__file__).resolve().parents[2]
+DEMO_ROOT = REPO / ".cache" / "demo"
 DEMO_ITEMS = 20_000
 
 
@@ -56,11 +56,27 @@ def _demo_inputs(stack: DevStack) -> tuple[Path, np.ndarray]:
     return path, ys
 
 
+def down(root: Path = DEMO_ROOT) -> list[str]:
+    """Stops a demo left running in ``root`` (``make demo-down``), by its own pid files.
+
+    The stack's processes first (cars, the gateway, the operator: each SIGTERM, SIGKILL
+    only if it is still there 15 s later, logged), then the control plane.
+
+    Returns:
+        What was still running, in the order it was stopped.
+    """
+    stopped = stop_recorded(root / "stack")
+    if devcluster.stop(root / "cluster"):
+        stopped.append("control plane")
+    return stopped
+
+
 def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float) -> int:
     """Runs the demo; returns a process exit code."""
-    root = REPO / ".cache" / "demo"
-    if (root / "cluster" / "supervisor.pid").exists():
-        devcluster.stop(root / "cluster")
+    root = DEMO_ROOT
+    left = down(root)
+    if left:
+        print(f"==> stopped what an earlier demo left running: {', '.join(left)}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     kubeconfig = root / "kubeconfig"
@@ -217,9 +233,8 @@ def _elapsed(st: dict[str, Any]) -> float:
 
 def _cmd(args: argparse.Namespace) -> int:
     if args.down:
-        stopped = devcluster.stop(REPO / ".cache" / "demo" / "cluster")
-        subprocess.run(["pkill", "-f", str(REPO / ".cache" / "demo" / "stack")], check=False)
-        print("demo stopped" if stopped else "no demo was running")
+        stopped = down()
+        print(f"demo stopped: {', '.join(stopped)}" if stopped else "no demo was running")
         return 0
     return run_demo(
         keep=args.keep, cars=args.cars, speed=args.speed, rate=args.rate, timeout=args.timeout

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from parkfleet.pidfiles import PidFile, terminate
 
 __all__ = [
     "ClusterError",
@@ -34,8 +37,12 @@ __all__ = [
     "stop",
 ]
 
+log = logging.getLogger(__name__)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1
+# How long a stopped control plane's process group may take to empty.
+_GROUP_GRACE_S = 5.0
 
 
 class ClusterError(RuntimeError):
@@ -167,7 +174,7 @@ def start(
         )
     finally:
         log.close()
-    (directory / "supervisor.pid").write_text(str(proc.pid))
+    PidFile.write(directory / "supervisor.pid", proc.pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready_file.exists():
@@ -185,7 +192,7 @@ def start(
                 + _log_tail(directory)
             )
         time.sleep(0.1)
-    _terminate(proc.pid)
+    _terminate(PidFile(directory / "supervisor.pid", proc.pid, None))
     raise ClusterError(f"not ready after {timeout:.0f}s\n" + _log_tail(directory))
 
 
@@ -201,44 +208,51 @@ def stop(cluster_or_directory: LocalCluster | Path, timeout: float = 30.0) -> bo
         True when a running cluster was stopped, False when none was running.
     """
     if isinstance(cluster_or_directory, LocalCluster):
-        pid: int | None = cluster_or_directory.pid
         directory = cluster_or_directory.directory
+        record: PidFile | None = PidFile(
+            directory / "supervisor.pid", cluster_or_directory.pid, None
+        )
     else:
         directory = cluster_or_directory.resolve()
-        pid_file = directory / "supervisor.pid"
-        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        record = PidFile.read(directory / "supervisor.pid")
     (directory / "supervisor.pid").unlink(missing_ok=True)
-    if pid is None or not _alive(pid):
+    if record is None or not _alive(record):
         return False
-    _terminate(pid, timeout)
+    _terminate(record, timeout)
     return True
 
 
-def _alive(pid: int) -> bool:
+def _alive(record: PidFile) -> bool:
+    # A zombie child of ours is not running; reap it.
+    with contextlib.suppress(ChildProcessError):  # not our child: its parent reaps it
+        done, _ = os.waitpid(record.pid, os.WNOHANG)
+        if done == record.pid:
+            return False
+    return record.running()
+
+
+def _terminate(record: PidFile, timeout: float = 30.0) -> None:
+    pid = record.pid
+    if terminate("the control plane", pid, lambda: _alive(record), timeout, group=True):
+        return
+    # The supervisor stops and waits for its children on SIGTERM; once its parent has
+    # reaped it (moments later) its process group is empty. A member still there after
+    # that would be a bug of the supervisor: killed, and said.
+    deadline = time.monotonic() + _GROUP_GRACE_S
+    while _group_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_exists(pid):
+        log.warning("the control plane left processes behind (group %d): sending SIGKILL", pid)
+        with contextlib.suppress(ProcessLookupError):  # they went meanwhile
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _group_exists(pgid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    # A zombie child of ours is not running; reap it.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
     return True
-
-
-def _terminate(pid: int, timeout: float = 30.0) -> None:
-    # The supervisor stops its children on SIGTERM; the process group kill
-    # afterwards is the backstop that guarantees nothing is left running.
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    while _alive(pid):
-        time.sleep(0.05)
 
 
 def _log_tail(directory: Path, lines: int = 15) -> str:

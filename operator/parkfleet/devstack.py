@@ -9,16 +9,16 @@ commands a person would type.
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +27,15 @@ import numpy as np
 from parkfleet.certs import FleetCA, car_paths
 from parkfleet.devcluster import die_with_parent
 from parkfleet.models.digits import DigitsModel, build_digits
+from parkfleet.pidfiles import PidFile, terminate
 
-__all__ = ["ADMISSION_WEBHOOK", "DevStack", "Proc", "StackError", "free_port"]
+__all__ = ["ADMISSION_WEBHOOK", "DevStack", "Proc", "StackError", "free_port", "stop_recorded"]
+
+log = logging.getLogger(__name__)
+
+# SIGTERM to SIGKILL: the operator and the gateway stop within 8 s of SIGTERM, even with
+# the API server gone (parkfleet.stopping); SIGKILL is the last resort.
+STOP_TIMEOUT_S = 15.0
 
 # The ValidatingWebhookConfiguration a local operator keeps pointing at itself.
 ADMISSION_WEBHOOK = "admission.parkfleet.io"
@@ -57,12 +64,14 @@ class Proc:
         name: Short name (also its log's name).
         popen: The process.
         log: Its combined stdout and stderr.
+        record: Its pid file (what ``stop_recorded`` finds it by).
     """
 
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
     offset: int = 0  # where this run's output starts in the (appended) log
+    record: PidFile | None = None
 
     def alive(self) -> bool:
         """Whether it still runs."""
@@ -97,21 +106,19 @@ class Proc:
         """The last lines of its log."""
         return "\n".join(self.text().splitlines()[-lines:])
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, then SIGKILL (logged) if it still runs after ``timeout``."""
+        terminate(self.name, self.popen.pid, self.alive, timeout, group=True)
+        if self.record is not None:
+            self.record.remove()
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to say goodbye (a car driving off)."""
         if self.alive():
             self.popen.kill()
             self.popen.wait()
+        if self.record is not None:
+            self.record.remove()
 
 
 @dataclass
@@ -149,6 +156,11 @@ class DevStack:
     def logs(self) -> Path:
         """One log per process."""
         return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        """One pid file per running process (``stop_recorded`` stops what they name)."""
+        return pid_dir(self.root)
 
     def env(self) -> dict[str, str]:
         """The environment of every process: the cluster's kubeconfig, unbuffered output."""
@@ -193,7 +205,8 @@ class DevStack:
                 start_new_session=True,
                 preexec_fn=None if self.detach else die_with_parent,
             )
-        proc = Proc(name, popen, log, offset)
+        record = PidFile.write(self.pids / f"{name}.pid", popen.pid)
+        proc = Proc(name, popen, log, offset, record)
         old = self.procs.get(name)
         if old is not None and old.alive():
             old.stop()
@@ -327,12 +340,49 @@ class DevStack:
 
     def stop(self) -> None:
         """Stops every process (cars first, the operator last)."""
-        order = sorted(
-            self.procs.values(),
-            key=lambda p: (
-                ("gateway", "operator").index(p.name) if p.name in ("gateway", "operator") else -1
-            ),
-        )
-        for proc in order:
-            with contextlib.suppress(Exception):
-                proc.stop()
+        _stop_in_order({name: proc.stop for name, proc in self.procs.items()})
+
+
+def pid_dir(root: Path) -> Path:
+    """Where a stack working in ``root`` keeps its processes' pid files."""
+    return root / "pids"
+
+
+def stop_recorded(root: Path, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stops what a :class:`DevStack` in ``root`` started, by its pid files.
+
+    For a stack started by another process (``make demo DEMO_ARGS=--keep``, then
+    ``make demo-down``): the same order and signals as :meth:`DevStack.stop`.
+
+    Returns:
+        The names of the processes that were still running, in the order they were stopped.
+    """
+    records = [r for p in sorted(pid_dir(root).glob("*.pid")) if (r := PidFile.read(p))]
+    live = {p.path.stem: p for p in records if p.running()}
+    for record in records:
+        if record.path.stem not in live:
+            record.remove()  # it ended on its own (or the machine restarted)
+    return _stop_in_order(
+        {name: functools.partial(_stop_record, record, timeout) for name, record in live.items()}
+    )
+
+
+def _stop_record(record: PidFile, timeout: float) -> None:
+    terminate(record.path.stem, record.pid, record.running, timeout, group=True)
+    record.remove()
+
+
+def _stop_in_order(stops: Mapping[str, Callable[[], None]]) -> list[str]:
+    # Cars first, then the gateway, the operator last; every one is tried even if one fails.
+    last = ("gateway", "operator")
+    order = sorted(stops, key=lambda n: last.index(n) if n in last else -1)
+    failed: list[BaseException] = []
+    for name in order:
+        try:
+            stops[name]()
+        except Exception as exc:  # stop the others, then let it be seen
+            log.exception("stopping %s failed", name)
+            failed.append(exc)
+    if failed:
+        raise failed[0]
+    return order

@@ -4,31 +4,37 @@ The CRD's schema and CEL rules check everything one object can say about itself;
 its pool exists needs a lookup, so it takes a validating webhook, served by the operator
 (Kopf's admission server). The webhook's failure policy is Ignore: while the operator is
 down jobs can still be created, and the job's ``UnknownPool`` condition still tells the
-truth about a missing pool (as it does when a pool is deleted after its jobs).
+truth about a missing pool (as it does when a pool is deleted after its jobs). For the same
+reason a lookup that fails (the API server, or a bug of ours: logged with its traceback)
+lets the job in rather than showing the user an error that is not theirs.
 
-``register`` adds the handler; ``run`` calls it only when the operator serves admission
-(Kopf refuses to start with an admission handler and no server).
+``register`` adds the handler; ``run.register_handlers`` calls it only when the operator serves
+admission (Kopf refuses to start with an admission handler and no server).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import GROUP, VERSION
 from parkfleet.certs import FleetCA
-from parkfleet.controller.kube import api_client
-from parkfleet.controller.metrics import METRICS
+from parkfleet.controller.state import OperatorState
 
 __all__ = ["HANDLER_ID", "AdmissionConfig", "register", "webhook_server"]
+
+log = logging.getLogger(__name__)
 
 # The webhook's URL path (Kopf serves each handler at /<id>); the Helm chart names it too.
 HANDLER_ID = "inferencejob-pool"
@@ -80,8 +86,8 @@ def webhook_server(config: AdmissionConfig) -> kopf.WebhookServer:
     )
 
 
-async def _pool_exists(name: str) -> bool:
-    api = await api_client()
+async def _pool_exists(state: OperatorState, name: str) -> bool:
+    api = await state.api()
     try:
         await client.CustomObjectsApi(api).get_cluster_custom_object(
             GROUP, VERSION, "fleetpools", name
@@ -93,7 +99,7 @@ async def _pool_exists(name: str) -> bool:
     return True
 
 
-async def pool_exists(*, spec: kopf.Spec, **kwargs: Any) -> None:
+async def pool_exists(*, spec: kopf.Spec, state: OperatorState, **kwargs: Any) -> None:
     """Refuses a job whose ``spec.pool`` names no FleetPool (on create, or when it changes)."""
     old = kwargs.get("old")
     operation = kwargs.get("operation")
@@ -102,8 +108,18 @@ async def pool_exists(*, spec: kopf.Spec, **kwargs: Any) -> None:
         return  # the schema says what is wrong with it
     if operation == "UPDATE" and old is not None and old.get("spec", {}).get("pool") == pool:
         return  # unchanged: a later pool deletion is the UnknownPool condition's to report
-    if not await _pool_exists(pool):
-        METRICS.admission_denials.labels(reason="UnknownPool").inc()
+    try:
+        exists = await _pool_exists(state, pool)
+    except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+        # Undecided: let it in, as the failure policy Ignore would; UnknownPool still tells.
+        log.warning("admission: FleetPool %r could not be looked up (%s): allowed", pool, exc)
+        return
+    except Exception:
+        # A bug of ours must not become the user's rejection reason: logged in full, allowed.
+        log.exception("admission: looking up FleetPool %r failed: allowed", pool)
+        return
+    if not exists:
+        state.metrics.admission_denials.labels(reason="UnknownPool").inc()
         raise kopf.AdmissionError(
             f'spec.pool: Not found: no FleetPool named "{pool}" '
             "(kubectl get fleetpools lists them; create the pool first)",
@@ -111,8 +127,8 @@ async def pool_exists(*, spec: kopf.Spec, **kwargs: Any) -> None:
         )
 
 
-def register() -> None:
-    """Adds the validating handler to Kopf's registry (once per process)."""
+def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    """Adds the validating handler to ``registry``, bound to ``state``."""
     kopf.on.validate(
         GROUP,
         VERSION,
@@ -120,4 +136,5 @@ def register() -> None:
         id=HANDLER_ID,
         operations=["CREATE", "UPDATE"],
         ignore_failures=True,
-    )(pool_exists)
+        registry=registry,
+    )(functools.partial(pool_exists, state=state))

@@ -7,6 +7,7 @@ create/update handlers only make the first answer come sooner.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,11 +19,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from parkfleet.api import GROUP, LABEL_POOL, VERSION, FleetPoolSpec, node_name
 from parkfleet.contract import parse_cars_condition
 from parkfleet.controller.conditions import merge_conditions
-from parkfleet.controller.kube import api_client
-from parkfleet.controller.metrics import METRICS
+from parkfleet.controller.state import OperatorState
 from parkfleet.shards import shard_of
 
-__all__ = ["pool_status"]
+__all__ = ["pool_status", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,11 @@ async def _delete_node(core: client.CoreV1Api, coord: client.CoordinationV1Api, 
 
 
 async def reconcile(
-    body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, logger: kopf.Logger
+    state: OperatorState, body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch
 ) -> None:
     """Recomputes a pool's status and removes Nodes of cells it no longer has."""
     spec = FleetPoolSpec.from_k8s(body)
-    api = await api_client()
+    api = await state.api()
     core = client.CoreV1Api(api)
     nodes = await _pool_nodes(api, spec.name)
     wanted = {node_name(c) for c in spec.cell_ids()}
@@ -133,7 +133,7 @@ async def reconcile(
         )
     new = pool_status(spec, int(body["metadata"].get("generation", 0)), nodes)
     new["conditions"] = merge_conditions(status.get("conditions"), new["conditions"])
-    METRICS.observe_pool(spec.name, new)
+    state.metrics.observe_pool(spec.name, new)
     old_ready: Mapping[str, Any] = next(
         (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
     )
@@ -150,32 +150,44 @@ async def reconcile(
             patch.status[key] = value
 
 
-@kopf.on.resume(GROUP, VERSION, "fleetpools")
-@kopf.on.create(GROUP, VERSION, "fleetpools")
-@kopf.on.update(GROUP, VERSION, "fleetpools")
 async def on_change(
-    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, *, state: OperatorState, **_: Any
 ) -> None:
     """A pool appeared or changed: answer at once rather than at the next tick."""
-    await reconcile(body, status, patch, logger)
+    await reconcile(state, body, status, patch)
 
 
-@kopf.timer(GROUP, VERSION, "fleetpools", interval=RESYNC_S, initial_delay=1.0)
 async def resync(
-    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, *, state: OperatorState, **_: Any
 ) -> None:
     """The level-based loop: status follows the Nodes whatever events were missed."""
-    await reconcile(body, status, patch, logger)
+    await reconcile(state, body, status, patch)
 
 
-@kopf.on.delete(GROUP, VERSION, "fleetpools")
-async def on_delete(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+async def on_delete(
+    body: kopf.Body, logger: kopf.Logger, *, state: OperatorState, **_: Any
+) -> None:
     """Removes the pool's Nodes (and their Leases) before the pool goes (finalizer)."""
     name = body["metadata"]["name"]
-    api = await api_client()
+    api = await state.api()
     core = client.CoreV1Api(api)
     nodes = await _pool_nodes(api, name)
     for node in sorted(nodes):
         await _delete_node(core, client.CoordinationV1Api(api), node)
-    METRICS.forget_pool(name)
+    state.metrics.forget_pool(name)
     logger.info("removed %d Nodes of pool %s", len(nodes), name)
+
+
+def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    """Adds the FleetPool handlers to ``registry``, each bound to ``state``."""
+    # Ids come from the functions' names (a partial's too): Kopf's annotations keep matching.
+    changed = functools.partial(on_change, state=state)
+    kopf.on.update(GROUP, VERSION, "fleetpools", registry=registry)(changed)
+    kopf.on.create(GROUP, VERSION, "fleetpools", registry=registry)(changed)
+    kopf.on.resume(GROUP, VERSION, "fleetpools", registry=registry)(changed)
+    kopf.timer(
+        GROUP, VERSION, "fleetpools", interval=RESYNC_S, initial_delay=1.0, registry=registry
+    )(functools.partial(resync, state=state))
+    kopf.on.delete(GROUP, VERSION, "fleetpools", registry=registry)(
+        functools.partial(on_delete, state=state)
+    )

@@ -7,6 +7,7 @@ the units meanwhile, and finished units' result files stay where they are).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -20,10 +21,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from parkfleet.api import GROUP, VERSION, InferenceJobSpec
 from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
-from parkfleet.controller.kube import api_client
-from parkfleet.controller.metrics import METRICS
+from parkfleet.controller.state import OperatorState
 
-__all__ = ["job_status"]
+__all__ = ["job_status", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,13 @@ def job_status(
     return status
 
 
-async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch) -> None:
+async def reconcile(
+    state: OperatorState, body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch
+) -> None:
     """Creates the Job if missing and recomputes the status."""
     spec = InferenceJobSpec.from_k8s(body)
     generation = int(body["metadata"].get("generation", 0))
-    api = await api_client()
+    api = await state.api()
     batch = client.BatchV1Api(api)
     problem: tuple[str, str] | None = None
     job: dict[str, Any] | None = None
@@ -178,7 +180,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     if job is not None:
         pods = await _job_pods(api, spec.namespace, spec.name)
     new = job_status(spec, generation, job, pods, problem)
-    METRICS.observe_job(spec.namespace, spec.name, spec.pool, new)
+    state.metrics.observe_job(spec.namespace, spec.name, spec.pool, new)
     new["conditions"] = merge_conditions(status.get("conditions"), new["conditions"])
     _post_transitions(body, status, new)
     if _comparable(status) != _comparable(new):
@@ -236,23 +238,37 @@ def _terminal(status: Mapping[str, Any], generation: int) -> bool:
     return False
 
 
-@kopf.on.resume(GROUP, VERSION, "inferencejobs")
-@kopf.on.create(GROUP, VERSION, "inferencejobs")
-@kopf.on.update(GROUP, VERSION, "inferencejobs", field="spec")
-async def on_change(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+async def on_change(
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, *, state: OperatorState, **_: Any
+) -> None:
     """A job appeared or changed: create its Job now rather than at the next tick."""
-    await reconcile(body, status, patch)
+    await reconcile(state, body, status, patch)
 
 
-@kopf.timer(GROUP, VERSION, "inferencejobs", interval=RESYNC_S, initial_delay=1.0)
-async def resync(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+async def resync(
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, *, state: OperatorState, **_: Any
+) -> None:
     """The level-based loop: status follows the Job and its pods."""
     if _terminal(status, int(body["metadata"].get("generation", 0))):
         return
-    await reconcile(body, status, patch)
+    await reconcile(state, body, status, patch)
 
 
-@kopf.on.delete(GROUP, VERSION, "inferencejobs", optional=True)
-async def on_delete(name: str, namespace: str | None, **_: Any) -> None:
+async def on_delete(name: str, namespace: str | None, *, state: OperatorState, **_: Any) -> None:
     """Drops the job's metric series (optional: no finalizer of its own)."""
-    METRICS.forget_job(namespace or "default", name)
+    state.metrics.forget_job(namespace or "default", name)
+
+
+def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    """Adds the InferenceJob handlers to ``registry``, each bound to ``state``."""
+    # Ids come from the functions' names (a partial's too): Kopf's annotations keep matching.
+    changed = functools.partial(on_change, state=state)
+    kopf.on.update(GROUP, VERSION, "inferencejobs", field="spec", registry=registry)(changed)
+    kopf.on.create(GROUP, VERSION, "inferencejobs", registry=registry)(changed)
+    kopf.on.resume(GROUP, VERSION, "inferencejobs", registry=registry)(changed)
+    kopf.timer(
+        GROUP, VERSION, "inferencejobs", interval=RESYNC_S, initial_delay=1.0, registry=registry
+    )(functools.partial(resync, state=state))
+    kopf.on.delete(GROUP, VERSION, "inferencejobs", optional=True, registry=registry)(
+        functools.partial(on_delete, state=state)
+    )

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 
 from parkfleet.kubemetrics import KubeApiMetrics
 
-__all__ = ["JOB_CONDITIONS", "METRICS", "OperatorMetrics"]
+__all__ = ["JOB_CONDITIONS", "OperatorMetrics"]
 
 # Prometheus' text format stores each ``*_created`` sample as a series of its own: one
 # more series per counter and histogram child, for nothing the dashboards use.
@@ -198,6 +198,3 @@ def _remove_matching(metric: Gauge, index: int, value: str) -> None:
     for labels in list(metric._metrics):
         if labels[index] == value:
             metric.remove(*labels)
-
-
-METRICS = OperatorMetrics()

@@ -4,51 +4,65 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
 from parkfleet.controller import admission as _admission
+from parkfleet.controller import fleetpool, inferencejob
 from parkfleet.controller.admission import AdmissionConfig, webhook_server
-from parkfleet.controller.kube import close_api_client
-from parkfleet.controller.metrics import METRICS
+from parkfleet.controller.state import OperatorState
+from parkfleet.stopping import STOP_GRACE_S, run_until_signalled
 
-__all__ = ["register", "run"]
+__all__ = ["operator_settings", "register", "register_handlers", "run"]
+
+log = logging.getLogger(__name__)
+
+# How Kopf retries a failed API call once the operator is stopping.
+STOP_BACKOFFS_S = (1.0, 2.0)
 
 
-_PEERING: dict[str, str | None] = {"name": None}
-# Kopf pauses every peer of the same priority, so a standby runs with a lower one.
-_PRIORITY = {"value": 0}
-_ADMISSION: dict[str, AdmissionConfig | None] = {"config": None}
+def register_handlers(
+    registry: kopf.OperatorRegistry, state: OperatorState, admission: AdmissionConfig | None
+) -> None:
+    """Adds every handler of the operator to ``registry``, bound to ``state``.
+
+    The admission handler only when the operator serves admission (Kopf refuses to
+    start with an admission handler and no server).
+    """
+    # A registry of our own lacks the login Kopf's default one has: the same one, by
+    # kubernetes_asyncio (kubeconfig, or the pod's service account).
+    kopf.on.login(registry=registry, errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_async_client)
+    fleetpool.register(registry, state)
+    inferencejob.register(registry, state)
+    if admission is not None:
+        _admission.register(registry, state)
 
 
-@kopf.on.startup()
-async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    name = _PEERING["name"]
-    settings.peering.standalone = name is None
-    settings.peering.clusterwide = True
-    if name is not None:
-        settings.peering.name = name
-        settings.peering.mandatory = True
-        settings.peering.priority = _PRIORITY["value"]
+def operator_settings(admission: AdmissionConfig | None) -> kopf.OperatorSettings:
+    """Kopf's settings for the operator (peering is passed to ``kopf.spawn_tasks``)."""
+    settings = kopf.OperatorSettings()
     # Status is ours to write in full; Kopf keeps its own bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="parkfleet.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="parkfleet.io")
     settings.persistence.finalizer = "parkfleet.io/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    admission = _ADMISSION["config"]
     if admission is not None:
         settings.admission.server = webhook_server(admission)
         settings.admission.managed = admission.managed
+    return settings
 
 
-@kopf.on.cleanup()
-async def _cleanup(**_: Any) -> None:
-    await close_api_client()
+def _leaving(settings: kopf.OperatorSettings) -> None:
+    # Kopf's stop ends with API calls (removing its webhooks) retried for about a minute
+    # by default; when leaving, and the API server may be gone, a few seconds will do.
+    settings.networking.error_backoffs = STOP_BACKOFFS_S
 
 
 async def run(
@@ -59,30 +73,57 @@ async def run(
     stop: asyncio.Event | None = None,
     priority: int = 0,
     admission: AdmissionConfig | None = None,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> None:
-    """Runs the operator until ``stop`` is set (or forever).
+    """Runs the operator until ``stop`` is set, or SIGTERM or SIGINT (or forever).
 
     Args:
         peering: A ClusterKopfPeering name for active/standby; None runs standalone.
         metrics_port: Serve Prometheus metrics on this port.
         metrics_addr: The address the metrics server listens on.
-        stop: Set to stop.
+        stop: Set to stop (the caller decides how long to wait for it).
         priority: Peering priority: the live peer with the highest one works, the
             others wait (peers of equal priority all pause, so a standby needs a lower one).
         admission: Serve the validating webhook (a job's pool must exist); None does not.
+        stop_grace_s: After SIGTERM or SIGINT, how long the stop may take before what is
+            left of it is cancelled (see ``parkfleet.stopping``).
     """
-    import parkfleet.controller.fleetpool
-    import parkfleet.controller.inferencejob  # noqa: F401
-
-    if admission is not None:
-        _admission.register()
-
-    _PEERING["name"] = peering
-    _PRIORITY["value"] = priority
-    _ADMISSION["config"] = admission
+    state = OperatorState()
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, state, admission)
+    settings = operator_settings(admission)
     if metrics_port is not None:
-        start_http_server(metrics_port, addr=metrics_addr, registry=METRICS.registry)
-    await kopf.operator(clusterwide=True, standalone=peering is None, stop_flag=stop)
+        start_http_server(metrics_port, addr=metrics_addr, registry=state.metrics.registry)
+    stop_flag = stop or asyncio.Event()
+    existing = asyncio.all_tasks()
+    try:
+        tasks = await kopf.spawn_tasks(
+            registry=registry,
+            settings=settings,
+            # Kopf copies the memo per object; the state in it is shared, never copied.
+            memo=kopf.Memo(state=state),
+            clusterwide=True,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
+            stop_flag=stop_flag,
+        )
+        # Kopf has just put its own signal handlers in place; these stop it the same way
+        # (by its stop flag) and bound how long that may take.
+        await run_until_signalled(
+            kopf.run_tasks(tasks, ignored=existing),
+            stop_flag,
+            name="the operator",
+            grace_s=stop_grace_s,
+            on_signal=functools.partial(_leaving, settings),
+        )
+    except aiohttp.ClientConnectionError as exc:
+        if not stop_flag.is_set():
+            raise
+        # Expected when the API server went first: Kopf's last calls (its webhooks) failed.
+        log.warning("stopped without reaching the API server to remove its webhooks: %s", exc)
+    finally:
+        await state.close()
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from parkfleet.kubemetrics import instrument
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
 from parkfleet.nodeagent.kubeletapi import KubeletServer
 from parkfleet.nodeagent.logs import LogStore
+from parkfleet.stopping import STOP_GRACE_S, run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,17 @@ class NodeAgentOptions:
 
 async def run(
     config: GatewayConfig,
-    grace_s: float = 5.0,
+    streams_grace_s: float = 5.0,
     models: Mapping[str, Path] | None = None,
     node_agent: NodeAgentOptions | None = None,
     task_manager: type[TaskManager] = TaskManager,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> None:
     """Runs a gateway (and its node agent, when asked) until SIGTERM/SIGINT.
 
     Prints ``listening on HOST:PORT`` once serving (scripts read the port from it).
+    Open car streams get ``streams_grace_s`` to end; the whole stop ``stop_grace_s`` (see
+    ``parkfleet.stopping``), even when the API server is gone.
     """
     gateway = Gateway(config, task_manager=task_manager)
     for name, path in (models or {}).items():
@@ -88,17 +91,18 @@ async def run(
         await agent.start()
         print(f"node agent: shard {node_agent.shard}, kubelet API port {kubelet.port}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    if agent is not None:
-        await agent.stop()
-    if kubelet is not None:
-        await kubelet.stop()
-    await gateway.stop(grace_s)
-    if api is not None:
-        await api.close()
+
+    async def serve_then_stop() -> None:
+        await stop.wait()
+        if agent is not None:
+            await agent.stop()
+        if kubelet is not None:
+            await kubelet.stop()
+        await gateway.stop(streams_grace_s)
+        if api is not None:
+            await api.close()
+
+    await run_until_signalled(serve_then_stop(), stop, name="the gateway", grace_s=stop_grace_s)
 
 
 def _models(items: list[str]) -> dict[str, Path]:
