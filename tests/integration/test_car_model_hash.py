@@ -31,7 +31,7 @@ class CountingCompute:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
-    e = await start_env(tmp_path, car_wait_s=30.0)
+    e = await start_env(tmp_path, car_wait_s=5.0)
     yield e
     await e.close()
 
@@ -59,10 +59,15 @@ async def test_hash_mismatch_fails_and_never_runs(env: CarEnv, tmp_path: Path, w
     sink = MemorySink()
     await env.gateway.submit(digits_task("bad", ref, ArrayInput(x), len(x), sink))
 
+    # The car's word is a fact about its own attempt: the task moves on (never back to
+    # that car), and with no other car it fails as any task no car takes.
+    lost = await env.events.wait(lambda e: e.task_id == "bad" and e.kind == "lost")
+    assert lost.reason == "ModelHashMismatch"
+    assert claimed in lost.message
     end = await env.events.ended("bad")
     assert end.kind == "failed"
-    assert end.reason == "ModelHashMismatch"
-    assert claimed in end.message
+    assert end.reason == "NoEligibleCar"
+    assert "ModelHashMismatch" in end.message
     assert compute.loaded == []  # never loaded, so never run
     assert sink.chunks == []
     assert not sink.completed.is_set()

@@ -259,12 +259,12 @@ async def test_refusal_moves_task_to_another_car(env: Env, rec: Recorder) -> Non
         await a.send(
             pb.CarMessage(
                 refuse=pb.TaskRefuse(
-                    task_id="t1", attempt=offer.attempt, reason="PolicyBatteryLow", message="m"
+                    task_id="t1", attempt=offer.attempt, reason="BatteryLow", message="m"
                 )
             )
         )
         refused = await rec.wait("refused")
-        assert (refused.reason, refused.from_car) == ("PolicyBatteryLow", "car-a")
+        assert (refused.reason, refused.from_car) == ("BatteryLow", "car-a")
         async with await ready(env, "car-b") as b:
             worker = asyncio.create_task(b.work())
             await rec.wait("succeeded")

@@ -16,6 +16,7 @@ class Car:
     free_gpu_memory_mib: int = 0
     soc_percent: float = 80.0
     link_quality: float = 0.9
+    idle_since: float = 0.0
 
 
 def test_fits_checks_runtime_and_memory() -> None:
@@ -26,19 +27,37 @@ def test_fits_checks_runtime_and_memory() -> None:
     assert not fits(Car("a", free_gpu_memory_mib=1000), "onnxruntime", 2000)
 
 
-def test_choose_prefers_link_then_battery_then_id() -> None:
+def test_choose_prefers_a_usable_link_then_the_longest_idle_then_id() -> None:
     cars = [
-        Car("c", link_quality=0.5, soc_percent=99),
-        Car("b", link_quality=0.9, soc_percent=60),
-        Car("a", link_quality=0.9, soc_percent=60),
-        Car("d", link_quality=0.9, soc_percent=50),
+        Car("c", link_quality=0.2, idle_since=1.0),
+        Car("b", link_quality=0.9, idle_since=5.0),
+        Car("a", link_quality=0.6, idle_since=5.0),
+        Car("d", link_quality=1.0, idle_since=7.0),
     ]
     chosen = choose_car(cars, "onnxruntime", 0)
     assert chosen is not None
-    assert chosen.car_id == "a"
+    assert chosen.car_id == "a"  # b's better link counts for nothing above GOOD_LINK
     chosen = choose_car(cars, "onnxruntime", 0, exclude={"a"})
     assert chosen is not None
     assert chosen.car_id == "b"
+    chosen = choose_car(cars, "onnxruntime", 0, exclude={"a", "b", "d"})
+    assert chosen is not None
+    assert chosen.car_id == "c"  # a poor link still beats no car
+
+
+def test_no_claim_lets_a_car_take_more_than_its_share() -> None:
+    # Ten idle cars, one of which claims the best link and battery there are: tasks
+    # placed one after another, each car going back to the end of the queue when it
+    # finishes, spread evenly.
+    cars = [Car(f"car-{i}", link_quality=0.6, soc_percent=50, idle_since=i) for i in range(10)]
+    cars[3].link_quality, cars[3].soc_percent = 1.0, 100.0
+    taken: dict[str, int] = {}
+    for clock in range(10, 110):
+        chosen = choose_car(cars, "onnxruntime", 0)
+        assert chosen is not None
+        taken[chosen.car_id] = taken.get(chosen.car_id, 0) + 1
+        chosen.idle_since = clock  # done at once, idle again behind the others
+    assert set(taken.values()) == {10}
 
 
 def test_choose_none_when_nothing_fits() -> None:

@@ -28,7 +28,7 @@ from parkfleet.gateway.server import (
     CarLinkService,
     add_carlink_service,
 )
-from parkfleet.gateway.tasks import TaskManager
+from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
 from parkfleet.policy import Policy
 from parkfleet.protocol.limits import server_options
 from parkfleet.taskport import ModelInfo, TaskEvent, TaskSpec, TaskStatus
@@ -63,6 +63,10 @@ class GatewayConfig:
         metrics_addr: The address it listens on (all interfaces, for Prometheus in a
             cluster; loopback for a local run).
         pool_floors: Per pool, a policy floor applied to cars that connect.
+        max_gpus_per_car: A car claiming more GPUs is refused (its stream closes).
+        max_gpu_memory_mib: A car claiming more GPU memory is refused.
+        max_attempts: Cars a task may fail on (failures, stalls, losses) before it
+            fails ``AttemptsExhausted``.
         grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
     """
 
@@ -82,6 +86,9 @@ class GatewayConfig:
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
     pool_floors: Mapping[str, Policy] = field(default_factory=dict)
+    max_gpus_per_car: int = 8
+    max_gpu_memory_mib: int = 256 * 1024
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     shard: int = 0
     shard_addresses: list[str] = field(default_factory=list)
     grpc_options: Sequence[tuple[str, Any]] = ()
@@ -125,6 +132,7 @@ class Gateway:
             self._bus,
             car_wait_s=config.car_wait_s,
             offer_timeout_s=config.offer_timeout_s,
+            max_attempts=config.max_attempts,
             stall_timeout_s=config.stall_timeout_s,
             start_timeout_s=config.start_timeout_s,
         )
@@ -137,6 +145,8 @@ class Gateway:
             telemetry_interval_s=config.telemetry_interval_s,
             hello_timeout_s=config.hello_timeout_s,
             pool_floors=config.pool_floors,
+            max_gpus_per_car=config.max_gpus_per_car,
+            max_gpu_memory_mib=config.max_gpu_memory_mib,
         )
         self._service.shard = config.shard
         self._service.shard_addresses = list(config.shard_addresses)

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 
 from parkfleet.contract import DEFAULT_CAR_WAIT_S
 from parkfleet.gateway.api import Gateway, GatewayConfig
-from parkfleet.gateway.tasks import TaskManager
+from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
 from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
@@ -132,6 +132,9 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
         cells_per_pool=args.cells_per_pool,
         car_wait_s=args.car_wait_s,
         stall_timeout_s=args.stall_timeout_s,
+        max_gpus_per_car=args.max_gpus_per_car,
+        max_gpu_memory_mib=args.max_gpu_memory_mib,
+        max_attempts=args.max_attempts,
         start_timeout_s=args.start_timeout_s,
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
@@ -172,6 +175,24 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_CAR_WAIT_S,
         help="how long a task of no pool waits for a car before NoEligibleCar "
         "(a pod's task takes its pool's gateway.graceSeconds)",
+    )
+    p.add_argument(
+        "--max-gpus-per-car",
+        type=int,
+        default=8,
+        help="a car claiming more GPUs is refused (its stream closes, naming the field)",
+    )
+    p.add_argument(
+        "--max-gpu-memory-mib",
+        type=int,
+        default=256 * 1024,
+        help="a car claiming more GPU memory is refused",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        help="cars a task may fail on (failures, stalls, losses) before AttemptsExhausted",
     )
     p.add_argument(
         "--stall-timeout-s",

@@ -131,6 +131,12 @@ class GatewayMetrics:
             ["pool"],
             registry=r,
         )
+        self.task_attempts_exhausted = Counter(
+            "parkfleet_gateway_task_attempts_exhausted_total",
+            "Tasks failed because that many cars in a row did not finish them.",
+            ["pool"],
+            registry=r,
+        )
         self.result_items = Counter(
             "parkfleet_gateway_result_items_total",
             "Items whose results reached a sink.",

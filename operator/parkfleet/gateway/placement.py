@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Protocol, TypeVar
 
-__all__ = ["CarView", "choose_car", "fits"]
+__all__ = ["GOOD_LINK", "CarView", "choose_car", "fits"]
+
+GOOD_LINK = 0.5  # a link at least this good moves a task's inputs and results well enough
 
 
 class CarView(Protocol):
@@ -23,6 +25,8 @@ class CarView(Protocol):
     def soc_percent(self) -> float: ...
     @property
     def link_quality(self) -> float: ...
+    @property
+    def idle_since(self) -> float: ...
 
 
 C = TypeVar("C", bound=CarView)
@@ -48,9 +52,11 @@ def choose_car(
 ) -> C | None:
     """Chooses the car for a task among a cell's eligible, idle cars.
 
-    Prefers the best link (inputs and results travel over it), then the fullest
-    battery (the car least likely to hit its owner's threshold); ties go to the
-    smallest car id, so the choice is deterministic.
+    A car's claims count only coarsely, so that none lets it take more than its share:
+    a usable link (``link_quality`` ≥ ``GOOD_LINK``) beats a poor one, and among cars
+    alike in that the one idle longest goes first (round robin: a car that just finished
+    a task waits behind every car that has been idle longer). Ties go to the smallest
+    car id, so the choice is deterministic.
 
     Args:
         candidates: Eligible, idle cars of the task's cell.
@@ -62,15 +68,12 @@ def choose_car(
         The chosen car, or None when none fits.
     """
     best: C | None = None
-    best_key: tuple[float, float, str] | None = None
+    best_key: tuple[bool, float, str] | None = None
     for car in candidates:
         if car.car_id in exclude or not fits(car, runtime, gpu_memory_mib):
             continue
-        key = (car.link_quality, car.soc_percent, car.car_id)
-        if (
-            best_key is None
-            or key[:2] > best_key[:2]
-            or (key[:2] == best_key[:2] and key[2] < best_key[2])
-        ):
+        # Smaller is better: a usable link first, then the longest idle, then the id.
+        key = (car.link_quality < GOOD_LINK, car.idle_since, car.car_id)
+        if best_key is None or key < best_key:
             best, best_key = car, key
     return best

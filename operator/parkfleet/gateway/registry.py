@@ -18,6 +18,7 @@ import grpc
 from parkfleet.gateway.metrics import CellGauges, GatewayMetrics
 from parkfleet.policy import Conditions, Eligibility, Policy, Verdict
 from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.claims import clamped_free_memory
 
 __all__ = ["REASON_NO_TELEMETRY", "CarState", "Cell", "Registry"]
 
@@ -44,6 +45,7 @@ class CarState:
         "gpu_count",
         "gpu_memory_mib",
         "handler",
+        "idle_since",
         "last_seen",
         "link_quality",
         "lock",
@@ -84,6 +86,7 @@ class CarState:
         self.soc_percent = 0.0
         self.link_quality = 0.0
         self.last_seen = time.monotonic()
+        self.idle_since = self.last_seen  # when it last became a placement candidate
         # Holding a task (offered or running); which one is the task manager's to know.
         self.busy = False
         self.lock: asyncio.Lock | None = None
@@ -222,7 +225,7 @@ class Registry:
     def update_telemetry(self, car: CarState, t: pb.Telemetry) -> Verdict | None:
         """Takes a telemetry message; returns the new verdict when eligibility changed."""
         car.last_seen = time.monotonic()
-        car.free_gpu_memory_mib = t.free_gpu_memory_mib
+        car.free_gpu_memory_mib = clamped_free_memory(t.free_gpu_memory_mib, car.gpu_memory_mib)
         car.soc_percent = t.soc_percent
         car.link_quality = t.link_quality
         verdict = car.eligibility.update(Conditions.from_telemetry(t))
@@ -258,6 +261,8 @@ class Registry:
 
     def _refresh_available(self, car: CarState) -> None:
         if car.eligible and not car.busy:
+            if car.car_id not in car.cell.available:
+                car.idle_since = time.monotonic()
             car.cell.available[car.car_id] = car
         else:
             car.cell.available.pop(car.car_id, None)

@@ -28,6 +28,13 @@ from parkfleet.policy import Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc
 from parkfleet.protocol.chunks import ResultData, decode_car_message, serialize
+from parkfleet.protocol.claims import (
+    MAX_GPU_COUNT,
+    MAX_GPU_MEMORY_MIB,
+    check_hello_claims,
+    check_report_claims,
+    check_telemetry_claims,
+)
 from parkfleet.protocol.limits import (
     MAX_MESSAGE_BYTES,
     ProtocolViolation,
@@ -96,6 +103,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         telemetry_interval_s: Told to cars in Welcome.
         hello_timeout_s: How long a new stream may take to send Hello.
         pool_floors: Per pool, a policy the owner policies are tightened to.
+        max_gpus_per_car: A Hello claiming more GPUs closes its stream.
+        max_gpu_memory_mib: A Hello claiming more GPU memory closes its stream.
     """
 
     def __init__(
@@ -109,6 +118,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         telemetry_interval_s: float = 10.0,
         hello_timeout_s: float = 10.0,
         pool_floors: Mapping[str, Policy] | None = None,
+        max_gpus_per_car: int = MAX_GPU_COUNT,
+        max_gpu_memory_mib: int = MAX_GPU_MEMORY_MIB,
     ) -> None:
         self._registry = registry
         self._tasks = tasks
@@ -118,6 +129,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         self.telemetry_interval_s = telemetry_interval_s
         self.hello_timeout_s = hello_timeout_s
         self.pool_floors: dict[str, Policy] = dict(pool_floors or {})
+        self.max_gpus_per_car = max_gpus_per_car
+        self.max_gpu_memory_mib = max_gpu_memory_mib
         # None: cells come from the certificate's pool/cell attributes (no Kubernetes);
         # a list: the FleetPools' selectors decide (the node agent sets it).
         self.pools: list[FleetPoolSpec] | None = None
@@ -268,6 +281,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             kind = validate_car_message(first)
             if kind != "hello":
                 raise ProtocolViolation(f"the first message must be Hello, not {kind}")
+            check_hello_claims(first.hello, self.max_gpus_per_car, self.max_gpu_memory_mib)
         except ProtocolViolation as e:
             self._metrics.streams_closed.labels(REASON_PROTOCOL_VIOLATION).inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -353,6 +367,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             kind = validate_car_message(msg)
             count(kind)
             if kind == "telemetry":
+                check_telemetry_claims(msg.telemetry)
                 verdict = registry.update_telemetry(car, msg.telemetry)
                 if verdict is not None:
                     if verdict.eligible:
@@ -366,6 +381,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             elif kind == "hello":
                 raise ProtocolViolation("Hello may be sent only once per stream")
             else:
+                check_report_claims(kind, msg)
                 await tasks.on_message(car, kind, msg)
 
     async def FetchModel(

@@ -23,6 +23,7 @@ from parkfleet.gateway.placement import choose_car
 from parkfleet.gateway.registry import CarState, Registry
 from parkfleet.gateway.results import check_result, check_spec
 from parkfleet.gateway.taskstate import (
+    REASON_ATTEMPTS_EXHAUSTED,
     REASON_CANCELLED,
     REASON_INPUT_ERROR,
     REASON_NO_ELIGIBLE_CAR,
@@ -33,12 +34,17 @@ from parkfleet.gateway.taskstate import (
 )
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.chunks import ResultData
+from parkfleet.protocol.claims import car_reason, car_text
 from parkfleet.protocol.limits import ProtocolViolation
 from parkfleet.taskport import EventKind, TaskEvent, TaskSpec
 
-__all__ = ["TaskManager"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "TaskManager"]
 
 log = logging.getLogger(__name__)
+
+# Cars a task may fail on before it fails: a car can only fail its own attempt, so a
+# task moves on, but not forever (a dishonest car, or a task no car can run).
+DEFAULT_MAX_ATTEMPTS = 8
 
 
 class TaskManager:
@@ -50,6 +56,8 @@ class TaskManager:
         bus: Where task events go.
         car_wait_s: Default time a task may wait for a car before failing.
         offer_timeout_s: Time a car has to accept or refuse an offer.
+        max_attempts: Attempts of a task that may end without finishing (the car failed,
+            stalled, left, or its policy stopped it) before it fails ``AttemptsExhausted``.
         stall_timeout_s: A running task whose car says nothing about it (no progress,
             checkpoint or result) this long moves to another car; 0 never moves it.
         start_timeout_s: The same before the attempt's first checkpoint, progress or
@@ -63,6 +71,7 @@ class TaskManager:
         bus: EventBus,
         car_wait_s: float = DEFAULT_CAR_WAIT_S,
         offer_timeout_s: float = 30.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         stall_timeout_s: float = 120.0,
         start_timeout_s: float = 900.0,
     ) -> None:
@@ -71,6 +80,7 @@ class TaskManager:
         self._bus = bus
         self.car_wait_s = car_wait_s
         self.offer_timeout_s = offer_timeout_s
+        self.max_attempts = max(1, max_attempts)
         self.stall_timeout_s = stall_timeout_s
         self.start_timeout_s = start_timeout_s
         self.tasks: dict[str, Task] = {}
@@ -345,7 +355,7 @@ class TaskManager:
             task = self._task_for(car, r.task_id, r.attempt)
             if task is not None:
                 task.refused_by.add(car.car_id)
-                self._give_back(task, "refused", r.reason or "Refused", r.message)
+                self._give_back(task, "refused", car_reason(r.reason), car_text(r.message))
         elif kind == "log":
             lg = msg.log
             task = self._task_for(car, lg.task_id, lg.attempt)
@@ -363,12 +373,10 @@ class TaskManager:
             self._metrics.energy_used(task.pool, f.energy_wh)
             if task.spec.item_start <= f.next_item <= task.delivered:
                 task.checkpoint = max(task.checkpoint, f.next_item)
-            reason = f.reason or "Failed"
-            if f.retriable:
-                self._give_back(task, "lost", reason, f.message)
-            else:
-                self._release(task)
-                self._finish_failed(task, reason, f.message)
+            # A fact about this attempt on this car, whatever the car calls it: the task
+            # moves on (not back to this car); only the cluster side may fail a job.
+            task.refused_by.add(car.car_id)
+            self._give_back(task, "lost", car_reason(f.reason), car_text(f.message))
 
     def _mark_running(self, task: Task) -> None:
         if task.state == "Offered":
@@ -461,9 +469,18 @@ class TaskManager:
         task.reason = reason
         task.message = message
         self._emit(task, kind, from_car=from_car, reason=reason, message=message)
+        if kind == "lost":
+            task.failures += 1
         if task.delivered >= task.spec.item_end:
             # Every result already reached the sink; only the car's "done" was missing.
             self._spawn(self._finish_succeeded(task))
+        elif task.failures >= self.max_attempts:
+            self._metrics.task_attempts_exhausted.labels(task.pool).inc()
+            self._finish_failed(
+                task,
+                REASON_ATTEMPTS_EXHAUSTED,
+                f"{task.failures} cars did not finish it (last: {reason}: {message})",
+            )
         else:
             self._enqueue(task)
 

@@ -8,6 +8,7 @@ from parkfleet.gateway.registry import CarState
 from parkfleet.taskport import TaskSpec, TaskState, TaskStatus
 
 __all__ = [
+    "REASON_ATTEMPTS_EXHAUSTED",
     "REASON_CANCELLED",
     "REASON_INPUT_ERROR",
     "REASON_NO_ELIGIBLE_CAR",
@@ -18,6 +19,7 @@ __all__ = [
 ]
 
 REASON_NO_ELIGIBLE_CAR = "NoEligibleCar"
+REASON_ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
 REASON_OFFER_TIMEOUT = "OfferTimeout"
 REASON_INPUT_ERROR = "InputError"
 REASON_SINK_ERROR = "SinkError"
@@ -37,6 +39,7 @@ class Task:
         "delivered",
         "energy_modelled",
         "energy_wh",
+        "failures",
         "heard_at",
         "message",
         "moves",
@@ -74,6 +77,8 @@ class Task:
         self.energy_modelled = False
         self.cars: list[str] = []
         self.moves = 0
+        # Attempts that ended without finishing (the car failed, stalled, left or stopped).
+        self.failures = 0
         self.previous_car = ""
 
     @property

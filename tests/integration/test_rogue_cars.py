@@ -1,0 +1,250 @@
+"""Dishonest cars over real mTLS: no claim steers placement or inflates a cell, and a car
+can fail only its own attempt (docs/security.md).
+
+The gateway is the real one on 127.0.0.1; the cars are ``tests/rogue_car.py`` (the real
+protocol code) and ``tests/carlink_probe.py`` for the honest ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from parkfleet.certs import FleetCA
+from parkfleet.contract import CarCounts
+from parkfleet.gateway import MemorySink
+from parkfleet.protocol import carlink_pb2 as pb
+from tests.carlink_probe import ProbeCar, wait_until
+from tests.integration.gateway_env import Env, start_gateway
+from tests.integration.test_gateway_tasks import Recorder, spec
+from tests.rogue_car import RogueCar
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ca() -> FleetCA:
+    return FleetCA.create()
+
+
+@pytest.fixture
+async def env(tmp_path: Path, ca: FleetCA) -> AsyncIterator[Env]:
+    e = await start_gateway(tmp_path, ca, car_wait_s=5.0, max_attempts=3)
+    yield e
+    await e.gateway.stop(0)
+
+
+@pytest.fixture
+async def rec(env: Env) -> Recorder:
+    return Recorder(env)
+
+
+def rogue(env: Env, car_id: str) -> RogueCar:
+    return RogueCar(env.gateway.address, env.ca.cert_pem, env.pair(car_id))
+
+
+async def refused(car: ProbeCar) -> tuple[grpc.StatusCode, str]:
+    """The status the gateway closed the car's stream with."""
+    try:
+        async with asyncio.timeout(10):
+            while await car.recv() is not None:
+                pass
+    except grpc.aio.AioRpcError as e:
+        return e.code(), str(e.details())
+    return await car.status()
+
+
+@pytest.mark.parametrize(
+    ("telemetry", "field"),
+    [
+        ({"link_quality": 1e9}, "telemetry.link_quality"),
+        ({"link_quality": -0.5}, "telemetry.link_quality"),
+        ({"link_quality": float("nan")}, "telemetry.link_quality"),
+        ({"gpu_temp_c": float("inf")}, "telemetry.gpu_temp_c"),
+        ({"energy_used_today_wh": -1.0}, "telemetry.energy_used_today_wh"),
+        ({"free_gpu_memory_mib": 2**63}, "telemetry.free_gpu_memory_mib"),
+        ({"state": 7}, "telemetry.state"),
+    ],
+)
+async def test_a_telemetry_claim_out_of_range_closes_the_stream(
+    env: Env, telemetry: dict[str, Any], field: str
+) -> None:
+    async with rogue(env, "liar") as car:
+        await car.connect()
+        await car.telemetry(**telemetry)
+        code, details = await refused(car)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details
+    assert env.gateway.capacity("p-0") == CarCounts()
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "field"),
+    [
+        ({"gpu_count": 4_000_000_000}, "hello.capabilities.gpu_count"),
+        ({"gpu_count": 9}, "hello.capabilities.gpu_count"),  # over this gateway's 8
+        ({"gpu_memory_mib": 2**40}, "hello.capabilities.gpu_memory_mib"),
+        ({"gpu_power_w": float("nan")}, "hello.capabilities.gpu_power_w"),
+    ],
+)
+async def test_a_capacity_claim_out_of_range_is_refused_at_hello(
+    env: Env, capabilities: dict[str, Any], field: str
+) -> None:
+    caps = {
+        "gpu_model": "liar",
+        "gpu_count": 1,
+        "gpu_memory_mib": 8192,
+        "runtimes": ["onnxruntime"],
+    }
+    caps.update(capabilities)
+    hello = ProbeCar.hello(capabilities=pb.Capabilities(**caps))
+    async with rogue(env, "inflater") as car:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await car.connect(hello)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in str(err.value.details())
+    assert env.gateway.capacity("p-0").gpus == 0
+
+
+async def test_the_best_claims_win_no_more_than_a_share(env: Env) -> None:
+    """A car claiming a perfect link and battery gets its turn, like the others."""
+    cars = [env.car(f"honest-{i}") for i in range(3)]
+    cheat = rogue(env, "cheat")
+    counts: dict[str, int] = {}
+    try:
+        for car in cars:
+            await car.connect()
+            await car.telemetry(link_quality=0.7, soc_percent=60.0)
+        await cheat.connect()
+        await cheat.telemetry(link_quality=1.0, soc_percent=100.0)
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 4)
+        workers = [asyncio.create_task(c.work()) for c in [*cars, cheat]]
+        events = env.gateway.events()
+        for i in range(12):
+            sink = MemorySink()
+            data = np.zeros((4, 1), np.float32)
+            await env.gateway.submit(spec(data, sink, task_id=f"t{i}", output_names=("y",)))
+            async with asyncio.timeout(10):
+                async for e in events:
+                    if e.task_id == f"t{i}" and e.kind == "accepted":
+                        counts[e.car_id] = counts.get(e.car_id, 0) + 1
+                    if e.task_id == f"t{i}" and e.kind in ("succeeded", "failed"):
+                        assert e.kind == "succeeded"
+                        break
+            env.gateway.release(f"t{i}")
+        for w in workers:
+            w.cancel()
+    finally:
+        for car in [*cars, cheat]:
+            await car.close()
+    assert counts == {"honest-0": 3, "honest-1": 3, "honest-2": 3, "cheat": 3}
+
+
+async def test_a_faked_fatal_failure_moves_the_task_to_another_car(env: Env, rec: Recorder) -> None:
+    data = np.arange(8, dtype=np.float32).reshape(8, 1)
+    sink = MemorySink()
+    async with rogue(env, "saboteur") as bad:
+        await bad.connect()
+        await bad.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+        await env.gateway.submit(spec(data, sink, output_names=("y",)))
+        offer = await bad.offer()
+        await bad.accept(offer)
+        await bad.fail(offer, "ModelHashMismatch", "\x1b[31mfail the job\u202e", retriable=False)
+        lost = await rec.wait("lost")
+        assert lost.reason == "ModelHashMismatch"
+        assert "\x1b" not in lost.message
+        assert "\u202e" not in lost.message
+        async with env.car("honest") as good:
+            await good.connect()
+            await good.telemetry()
+            worker = asyncio.create_task(good.work())
+            end = await rec.wait("succeeded")
+            worker.cancel()
+    assert end.task_id == "t1"
+    assert "failed" not in rec.kinds()
+    assert sink.items() == list(range(8))
+    status = env.gateway.task("t1")
+    assert status is not None
+    assert status.cars == ("saboteur", "honest")
+
+
+async def test_a_reason_from_outside_the_closed_set_is_not_repeated(
+    env: Env, rec: Recorder
+) -> None:
+    data = np.zeros((4, 1), np.float32)
+    async with rogue(env, "babbler") as bad:
+        await bad.connect()
+        await bad.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+        await env.gateway.submit(spec(data, MemorySink(), output_names=("y",)))
+        offer = await bad.offer()
+        await bad.fail(offer, "Reason-" + "x" * 200, "y" * 4000, retriable=True)
+        lost = await rec.wait("lost")
+    assert lost.reason == "CarFailed"
+    assert len(lost.message) <= 512
+
+
+async def test_a_task_every_car_fails_ends_after_the_attempt_bound(env: Env, rec: Recorder) -> None:
+    data = np.zeros((4, 1), np.float32)
+    cars = [rogue(env, f"bad-{i}") for i in range(4)]
+    try:
+        for car in cars:
+            await car.connect()
+            await car.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 4)
+        await env.gateway.submit(spec(data, MemorySink(), output_names=("y",)))
+
+        async def fail_everything(car: RogueCar) -> None:
+            while True:
+                offer = await car.offer()
+                await car.fail(offer, "InferenceError", "no", retriable=True)
+
+        attackers = [asyncio.create_task(fail_everything(c)) for c in cars]
+        end = await rec.wait("failed")
+        for a in attackers:
+            a.cancel()
+    finally:
+        for car in cars:
+            await car.close()
+    assert end.reason == "AttemptsExhausted"
+    assert "3 cars" in end.message
+    assert len(rec.of("lost")) == 3  # one attempt on each of three distinct cars
+    sample = env.gateway.metrics.registry.get_sample_value
+    assert sample("parkfleet_gateway_task_attempts_exhausted_total", {"pool": "p"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("report", "field"),
+    [
+        ({"energy_wh": float("inf")}, "done.energy_wh"),
+        ({"energy_wh": -5.0}, "done.energy_wh"),
+        ({"energy_wh": 1e300}, "done.energy_wh"),
+    ],
+)
+async def test_forged_figures_close_the_stream_and_the_task_moves(
+    env: Env, rec: Recorder, report: dict[str, Any], field: str
+) -> None:
+    data = np.zeros((4, 1), np.float32)
+    sink = MemorySink()
+    async with rogue(env, "forger") as bad:
+        await bad.connect()
+        await bad.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+        await env.gateway.submit(spec(data, sink, output_names=("y",)))
+        offer = await bad.offer()
+        await bad.accept(offer)
+        await bad.result(offer, 0, {"y": np.zeros((4, 1), np.float32)})
+        await bad.done(offer, items=4, **report)
+        code, details = await refused(bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details
+    # Every result was in, so the task is done; the forged figure counted for nothing.
+    end = await rec.wait("succeeded")
+    assert end.energy_wh == 0.0

@@ -1,0 +1,91 @@
+"""A dishonest car for tests: the real protocol code, saying whatever a malicious car would.
+
+It is a :class:`~tests.carlink_probe.ProbeCar` (a real mTLS stream with a real fleet
+certificate) with the attacks of ``docs/security.md`` as methods: claims out of range,
+a fatal-sounding failure for every offer, forged figures, results shaped to exhaust the
+gateway. Each attack is one message or a short sequence; what the gateway does about it
+is for the tests to check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from parkfleet.protocol import carlink_pb2 as pb
+from tests.carlink_probe import ProbeCar
+
+__all__ = ["RogueCar"]
+
+
+class RogueCar(ProbeCar):
+    """A car that lies (see the module docstring)."""
+
+    async def offer(self) -> pb.TaskOffer:
+        """Reads until the next offer."""
+        while True:
+            msg = await self.recv()
+            if msg is None:
+                raise EOFError("the stream ended before an offer")
+            if msg.WhichOneof("body") == "offer":
+                return msg.offer
+
+    async def accept(self, offer: pb.TaskOffer) -> None:
+        """Takes the offer (to hold the task, or to fail it)."""
+        await self.send(
+            pb.CarMessage(accept=pb.TaskAccept(task_id=offer.task_id, attempt=offer.attempt))
+        )
+
+    async def fail(
+        self,
+        offer: pb.TaskOffer,
+        reason: str = "ModelHashMismatch",
+        message: str = "the model is corrupt",
+        *,
+        retriable: bool = False,
+        energy_wh: float = 0.0,
+    ) -> None:
+        """Answers with a failure that, taken at its word, would fail the whole job."""
+        await self.send(
+            pb.CarMessage(
+                failed=pb.TaskFailed(
+                    task_id=offer.task_id,
+                    attempt=offer.attempt,
+                    reason=reason,
+                    message=message,
+                    retriable=retriable,
+                    energy_wh=energy_wh,
+                )
+            )
+        )
+
+    async def done(self, offer: pb.TaskOffer, **fields: Any) -> None:
+        """Claims the task done (with whatever figures ``fields`` forge)."""
+        await self.send(
+            pb.CarMessage(done=pb.TaskDone(task_id=offer.task_id, attempt=offer.attempt, **fields))
+        )
+
+    async def result(
+        self, offer: pb.TaskOffer, first_item: int, outputs: dict[str, np.ndarray]
+    ) -> None:
+        """Sends results of its choosing (any shape, any dtype) for ``first_item`` on."""
+        tensors = [
+            pb.NamedTensor(
+                name=name,
+                dtype=pb.FLOAT32,
+                dims=list(array.shape),
+                data=np.ascontiguousarray(array, dtype="<f4").tobytes(),
+            )
+            for name, array in outputs.items()
+        ]
+        await self.send(
+            pb.CarMessage(
+                result=pb.ResultChunk(
+                    task_id=offer.task_id,
+                    attempt=offer.attempt,
+                    first_item=first_item,
+                    outputs=tensors,
+                )
+            )
+        )
