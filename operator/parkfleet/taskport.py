@@ -28,6 +28,7 @@ __all__ = [
     "ModelNotFound",
     "ModelRef",
     "ModelUnreadable",
+    "OutputSpec",
     "ResultSink",
     "TaskEvent",
     "TaskPort",
@@ -108,18 +109,40 @@ class ModelUnreadable(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One output as the model declares it: what a car's results for it must look like.
+
+    Attributes:
+        name: The output's name.
+        dtype: Its element type as numpy names it (``float32``, ``int64``, ...); "" when
+            the model's type has no wire form (its results cannot arrive at all).
+        item_shape: Its dimensions past the first (the items); None where the model
+            leaves a dimension open.
+    """
+
+    name: str
+    dtype: str
+    item_shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """A resolved model: where cars get it and what it takes and gives.
 
     Attributes:
         ref: The model by content hash.
         input_name: Its first input.
-        output_names: Its outputs, in order.
+        outputs: Its outputs, in order, as it declares them.
     """
 
     ref: ModelRef
     input_name: str
-    output_names: tuple[str, ...]
+    outputs: tuple[OutputSpec, ...]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Its outputs' names, in order."""
+        return tuple(o.name for o in self.outputs)
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,8 @@ class TaskSpec:
         car_wait_s: How long the task may wait for a car before failing with
             ``NoEligibleCar``; None takes the gateway's default.
         group: Tasks of one group (copies of a redundant unit) run on distinct cars.
+        output_specs: What the model declares of the outputs asked for; a car's results
+            are checked against them as they arrive (empty: names only).
     """
 
     task_id: str
@@ -160,6 +185,7 @@ class TaskSpec:
     checkpoint_interval_s: float = 5.0
     car_wait_s: float | None = None
     group: str = ""
+    output_specs: tuple[OutputSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

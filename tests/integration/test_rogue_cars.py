@@ -20,6 +20,7 @@ from parkfleet.certs import FleetCA
 from parkfleet.contract import CarCounts
 from parkfleet.gateway import MemorySink
 from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.taskport import OutputSpec
 from tests.carlink_probe import ProbeCar, wait_until
 from tests.integration.gateway_env import Env, start_gateway
 from tests.integration.test_gateway_tasks import Recorder, spec
@@ -248,3 +249,34 @@ async def test_forged_figures_close_the_stream_and_the_task_moves(
     # Every result was in, so the task is done; the forged figure counted for nothing.
     end = await rec.wait("succeeded")
     assert end.energy_wh == 0.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "result", "words"),
+    [
+        # The shape bomb: 1-item results far larger than the model's items.
+        ("float32", np.zeros((1, 700_000), np.float32), "items of shape [700000]"),
+        ("float32", np.zeros((4, 1, 1), np.float32), "items of shape [1, 1]"),
+        ("int64", np.zeros((4, 1), np.float32), "is float32; the model gives int64"),
+    ],
+)
+async def test_results_unlike_the_models_outputs_close_the_stream(
+    env: Env, rec: Recorder, dtype: str, result: np.ndarray, words: str
+) -> None:
+    data = np.zeros((4, 1), np.float32)
+    declared = (OutputSpec("y", dtype, (1,)),)
+    sink = MemorySink()
+    async with rogue(env, "bomber") as bad:
+        await bad.connect()
+        await bad.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+        await env.gateway.submit(spec(data, sink, output_names=("y",), output_specs=declared))
+        offer = await bad.offer()
+        await bad.accept(offer)
+        await bad.result(offer, 0, {"y": result})
+        code, details = await refused(bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in details
+    assert sink.chunks == []  # nothing of it was kept
+    lost = await rec.wait("lost")
+    assert lost.reason == "ProtocolViolation"

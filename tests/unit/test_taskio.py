@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parkfleet.nodeagent.taskio import DirectorySink, VolumeInput, resolve_under
+from parkfleet.nodeagent.resultspool import ResultSpool
+from parkfleet.nodeagent.taskio import VolumeInput, resolve_under
 
 
 async def test_a_directory_of_npy_and_jsonl_files_is_one_numbered_input(tmp_path: Path) -> None:
@@ -38,12 +39,43 @@ def test_paths_cannot_leave_the_data_root(tmp_path: Path) -> None:
 
 async def test_the_result_file_appears_whole_on_completion(tmp_path: Path) -> None:
     path = tmp_path / "out" / "unit-000001.npz"
-    sink = DirectorySink(path)
-    await sink.write(10, {"label": np.array([1, 2])})
+    spool = tmp_path / "out" / ".spool" / "task"
+    sink = ResultSpool(path, spool)
+    probs = np.arange(9, dtype=np.float32).reshape(3, 3)
+    await sink.write(10, {"label": np.array([1, 2]), "p": probs[:2]})
     assert not path.exists()
-    await sink.write(12, {"label": np.array([3])})
+    await sink.write(12, {"label": np.array([3]), "p": probs[2:]})
+    assert sink.arrays()["p"].tolist() == probs.tolist()  # read back from the spool
     await sink.complete()
     with np.load(path) as z:
         assert z["label"].tolist() == [1, 2, 3]
+        assert z["p"].tolist() == probs.tolist()
         assert int(z["first_item"][0]) == 10
-    assert [p.name for p in path.parent.iterdir()] == ["unit-000001.npz"]
+    await sink.discard()
+    assert sorted(p.name for p in path.parent.iterdir()) == [".spool", "unit-000001.npz"]
+    assert not spool.exists()
+
+
+async def test_a_spool_left_by_an_earlier_process_is_cleared(tmp_path: Path) -> None:
+    spool = tmp_path / ".spool" / "task"
+    spool.mkdir(parents=True)
+    (spool / "0.bin").write_bytes(b"stale bytes of an earlier gateway")
+    sink = ResultSpool(tmp_path / "unit.npz", spool)
+    await sink.write(0, {"label": np.array([7, 8])})
+    await sink.complete()
+    with np.load(tmp_path / "unit.npz") as z:
+        assert z["label"].tolist() == [7, 8]
+
+
+async def test_a_chunk_that_changes_its_shape_is_refused(tmp_path: Path) -> None:
+    sink = ResultSpool(None, tmp_path / "s")
+    await sink.write(0, {"p": np.zeros((2, 3), np.float32)})
+    with pytest.raises(ValueError, match="item shape"):
+        await sink.write(2, {"p": np.zeros((2, 4), np.float32)})
+
+
+async def test_without_a_spool_nothing_is_kept() -> None:
+    lines: list[int] = []
+    sink = ResultSpool(None, None, on_chunk=lambda first, _: lines.append(first))
+    await sink.write(5, {"p": np.zeros((2, 3), np.float32)})
+    assert (sink.items, sink.arrays(), lines) == (2, {}, [5])

@@ -21,12 +21,21 @@ from typing import Any
 from parkfleet.files import write_atomic
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
-from parkfleet.taskport import ModelInfo, ModelNotFound, ModelRef, ModelUnreadable
+from parkfleet.taskport import ModelInfo, ModelNotFound, ModelRef, ModelUnreadable, OutputSpec
 
 __all__ = ["ModelNotFound", "ModelStore"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+# ONNX Runtime's element types that the car link carries, as numpy names them.
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+}
+_HASH_CHUNK = 1024 * 1024
 # A name may be pointed at another model (``parkfleet gateway --model``, or an admin's
 # copy onto the volume); a pod sees the change within this long.
 NAME_TTL_S = 10.0
@@ -128,7 +137,14 @@ class ModelStore:
         return ModelInfo(
             ref=ref,
             input_name=str(described.get("input", "input")),
-            output_names=tuple(str(o) for o in described.get("outputs", ())),
+            outputs=tuple(
+                OutputSpec(
+                    name=str(o["name"]),
+                    dtype=str(o["dtype"]),
+                    item_shape=tuple(d if isinstance(d, int) else None for d in o["item_shape"]),
+                )
+                for o in described["output_specs"]
+            ),
         )
 
     def _by_digest(self, sha256: str) -> ModelRef:
@@ -146,11 +162,16 @@ class ModelStore:
         known = self._described.get(sha256)
         if known is not None:
             return known
+        # The cluster side checks the model itself, once per process: a car's word that
+        # a model is corrupt is only ever a fact about that car.
+        if _file_sha256(path) != sha256:
+            raise ModelUnreadable(f"the store's file of model {sha256} does not match its digest")
         meta = self.directory / "meta" / f"{sha256}.json"
         if meta.exists():
             info: dict[str, Any] = json.loads(meta.read_text())
-            self._described[sha256] = info
-            return info
+            if "output_specs" in info:
+                self._described[sha256] = info
+                return info
         import onnxruntime as ort  # only the gateway's cold path needs it
 
         try:
@@ -160,6 +181,14 @@ class ModelStore:
         info = {
             "input": session.get_inputs()[0].name,
             "outputs": [o.name for o in session.get_outputs()],
+            "output_specs": [
+                {
+                    "name": o.name,
+                    "dtype": _ORT_TYPES.get(str(o.type), ""),
+                    "item_shape": [d if isinstance(d, int) else None for d in (o.shape or [])[1:]],
+                }
+                for o in session.get_outputs()
+            ],
         }
         # Callers run this in threads, several at once: a reader must never see the
         # file half-written (an empty file once failed a whole job's first pods).
@@ -186,3 +215,11 @@ class ModelStore:
                 offset += len(data)
         finally:
             f.close()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -6,6 +6,7 @@ Pure functions. A result chunk that does not fit its task raises
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -13,11 +14,14 @@ import numpy as np
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.chunks import ResultData
 from parkfleet.protocol.limits import ProtocolViolation, check_text, tensor_from_proto
-from parkfleet.taskport import TaskSpec
+from parkfleet.taskport import OutputSpec, TaskSpec
 
-__all__ = ["check_result", "check_spec"]
+__all__ = ["MAX_RESULT_ITEM_BYTES", "check_result", "check_spec"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# One item's result for one output, where the model leaves its shape open: a bound on what
+# a car can make the gateway store per item (1-item results of [1, 10**6] floats are 4 MB).
+MAX_RESULT_ITEM_BYTES = 1024 * 1024
 
 
 def check_spec(spec: TaskSpec) -> None:
@@ -66,6 +70,7 @@ def check_result(
             the number of items, outside the task's range, or leaving a gap.
     """
     outputs: dict[str, np.ndarray] = {}
+    declared = {o.name: o for o in spec.output_specs}
     n = -1
     for t in r.outputs:
         if t.name not in spec.output_names:
@@ -75,6 +80,8 @@ def check_result(
         array = tensor_from_proto(t)
         if array.ndim < 1:
             raise ProtocolViolation(f"result output {t.name!r} is a scalar, not items")
+        if t.name in declared:
+            _check_declared(array, declared[t.name])
         if n == -1:
             n = array.shape[0]
         elif array.shape[0] != n:
@@ -95,3 +102,26 @@ def check_result(
             "results must come in order without gaps"
         )
     return outputs
+
+
+def _check_declared(array: np.ndarray, out: OutputSpec) -> None:
+    """Refuses results whose type or item shape is not what the model declares."""
+    if out.dtype and array.dtype != np.dtype(out.dtype):
+        raise ProtocolViolation(
+            f"result output {out.name!r} is {array.dtype.name}; the model gives {out.dtype}"
+        )
+    shape = array.shape[1:]
+    if len(shape) != len(out.item_shape) or any(
+        want is not None and got != want for got, want in zip(shape, out.item_shape, strict=True)
+    ):
+        declared = [d if d is not None else "?" for d in out.item_shape]
+        raise ProtocolViolation(
+            f"result output {out.name!r} has items of shape {list(shape)}; the model "
+            f"declares {declared}"
+        )
+    item_bytes = math.prod(shape) * array.itemsize
+    if item_bytes > MAX_RESULT_ITEM_BYTES:
+        raise ProtocolViolation(
+            f"result output {out.name!r} has {item_bytes} bytes per item, the limit is "
+            f"{MAX_RESULT_ITEM_BYTES}"
+        )

@@ -29,7 +29,8 @@ from parkfleet.nodeagent import podstatus
 from parkfleet.nodeagent.logs import LogStore, result_lines
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster, write_unread
-from parkfleet.nodeagent.taskio import DirectorySink, finished_items
+from parkfleet.nodeagent.resultspool import ResultSpool
+from parkfleet.nodeagent.taskio import finished_items
 from parkfleet.nodeagent.taskspecs import BadInput, Prepared, TaskSpecs, check_gpu_memory
 from parkfleet.nodeagent.translate import PodTask, Unsupported, translate
 from parkfleet.taskport import TaskEvent, TaskPort
@@ -49,6 +50,8 @@ MAX_STATUS_WRITES = 4
 MAX_EVENT_POSTS = 2
 # A pod whose admission failed through no fault of its own is tried again this much
 # later, doubling up to the cap.
+# Where a task's results wait until its unit's file is written (beside that file).
+SPOOL_DIR = ".spool"
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 
@@ -69,7 +72,7 @@ class _Tracked:
 
     state: lc.PodState
     prepared: Prepared | None = None
-    sinks: dict[str, DirectorySink] = field(default_factory=dict)
+    sinks: dict[str, ResultSpool] = field(default_factory=dict)
     last_step: asyncio.Task[None] | None = None  # the pod's latest effects (see _execute)
 
 
@@ -315,6 +318,9 @@ class PodDriver:
         elif isinstance(effect, ev.Release):
             self.port.release(effect.task_id)
             self.by_task.pop(effect.task_id, None)
+            released = t.sinks.get(effect.task_id)
+            if released is not None:
+                await released.discard()
         elif isinstance(effect, ev.PatchStatus):
             async with self._end_writes if effect.final else self._writes:
                 await write_unread(
@@ -355,10 +361,18 @@ class PodDriver:
         sink = t.sinks.get(effect.task_id)
         if sink is None:
             single = t.state.pod.copies == 1
-            # One copy writes its file itself; copies that will be compared stay in memory.
+            result = prepared.result
+            # One copy writes its file itself; copies that will be compared are spooled
+            # until the vote promotes one. A pod with no result file and one copy keeps
+            # nothing (its results are only logged).
+            spool = None
+            if result is not None or not single:
+                root = result.parent if result is not None else self.specs.data_root
+                spool = root / SPOOL_DIR / effect.task_id
             first = not t.sinks
-            sink = DirectorySink(
-                prepared.result if single else None,
+            sink = ResultSpool(
+                result if single else None,
+                spool,
                 on_chunk=self._log_chunks(t.state.pod.key) if first else None,
             )
             t.sinks[effect.task_id] = sink

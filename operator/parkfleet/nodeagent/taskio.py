@@ -9,20 +9,15 @@ item's result is in it.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from parkfleet.files import write_atomic
-
 __all__ = [
     "ConfigMapInput",
-    "DirectorySink",
     "InputCache",
     "VolumeInput",
     "finished_items",
@@ -181,61 +176,3 @@ class ConfigMapInput:
     def read(self, start: int, end: int) -> npt.NDArray[np.generic]:
         """Items ``[start, end)``."""
         return self.array[start:end]
-
-
-class DirectorySink:
-    """Collects a task's results in memory and writes them as one ``.npz`` on completion.
-
-    The file appears atomically (write to a temporary name, then rename), so its
-    presence means the task's results are complete.
-
-    Args:
-        path: The result file, e.g. ``<data root>/out/<pod>.npz``; None keeps nothing.
-        on_chunk: Called with each chunk (e.g. to turn results into log lines).
-    """
-
-    def __init__(
-        self,
-        path: Path | None,
-        on_chunk: Callable[[int, Mapping[str, npt.NDArray[np.generic]]], None] | None = None,
-    ) -> None:
-        self.path = path
-        self.on_chunk = on_chunk
-        self.items = 0
-        self._chunks: dict[str, list[npt.NDArray[np.generic]]] = {}
-        self._first: int | None = None
-        self.completed = asyncio.Event()
-
-    async def write(self, first_item: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
-        """Keeps a copy of the chunk (the gateway delivers items once, in order)."""
-        if self._first is None:
-            self._first = first_item
-        n = 0
-        for name, array in outputs.items():
-            self._chunks.setdefault(name, []).append(np.array(array))
-            n = len(array)
-        self.items += n
-        if self.on_chunk is not None:
-            self.on_chunk(first_item, outputs)
-
-    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
-        """Every output over all items received so far."""
-        return {k: np.concatenate(v) for k, v in self._chunks.items()}
-
-    async def save(self, path: Path) -> None:
-        """Writes the results to ``path`` atomically (with their first item number)."""
-        arrays = self.arrays()
-        arrays["first_item"] = np.array([self._first or 0], dtype=np.int64)
-        await asyncio.to_thread(_save_npz, path, arrays)
-
-    async def complete(self) -> None:
-        """Writes the result file atomically (when the sink has a path)."""
-        if self.path is not None:
-            await self.save(self.path)
-        self.completed.set()
-
-
-def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    write_atomic(path, buf.getvalue())

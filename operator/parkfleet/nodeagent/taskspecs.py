@@ -108,6 +108,15 @@ class TaskSpecs:
         if task.output_dir:
             out_dir = self._under_root(task.output_dir, "PARKFLEET_OUTPUT")
             result = out_dir / (task.result_name or f"{pod['metadata']['name']}.npz")
+        names = task.output_names or model.output_names
+        declared = {o.name: o for o in model.outputs}
+        unknown = [n for n in names if n not in declared]
+        if unknown:
+            raise BadInput(
+                REASON_INVALID_INPUT,
+                f"spec.containers[0].env[PARKFLEET_OUTPUT_NAMES]: the model has no output "
+                f"{unknown[0]!r} (it has {', '.join(declared) or 'none'})",
+            )
         ref = model.ref
         if task.model_uri and task.model_uri != ref.uri:
             ref = ModelRef(sha256=ref.sha256, uri=task.model_uri, size_bytes=ref.size_bytes)
@@ -117,7 +126,8 @@ class TaskSpecs:
             runtime=task.runtime,
             model=ref,
             input_name=task.input_name or model.input_name,
-            output_names=task.output_names or model.output_names,
+            output_names=names,
+            output_specs=tuple(declared[n] for n in names),
             batch_size=task.batch_size,
             item_start=task.item_start,
             item_end=end,
