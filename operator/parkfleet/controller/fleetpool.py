@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 
 RESYNC_S = 5.0
 LEASE_NAMESPACE = "kube-node-lease"
-# The Kopf index of every pool's spec by name; handlers get it as a kwarg of this name.
+# The Kopf index of every pool's spec by name; Kopf hands it to the handlers as a kwarg of
+# this name (``fleetpool_specs`` in on_change and resync: keep the two equal).
 POOLS_INDEX = "fleetpool_specs"
 
 # The condition on pools whose selectors match the same cars, and its reasons (most
 # severe first: the reason is the first that applies; the message says every one).
 OVERLAP_CONDITION = "SelectorOverlap"
-OVERLAP_AMBIGUOUS = "AmbiguousSelector"  # some cars it selects are refused every pool
+OVERLAP_AMBIGUOUS = "AmbiguousSelector"  # some cars it selects join no pool (a tie)
 OVERLAP_SHADOWED = "Shadowed"  # a more specific pool takes some cars it selects
 OVERLAP_SHADOWS = "Shadows"  # it takes cars a less specific pool also selects
 OVERLAP_NONE = "NoOverlap"
