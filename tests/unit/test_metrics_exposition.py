@@ -50,6 +50,7 @@ def gateway_registry() -> CollectorRegistry:
     gw.energy_used("eu", 0.5)
     gw.tasks_queued.set(4)
     gw.model_bytes.inc(1024)
+    gw.pool_refusals.inc(2)
     na = NodeAgentMetrics(gw.registry)
     na.status_writes.labels("eu").inc()
     na.lease_renewals.labels("ok").inc()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from parkfleet.api.fleetpool import FleetPoolSpec
+from parkfleet.api.poolmatch import choose_pool
 from parkfleet.contract import cell_id
 from parkfleet.policy import Policy
 
@@ -45,11 +46,21 @@ def cell_of(car_id: str, attributes: Mapping[str, str], cells_per_pool: int = 1)
 
 @dataclass(frozen=True)
 class PoolCell:
-    """Where a car belongs when FleetPools decide: its pool, its cell, the pool's floor."""
+    """Where a car belongs when FleetPools decide: its pool, its cell, the pool's floor.
+
+    ``contenders`` names the pools that tie for a car refused by the most-specific rule
+    (``parkfleet.api.poolmatch``); it is empty for every other car.
+    """
 
     pool: str
     cell: str
     floor: Policy | None
+    contenders: tuple[str, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        """Whether several pools match the car and none is the most specific."""
+        return bool(self.contenders)
 
 
 def pool_cell_of(
@@ -60,11 +71,13 @@ def pool_cell_of(
 ) -> PoolCell:
     """The pool and cell of a car from the FleetPools' selectors.
 
-    The first pool (by name) whose ``matchAttributes`` the car's certificate satisfies
-    takes it. Its cell is the certificate's ``cell`` attribute when that is a valid
-    index of the pool, else a stable hash of the car id over the pool's cells. A cell
-    holds at most ``cellSize`` cars: a car whose cell is full takes the next cell with
-    room, and waits unpooled when every cell of its pool is full.
+    The car joins the pool of the most specific matching selector
+    (:func:`parkfleet.api.poolmatch.choose_pool`); when several match and none is the most
+    specific, it is refused and waits unpooled. Its cell is the certificate's ``cell``
+    attribute when that is a valid index of the pool, else a stable hash of the car id over
+    the pool's cells. A cell holds at most ``cellSize`` cars: a car whose cell is full takes
+    the next cell with room, and waits unpooled when every cell of its pool is full (it
+    never falls through to a less specific pool).
 
     Args:
         car_id: The car id from its certificate.
@@ -73,20 +86,20 @@ def pool_cell_of(
         cars_in: How many other cars a cell holds now.
 
     Returns:
-        The car's place; pool and cell are ``UNPOOLED`` when no pool selects it (or
-        its pool is full).
+        The car's place; pool and cell are ``UNPOOLED`` when no pool selects it, it is
+        refused (then ``contenders`` says by which pools) or its pool is full.
     """
-    for pool in sorted(pools, key=lambda p: p.name):
-        if not pool.matches(attributes):
-            continue
-        pinned = attributes.get("cell", "")
-        if pinned.isdigit() and int(pinned) < pool.cells:
-            index = int(pinned)
-        else:
-            index = zlib.crc32(car_id.encode()) % pool.cells
-        for step in range(pool.cells):
-            cell = cell_id(pool.name, (index + step) % pool.cells)
-            if cars_in(cell) < pool.cell_size:
-                return PoolCell(pool.name, cell, pool.floor)
-        return PoolCell(UNPOOLED, UNPOOLED, None)
+    choice = choose_pool(attributes, pools)
+    pool = choice.pool
+    if pool is None:
+        return PoolCell(UNPOOLED, UNPOOLED, None, choice.contenders)
+    pinned = attributes.get("cell", "")
+    if pinned.isdigit() and int(pinned) < pool.cells:
+        index = int(pinned)
+    else:
+        index = zlib.crc32(car_id.encode()) % pool.cells
+    for step in range(pool.cells):
+        cell = cell_id(pool.name, (index + step) % pool.cells)
+        if cars_in(cell) < pool.cell_size:
+            return PoolCell(pool.name, cell, pool.floor)
     return PoolCell(UNPOOLED, UNPOOLED, None)

@@ -143,6 +143,13 @@ class GatewayMetrics:
             ["pool"],
             registry=r,
         )
+        self.pool_refusals = Counter(
+            "parkfleet_gateway_pool_refusals_total",
+            "Cars refused a pool because several FleetPools' selectors match them and none "
+            "is the most specific (they wait unpooled); counted when a car connects so, or "
+            "when a pool change takes its pool from it.",
+            registry=r,
+        )
         self.tasks_queued = Gauge(
             "parkfleet_gateway_tasks_queued", "Tasks waiting for a car.", registry=r
         )

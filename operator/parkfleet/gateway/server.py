@@ -19,7 +19,7 @@ import grpc
 
 from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CarIdentity, car_identity
-from parkfleet.gateway.cells import DEFAULT_POOL, PoolCell, cell_of, pool_cell_of
+from parkfleet.gateway.cells import DEFAULT_POOL, UNPOOLED, PoolCell, cell_of, pool_cell_of
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.gateway.registry import CarState, Registry
@@ -145,7 +145,16 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             pool = identity.attributes.get("pool") or DEFAULT_POOL
             cell = cell_of(identity.car_id, identity.attributes, self.cells_per_pool)
             return PoolCell(pool, cell, self.pool_floors.get(pool))
-        return pool_cell_of(identity.car_id, identity.attributes, self.pools, self._cars_in())
+        placed = pool_cell_of(identity.car_id, identity.attributes, self.pools, self._cars_in())
+        if placed.refused:
+            self._metrics.pool_refusals.inc()
+            log.warning(
+                "car %s joins no pool: the selectors of pools %s match it and none is the "
+                "most specific",
+                identity.car_id,
+                ", ".join(placed.contenders),
+            )
+        return placed
 
     def owner_of(self, placed: PoolCell) -> int | None:
         """The shard that owns a car's cell, or None when sharding does not apply."""
@@ -176,10 +185,13 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         """
         self.pools = list(pools)
         moved = 0
+        refused: dict[tuple[str, ...], int] = {}
         for car in list(self._registry.cars.values()):
             placed = pool_cell_of(
                 car.car_id, dict(car.attributes), self.pools, self._cars_in(car.car_id)
             )
+            if placed.refused and car.cell.id != UNPOOLED:
+                refused[placed.contenders] = refused.get(placed.contenders, 0) + 1
             policy = car.owner_policy
             if placed.floor is not None:
                 policy = policy.stricter(placed.floor)
@@ -197,6 +209,15 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             if placed.cell != car.cell.id:
                 self._registry.move(car, self._registry.cell(placed.cell, placed.pool))
                 moved += 1
+        for contenders, n in sorted(refused.items()):
+            # One line per tie, not per car: a pool change may refuse thousands at once.
+            self._metrics.pool_refusals.inc(n)
+            log.warning(
+                "%d connected cars lose their pool: the selectors of pools %s match them and "
+                "none is the most specific",
+                n,
+                ", ".join(contenders),
+            )
         return moved
 
     async def _identity(self, context: _Context) -> CarIdentity:
