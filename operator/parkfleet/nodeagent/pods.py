@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 CAR_ASSIGNED = "parkfleet.io/CarAssigned"
 REASON_UNSUPPORTED = "UnsupportedPodSpec"
 REASON_INVALID_INPUT = "InvalidTaskInput"
+REASON_DELETED = "PodDeleted"
 MAX_RESULT_LOG_ITEMS = 64  # per chunk: a log is for people, the result file is for data
 # API calls in flight at once. Pods proceed side by side (one write at a time, 500 pods
 # took 10 s to start), and the writes are ranked: a pod's end is what the Job controller
@@ -399,7 +400,7 @@ class PodDriver:
         tracked = self.tracked.pop(uid, None)
         if tracked is not None:
             if not tracked.ended:
-                await self._cancel_copies(tracked, "PodDeleted")
+                await self._cancel_copies(tracked, REASON_DELETED)
             for copy in tracked.copies:
                 self.by_task.pop(copy.task_id, None)
             self.gateway.release_group(uid)
@@ -410,24 +411,76 @@ class PodDriver:
             if not copy.done:
                 await self.gateway.cancel(copy.task_id, reason)
 
+    # ---- deletion (what a kubelet does when a pod's deletion is requested) ----------
+
     async def _finish_deletion(self, pod: Mapping[str, Any]) -> None:
-        # A kubelet removes the pod object once its containers stopped; the task's
-        # cancel is immediate, so the pod can go at once.
+        """Deletion requested: cancel the task, end the pod, then remove its object.
+
+        The phase comes first: the Job controller waits for a terminal phase before it
+        replaces a pod and lifts its finalizer (a pod deleted while ``Running`` stays
+        ``Terminating``); the object goes last, with grace 0 and its uid as precondition.
+        """
         meta = pod["metadata"]
-        uid = str(meta["uid"])
-        tracked = self.tracked.get(uid)
-        if tracked is not None and not tracked.ended:
-            await self._cancel_copies(tracked, "PodDeleted")
+        phase = (pod.get("status") or {}).get("phase", "Pending")
+        terminal = phase in ("Succeeded", "Failed")
+        if terminal and meta.get("deletionGracePeriodSeconds") == 0:
+            return  # our part is done; a finalizer (the Job controller's) holds the object
+        tracked = self.tracked.get(str(meta["uid"]))
+        if tracked is None:
+            if not terminal:
+                await self._end_untracked(pod)
+            await self._delete_now(meta)
+            return
+        if not tracked.ended:
             tracked.ended = True
-        with contextlib.suppress(ApiException):
+            await self._cancel_copies(tracked, REASON_DELETED)
+            message = "the pod was deleted; its task was cancelled"
+            self.logs.write(tracked.key, f"parkfleet: {message}")
+            self.logs.close(tracked.key)
+            status = self._terminated_status(
+                tracked, exit_code(REASON_DELETED), REASON_DELETED, message
+            )
+            self._in_order(tracked, lambda: self._patch_status(tracked, status))
+            energy = sum(c.energy_wh for c in tracked.copies)
+            self.metrics.pod_ended(
+                tracked.pool, tracked.namespace, "Failed", REASON_DELETED, energy
+            )
+        self._in_order(tracked, functools.partial(self._delete_now, meta))
+
+    async def _end_untracked(self, pod: Mapping[str, Any]) -> None:
+        # A pod we run no task for (e.g. from before a gateway restart) ends all the same.
+        meta = pod["metadata"]
+        c = (pod["spec"].get("containers") or [{}])[0]
+        started = str((pod.get("status") or {}).get("startTime") or "")
+        status = terminated_status(
+            str(c.get("name", "main")),
+            str(c.get("image", "")),
+            exit_code(REASON_DELETED),
+            REASON_DELETED,
+            "the pod was deleted",
+            started,
+        )
+        try:
+            await self.core.patch_namespaced_pod_status(
+                meta["name"], meta["namespace"], {"status": status}
+            )
+        except ApiException as exc:
+            log.warning("pod %s: terminal status not written: %s", pod_key(pod), exc.reason)
+
+    async def _delete_now(self, meta: Mapping[str, Any]) -> None:
+        try:
             await self.core.delete_namespaced_pod(
                 meta["name"],
                 meta["namespace"],
                 grace_period_seconds=0,
                 body=client.V1DeleteOptions(
-                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                    grace_period_seconds=0,
+                    preconditions=client.V1Preconditions(uid=str(meta["uid"])),
                 ),
             )
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone already; a new pod of the same name
+                log.warning("pod %s/%s not removed: %s", meta["namespace"], meta["name"], exc)
 
     async def _fail_early(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
         meta = pod["metadata"]
@@ -677,6 +730,7 @@ def terminated_status(
 EXIT_RETRY_ELSEWHERE = 75  # EX_TEMPFAIL: no car could take it now; not the unit's fault
 EXIT_BAD_SPEC = 2  # the pod asks for what cars cannot do: retrying cannot help
 EXIT_MODEL = 3  # the model cannot be fetched or loaded: retrying cannot help
+EXIT_STOPPED = 143  # 128 + SIGTERM: stopped because the pod is deleted, as a kubelet does
 _RETRY_ELSEWHERE = frozenset({"NoEligibleCar", "OfferTimeout", "CarLost"})
 _MODEL = frozenset({"ModelHashMismatch", "ModelFetchFailed", "ModelLoadFailed"})
 
@@ -689,6 +743,8 @@ def exit_code(reason: str) -> int:
         return EXIT_MODEL
     if reason in (REASON_UNSUPPORTED, REASON_INVALID_INPUT):
         return EXIT_BAD_SPEC
+    if reason == REASON_DELETED:
+        return EXIT_STOPPED
     return 1
 
 
