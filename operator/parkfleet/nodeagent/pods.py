@@ -403,6 +403,8 @@ class PodDriver:
                 await self._cancel_copies(tracked, REASON_DELETED)
             for copy in tracked.copies:
                 self.by_task.pop(copy.task_id, None)
+                # Events of copies cancelled at the pod's end are skipped: forget them here.
+                self.gateway.forget(copy.task_id)
             self.gateway.release_group(uid)
         self.logs.drop(pod_key(pod))
 
