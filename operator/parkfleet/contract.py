@@ -25,10 +25,12 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_MODEL",
     "EXIT_RETRY_ELSEWHERE",
+    "EXIT_STOPPED",
     "FAIL_JOB_EXIT_CODES",
     "NODE_PREFIX",
     "REASON_INVALID_INPUT",
     "REASON_MODEL_LOAD_FAILED",
+    "REASON_POD_DELETED",
     "REASON_UNSUPPORTED",
     "CarCounts",
     "TerminationSummary",
@@ -95,11 +97,16 @@ EXIT_FAILED = 1  # this attempt failed; the Job retries the unit (backoffLimitPe
 EXIT_BAD_SPEC = 2  # the pod asks for what cars cannot do: retrying cannot help
 EXIT_MODEL = 3  # the model cannot be fetched or loaded: retrying cannot help
 EXIT_RETRY_ELSEWHERE = 75  # EX_TEMPFAIL: no car could take it now; not the unit's fault
+# Stopped because the pod was deleted (128 + SIGTERM, as a kubelet reports it). No Job
+# rule names it: an eviction's DisruptionTarget condition is ignored by its own rule, a
+# plain delete counts against the unit's retries.
+EXIT_STOPPED = 143
 FAIL_JOB_EXIT_CODES = (EXIT_BAD_SPEC, EXIT_MODEL)
 
 REASON_UNSUPPORTED = "UnsupportedPodSpec"
 REASON_INVALID_INPUT = "InvalidTaskInput"
 REASON_MODEL_LOAD_FAILED = "ModelLoadFailed"
+REASON_POD_DELETED = "PodDeleted"
 _RETRY_ELSEWHERE = frozenset({"NoEligibleCar", "OfferTimeout", "CarLost"})
 _MODEL = frozenset({"ModelHashMismatch", "ModelFetchFailed", REASON_MODEL_LOAD_FAILED})
 _BAD_SPEC = frozenset({REASON_UNSUPPORTED, REASON_INVALID_INPUT})
@@ -113,6 +120,8 @@ def exit_code(reason: str) -> int:
         return EXIT_MODEL
     if reason in _BAD_SPEC:
         return EXIT_BAD_SPEC
+    if reason == REASON_POD_DELETED:
+        return EXIT_STOPPED
     return EXIT_FAILED
 
 

@@ -13,6 +13,7 @@ from parkfleet.contract import (
     EXIT_FAILED,
     EXIT_MODEL,
     EXIT_RETRY_ELSEWHERE,
+    EXIT_STOPPED,
     REASON_UNSUPPORTED,
     TerminationSummary,
 )
@@ -166,8 +167,16 @@ def test_deletion_mid_task_cancels_then_removes_the_pod() -> None:
     state, _ = lc.admit(POD)
     state, _ = run(state, ev.Accepted("u1", "car-a"))
     state, effects = run(state, ev.DeletionRequested())
-    assert kinds(effects) == ["Cancel", "Release", "DeletePod"]
     assert effects[0] == ev.Cancel("u1", "PodDeleted")
+    # Terminal first (the Job controller lifts its finalizer only then), the object last.
+    assert kinds(effects).index("PatchStatus") < kinds(effects).index("DeletePod")
+    assert kinds(effects)[-1] == "DeletePod"
+    assert final_status(effects)["phase"] == "Failed"
+    assert (terminated(effects)["exitCode"], terminated(effects)["reason"]) == (
+        EXIT_STOPPED,
+        "PodDeleted",
+    )
+    assert only(effects, ev.CountEnded) == [ev.CountEnded("Failed", "PodDeleted", 0.0)]
     # The cancelled copy's event, and the object's removal, change nothing more.
     state, late = run(state, ev.Stopped("u1", 0.1), ev.Succeeded("u1", 100), ev.Gone())
     assert late == []
@@ -178,6 +187,15 @@ def test_deletion_of_an_ended_pod_only_removes_it() -> None:
     state, _ = run(state, ev.Accepted("u1", "car-a"), ev.Succeeded("u1", 100))
     _, effects = run(state, ev.DeletionRequested())
     assert effects == [ev.DeletePod()]
+
+
+def test_a_pod_we_ran_nothing_for_ends_before_it_goes() -> None:
+    state, effects = lc.deleted(POD, "2026-12-01T11:00:00Z", at(0))
+    assert state.ended
+    assert not only(effects, ev.Cancel)
+    assert terminated(effects)["exitCode"] == EXIT_STOPPED
+    assert terminated(effects)["startedAt"] == "2026-12-01T11:00:00Z"
+    assert kinds(effects)[-1] == "DeletePod"
 
 
 def test_a_pod_gone_mid_task_has_its_task_cancelled() -> None:

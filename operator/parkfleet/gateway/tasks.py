@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # Cars a task may fail on before it fails: a car can only fail its own attempt, so a
 # task moves on, but not forever (a dishonest car, or a task no car can run).
 DEFAULT_MAX_ATTEMPTS = 8
+# A car that answers Busy is not offered the same task again for this long.
+REASON_BUSY = "Busy"
+BUSY_RETRY_S = 5.0
 
 
 class TaskManager:
@@ -185,6 +188,9 @@ class TaskManager:
             chosen = None
             if cell is not None and cell.available:
                 exclude: set[str] = task.refused_by
+                if task.busy_until:
+                    task.busy_until = {c: t for c, t in task.busy_until.items() if t > now}
+                    exclude = exclude | task.busy_until.keys()
                 if spec.group:
                     # Copies of one unit (redundancy) must land on distinct cars.
                     exclude = exclude | self._group_cars.get(spec.group, set())
@@ -354,8 +360,13 @@ class TaskManager:
             r = msg.refuse
             task = self._task_for(car, r.task_id, r.attempt)
             if task is not None:
-                task.refused_by.add(car.car_id)
-                self._give_back(task, "refused", car_reason(r.reason), car_text(r.message))
+                reason = car_reason(r.reason)
+                if reason == REASON_BUSY:
+                    # Still finishing a task the gateway cancelled: it will be free soon.
+                    task.busy_until[car.car_id] = time.monotonic() + BUSY_RETRY_S
+                else:
+                    task.refused_by.add(car.car_id)
+                self._give_back(task, "refused", reason, car_text(r.message))
         elif kind == "log":
             lg = msg.log
             task = self._task_for(car, lg.task_id, lg.attempt)

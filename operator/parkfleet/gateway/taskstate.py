@@ -33,6 +33,7 @@ class Task:
 
     __slots__ = (
         "attempt",
+        "busy_until",
         "car",
         "cars",
         "checkpoint",
@@ -71,6 +72,9 @@ class Task:
         self.progressed = False  # this attempt has checkpointed, progressed or delivered
         self.started_at = 0.0  # first acceptance by a car (metrics: task duration)
         self.refused_by: set[str] = set()
+        # Cars that answered Busy (still finishing a cancelled task): not offered this task
+        # again until then (monotonic time).
+        self.busy_until: dict[str, float] = {}
         self.reason = ""
         self.message = ""
         self.energy_wh = 0.0

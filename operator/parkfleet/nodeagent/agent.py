@@ -90,6 +90,7 @@ class _CellNode:
     written: CarCounts | None = None
     written_at: float = 0.0
     pod_watch: asyncio.Task[None] | None = None
+    uid: str = ""  # the Node's; it owns the Lease, so deleting the Node deletes the Lease
 
 
 class NodeAgent:
@@ -133,6 +134,7 @@ class NodeAgent:
             host_ip=config.address,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._reregistering: set[str] = set()
         self.status_writes = 0
         self.lease_writes = 0
 
@@ -185,7 +187,7 @@ class NodeAgent:
         wanted: dict[str, FleetPoolSpec] = {}
         for pool in self.pools.values():
             for cell in pool.cell_ids():
-                if shard_of(cell, pool.shards) == self.config.shard:
+                if self._ours(pool, cell):
                     wanted[cell] = pool
         for cell in list(self.cells):
             if cell not in wanted:
@@ -206,20 +208,67 @@ class NodeAgent:
                 await self._register(cell, known)
                 known.written = None  # capacity may change with the spec
 
-    async def _register(self, cell: str, c: _CellNode) -> None:
+    def _ours(self, pool: FleetPoolSpec, cell: str) -> bool:
+        return shard_of(cell, pool.shards) == self.config.shard
+
+    async def _register(self, cell: str, c: _CellNode) -> bool:
+        """Creates or adopts the cell's Node; True when it had to be created."""
         body = node_object(
             c.pool, cell, address=self.config.address, kubelet_port=self.config.kubelet_port
         )
+        created = True
         try:
-            await self.core.create_node(cast(Any, body))
+            node = await self.core.create_node(cast(Any, body))
             log.info("registered Node %s", c.node)
         except ApiException as exc:
             if exc.status != 409:
                 raise
             # Adopt the existing Node: labels, taints and annotations follow the template.
-            await self.core.patch_node(c.node, {"metadata": body["metadata"], "spec": body["spec"]})
+            # A strategic merge: what an admin set (a cordon's spec.unschedulable) stays.
+            node = await self.core.patch_node(
+                c.node, {"metadata": body["metadata"], "spec": body["spec"]}
+            )
+            created = False
+        c.uid = str(node.metadata.uid)
         await self._write_status(cell, c, force=True)
-        await self._renew(c.node)
+        await self._renew(c, owned=True)
+        return created
+
+    async def _reregister(self, cell: str, c: _CellNode, why: str) -> None:
+        """Registers a cell's Node again after it was deleted (``kubectl delete node``).
+
+        The cell's cars are still here, so its Node comes back, fresh (no cordon to keep);
+        unless its pool or the cell is going, when the operator deleted it on purpose.
+        """
+        if cell in self._reregistering or self.cells.get(cell) is not c:
+            return
+        self._reregistering.add(cell)
+        try:
+            # Asked of the API, not of our copy: the pool's deletion may not have reached us.
+            listed = await self.custom.list_cluster_custom_object(
+                GROUP, VERSION, "fleetpools", field_selector=f"metadata.name={c.pool.name}"
+            )
+            live = [
+                o for o in listed.get("items", []) if not o["metadata"].get("deletionTimestamp")
+            ]
+            pool = FleetPoolSpec.from_k8s(live[0]) if live else None
+            if pool is None or cell not in pool.cell_ids() or not self._ours(pool, cell):
+                log.info("Node %s gone (%s) with its cell: not registered again", c.node, why)
+                return
+            if not await self._register(cell, c):
+                log.info("Lease of Node %s was gone: created it again", c.node)
+                return
+            log.warning("Node %s was deleted (%s): registered it again", c.node, why)
+            self.metrics.node_reregistrations.labels(c.pool.name).inc()
+            ref = {"apiVersion": "v1", "kind": "Node", "name": c.node, "uid": c.uid}
+            await self.poster.post(
+                ref,
+                "NodeReregistered",
+                f"the Node was deleted ({why}); gateway shard "
+                f"{self.config.shard} registered it again for cell {cell}",
+            )
+        finally:
+            self._reregistering.discard(cell)
 
     async def _watch_pools(self) -> None:
         retry = Backoff()
@@ -295,14 +344,35 @@ class NodeAgent:
 
     # ---- leases and status --------------------------------------------------------------
 
-    async def _renew(self, node: str) -> None:
+    async def _renew(self, c: _CellNode, *, owned: bool = False) -> None:
+        """Renews the Lease; ``owned``: also makes the Node its owner, creating it if gone.
+
+        Raises:
+            ApiException: 404 when the Lease is gone and not ``owned``: its Node may be too.
+        """
+        node = c.node
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # As a kubelet's: the garbage collector deletes the Lease with its Node, so a
+        # renewal's 404 says that the Node was deleted.
+        owners = [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": c.uid}]
         try:
-            await self.coord.patch_namespaced_lease(
-                node, LEASE_NAMESPACE, {"spec": {"renewTime": now, "holderIdentity": node}}
-            )
+            if owned:
+                # A JSON patch: "add" replaces the owners a merge would keep beside ours.
+                await self.coord.patch_namespaced_lease(
+                    node,
+                    LEASE_NAMESPACE,
+                    [
+                        {"op": "add", "path": "/metadata/ownerReferences", "value": owners},
+                        {"op": "add", "path": "/spec/renewTime", "value": now},
+                        {"op": "add", "path": "/spec/holderIdentity", "value": node},
+                    ],
+                )
+            else:
+                await self.coord.patch_namespaced_lease(
+                    node, LEASE_NAMESPACE, {"spec": {"renewTime": now, "holderIdentity": node}}
+                )
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status != 404 or not owned:
                 raise
             await self.coord.create_namespaced_lease(
                 LEASE_NAMESPACE,
@@ -311,7 +381,11 @@ class NodeAgent:
                     {
                         "apiVersion": "coordination.k8s.io/v1",
                         "kind": "Lease",
-                        "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
+                        "metadata": {
+                            "name": node,
+                            "namespace": LEASE_NAMESPACE,
+                            "ownerReferences": owners,
+                        },
                         "spec": {
                             "holderIdentity": node,
                             "leaseDurationSeconds": self.config.lease_duration_s,
@@ -323,17 +397,22 @@ class NodeAgent:
         self.lease_writes += 1
         self.metrics.lease_renewals.labels("ok").inc()
 
-    async def _renew_one(self, node: str) -> None:
+    async def _renew_one(self, cell: str, c: _CellNode) -> None:
         try:
             # A renewal that hangs must not hold up the next one: the Lease would lapse.
             async with asyncio.timeout(self.config.lease_seconds):
-                await self._renew(node)
+                try:
+                    await self._renew(c)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    await self._reregister(cell, c, "its Lease is gone")
         except EXPECTED_API_ERRORS as exc:
             self.metrics.lease_renewals.labels("error").inc()
-            log.warning("lease of %s not renewed: %s", node, exc)
+            log.warning("lease of %s not renewed: %s", c.node, exc)
         except Exception:
             self.metrics.lease_renewals.labels("error").inc()
-            log.exception("lease of %s not renewed", node)
+            log.exception("lease of %s not renewed", c.node)
 
     async def _lease_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -343,7 +422,9 @@ class NodeAgent:
             # Lease stays the period, however many cells there are.
             due += self.config.lease_seconds
             await asyncio.sleep(max(0.0, due - loop.time()))
-            await asyncio.gather(*(self._renew_one(c.node) for c in list(self.cells.values())))
+            await asyncio.gather(
+                *(self._renew_one(cell, c) for cell, c in list(self.cells.items()))
+            )
 
     def cell_state(self, cell: str) -> CarCounts:
         """What the gateway says of a cell now."""
@@ -377,7 +458,12 @@ class NodeAgent:
             await asyncio.sleep(self.config.status_check_s)
             for cell, c in list(self.cells.items()):
                 try:
-                    await self._write_status(cell, c)
+                    try:
+                        await self._write_status(cell, c)
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                        await self._reregister(cell, c, "its status write found no Node")
                 except EXPECTED_API_ERRORS as exc:
                     log.warning("status of %s not written: %s", c.node, exc)
                 except Exception:

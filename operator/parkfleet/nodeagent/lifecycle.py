@@ -21,7 +21,7 @@ import datetime
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from parkfleet.contract import TerminationSummary, exit_code
+from parkfleet.contract import REASON_POD_DELETED, TerminationSummary, exit_code
 from parkfleet.nodeagent import podstatus
 from parkfleet.nodeagent.compare import agree, majority
 from parkfleet.nodeagent.podevents import (
@@ -61,6 +61,7 @@ __all__ = [
     "admit",
     "already_done",
     "copy_ids",
+    "deleted",
     "refuse",
     "step",
 ]
@@ -260,6 +261,12 @@ def refuse(pod: Pod, reason: str, message: str, now: datetime.datetime) -> Step:
     ]
 
 
+def deleted(pod: Pod, started_at: str, now: datetime.datetime) -> Step:
+    """A pod we ran no task for (from before a restart) whose deletion is requested:
+    it ends, as any deleted pod, then goes."""
+    return _deletion_requested(PodState(pod=pod, copies=(), started_at=started_at), now)
+
+
 # ---- the transitions ------------------------------------------------------------------
 
 
@@ -268,7 +275,7 @@ def step(state: PodState, event: Event, now: datetime.datetime) -> Step:
     if isinstance(event, Gone):
         return _gone(state)
     if isinstance(event, DeletionRequested):
-        return _deletion_requested(state)
+        return _deletion_requested(state, now)
     if state.ended:
         return state, []  # late news of copies already cancelled or decided
     if isinstance(event, PendingDue):
@@ -432,7 +439,13 @@ def _succeed(state: PodState, chosen: Copy, now: datetime.datetime) -> Step:
 
 
 def _fail(
-    state: PodState, reason: str, message: str, now: datetime.datetime, *, cancel: str = ""
+    state: PodState,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+    *,
+    cancel: str = "",
+    event: bool = True,
 ) -> Step:
     effects: list[Effect] = _cancel_live(state, cancel or reason)
     state = replace(state, phase="Ended")
@@ -448,17 +461,25 @@ def _fail(
         CloseLog(),
         PatchStatus(status, final=True),
         CountEnded("Failed", reason, state.energy_wh),
-        PostEvent(reason, message, warning=True),
+        *([PostEvent(reason, message, warning=True)] if event else []),
     ]
 
 
-def _deletion_requested(state: PodState) -> Step:
-    # As the kubelet does: stop the containers (cancel the tasks), then remove the object.
-    effects: list[Effect] = []
-    if not state.ended:
-        effects += _cancel_live(state, "PodDeleted")
-        effects += _release_all(state)
-    return replace(state, phase="Ended"), [*effects, DeletePod()]
+def _deletion_requested(state: PodState, now: datetime.datetime) -> Step:
+    """As the kubelet does: stop the containers (cancel the tasks), end the pod, then
+    remove the object. The terminal phase comes first: the Job controller lifts its
+    finalizer (and replaces the pod) only once a pod is terminal, so a pod deleted while
+    Running would stay Terminating."""
+    if state.ended:
+        return state, [DeletePod()]
+    state, effects = _fail(
+        state,
+        REASON_POD_DELETED,
+        "the pod was deleted; its task was cancelled",
+        now,
+        event=False,
+    )
+    return state, [*effects, DeletePod()]
 
 
 def _gone(state: PodState) -> Step:

@@ -36,6 +36,12 @@ class NodeAgentMetrics:
             ["result"],
             registry=r,
         )
+        self.node_reregistrations = Counter(
+            "parkfleet_node_reregistrations_total",
+            "Nodes registered again after they were deleted (kubectl delete node).",
+            ["pool"],
+            registry=r,
+        )
         self.pod_start = Histogram(
             "parkfleet_pod_start_seconds",
             "From a pod's creation to its Running status being written.",

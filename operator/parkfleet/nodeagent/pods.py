@@ -132,15 +132,12 @@ class PodDriver:
         """Brings a pod bound to ``cell`` in line: admit it, delete it, or nothing."""
         meta = pod["metadata"]
         uid = str(meta["uid"])
-        if meta.get("deletionTimestamp"):
-            tracked = self.tracked.get(uid)
-            if tracked is not None:
-                self._step(tracked, ev.DeletionRequested())
-            else:
-                await self._delete(str(meta["namespace"]), str(meta["name"]), uid)
-            return
         phase = (pod.get("status") or {}).get("phase", "Pending")
-        if phase in ("Succeeded", "Failed") or uid in self.tracked or uid in self._admitting:
+        terminal = phase in ("Succeeded", "Failed")
+        if meta.get("deletionTimestamp"):
+            self._deletion_requested(pod, cell, terminal)
+            return
+        if terminal or uid in self.tracked or uid in self._admitting:
             return
         pool = self.pool_of(cell)
         if pool is None:
@@ -150,6 +147,22 @@ class PodDriver:
             await self._admit(pod, cell, pool, phase)
         finally:
             self._admitting.discard(uid)
+
+    def _deletion_requested(self, pod: Mapping[str, Any], cell: str, terminal: bool) -> None:
+        meta = pod["metadata"]
+        if terminal and meta.get("deletionGracePeriodSeconds") == 0:
+            return  # our part is done; a finalizer (the Job controller's) holds the object
+        tracked = self.tracked.get(str(meta["uid"]))
+        if tracked is not None:
+            self._step(tracked, ev.DeletionRequested())
+            return
+        pool = self.pool_of(cell)
+        facts = _pod_facts(pod, cell, pool.name if pool else "", self.host_ip)
+        if terminal:
+            self._start((lc.PodState(pod=facts, copies=(), phase="Ended"), [ev.DeletePod()]))
+        else:
+            started = str((pod.get("status") or {}).get("startTime") or "")
+            self._start(lc.deleted(facts, started, _now()))
 
     async def _admit(
         self, pod: Mapping[str, Any], cell: str, pool: FleetPoolSpec, phase: str
