@@ -13,9 +13,11 @@ import asyncio
 import hashlib
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,13 +27,14 @@ from kubernetes_asyncio import client
 
 from parkfleet.api import FleetPoolSpec
 from parkfleet.certs import FleetCA
-from parkfleet.gateway import ArrayInput, MemorySink
+from parkfleet.gateway import ArrayInput, MemorySink, modelfetch
 from parkfleet.gateway.modelfetch import FetchConfig
 from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.nodeagent.taskspecs import BadInput, TaskSpecs
 from parkfleet.nodeagent.translate import translate
 from parkfleet.taskport import ModelDigestMismatch, ModelFetchFailed
 from tests.integration.car_env import CELL, POOL, CarEnv, digits, digits_task, start_env
+from tests.loop_ticks import SLOW_HASH_S, LoopTicks, slow_sha256
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -225,6 +228,23 @@ async def test_a_pod_naming_a_uri_gets_a_task_by_hash_or_fails_naming_the_field(
         await api.close()
     assert err.value.reason == "ModelHashMismatch"
     assert err.value.message.startswith("spec.containers[0].env[PARKFLEET_MODEL_URI]: ")
+
+
+async def test_the_download_is_hashed_and_written_off_the_event_loop(
+    tmp_path: Path, server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.release.set()
+    models = store(tmp_path, server)
+    sha = hashlib.sha256(server.model).hexdigest()
+    monkeypatch.setattr(modelfetch, "hashlib", SimpleNamespace(sha256=slow_sha256))
+    ticks = LoopTicks()
+    started = time.perf_counter()
+    await models.resolve(sha256=sha, uri=server.url("/models/digits.onnx"))
+    took = time.perf_counter() - started
+    await ticks.stop()
+    assert took >= SLOW_HASH_S  # the slow hash ran
+    # Blocked, the loop would not have ticked for SLOW_HASH_S; generous for a busy box.
+    assert ticks.largest_gap_s < SLOW_HASH_S / 2, ticks.largest_gap_s
 
 
 async def test_a_wrong_digest_is_refused_and_nothing_is_kept(
