@@ -82,14 +82,7 @@ def test_a_pod_naming_a_file_for_its_model_fails_and_no_car_sees_it(
 def test_a_job_naming_a_model_location_is_refused_by_the_api_server(
     stack: DevStack, kubectl: Kubectl, model: str, expected: str
 ) -> None:
-    kubectl("apply", "-f", str(REPO / "crds" / "inferencejobs.parkfleet.io.yaml"))
-    kubectl("wait", "--for=condition=Established", "crd/inferencejobs.parkfleet.io")
-    doc = (
-        "apiVersion: parkfleet.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: elsewhere}\n"
-        f"spec:\n  pool: demo\n  model: {model}\n  input: {{path: digits/inputs.npy, items: 10}}\n"
-        "  itemsPerUnit: 10\n  output: {path: results/elsewhere}\n"
-    )
-    proc = kubectl("apply", "-f", "-", stdin=doc, check=False)
+    proc = kubectl("apply", "-f", "-", stdin=job(kubectl, "elsewhere", model), check=False)
     assert proc.returncode != 0
     assert expected in proc.stderr, proc.stderr
     assert "spec.model.uri" in proc.stderr
@@ -99,12 +92,16 @@ def test_a_job_naming_a_model_location_is_refused_by_the_api_server(
 def test_a_job_with_an_https_model_uri_and_its_sha256_is_admitted(
     stack: DevStack, kubectl: Kubectl
 ) -> None:
+    doc = job(kubectl, "fetched", f"{{sha256: {SHA}, uri: 'https://models.invalid/d.onnx'}}")
+    kubectl("apply", "--dry-run=server", "-f", "-", stdin=doc)
+
+
+def job(kubectl: Kubectl, name: str, model: str) -> str:
+    """A small InferenceJob of pool demo with this ``spec.model`` (the CRD applied first)."""
     kubectl("apply", "-f", str(REPO / "crds" / "inferencejobs.parkfleet.io.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/inferencejobs.parkfleet.io")
-    doc = (
-        "apiVersion: parkfleet.io/v1alpha1\nkind: InferenceJob\nmetadata: {name: fetched}\n"
-        f"spec:\n  pool: demo\n  model: {{sha256: {SHA}, uri: 'https://models.invalid/d.onnx'}}\n"
-        "  input: {path: digits/inputs.npy, items: 10}\n  itemsPerUnit: 10\n"
-        "  output: {path: results/fetched}\n"
+    return (
+        f"apiVersion: parkfleet.io/v1alpha1\nkind: InferenceJob\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  pool: demo\n  model: {model}\n  input: {{path: digits/inputs.npy, items: 10}}\n"
+        f"  itemsPerUnit: 10\n  output: {{path: results/{name}}}\n"
     )
-    kubectl("apply", "--dry-run=server", "-f", "-", stdin=doc)
