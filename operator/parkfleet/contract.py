@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "CARS_CONDITION",
@@ -27,6 +28,7 @@ __all__ = [
     "EXIT_RETRY_ELSEWHERE",
     "EXIT_STOPPED",
     "FAIL_JOB_EXIT_CODES",
+    "MAX_MODEL_URI",
     "NODE_PREFIX",
     "REASON_INVALID_INPUT",
     "REASON_MODEL_LOAD_FAILED",
@@ -37,6 +39,7 @@ __all__ = [
     "cars_condition_message",
     "cell_id",
     "cell_of_node",
+    "check_model_uri",
     "exit_code",
     "node_name",
     "parse_cars_condition",
@@ -333,3 +336,51 @@ def parse_cars_condition(conditions: Sequence[Mapping[str, Any]] | None) -> CarC
         fields = {attr: values.get(key, 0) for key, attr in _CARS_KEYS}
         return CarCounts(**fields)
     return None
+
+
+# ---- model references: where a pod or a job may say its model comes from ----------------
+
+MAX_MODEL_URI = 2048  # the CRD's spec.model.uri maxLength
+# What older pods and jobs wrote for "the gateways' store": the same as no URI.
+_STORE_URI = "gateway:"
+_NOT_YET = {"s3": "object storage"}
+
+
+def check_model_uri(uri: str) -> str:
+    """A model URI a pod (``PARKFLEET_MODEL_URI``) or a job (``spec.model.uri``) gives,
+    checked: ``""`` for none, or an ``https://`` URI the gateway itself fetches and
+    checks against the model's sha256.
+
+    Cars get models only from their gateway, by hash (decision 5): a location for a car
+    to fetch (``file://``, ``http://``, a path, ...) would let any cluster user reach into
+    a car owner's home, so it is refused here, before any car sees it.
+
+    Raises:
+        ValueError: What is wrong with it (the caller names the field).
+    """
+    if uri in ("", _STORE_URI):
+        return ""
+    if len(uri) > MAX_MODEL_URI:
+        raise ValueError(f"longer than {MAX_MODEL_URI} characters")
+    if not uri.isprintable() or any(c.isspace() for c in uri):
+        raise ValueError("holds spaces or control characters")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme in _NOT_YET:
+        raise ValueError(
+            f"{scheme}:// model URIs are not supported yet (they come with "
+            f"{_NOT_YET[scheme]}); give an https:// URI, or a model of the gateways' store"
+        )
+    if scheme != "https":
+        what = f"{scheme}://" if scheme else "a path (not a URI)"
+        raise ValueError(
+            f"{what} is not a model source: a model comes from the gateways' store (by name "
+            "or sha256) or from an https:// URI the gateway fetches and checks; cars never "
+            "fetch from a location a pod or a job names"
+        )
+    if not parts.hostname:
+        raise ValueError("an https:// URI needs a host")
+    _ = parts.port  # raises ValueError for a port that is not a number
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials in a model URI would show in the pod's spec; not allowed")
+    return uri

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from parkfleet.api.fleetpool import FleetPoolSpec
 
 __all__ = [
+    "GATEWAY_URI",
     "EventKind",
     "InputSource",
+    "ModelDigestMismatch",
+    "ModelFetchFailed",
     "ModelInfo",
     "ModelNotFound",
     "ModelRef",
@@ -83,21 +86,32 @@ class ResultSink(Protocol):
         ...
 
 
+# The only model source a car is ever told: its gateway's store, by sha256 (decision 5).
+GATEWAY_URI = "gateway:"
+
+
 @dataclass(frozen=True)
 class ModelRef:
-    """A model by content hash.
+    """A model by content hash, as cars get it: from their gateway.
 
     Attributes:
         sha256: Hex digest; the car verifies it before loading.
-        uri: ``"gateway:"`` (fetched through the gateway's model store) or a
-            ``file://`` / ``http(s)://`` URL the car fetches directly.
+        uri: Always ``"gateway:"`` (kept on the wire, ``ModelRef.uri``, for older
+            agents): cars fetch models only over their link, by sha256, never from a
+            location a pod names. Anything else is refused here.
         size_bytes: Size, when known (0 otherwise).
 
+    Raises:
+        ValueError: ``uri`` is not ``"gateway:"``.
     """
 
     sha256: str
-    uri: str = "gateway:"
+    uri: str = GATEWAY_URI
     size_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.uri != GATEWAY_URI:
+            raise ValueError("a task's model comes from the gateway, by sha256, or not at all")
 
 
 class ModelNotFound(LookupError):
@@ -106,6 +120,22 @@ class ModelNotFound(LookupError):
 
 class ModelUnreadable(ValueError):
     """The model's file is there, but it is not a model the runtime can load."""
+
+
+class ModelFetchFailed(Exception):
+    """The gateway could not fetch a model from the https:// URI a pod named.
+
+    Attributes:
+        reason: The pod's failure reason.
+    """
+
+    reason = "ModelFetchFailed"
+
+
+class ModelDigestMismatch(ModelFetchFailed):
+    """What the gateway fetched does not have the sha256 the pod named; it was not kept."""
+
+    reason = "ModelHashMismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,13 +312,24 @@ class TaskPort(Protocol):
         """One cell's cars now (zeros for a cell with no car)."""
         ...
 
-    async def resolve_model(self, name: str = "", sha256: str = "") -> ModelInfo:
+    async def resolve_model(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
         """A model of the gateway's store, by name or by digest (cached; no blocking I/O
         on the caller's loop).
+
+        Args:
+            name: A name of the store.
+            sha256: A digest (wins over ``name``).
+            uri: An ``https://`` URI (see :func:`parkfleet.contract.check_model_uri`) the
+                gateway downloads the model from when its store lacks ``sha256``
+                (required with it); the download is checked against ``sha256`` and
+                stored, and cars then get the model by hash as any other. Concurrent
+                calls for one digest share one download.
 
         Raises:
             ModelNotFound: No such model, or a malformed name or digest.
             ModelUnreadable: The file is not a model the runtime loads.
+            ModelFetchFailed: ``uri`` is refused, or the download failed (its
+                :class:`ModelDigestMismatch` subclass: the bytes are not ``sha256``).
         """
         ...
 

@@ -70,6 +70,53 @@ def test_a_job_pod_translates_to_its_unit() -> None:
         translate(pod, ("onnxruntime",))
 
 
+def with_model(**model: str) -> dict[str, Any]:
+    obj = json.loads(json.dumps(OBJ))
+    obj["spec"]["model"] = model
+    return obj
+
+
+def model_env(obj: dict[str, Any]) -> dict[str, str]:
+    job = batch_job(InferenceJobSpec.from_k8s(obj), "u-1")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if e["name"].startswith("PARKFLEET_MODEL")}
+
+
+def test_a_job_passes_only_an_https_model_uri_on() -> None:
+    sha = "ab" * 32
+    assert model_env(OBJ) == {"PARKFLEET_MODEL": "digits"}  # the store: no URI at all
+    assert model_env(with_model(name="digits", uri="gateway:")) == {"PARKFLEET_MODEL": "digits"}
+    uri = "https://models.invalid/digits.onnx"
+    assert model_env(with_model(sha256=sha, uri=uri)) == {
+        "PARKFLEET_MODEL_SHA256": sha,
+        "PARKFLEET_MODEL_URI": uri,
+    }
+    assert InferenceJobSpec.from_k8s(with_model(sha256=sha, uri=uri)).model_problem is None
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ({"sha256": "ab" * 32, "uri": "file:///etc/hostname"}, "file:// is not a model source"),
+        ({"sha256": "ab" * 32, "uri": "http://10.0.0.1/m.onnx"}, "http:// is not a model source"),
+        ({"sha256": "ab" * 32, "uri": "s3://bucket/m.onnx"}, "not supported yet"),
+        ({"name": "digits", "uri": "https://models.invalid/m.onnx"}, "needs spec.model.sha256"),
+    ],
+)
+def test_a_job_stored_with_a_model_location_is_never_passed_on(
+    model: dict[str, str], says: str
+) -> None:
+    # The CRD refuses these; an object stored before that rule still holds one.
+    spec = InferenceJobSpec.from_k8s(with_model(**model))
+    assert spec.model_problem is not None
+    assert spec.model_problem.startswith("spec.model.uri")
+    assert says in spec.model_problem
+    if model["uri"].startswith("https://"):
+        return  # the URI itself is fine: the node agent refuses it without the digest
+    with pytest.raises(ValueError, match=r"is not a model source|not supported yet"):
+        batch_job(spec, "u-1")
+
+
 def test_completed_indexes_parse() -> None:
     assert parse_indexes("0-2,5,7-8") == {0, 1, 2, 5, 7, 8}
     assert parse_indexes(None) == set()

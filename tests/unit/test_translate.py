@@ -37,7 +37,7 @@ def test_a_plain_inference_pod_translates() -> None:
         "out/sample",
     )
     assert (task.item_start, task.item_end, task.batch_size) == (10, 42, 8)
-    assert task.model_uri == "gateway:"
+    assert task.model_uri == ""  # no URI: the gateway's store
 
 
 def test_annotations_give_defaults_that_env_overrides() -> None:
@@ -125,3 +125,82 @@ def test_the_automatic_service_account_volume_is_accepted_but_secrets_are_not() 
     with pytest.raises(Unsupported) as err:
         translate(p, RUNTIMES)
     assert err.value.field == "spec.volumes[1].secret"
+
+
+SHA = "ab" * 32
+URI_FIELD = "spec.containers[0].env[PARKFLEET_MODEL_URI]"
+
+
+def model_pod(uri: str | None, sha: str | None = SHA, name: str | None = None) -> dict[str, Any]:
+    """A pod whose model is given by these env values (None: not set)."""
+    p = pod()
+    env = [e for e in p["spec"]["containers"][0]["env"] if e["name"] != "PARKFLEET_MODEL"]
+    for key, value in (
+        ("PARKFLEET_MODEL", name),
+        ("PARKFLEET_MODEL_SHA256", sha),
+        ("PARKFLEET_MODEL_URI", uri),
+    ):
+        if value is not None:
+            env.append({"name": key, "value": value})
+    p["spec"]["containers"][0]["env"] = env
+    return p
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("file:///etc/passwd", "file:// is not a model source"),
+        ("FILE:///etc/hostname", "file:// is not a model source"),
+        ("http://192.168.1.10/model.onnx", "http:// is not a model source"),
+        ("ftp://models.invalid/m.onnx", "ftp:// is not a model source"),
+        ("/etc/hostname", "a path (not a URI)"),
+        ("models/digits.onnx", "a path (not a URI)"),
+        ("s3://bucket/digits.onnx", "s3:// model URIs are not supported yet"),
+        ("https:///digits.onnx", "needs a host"),
+        ("https://user:secret@models.invalid/digits.onnx", "credentials"),
+        ("https://models.invalid/a b.onnx", "spaces"),
+        ("https://models.invalid:port/digits.onnx", "port"),
+    ],
+)
+def test_a_model_location_is_refused_naming_the_field(uri: str, says: str) -> None:
+    with pytest.raises(Unsupported) as err:
+        translate(model_pod(uri), RUNTIMES)
+    assert err.value.field == URI_FIELD
+    assert says in err.value.detail, err.value.detail
+    assert str(err.value).startswith(URI_FIELD)
+
+
+def test_file_and_url_refusals_say_that_cars_never_fetch() -> None:
+    for uri in ("file:///etc/passwd", "http://router.local/admin"):
+        with pytest.raises(Unsupported) as err:
+            translate(model_pod(uri), RUNTIMES)
+        assert "cars never fetch from a location a pod or a job names" in err.value.detail
+
+
+def test_an_annotation_cannot_name_a_location_either() -> None:
+    p = model_pod(None)
+    p["metadata"]["annotations"] = {"parkfleet.io/model-uri": "file:///etc/shadow"}
+    with pytest.raises(Unsupported) as err:
+        translate(p, RUNTIMES)
+    assert err.value.field == URI_FIELD
+
+
+def test_an_https_uri_with_its_sha256_is_taken() -> None:
+    uri = "https://models.invalid/digits.onnx?X-Signature=abc"
+    task = translate(model_pod(uri, sha=SHA.upper()), RUNTIMES)
+    assert (task.model_uri, task.model_sha256, task.model_name) == (uri, SHA, "")
+
+
+def test_an_https_uri_without_its_sha256_is_refused() -> None:
+    for name in (None, "digits"):
+        with pytest.raises(Unsupported) as err:
+            translate(
+                model_pod("https://models.invalid/digits.onnx", sha=None, name=name), RUNTIMES
+            )
+        assert err.value.field == "spec.containers[0].env[PARKFLEET_MODEL_SHA256]"
+        assert "required with PARKFLEET_MODEL_URI" in err.value.detail
+
+
+def test_the_store_uri_of_older_pods_means_no_uri() -> None:
+    task = translate(model_pod("gateway:", sha=None, name="digits"), RUNTIMES)
+    assert (task.model_uri, task.model_name) == ("", "digits")

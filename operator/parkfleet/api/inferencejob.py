@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from parkfleet.contract import check_model_uri
+
 __all__ = ["InferenceJobSpec", "Unit"]
 
 
@@ -38,7 +40,8 @@ class InferenceJobSpec:
         pool: The FleetPool that runs it.
         model_name: A model name in the gateways' store ("" when by hash).
         model_sha256: The model's content hash ("" when by name).
-        model_uri: Where cars fetch the model.
+        model_uri: An ``https://`` URI the gateways download the model from when their
+            store lacks ``model_sha256`` ("" for none; cars never fetch from it).
         runtime: The runtime (image) the pods ask for.
         input_name: The model input ("" = the model's first).
         output_names: Outputs to keep (empty = all).
@@ -97,7 +100,7 @@ class InferenceJobSpec:
             pool=str(spec["pool"]),
             model_name=str(model.get("name", "")),
             model_sha256=str(model.get("sha256", "")),
-            model_uri=str(model.get("uri", "gateway:")),
+            model_uri=str(model.get("uri", "")),
             runtime=str(model.get("runtime", "onnxruntime")),
             input_name=str(model.get("inputName", "")),
             output_names=tuple(model.get("outputNames") or ()),
@@ -118,6 +121,18 @@ class InferenceJobSpec:
             retries=int(spec.get("retriesPerUnit", 3)),
             output_path=str(spec["output"]["path"]),
         )
+
+    @property
+    def model_problem(self) -> str | None:
+        """Why ``spec.model.uri`` cannot be used, or None. The CRD refuses such a URI; an
+        object stored before that rule may still hold one, and it is never passed on."""
+        try:
+            check_model_uri(self.model_uri)
+        except ValueError as exc:
+            return f"spec.model.uri: {exc}"
+        if self.model_uri not in ("", "gateway:") and not self.model_sha256:
+            return "spec.model.uri needs spec.model.sha256: the gateways check what they fetch"
+        return None
 
     @property
     def unit_count(self) -> int:

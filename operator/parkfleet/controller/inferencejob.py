@@ -154,6 +154,8 @@ async def reconcile(
         if exc.status != 404:
             raise
         problem = ("UnknownPool", f"spec.pool: no FleetPool named {spec.pool!r}")
+    if spec.model_problem is not None:  # stored before the CRD refused it: never passed on
+        problem = ("UnsupportedModelSource", spec.model_problem)
     if problem is None:
         try:
             job = api.sanitize_for_serialization(

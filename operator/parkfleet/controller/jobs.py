@@ -22,6 +22,7 @@ from parkfleet.contract import (
     EXIT_RETRY_ELSEWHERE,
     FAIL_JOB_EXIT_CODES,
     TerminationSummary,
+    check_model_uri,
 )
 
 __all__ = [
@@ -37,7 +38,12 @@ CONTAINER = "infer"
 
 
 def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
-    """The Indexed Job that runs ``job``'s units (one pod per unit)."""
+    """The Indexed Job that runs ``job``'s units (one pod per unit).
+
+    Raises:
+        ValueError: The job's model URI is not one a pod may name (see
+            :attr:`InferenceJobSpec.model_problem`).
+    """
     if job.input_configmap:
         source = {"name": "PARKFLEET_INPUT_CONFIGMAP", "value": job.input_configmap}
     else:
@@ -48,12 +54,15 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
         {"name": "PARKFLEET_TOTAL_ITEMS", "value": str(job.items)},
         {"name": "PARKFLEET_BATCH_SIZE", "value": str(job.batch_size)},
         {"name": "PARKFLEET_OUTPUT", "value": job.output_path},
-        {"name": "PARKFLEET_MODEL_URI", "value": job.model_uri},
     ]
     if job.model_sha256:
         env.append({"name": "PARKFLEET_MODEL_SHA256", "value": job.model_sha256})
     else:
         env.append({"name": "PARKFLEET_MODEL", "value": job.model_name})
+    # Only an https:// URI the gateway fetches and checks is ever passed on.
+    uri = check_model_uri(job.model_uri)
+    if uri:
+        env.append({"name": "PARKFLEET_MODEL_URI", "value": uri})
     if job.input_name:
         env.append({"name": "PARKFLEET_INPUT_NAME", "value": job.input_name})
     if job.output_names:

@@ -21,6 +21,7 @@ from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE
 from parkfleet.contract import DEFAULT_CAR_WAIT_S, CarCounts
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
+from parkfleet.gateway.modelfetch import FetchConfig
 from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.gateway.registry import Registry
 from parkfleet.gateway.server import (
@@ -68,6 +69,8 @@ class GatewayConfig:
         max_attempts: Cars a task may fail on (failures, stalls, losses) before it
             fails ``AttemptsExhausted``.
         grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
+        model_fetch: How the gateway downloads a model a pod names by ``https://`` URI
+            (size and time limits, the CA bundle it trusts).
     """
 
     ca_pem: bytes
@@ -92,6 +95,7 @@ class GatewayConfig:
     shard: int = 0
     shard_addresses: list[str] = field(default_factory=list)
     grpc_options: Sequence[tuple[str, Any]] = ()
+    model_fetch: FetchConfig = field(default_factory=FetchConfig)
 
     @classmethod
     def from_certs_dir(cls, certs: Path, models_dir: Path, **kwargs: Any) -> GatewayConfig:
@@ -124,7 +128,7 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics(registry)
         self.registry = Registry(self.metrics)
-        self.models = ModelStore(config.models_dir)
+        self.models = ModelStore(config.models_dir, config.model_fetch)
         self._bus = EventBus()
         self._tasks = task_manager(
             self.registry,
@@ -258,13 +262,17 @@ class Gateway:
         """A new subscription to task events, from now until the gateway stops."""
         return self._bus.subscribe()
 
-    async def resolve_model(self, name: str = "", sha256: str = "") -> ModelInfo:
-        """A model of the store by name or digest, with its input and output names.
+    async def resolve_model(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
+        """A model of the store by name or digest, with its input and output names; with
+        an ``https://`` URI, downloaded into the store first when it lacks ``sha256``
+        (see :meth:`parkfleet.taskport.TaskPort.resolve_model`).
 
         Raises:
             ModelNotFound: No such model, or a malformed name or digest.
+            ModelUnreadable: The file is not a model the runtime loads.
+            ModelFetchFailed: The URI is refused or its download failed.
         """
-        return await self.models.resolve(name=name, sha256=sha256)
+        return await self.models.resolve(name=name, sha256=sha256, uri=uri)
 
     def release(self, task_id: str) -> None:
         """Drops an ended task's record (the caller has taken its outcome)."""

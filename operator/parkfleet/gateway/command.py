@@ -14,6 +14,7 @@ from kubernetes_asyncio import client
 
 from parkfleet.contract import DEFAULT_CAR_WAIT_S
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.gateway.modelfetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchConfig
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
 from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
@@ -138,6 +139,11 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
         start_timeout_s=args.start_timeout_s,
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
+        model_fetch=FetchConfig(
+            max_bytes=args.model_fetch_max_bytes,
+            timeout_s=args.model_fetch_timeout_s,
+            ca_file=args.model_fetch_ca_bundle,
+        ),
     )
     agent = None
     if args.node_agent or args.kubeconfig:
@@ -212,6 +218,25 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NAME=PATH",
         help="add an ONNX model to the store under a name pods can use (repeatable)",
+    )
+    f = p.add_argument_group("models pods name by https:// URI (the gateway fetches them)")
+    f.add_argument(
+        "--model-fetch-max-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        help="the largest model downloaded (a longer body is cut and refused)",
+    )
+    f.add_argument(
+        "--model-fetch-timeout-s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="time a whole download may take",
+    )
+    f.add_argument(
+        "--model-fetch-ca-bundle",
+        type=Path,
+        default=None,
+        help="PEM CA bundle servers must chain to (default: the system CAs)",
     )
     k = p.add_argument_group("node agent (virtual kubelet)")
     k.add_argument("--node-agent", action="store_true", help="register cells as Nodes")

@@ -1,14 +1,18 @@
 """The gateway's model store: a directory of files named by their sha256 hex digest.
 
-Names (``names/<name>`` holds a digest) let pods say ``PARKFLEET_MODEL=digits``. It
-serves ``FetchModel`` in chunks of at most ``MAX_MODEL_CHUNK_BYTES``. It does not
-re-hash what it serves: the car verifies the digest before loading (decision 5), so
-a corrupted store file is caught where it matters.
+Names (``names/<name>`` holds a digest) let pods say ``PARKFLEET_MODEL=digits``. A
+pod may also name an ``https://`` URI with the model's sha256: the store downloads it
+itself (:mod:`parkfleet.gateway.modelfetch`: bounded, verified, one download for
+concurrent pods) and keeps it by hash. It serves ``FetchModel`` in chunks of at most
+``MAX_MODEL_CHUNK_BYTES``; that is the only way a car gets a model. It does not re-hash
+what it serves: the car verifies the digest before loading (decision 5), so a corrupted
+store file is caught where it matters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -19,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from parkfleet.files import write_atomic
+from parkfleet.gateway.modelfetch import FetchConfig, ModelFetcher
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
-from parkfleet.taskport import ModelInfo, ModelNotFound, ModelRef, ModelUnreadable, OutputSpec
+from parkfleet.taskport import (
+    ModelFetchFailed,
+    ModelInfo,
+    ModelNotFound,
+    ModelRef,
+    ModelUnreadable,
+    OutputSpec,
+)
 
 __all__ = ["ModelNotFound", "ModelStore"]
 
@@ -46,14 +58,18 @@ class ModelStore:
 
     Args:
         directory: Where the files live; created if missing.
+        fetch: How models named by URI are downloaded (defaults: 2 GiB, 900 s, the
+            system CAs).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fetch: FetchConfig | None = None) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self.fetcher = ModelFetcher(fetch or FetchConfig())
         self._described: dict[str, dict[str, Any]] = {}
-        self._resolved: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
-        self._resolving: dict[tuple[str, str], asyncio.Future[ModelInfo]] = {}
+        self._resolved: dict[tuple[str, str, str], tuple[float, ModelInfo]] = {}
+        self._resolving: dict[tuple[str, str, str], asyncio.Future[ModelInfo]] = {}
+        self._downloading: dict[str, asyncio.Future[int]] = {}
 
     def path(self, sha256: str) -> Path:
         """The file of a model.
@@ -107,29 +123,71 @@ class ModelStore:
         path = self.path(sha)
         return ModelRef(sha256=sha, uri="gateway:", size_bytes=path.stat().st_size)
 
-    async def resolve(self, name: str = "", sha256: str = "") -> ModelInfo:
+    async def resolve(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
         """A model by name or digest with its input and output names.
 
         Served from memory once known (a name for ``NAME_TTL_S``, a digest for good: its
         content cannot change); the first lookup reads the store in a thread, and
         concurrent lookups of one model share it.
 
+        Args:
+            name: A name of the store.
+            sha256: A digest (wins over ``name``).
+            uri: An ``https://`` URI to download the model from when the store lacks
+                ``sha256`` (which it then needs); a model the store has is never
+                downloaded again.
+
         Raises:
             ModelNotFound: No such model, or a malformed name or digest.
             ModelUnreadable: The file is not a model ONNX Runtime loads.
+            ModelFetchFailed: The URI is refused or its download failed (or, as
+                ``ModelDigestMismatch``, brought other bytes).
         """
-        key = (name, sha256)
+        key = (name, sha256, uri)
         known = self._resolved.get(key)
         if known is not None and (not name or time.monotonic() - known[0] < NAME_TTL_S):
             return known[1]
         pending = self._resolving.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(asyncio.to_thread(self._resolve, name, sha256))
+            pending = asyncio.ensure_future(self._resolve_or_fetch(name, sha256, uri))
             self._resolving[key] = pending
             pending.add_done_callback(lambda _: self._resolving.pop(key, None))
         info = await asyncio.shield(pending)
         self._resolved[key] = (time.monotonic(), info)
         return info
+
+    async def _resolve_or_fetch(self, name: str, sha256: str, uri: str) -> ModelInfo:
+        if not uri:
+            return await asyncio.to_thread(self._resolve, name, sha256)
+        if not _SHA256.match(sha256):
+            raise ModelFetchFailed(
+                "a model URI needs the model's sha256 (64 hex digits): the gateway checks "
+                "what it fetches against it"
+            )
+        try:
+            return await asyncio.to_thread(self._resolve, "", sha256)
+        except ModelNotFound:
+            pass  # not in the store yet: fetch it
+        await self._download(uri, sha256)
+        return await asyncio.to_thread(self._resolve, "", sha256)
+
+    async def _download(self, uri: str, sha256: str) -> None:
+        """Downloads a model into the store; callers asking for one digest at once share
+        one download (every pod of a job starts together)."""
+        pending = self._downloading.get(sha256)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                self.fetcher.download(uri, sha256, self.directory / sha256)
+            )
+            self._downloading[sha256] = pending
+            pending.add_done_callback(functools.partial(self._downloaded, sha256))
+        await asyncio.shield(pending)
+
+    def _downloaded(self, sha256: str, done: asyncio.Future[int]) -> None:
+        if self._downloading.get(sha256) is done:
+            del self._downloading[sha256]
+        if not done.cancelled():
+            done.exception()  # retrieved: every caller may have gone (cancelled) meanwhile
 
     def _resolve(self, name: str, sha256: str) -> ModelInfo:
         ref = self.lookup(name) if name else self._by_digest(sha256)

@@ -1,5 +1,9 @@
 """A pod's task spec: its model resolved by the gateway, its input opened, its result file.
 
+The model is resolved in the cluster (by name, by sha256, or downloaded by the gateway
+from an ``https://`` URI and checked against the sha256); the task names it by hash only,
+so that cars get it from their gateway and from nowhere else.
+
 The I/O a pod needs before its task can be submitted, none of it on the event loop:
 the model through :meth:`TaskPort.resolve_model` (cached), a ConfigMap read from the
 API, a volume input opened in a thread (and kept, for the job's other units).
@@ -21,12 +25,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from parkfleet.api import FleetPoolSpec
 from parkfleet.contract import REASON_INVALID_INPUT, REASON_MODEL_LOAD_FAILED
 from parkfleet.nodeagent.taskio import ConfigMapInput, InputCache, resolve_under
-from parkfleet.nodeagent.translate import PodTask, Unsupported
+from parkfleet.nodeagent.translate import ENV_MODEL_URI, PodTask, Unsupported
 from parkfleet.taskport import (
     InputSource,
+    ModelFetchFailed,
     ModelInfo,
     ModelNotFound,
-    ModelRef,
     ModelUnreadable,
     ResultSink,
     TaskPort,
@@ -117,14 +121,11 @@ class TaskSpecs:
                 f"spec.containers[0].env[PARKFLEET_OUTPUT_NAMES]: the model has no output "
                 f"{unknown[0]!r} (it has {', '.join(declared) or 'none'})",
             )
-        ref = model.ref
-        if task.model_uri and task.model_uri != ref.uri:
-            ref = ModelRef(sha256=ref.sha256, uri=task.model_uri, size_bytes=ref.size_bytes)
         spec = TaskSpec(
             task_id=str(pod["metadata"]["uid"]),
             cell=cell,
             runtime=task.runtime,
-            model=ref,
+            model=model.ref,  # by hash, from the gateway: whatever the pod named
             input_name=task.input_name or model.input_name,
             output_names=names,
             output_specs=tuple(declared[n] for n in names),
@@ -141,12 +142,14 @@ class TaskSpecs:
     async def _model(self, task: PodTask) -> ModelInfo:
         try:
             if task.model_sha256:
-                return await self.port.resolve_model(sha256=task.model_sha256)
+                return await self.port.resolve_model(sha256=task.model_sha256, uri=task.model_uri)
             return await self.port.resolve_model(name=task.model_name)
         except ModelNotFound as exc:
             raise BadInput(REASON_INVALID_INPUT, str(exc)) from None
         except ModelUnreadable as exc:
             raise BadInput(REASON_MODEL_LOAD_FAILED, str(exc)) from None
+        except ModelFetchFailed as exc:  # the gateway's own download, not a car's
+            raise BadInput(exc.reason, f"spec.containers[0].env[{ENV_MODEL_URI}]: {exc}") from None
 
     async def _input(self, pod: Mapping[str, Any], task: PodTask) -> tuple[InputSource, int, str]:
         if task.input_configmap is not None:

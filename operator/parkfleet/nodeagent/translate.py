@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from parkfleet.contract import check_model_uri
+
 __all__ = [
     "ENV_BATCH_SIZE",
     "ENV_GPU_MEMORY_MIB",
@@ -35,7 +37,8 @@ __all__ = [
 
 ENV_MODEL = "PARKFLEET_MODEL"  # a model name the gateway's model store knows
 ENV_MODEL_SHA256 = "PARKFLEET_MODEL_SHA256"  # or a content hash
-ENV_MODEL_URI = "PARKFLEET_MODEL_URI"  # where cars fetch it ("gateway:" by default)
+# or an https:// URI the gateway downloads it from (with the sha256); cars never fetch
+ENV_MODEL_URI = "PARKFLEET_MODEL_URI"
 ENV_INPUT = "PARKFLEET_INPUT"  # a .npy/.jsonl file or a directory of them, on the data root
 ENV_INPUT_CONFIGMAP = "PARKFLEET_INPUT_CONFIGMAP"  # or NAME/KEY: a JSON list of items
 ENV_INPUT_NAME = "PARKFLEET_INPUT_NAME"
@@ -86,7 +89,9 @@ class PodTask:
         container: The container's name (for status and logs).
         model_name: A model name the gateway's store resolves ("" when by hash).
         model_sha256: The model's content hash ("" when by name).
-        model_uri: Where cars fetch the model.
+        model_uri: An ``https://`` URI the gateway downloads the model from when its
+            store lacks ``model_sha256`` ("" for none). Cars never see it: they get
+            every model from their gateway, by hash.
         input_path: The ``.npy`` input, relative to the gateway's data root ("" when
             the input is a ConfigMap).
         input_configmap: ``(name, key)`` of a ConfigMap holding the items as a JSON list
@@ -139,6 +144,14 @@ def _relative_path(value: str, field: str) -> str:
     if not parts or any(p == ".." for p in parts):
         raise Unsupported(field, f"{value!r} must be a path inside the gateway's data root")
     return "/".join(parts)
+
+
+def _model_uri(value: str, field: str) -> str:
+    # Refused here, before any car sees the pod: a car never fetches from a user's location.
+    try:
+        return check_model_uri(value)
+    except ValueError as exc:
+        raise Unsupported(field, str(exc)) from None
 
 
 def _int(value: str, field: str, low: int, high: int) -> int:
@@ -250,6 +263,12 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
 
     model_name = env.get(ENV_MODEL, "")
     sha = env.get(ENV_MODEL_SHA256, "").lower()
+    uri = _model_uri(env.get(ENV_MODEL_URI, ""), f"{at}.env[{ENV_MODEL_URI}]")
+    if uri and not sha:
+        raise Unsupported(
+            f"{at}.env[{ENV_MODEL_SHA256}]",
+            f"required with {ENV_MODEL_URI}: the gateway checks what it fetches against it",
+        )
     if not model_name and not sha:
         raise Unsupported(f"{at}.env", f"set {ENV_MODEL} (a model name) or {ENV_MODEL_SHA256}")
     if model_name and not _NAME.match(model_name):
@@ -287,7 +306,7 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         container=str(c.get("name", "main")),
         model_name=model_name,
         model_sha256=sha,
-        model_uri=env.get(ENV_MODEL_URI, "gateway:"),
+        model_uri=uri,
         input_path=input_path,
         input_configmap=input_cm,
         input_name=env.get(ENV_INPUT_NAME, ""),

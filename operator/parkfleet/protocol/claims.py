@@ -77,6 +77,7 @@ CAR_REASONS: Final[frozenset[str]] = frozenset(
         # refusals (vehicle/link.py)
         "Busy",
         "UnsupportedRuntime",
+        "UnsupportedModelSource",
         "InvalidOffer",
         "InsufficientGpuMemory",
         "Superseded",

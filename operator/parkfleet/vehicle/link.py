@@ -31,12 +31,18 @@ from parkfleet.vehicle.backoff import Backoff
 from parkfleet.vehicle.compute import Compute, ModelLoadError
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter, PowerReader
 from parkfleet.vehicle.metrics import AgentMetrics
-from parkfleet.vehicle.modelcache import ModelCache, ModelFetchError, ModelHashMismatch
+from parkfleet.vehicle.modelcache import (
+    ModelCache,
+    ModelFetchError,
+    ModelHashMismatch,
+    from_gateway,
+)
 from parkfleet.vehicle.runner import StopRequest, TaskOutcome, TaskRunner
 from parkfleet.vehicle.sensors import SensorReading, Sensors
 
 __all__ = [
     "REASON_AGENT_ERROR",
+    "REASON_MODEL_SOURCE",
     "RUNTIME",
     "Agent",
     "AgentConfig",
@@ -52,6 +58,10 @@ log = logging.getLogger(__name__)
 RUNTIME = "onnxruntime"
 # TaskFailed reason when the agent itself failed (a bug), not the model or the inputs.
 REASON_AGENT_ERROR = "AgentError"
+# TaskRefuse reason for an offer whose model is not on the gateway: a car fetches models
+# only from its gateway, by hash (decision 5). Fixed text: nothing of the offer is echoed.
+REASON_MODEL_SOURCE = "UnsupportedModelSource"
+_MODEL_SOURCE_MESSAGE = "this car fetches models only from its gateway, by sha256"
 # Messages queued for the stream; results are ~1 MiB each, so this bounds memory too.
 OUTBOUND_QUEUE = 32
 # The stream's method: its codec (parkfleet.protocol.chunks) passes encoded result chunks
@@ -509,6 +519,10 @@ class Agent:
             existing.request_stop(StopRequest("Superseded", "a newer attempt", report=False))
         elif len(self._tasks) >= self.config.max_tasks:
             await self._refuse(offer, "Busy", f"already running {len(self._tasks)} task(s)")
+            return
+        if not from_gateway(offer.model):
+            # Refused before anything is opened for it, whatever the gateway said.
+            await self._refuse(offer, REASON_MODEL_SOURCE, _MODEL_SOURCE_MESSAGE)
             return
         if offer.runtime not in ("", RUNTIME):
             await self._refuse(

@@ -1,10 +1,12 @@
-"""Models by content hash: fetched, verified, cached.
+"""Models by content hash: fetched from the gateway, verified, cached.
 
-A model is fetched through the gateway (``ModelRef.uri == "gateway:"``, by sha256 over
-``CarLink.FetchModel``) or from a ``file://`` or ``http(s)://`` URL, and its sha256 is
-checked BEFORE anything loads it. Verified models are kept in memory (LRU by bytes) and,
-when a cache folder is given, on disk by hash; a disk copy is verified again on every load.
-Models are not task data, so caching them on disk is allowed.
+A model is fetched only through the car's gateway, by sha256 over ``CarLink.FetchModel``
+(decision 5), and its sha256 is checked BEFORE anything loads it. A reference that names
+any other source (``ModelRef.uri`` other than ``"gateway:"`` or empty: a ``file://`` or
+``http://`` URL, a path) is refused before any file or socket is opened: a car never
+fetches from a location a cluster user named. Verified models are kept in memory (LRU by
+bytes) and, when a cache folder is given, on disk by hash; a disk copy is verified again
+on every load. Models are not task data, so caching them on disk is allowed.
 
 Hashing, joining and file reads run in a thread: a simulator runs thousands of agents on
 one event loop, and hashing a model of a gigabyte takes seconds. Concurrent lookups of one
@@ -21,17 +23,18 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from parkfleet.files import write_atomic
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc
 
 __all__ = [
+    "GATEWAY_URI",
     "MAX_MODEL_BYTES",
     "ModelCache",
     "ModelFetchError",
     "ModelHashMismatch",
+    "from_gateway",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,18 @@ log = logging.getLogger(__name__)
 # A car will not take a model larger than this (its GPU could not hold it anyway).
 MAX_MODEL_BYTES = 2 * 1024 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The one model source a car knows: its gateway (an empty uri means the same).
+GATEWAY_URI = "gateway:"
 
 
 class ModelFetchError(Exception):
-    """The model could not be fetched (bad URI, unreachable source, bad chunking)."""
+    """The model could not be fetched (a source other than the gateway, no link, bad
+    chunking, the gateway's own error)."""
+
+
+def from_gateway(ref: pb.ModelRef) -> bool:
+    """Whether a model reference names the gateway, the only source a car fetches from."""
+    return ref.uri in ("", GATEWAY_URI)
 
 
 class ModelHashMismatch(Exception):
@@ -120,16 +131,19 @@ class ModelCache:
         only joined it tries once more with its own ``stub``.
 
         Args:
-            ref: Where the model is and what its sha256 must be.
-            stub: The car link, for ``gateway:`` models.
+            ref: The model's sha256 (and its source, which must be the gateway).
+            stub: The car link.
 
         Returns:
             The bytes, and False when memory or the disk cache had them.
 
         Raises:
             ModelHashMismatch: The bytes do not hash to ``ref.sha256``.
-            ModelFetchError: Anything else that stops the fetch.
+            ModelFetchError: Anything else that stops the fetch, a source other than the
+                gateway first of all (nothing is opened for it).
         """
+        if not from_gateway(ref):
+            raise ModelFetchError("this car fetches models only from its gateway, by sha256")
         sha = _check_sha(ref.sha256)
         if ref.size_bytes > self._max_model:
             raise ModelFetchError(f"model is {ref.size_bytes} bytes, limit {self._max_model}")
@@ -141,7 +155,7 @@ class ModelCache:
             loading = self._loading.get(sha)
             joined = loading is not None
             if loading is None:
-                loading = asyncio.create_task(self._load(ref, sha, stub), name=f"model {sha}")
+                loading = asyncio.create_task(self._load(sha, stub), name=f"model {sha}")
                 self._loading[sha] = loading
                 loading.add_done_callback(functools.partial(self._loaded, sha))
             try:
@@ -161,16 +175,15 @@ class ModelCache:
             self._remember(sha, task.result()[0])
 
     async def _load(
-        self, ref: pb.ModelRef, sha: str, stub: carlink_pb2_grpc.CarLinkStub | None
+        self, sha: str, stub: carlink_pb2_grpc.CarLinkStub | None
     ) -> tuple[bytes, bool]:
         data = await self._from_disk(sha)
         if data is not None:
             return data, False
-        data, got = await self._fetch(ref, sha, stub)
+        data, got = await self._fetch(sha, stub)
         if got != sha:
             raise ModelHashMismatch(
-                f"model from {ref.uri or 'gateway:'} has sha256 {got}, "
-                f"the task expects {sha}; not loaded"
+                f"model from the gateway has sha256 {got}, the task expects {sha}; not loaded"
             )
         if self._dir is not None:
             await asyncio.to_thread(write_atomic, self._dir / sha, data)
@@ -195,29 +208,13 @@ class ModelCache:
         return data
 
     async def _fetch(
-        self, ref: pb.ModelRef, sha: str, stub: carlink_pb2_grpc.CarLinkStub | None
+        self, sha: str, stub: carlink_pb2_grpc.CarLinkStub | None
     ) -> tuple[bytes, str]:
-        """The model's bytes from its source and their sha256."""
+        """The model's bytes from the gateway and their sha256."""
+        if stub is None:
+            raise ModelFetchError("model is on the gateway but there is no link")
         self.fetches += 1
-        uri = ref.uri or "gateway:"
-        parsed = urlparse(uri)
-        if parsed.scheme == "gateway":
-            if stub is None:
-                raise ModelFetchError("model is on the gateway but there is no link")
-            parts = await self._fetch_gateway(stub, sha)
-        elif parsed.scheme == "file":
-            try:
-                return await asyncio.to_thread(
-                    _read_file, Path(unquote(parsed.path)), self._max_model
-                )
-            except OSError as e:
-                raise ModelFetchError(f"cannot read {uri}: {e}") from None
-        elif parsed.scheme in ("http", "https"):
-            parts = await self._fetch_http(uri)
-        else:
-            raise ModelFetchError(
-                f"model uri {uri!r}: scheme must be gateway:, file:// or http(s)://"
-            )
+        parts = await self._fetch_gateway(stub, sha)
         return await asyncio.to_thread(_joined_digest, parts)
 
     async def _fetch_gateway(self, stub: carlink_pb2_grpc.CarLinkStub, sha: str) -> list[bytes]:
@@ -248,25 +245,3 @@ class ModelCache:
         if offset != max(total, 0):
             raise ModelFetchError(f"model stream ended at {offset} of {total} bytes")
         return parts
-
-    async def _fetch_http(self, uri: str) -> list[bytes]:
-        import aiohttp
-
-        try:
-            timeout = aiohttp.ClientTimeout(total=600)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(uri) as resp,
-            ):
-                if resp.status != 200:
-                    raise ModelFetchError(f"GET {uri}: HTTP {resp.status}")
-                parts: list[bytes] = []
-                size = 0
-                async for block in resp.content.iter_chunked(1 << 20):
-                    parts.append(block)
-                    size += len(block)
-                    if size > self._max_model:
-                        raise ModelFetchError(f"{uri} is larger than {self._max_model} bytes")
-                return parts
-        except aiohttp.ClientError as e:
-            raise ModelFetchError(f"GET {uri}: {e}") from None

@@ -1,0 +1,235 @@
+"""The gateway's own download of a model a pod names by ``https://`` URI.
+
+Cars never fetch from a location a pod names (decision 5): the gateway does, once, and
+keeps the model in its store, from where cars get it by hash as any other. The download
+is bounded in size and in time, TLS is verified (against the system CAs, or a configured
+bundle), redirects are followed only to ``https://``, and the bytes are hashed as they
+are spooled to a temporary file beside the store's files: only a file whose sha256 is the
+one the pod named is renamed into the store. File writes and hashing run in a thread, so
+nothing of it blocks the event loop.
+
+Messages say what failed in terms of the URI's host and path (never its query, which may
+hold a signed token), and never echo the library's own text or the bytes' actual digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+from yarl import URL
+
+from parkfleet.contract import check_model_uri
+from parkfleet.taskport import ModelDigestMismatch, ModelFetchFailed
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "FetchConfig", "ModelFetcher"]
+
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024  # a car takes no larger model either
+DEFAULT_TIMEOUT_S = 900.0
+MAX_REDIRECTS = 5
+# A server that sends nothing for this long is given up on before the whole timeout.
+READ_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 30.0
+# Received bytes are handed to the writing thread in batches of about this much.
+_BATCH_BYTES = 4 * 1024 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How the gateway downloads models pods name by URI.
+
+    Attributes:
+        max_bytes: The largest model it downloads; a longer body is cut there and refused.
+        timeout_s: The whole download (connect, redirects, body, hashing) ends within this.
+        ca_file: A PEM bundle servers' certificates must chain to; None: the system CAs.
+    """
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    ca_file: Path | None = None
+
+
+def _shown(uri: str) -> str:
+    """The URI as messages show it: no query, no fragment, bounded."""
+    parts = urlsplit(uri)
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return shown if len(shown) <= 200 else shown[:197] + "..."
+
+
+class _Spool:
+    """A temporary file beside ``target``, hashed as it is written (blocking: run each
+    call in a thread)."""
+
+    def __init__(self, target: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, blocks: list[bytes]) -> None:
+        for block in blocks:
+            self.file.write(block)
+            self.hash.update(block)  # hashlib releases the GIL for large blocks
+            self.size += len(block)
+
+    def finish(self) -> str:
+        """Syncs and closes the file; its sha256."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return self.hash.hexdigest()
+
+    def promote(self, target: Path) -> None:
+        os.replace(self.path, target)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class ModelFetcher:
+    """Downloads models over https into a store's folder, verified.
+
+    Args:
+        config: Limits and trust.
+    """
+
+    def __init__(self, config: FetchConfig) -> None:
+        self.config = config
+        self._context: ssl.SSLContext | None = None
+        self.downloads = 0  # downloads started (tests check that pods share one)
+
+    async def download(self, uri: str, sha256: str, target: Path) -> int:
+        """Fetches ``uri`` into ``target`` (renamed into place) if its bytes hash to
+        ``sha256``.
+
+        Returns:
+            The model's size in bytes.
+
+        Raises:
+            ModelDigestMismatch: The bytes are not the model named (nothing is kept).
+            ModelFetchFailed: The URI is refused, or the download failed or went past
+                a limit (nothing is kept).
+            OSError: The gateway could not write its store, or read its CA bundle (not
+                the pod's fault).
+        """
+        try:
+            if not check_model_uri(uri):
+                raise ValueError("no URI to fetch")
+        except ValueError as exc:
+            raise ModelFetchFailed(f"model URI: {exc}") from None
+        self.downloads += 1
+        shown = _shown(uri)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                context = await self._ssl()
+                spool = await self._fetch(uri, shown, context, target)
+        except TimeoutError:
+            raise ModelFetchFailed(
+                f"{shown}: not fetched within {self.config.timeout_s:g} s (the gateway's limit)"
+            ) from None
+        try:
+            got = await asyncio.to_thread(spool.finish)
+            if got != sha256:
+                raise ModelDigestMismatch(
+                    f"{shown}: the bytes fetched do not have sha256 {sha256}; not kept"
+                )
+            await asyncio.to_thread(spool.promote, target)
+        except BaseException:
+            await asyncio.to_thread(spool.discard)
+            raise
+        return spool.size
+
+    async def _ssl(self) -> ssl.SSLContext:
+        if self._context is None:
+            ca = str(self.config.ca_file) if self.config.ca_file is not None else None
+            # Reading the CA files takes a while: not on the loop.
+            self._context = await asyncio.to_thread(ssl.create_default_context, cafile=ca)
+        return self._context
+
+    async def _fetch(self, uri: str, shown: str, context: ssl.SSLContext, target: Path) -> _Spool:
+        host = urlsplit(uri).hostname
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+        )
+        trust = "the configured CA bundle" if self.config.ca_file else "the system CAs"
+        try:
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context), timeout=timeout
+            ) as session:
+                url = uri
+                for _ in range(MAX_REDIRECTS + 1):
+                    async with session.get(url, allow_redirects=False) as resp:
+                        if resp.status in _REDIRECTS:
+                            url = self._redirect(resp, shown)
+                            continue
+                        if resp.status != 200:
+                            raise ModelFetchFailed(f"{shown}: HTTP {resp.status}")
+                        length = resp.content_length
+                        if length is not None and length > self.config.max_bytes:
+                            raise self._too_large(shown)
+                        return await self._spool(resp, shown, target)
+                raise ModelFetchFailed(f"{shown}: more than {MAX_REDIRECTS} redirects")
+        except aiohttp.ClientConnectorCertificateError:
+            raise ModelFetchFailed(
+                f"{shown}: the server's TLS certificate is not trusted ({trust})"
+            ) from None
+        except aiohttp.ClientSSLError:
+            raise ModelFetchFailed(f"{shown}: the TLS handshake with {host} failed") from None
+        except aiohttp.ClientConnectorError:
+            raise ModelFetchFailed(f"{shown}: cannot connect to {host}") from None
+        except aiohttp.ServerTimeoutError:
+            raise ModelFetchFailed(
+                f"{shown}: the server sent nothing for {READ_TIMEOUT_S:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ModelFetchFailed(f"{shown}: the download failed ({type(exc).__name__})") from None
+
+    def _redirect(self, resp: aiohttp.ClientResponse, shown: str) -> str:
+        location = resp.headers.get("Location", "")
+        if not location:
+            raise ModelFetchFailed(f"{shown}: HTTP {resp.status} without a Location")
+        target = str(resp.url.join(URL(location)))
+        try:
+            check_model_uri(target)
+        except ValueError:
+            raise ModelFetchFailed(
+                f"{shown}: redirected to a location that is not https://"
+            ) from None
+        return target
+
+    def _too_large(self, shown: str) -> ModelFetchFailed:
+        return ModelFetchFailed(
+            f"{shown}: larger than {self.config.max_bytes} bytes (the gateway's limit); not kept"
+        )
+
+    async def _spool(self, resp: aiohttp.ClientResponse, shown: str, target: Path) -> _Spool:
+        spool = await asyncio.to_thread(_Spool, target)
+        try:
+            received = 0
+            batch: list[bytes] = []
+            batched = 0
+            async for block in resp.content.iter_chunked(1024 * 1024):
+                received += len(block)
+                if received > self.config.max_bytes:
+                    raise self._too_large(shown)  # cut here: the rest is never read
+                batch.append(block)
+                batched += len(block)
+                if batched >= _BATCH_BYTES:
+                    await asyncio.to_thread(spool.write, batch)
+                    batch, batched = [], 0
+            if batch:
+                await asyncio.to_thread(spool.write, batch)
+        except BaseException:
+            await asyncio.to_thread(spool.discard)
+            raise
+        return spool
