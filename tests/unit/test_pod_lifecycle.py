@@ -260,7 +260,9 @@ def test_copies_that_agree_promote_one_result() -> None:
     state, effects = run(state, ev.Succeeded("u2-r0", 2, 0.1, outputs=A))
     assert effects == []  # the other copy still runs
     state, effects = run(state, ev.Succeeded("u2-r1", 2, 0.2, outputs=A))
-    assert kinds(effects)[0] == "PromoteResult"
+    # Both cars hear they agreed, before the result is promoted and the copies released.
+    assert kinds(effects)[:3] == ["Verdict", "Verdict", "PromoteResult"]
+    assert only(effects, ev.Verdict) == [ev.Verdict("u2-r0", True), ev.Verdict("u2-r1", True)]
     assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r0")]
     assert only(effects, ev.Release) == [ev.Release("u2-r0"), ev.Release("u2-r1")]
     summary = TerminationSummary.from_json(terminated(effects)["message"])
@@ -275,8 +277,17 @@ def test_a_disagreement_asks_another_car_and_the_majority_wins() -> None:
     assert only(effects, ev.Submit) == [ev.Submit("u2-r2", "u2")]
     assert only(effects, ev.PostEvent)[0].reason == "ResultsDisagree"
     assert state.disagreements == 1
+    assert not only(effects, ev.Verdict)  # no verdict before the vote is decided
     state, effects = run(state, ev.Accepted("u2-r2", "car-c"), ev.Succeeded("u2-r2", 2, outputs=B))
     assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r1")]
+    # A strike for the odd copy, agreements for the others, each before its release.
+    assert only(effects, ev.Verdict) == [
+        ev.Verdict("u2-r0", False),
+        ev.Verdict("u2-r1", True),
+        ev.Verdict("u2-r2", True),
+    ]
+    order = kinds(effects)
+    assert order.index("Release") > max(i for i, k in enumerate(order) if k == "Verdict")
     resolved = only(effects, ev.PostEvent)[0]
     assert resolved.reason == "DisagreementResolved"
     assert "car(s) car-a" in resolved.message
@@ -301,8 +312,16 @@ def test_no_majority_after_the_tie_breakers_fails_the_pod() -> None:
     assert only(effects, ev.Submit) == [ev.Submit("u2-r3", "u2")]
     state, effects = run(state, ev.Succeeded("u2-r3", 2, outputs=d))
     assert terminated(effects)["reason"] == "ResultsDisagree"
+    assert not only(effects, ev.Verdict)  # no majority: no car can be told it was wrong
     assert terminated(effects)["exitCode"] == EXIT_FAILED
     assert state.disagreements == 2
+
+
+def test_a_single_copy_gets_no_verdict() -> None:
+    state, _ = lc.admit(POD)
+    state, effects = run(state, ev.Accepted("u1", "car-a"), ev.Succeeded("u1", 100))
+    assert state.ended
+    assert not only(effects, ev.Verdict)
 
 
 def test_a_failed_copy_fails_the_pod_and_cancels_the_others() -> None:

@@ -50,6 +50,7 @@ from parkfleet.nodeagent.podevents import (
     Submit,
     SubmitFailed,
     Succeeded,
+    Verdict,
 )
 
 __all__ = [
@@ -390,12 +391,12 @@ def _decide(state: PodState, now: datetime.datetime) -> Step:
     if winner is None:
         return _fail(state, REASON_DISAGREE, f"no majority among {len(state.copies)} copies", now)
     chosen = state.copies[winner]
-    odd = [
-        c.car
-        for c, r in zip(state.copies, results, strict=True)
-        if not agree(r[name], arrays[winner], mode, tolerance)
+    agreed = [agree(r[name], arrays[winner], mode, tolerance) for r in results]
+    odd = [c.car for c, ok in zip(state.copies, agreed, strict=True) if not ok]
+    # Every copy's cars hear the vote (their reputation), before the copies are released.
+    effects: list[Effect] = [
+        Verdict(c.task_id, ok) for c, ok in zip(state.copies, agreed, strict=True)
     ]
-    effects: list[Effect] = []
     if odd:
         msg = (
             f"kept the result of car {chosen.car}; car(s) {', '.join(odd)} returned "

@@ -53,6 +53,7 @@ MAX_EVENT_POSTS = 2
 # Where a task's results wait until its unit's file is written (beside that file).
 SPOOL_DIR = ".spool"
 RETRY_FIRST_S = 1.0
+REASON_CAR_QUARANTINED = "CarQuarantined"
 RETRY_MAX_S = 60.0
 
 
@@ -334,6 +335,12 @@ class PodDriver:
             released = t.sinks.get(effect.task_id)
             if released is not None:
                 await released.discard()
+        elif isinstance(effect, ev.Verdict):
+            for car in self.port.record_verdict(effect.task_id, effect.agreed):
+                # The gateway's fact, told on the pod whose vote caused it.
+                msg = f"car {car} quarantined: it gets no more work (its results disagreed)"
+                self.logs.write(pod.key, f"parkfleet: {msg}")
+                self._post(pod, ev.PostEvent(REASON_CAR_QUARANTINED, msg, warning=True))
         elif isinstance(effect, ev.PatchStatus):
             async with self._end_writes if effect.final else self._writes:
                 await write_unread(
