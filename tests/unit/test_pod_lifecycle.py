@@ -336,3 +336,101 @@ def test_a_failed_copy_fails_the_pod_and_cancels_the_others() -> None:
 def test_events_of_unknown_tasks_are_ignored() -> None:
     state, _ = lc.admit(POD)
     assert run(state, ev.Accepted("other", "car-x"))[1] == []
+
+
+# ---- spot checks at redundancy 1 -----------------------------------------------------------
+
+LIAR = {"probabilities": np.array([[0.1, 0.9], [0.9, 0.1]], dtype=np.float32)}
+
+
+def checked_pod(fraction: float = 0.5) -> lc.Pod:
+    uid = next(f"s{i}" for i in range(1000) if lc.spot_checked(f"s{i}", fraction))
+    return lc.Pod(uid=uid, namespace="ns", name="s", cell="eu-0", items=(0, 2), spot_check=fraction)
+
+
+def test_spot_checks_pick_about_the_fraction_of_units_and_the_same_after_a_restart() -> None:
+    uids = [f"pod-{i}" for i in range(2000)]
+    assert not any(lc.spot_checked(u, 0.0) for u in uids)
+    assert all(lc.spot_checked(u, 1.0) for u in uids)
+    # Binomial(2000, 0.05): mean 100, sd under 10.
+    assert 60 <= sum(lc.spot_checked(u, 0.05) for u in uids) <= 140
+    assert [lc.spot_checked(u, 0.05) for u in uids] == [lc.spot_checked(u, 0.05) for u in uids]
+
+
+def test_a_spot_checked_unit_runs_as_two_copies_of_one_group() -> None:
+    pod = checked_pod()
+    state, effects = lc.admit(pod)
+    assert state.pod.copies == 2
+    assert state.pod.checked
+    assert only(effects, ev.Submit) == [
+        ev.Submit(f"{pod.uid}-r0", pod.uid),
+        ev.Submit(f"{pod.uid}-r1", pod.uid),
+    ]
+    assert "spot check" in effects[0].lines[0]
+    unchecked = lc.Pod(uid="u1", namespace="ns", name="p", spot_check=0.0)
+    assert lc.admit(unchecked)[0].pod.copies == 1
+
+
+def test_a_spot_check_catches_a_lying_car_and_keeps_the_right_result() -> None:
+    pod = checked_pod()
+    r0, r1, r2 = (f"{pod.uid}-r{i}" for i in range(3))
+    state, _ = lc.admit(pod)
+    state, _ = run(state, ev.Accepted(r0, "liar"), ev.Accepted(r1, "car-b"))
+    state, effects = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
+    assert only(effects, ev.Submit) == [ev.Submit(r2, pod.uid)]
+    state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
+    assert only(effects, ev.Verdict) == [
+        ev.Verdict(r0, False),
+        ev.Verdict(r1, True),
+        ev.Verdict(r2, True),
+    ]
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r1)]
+    assert terminated(effects)["reason"] == "Completed"
+
+
+@pytest.mark.parametrize("check_first", [True, False])
+def test_a_spot_check_with_no_second_car_is_dropped_not_failed(check_first: bool) -> None:
+    pod = checked_pod()
+    r0, r1 = f"{pod.uid}-r0", f"{pod.uid}-r1"
+    state, _ = lc.admit(pod)
+    state, _ = run(state, ev.Accepted(r0, "car-a"))
+    no_car = ev.Failed(r1, "NoEligibleCar", "no eligible car in cell eu-0 took it")
+    done = ev.Succeeded(r0, 2, outputs=A)
+    first, second = (no_car, done) if check_first else (done, no_car)
+    state, effects = run(state, first)
+    assert not state.ended
+    assert not only(effects, ev.PatchStatus)
+    state, more = run(state, second)
+    effects += more
+    assert state.ended
+    assert terminated(effects)["reason"] == "Completed"
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r0)]
+    assert not only(effects, ev.Verdict)  # nothing was checked
+    assert any("spot check skipped" in line for e in only(effects, ev.Log) for line in e.lines)
+
+
+def test_a_redundant_unit_still_fails_when_a_copy_finds_no_car() -> None:
+    state = redundant_running()
+    state, effects = run(state, ev.Failed("u2-r1", "NoEligibleCar", "none"))
+    assert terminated(effects)["reason"] == "NoEligibleCar"
+
+
+def test_wrong_results_at_redundancy_1_are_caught_at_about_the_spot_check_rate() -> None:
+    # 40 units at fraction 0.5, the lying car always takes the first copy: each
+    # checked unit is a strike against it, each unchecked one passes unseen.
+    strikes = checked = 0
+    for i in range(40):
+        pod = lc.Pod(uid=f"unit-{i}", namespace="ns", name=f"p{i}", items=(0, 2), spot_check=0.5)
+        state, _ = lc.admit(pod)
+        if state.pod.copies == 1:
+            state, effects = run(state, ev.Accepted(pod.uid, "liar"), ev.Succeeded(pod.uid, 2))
+            assert not only(effects, ev.Verdict)
+            continue
+        checked += 1
+        r0, r1, r2 = (f"{pod.uid}-r{j}" for j in range(3))
+        state, _ = run(state, ev.Accepted(r0, "liar"), ev.Accepted(r1, "car-b"))
+        state, _ = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
+        state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
+        strikes += sum(not v.agreed for v in only(effects, ev.Verdict))
+    assert strikes == checked
+    assert 10 <= strikes <= 30  # Binomial(40, 0.5): mean 20, sd 3.2

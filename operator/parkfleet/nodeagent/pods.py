@@ -180,6 +180,7 @@ class PodDriver:
             container=task.container,
             copies=task.copies,
             compare=task.compare,
+            spot_check=task.spot_check if task.spot_check is not None else pool.spot_check_fraction,
         )
         try:
             prepared = await self.specs.prepare(pod, cell, task, pool)
