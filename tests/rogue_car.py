@@ -89,3 +89,17 @@ class RogueCar(ProbeCar):
                 )
             )
         )
+
+    async def lie(self, value: float = -1.0) -> None:
+        """Answers every offer, until the stream ends, with well-formed wrong results:
+        ``value`` for every item of every output asked for (shape ``[items, 1]``)."""
+        while True:
+            try:
+                offer = await self.offer()
+            except EOFError:
+                return
+            await self.accept(offer)
+            n = offer.item_end - offer.resume_from
+            wrong = np.full((n, 1), value, np.float32)
+            await self.result(offer, offer.resume_from, dict.fromkeys(offer.output_names, wrong))
+            await self.done(offer, items=offer.item_end)

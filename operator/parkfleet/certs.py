@@ -34,6 +34,7 @@ __all__ = [
     "CA_KEY_FILE",
     "GATEWAY_CERT_FILE",
     "GATEWAY_KEY_FILE",
+    "OWNER_ATTRIBUTE",
     "CarIdentity",
     "FleetCA",
     "KeyPair",
@@ -51,6 +52,8 @@ CA_KEY_FILE = "ca.key"
 GATEWAY_CERT_FILE = "gateway.crt"
 GATEWAY_KEY_FILE = "gateway.key"
 CARS_DIR = "cars"
+# The attribute naming a car's owner (a person or a fleet operator); see CarIdentity.owner.
+OWNER_ATTRIBUTE = "owner"
 
 _CAR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CA_DAYS = 3650
@@ -85,6 +88,15 @@ class CarIdentity:
     car_id: str
     attributes: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def owner(self) -> str:
+        """Who owns the car: its ``owner`` attribute, or the car itself when it has none.
+
+        Copies of one unit go to cars of different owners: one owner's certificates
+        are one voter, however many there are.
+        """
+        return self.attributes.get(OWNER_ATTRIBUTE) or self.car_id
+
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,10 +117,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _check_car_id(car_id: str) -> None:
+def _check_car_id(car_id: str, what: str = "car id") -> None:
     if not _CAR_ID.match(car_id):
         raise ValueError(
-            f"car id {car_id!r} must be 1-128 characters of letters, digits, '.', '_', '-'"
+            f"{what} {car_id!r} must be 1-128 characters of letters, digits, '.', '_', '-'"
         )
 
 
@@ -250,18 +262,23 @@ class FleetCA:
             [(x509.SubjectAlternativeName(names), False)],
         )
 
-    def issue_car(self, car_id: str, attributes: Mapping[str, str]) -> KeyPair:
+    def issue_car(self, car_id: str, attributes: Mapping[str, str], owner: str = "") -> KeyPair:
         """Issues a car's client certificate.
 
         Args:
             car_id: The car's id; becomes the common name.
             attributes: Attributes such as pool and region, stored in the certificate.
+            owner: Who owns the car (the ``owner`` attribute, same rules as a car id);
+                "" leaves the attributes' own, or none: the car is then its own owner.
 
         Returns:
             The client certificate and key.
         """
         _check_car_id(car_id)
         attrs = {str(k): str(v) for k, v in attributes.items()}
+        if owner:
+            _check_car_id(owner, "owner")
+            attrs[OWNER_ATTRIBUTE] = owner
         payload = json.dumps(attrs, sort_keys=True, separators=(",", ":")).encode()
         subject = x509.Name(
             [
@@ -357,7 +374,7 @@ def _parse_attrs(items: Sequence[str]) -> dict[str, str]:
 
 def _cmd_car(args: argparse.Namespace) -> int:
     directory: Path = args.dir
-    pair = FleetCA.load(directory).issue_car(args.car_id, _parse_attrs(args.attr))
+    pair = FleetCA.load(directory).issue_car(args.car_id, _parse_attrs(args.attr), args.owner)
     cert_path, key_path = car_paths(directory, args.car_id)
     pair.save(cert_path, key_path)
     print(f"wrote {cert_path} and {key_path}")
@@ -384,4 +401,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--car-id", required=True)
     p.add_argument("--attr", action="append", default=[], help="KEY=VALUE (repeatable)")
+    p.add_argument(
+        "--owner", default="", help="who owns the car (default: the car is its own owner)"
+    )
     p.set_defaults(func=_cmd_car)

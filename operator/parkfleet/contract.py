@@ -92,6 +92,8 @@ def cell_of_node(node: str) -> str | None:
 # NoEligibleCar: a FleetPool's spec.gateway.graceSeconds, and the gateway's own default
 # for tasks that name no pool.
 DEFAULT_POOL_CAR_WAIT_S = 120.0
+# A FleetPool's spec.gateway.spotCheckFraction: single-copy units also run on a second car.
+DEFAULT_SPOT_CHECK_FRACTION = 0.05
 DEFAULT_CAR_WAIT_S = 60.0
 
 # ---- exit codes: how a pod ends, for the Job's podFailurePolicy -------------------------

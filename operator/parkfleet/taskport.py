@@ -333,6 +333,16 @@ class TaskPort(Protocol):
         """
         ...
 
+    def record_verdict(self, task_id: str, agreed: bool) -> list[str]:
+        """Tells the gateway the vote on an ended task not yet released: whether its
+        results agreed with the result kept for its unit. The gateway counts it for or
+        against the cars that delivered them (their reputation).
+
+        Returns:
+            The ids of the cars this verdict quarantined (they get no more work).
+        """
+        ...
+
     def release(self, task_id: str) -> None:
         """Forgets an ended task (the caller has its outcome). The cars that took copies
         of its group are forgotten with the group's last task."""

@@ -1,5 +1,6 @@
-"""Dishonest cars over real mTLS: no claim steers placement or inflates a cell, and a car
-can fail only its own attempt (docs/security.md).
+"""Dishonest cars over real mTLS: no claim steers placement or inflates a cell, a car
+can fail only its own attempt, one owner's certificates never hold two copies of a unit,
+and a car whose results lose the vote is quarantined (docs/security.md).
 
 The gateway is the real one on 127.0.0.1; the cars are ``tests/rogue_car.py`` (the real
 protocol code) and ``tests/carlink_probe.py`` for the honest ones.
@@ -280,3 +281,112 @@ async def test_results_unlike_the_models_outputs_close_the_stream(
     assert sink.chunks == []  # nothing of it was kept
     lost = await rec.wait("lost")
     assert lost.reason == "ProtocolViolation"
+
+
+def sample(env: Env, name: str, **labels: str) -> float:
+    return env.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_two_certificates_of_one_owner_never_hold_both_copies_of_a_unit(
+    env: Env, rec: Recorder
+) -> None:
+    """Colluding certificates: by car id alone, the second copy would go to mallory-2
+    (idle longer than bob); by owner it goes to bob, every time."""
+    for car_id in ("mallory-1", "mallory-2"):
+        env.pairs[car_id] = env.ca.issue_car(car_id, {"pool": "p"}, owner="mallory")
+    cars = [env.car("mallory-1"), env.car("mallory-2"), env.car("bob")]
+    try:
+        for n, car in enumerate(cars, 1):  # in this order: the colluders idle longest
+            await car.connect()
+            await car.telemetry()
+            await wait_until(lambda n=n: env.gateway.capacity("p-0").cars_eligible == n)
+        workers = [asyncio.create_task(c.work()) for c in cars]
+        data = np.arange(4, dtype=np.float32).reshape(4, 1)
+        for unit in range(4):
+            ids = [f"u{unit}-r0", f"u{unit}-r1"]
+            for task_id in ids:
+                await env.gateway.submit(
+                    spec(data, MemorySink(), task_id=task_id, output_names=("y",), group=f"u{unit}")
+                )
+            for task_id in ids:
+                await wait_until(lambda t=task_id: "succeeded" in rec.kinds(t))
+            holders = set()
+            for task_id in ids:
+                status = env.gateway.task(task_id)
+                assert status is not None
+                holders.add(status.cars[-1])
+            assert "bob" in holders, (unit, holders)
+            assert len(holders) == 2
+            for task_id in ids:
+                env.gateway.release(task_id)
+        for w in workers:
+            w.cancel()
+    finally:
+        for car in cars:
+            await car.close()
+
+
+async def test_a_car_whose_results_lose_the_vote_is_quarantined_and_offered_nothing(
+    env: Env, rec: Recorder
+) -> None:
+    data = np.arange(4, dtype=np.float32).reshape(4, 1)
+    honest = env.car("honest")
+    liar = rogue(env, "liar")
+    try:
+        await liar.connect()
+        await liar.telemetry()
+        await honest.connect()
+        await honest.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 2)
+        lying = asyncio.create_task(liar.lie())
+        working = asyncio.create_task(honest.work())
+        for unit in range(2):
+            sinks = {f"u{unit}-r{i}": MemorySink() for i in range(2)}
+            for task_id, sink in sinks.items():
+                await env.gateway.submit(
+                    spec(data, sink, task_id=task_id, output_names=("y",), group=f"u{unit}")
+                )
+            for task_id in sinks:
+                await wait_until(lambda t=task_id: "succeeded" in rec.kinds(t))
+            quarantined = []
+            for task_id, sink in sinks.items():
+                # The verdict the node agent's vote gives (the echo is the right answer).
+                agreed = bool(np.array_equal(sink.output("y"), data))
+                quarantined += env.gateway.record_verdict(task_id, agreed)
+                env.gateway.release(task_id)
+            assert quarantined == ([] if unit == 0 else ["liar"])
+        assert sample(env, "parkfleet_gateway_car_strikes_total", pool="p") == 2
+        assert sample(env, "parkfleet_gateway_car_agreements_total", pool="p") == 2
+        quarantined_gauge = {"pool": "p", "state": "quarantined"}
+        assert sample(env, "parkfleet_gateway_cars_by_reputation", **quarantined_gauge) == 1
+        # No more work for the liar, though it idles and its stream stays open; the
+        # honest car takes every task, one after the other.
+        for i in range(3):
+            await env.gateway.submit(spec(data, MemorySink(), task_id=f"s{i}", output_names=("y",)))
+        for i in range(3):
+            await wait_until(lambda t=f"s{i}": "succeeded" in rec.kinds(t))
+            status = env.gateway.task(f"s{i}")
+            assert status is not None
+            assert status.cars == ("honest",)
+        assert env.gateway.capacity("p-0").cars_connected == 2
+        assert env.gateway.capacity("p-0").gpus == 1  # the liar's GPU is not offered
+        assert not lying.done()
+        # Its reputation is the gateway's, not its stream's: reconnecting changes nothing.
+        lying.cancel()
+        await liar.close()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_connected == 1)
+        assert sample(env, "parkfleet_gateway_cars_by_reputation", **quarantined_gauge) == 0
+        liar = rogue(env, "liar")
+        await liar.connect()
+        await liar.telemetry()
+        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 2)
+        assert sample(env, "parkfleet_gateway_cars_by_reputation", **quarantined_gauge) == 1
+        await env.gateway.submit(spec(data, MemorySink(), task_id="after", output_names=("y",)))
+        await wait_until(lambda: "succeeded" in rec.kinds("after"))
+        status = env.gateway.task("after")
+        assert status is not None
+        assert status.cars == ("honest",)
+        working.cancel()
+    finally:
+        await honest.close()
+        await liar.close()

@@ -36,6 +36,15 @@ def test_car_without_attributes(ca: FleetCA) -> None:
     assert dict(car_identity(ca.issue_car("c", {}).cert_pem).attributes) == {}
 
 
+def test_a_car_is_its_own_owner_unless_its_certificate_names_one(ca: FleetCA) -> None:
+    assert car_identity(ca.issue_car("c", {"pool": "p"}).cert_pem).owner == "c"
+    ident = car_identity(ca.issue_car("c", {"pool": "p"}, owner="alice").cert_pem)
+    assert ident.owner == "alice"
+    assert dict(ident.attributes) == {"pool": "p", "owner": "alice"}
+    with pytest.raises(ValueError, match="owner"):
+        ca.issue_car("c", {}, owner="no/slash")
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 129, "-lead", "sp ace"])
 def test_car_id_is_checked(ca: FleetCA, bad: str) -> None:
     with pytest.raises(ValueError, match="car id"):

@@ -17,6 +17,7 @@ class Car:
     soc_percent: float = 80.0
     link_quality: float = 0.9
     idle_since: float = 0.0
+    owner: str = ""
 
 
 def test_fits_checks_runtime_and_memory() -> None:
@@ -73,3 +74,15 @@ def test_cells_are_deterministic() -> None:
     spread = {cell_of(f"car-{i}", {"pool": "eu"}, cells_per_pool=4) for i in range(100)}
     assert spread == {"eu-0", "eu-1", "eu-2", "eu-3"}
     assert cell_of("car-42", {"pool": "eu"}, 4) == cell_of("car-42", {"pool": "eu"}, 4)
+
+
+def test_copies_of_one_unit_avoid_every_car_of_an_owner_that_has_one() -> None:
+    cars = [
+        Car("a1", owner="alice", idle_since=1.0),
+        Car("a2", owner="alice", idle_since=2.0),
+        Car("b1", owner="bob", idle_since=3.0),
+    ]
+    chosen = choose_car(cars, "onnxruntime", 0, exclude_owners={"alice"})
+    assert chosen is not None
+    assert chosen.car_id == "b1"
+    assert choose_car(cars, "onnxruntime", 0, exclude_owners={"alice", "bob"}) is None

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from parkfleet.api import InferenceJobSpec
-from parkfleet.contract import exit_code
+from parkfleet.api import FleetPoolSpec, InferenceJobSpec
+from parkfleet.contract import DEFAULT_SPOT_CHECK_FRACTION, exit_code
 from parkfleet.controller.inferencejob import job_status
 from parkfleet.controller.jobs import batch_job, parse_indexes, tally
 from parkfleet.nodeagent.compare import agree, majority
@@ -53,6 +53,30 @@ def test_the_job_is_indexed_with_a_failure_policy_for_cars_leaving() -> None:
     env = {e["name"]: e["value"] for e in spec["template"]["spec"]["containers"][0]["env"]}
     assert env["PARKFLEET_UNIT_ITEMS"] == "250"
     assert env["PARKFLEET_REDUNDANCY"] == "2"
+
+
+def test_a_jobs_spot_check_fraction_reaches_its_pods_at_one_copy_only() -> None:
+    single = {**OBJ, "spec": {**OBJ["spec"], "redundancy": {"spotCheckFraction": 0.25}}}
+    job = batch_job(InferenceJobSpec.from_k8s(single), "u-1")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PARKFLEET_SPOT_CHECK_FRACTION"] == "0.25"
+    pod = {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+        "spec": job["spec"]["template"]["spec"],
+    }
+    assert translate(pod, ("onnxruntime",)).spot_check == 0.25
+    # No override: the pool's fraction decides (the pod says nothing).
+    plain = {**OBJ, "spec": {**OBJ["spec"], "redundancy": {}}}
+    job = batch_job(InferenceJobSpec.from_k8s(plain), "u-1")
+    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "PARKFLEET_SPOT_CHECK_FRACTION" not in names
+    pool = FleetPoolSpec.from_k8s({"metadata": {"name": "p"}, "spec": {}})
+    assert pool.spot_check_fraction == DEFAULT_SPOT_CHECK_FRACTION
+    pool = FleetPoolSpec.from_k8s(
+        {"metadata": {"name": "p"}, "spec": {"gateway": {"spotCheckFraction": 0}}}
+    )
+    assert pool.spot_check_fraction == 0.0
 
 
 def test_a_job_pod_translates_to_its_unit() -> None:

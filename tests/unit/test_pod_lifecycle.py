@@ -260,7 +260,9 @@ def test_copies_that_agree_promote_one_result() -> None:
     state, effects = run(state, ev.Succeeded("u2-r0", 2, 0.1, outputs=A))
     assert effects == []  # the other copy still runs
     state, effects = run(state, ev.Succeeded("u2-r1", 2, 0.2, outputs=A))
-    assert kinds(effects)[0] == "PromoteResult"
+    # Both cars hear they agreed, before the result is promoted and the copies released.
+    assert kinds(effects)[:3] == ["Verdict", "Verdict", "PromoteResult"]
+    assert only(effects, ev.Verdict) == [ev.Verdict("u2-r0", True), ev.Verdict("u2-r1", True)]
     assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r0")]
     assert only(effects, ev.Release) == [ev.Release("u2-r0"), ev.Release("u2-r1")]
     summary = TerminationSummary.from_json(terminated(effects)["message"])
@@ -275,8 +277,17 @@ def test_a_disagreement_asks_another_car_and_the_majority_wins() -> None:
     assert only(effects, ev.Submit) == [ev.Submit("u2-r2", "u2")]
     assert only(effects, ev.PostEvent)[0].reason == "ResultsDisagree"
     assert state.disagreements == 1
+    assert not only(effects, ev.Verdict)  # no verdict before the vote is decided
     state, effects = run(state, ev.Accepted("u2-r2", "car-c"), ev.Succeeded("u2-r2", 2, outputs=B))
     assert only(effects, ev.PromoteResult) == [ev.PromoteResult("u2-r1")]
+    # A strike for the odd copy, agreements for the others, each before its release.
+    assert only(effects, ev.Verdict) == [
+        ev.Verdict("u2-r0", False),
+        ev.Verdict("u2-r1", True),
+        ev.Verdict("u2-r2", True),
+    ]
+    order = kinds(effects)
+    assert order.index("Release") > max(i for i, k in enumerate(order) if k == "Verdict")
     resolved = only(effects, ev.PostEvent)[0]
     assert resolved.reason == "DisagreementResolved"
     assert "car(s) car-a" in resolved.message
@@ -301,8 +312,16 @@ def test_no_majority_after_the_tie_breakers_fails_the_pod() -> None:
     assert only(effects, ev.Submit) == [ev.Submit("u2-r3", "u2")]
     state, effects = run(state, ev.Succeeded("u2-r3", 2, outputs=d))
     assert terminated(effects)["reason"] == "ResultsDisagree"
+    assert not only(effects, ev.Verdict)  # no majority: no car can be told it was wrong
     assert terminated(effects)["exitCode"] == EXIT_FAILED
     assert state.disagreements == 2
+
+
+def test_a_single_copy_gets_no_verdict() -> None:
+    state, _ = lc.admit(POD)
+    state, effects = run(state, ev.Accepted("u1", "car-a"), ev.Succeeded("u1", 100))
+    assert state.ended
+    assert not only(effects, ev.Verdict)
 
 
 def test_a_failed_copy_fails_the_pod_and_cancels_the_others() -> None:
@@ -317,3 +336,101 @@ def test_a_failed_copy_fails_the_pod_and_cancels_the_others() -> None:
 def test_events_of_unknown_tasks_are_ignored() -> None:
     state, _ = lc.admit(POD)
     assert run(state, ev.Accepted("other", "car-x"))[1] == []
+
+
+# ---- spot checks at redundancy 1 -----------------------------------------------------------
+
+LIAR = {"probabilities": np.array([[0.1, 0.9], [0.9, 0.1]], dtype=np.float32)}
+
+
+def checked_pod(fraction: float = 0.5) -> lc.Pod:
+    uid = next(f"s{i}" for i in range(1000) if lc.spot_checked(f"s{i}", fraction))
+    return lc.Pod(uid=uid, namespace="ns", name="s", cell="eu-0", items=(0, 2), spot_check=fraction)
+
+
+def test_spot_checks_pick_about_the_fraction_of_units_and_the_same_after_a_restart() -> None:
+    uids = [f"pod-{i}" for i in range(2000)]
+    assert not any(lc.spot_checked(u, 0.0) for u in uids)
+    assert all(lc.spot_checked(u, 1.0) for u in uids)
+    # Binomial(2000, 0.05): mean 100, sd under 10.
+    assert 60 <= sum(lc.spot_checked(u, 0.05) for u in uids) <= 140
+    assert [lc.spot_checked(u, 0.05) for u in uids] == [lc.spot_checked(u, 0.05) for u in uids]
+
+
+def test_a_spot_checked_unit_runs_as_two_copies_of_one_group() -> None:
+    pod = checked_pod()
+    state, effects = lc.admit(pod)
+    assert state.pod.copies == 2
+    assert state.pod.checked
+    assert only(effects, ev.Submit) == [
+        ev.Submit(f"{pod.uid}-r0", pod.uid),
+        ev.Submit(f"{pod.uid}-r1", pod.uid),
+    ]
+    assert "spot check" in effects[0].lines[0]
+    unchecked = lc.Pod(uid="u1", namespace="ns", name="p", spot_check=0.0)
+    assert lc.admit(unchecked)[0].pod.copies == 1
+
+
+def test_a_spot_check_catches_a_lying_car_and_keeps_the_right_result() -> None:
+    pod = checked_pod()
+    r0, r1, r2 = (f"{pod.uid}-r{i}" for i in range(3))
+    state, _ = lc.admit(pod)
+    state, _ = run(state, ev.Accepted(r0, "liar"), ev.Accepted(r1, "car-b"))
+    state, effects = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
+    assert only(effects, ev.Submit) == [ev.Submit(r2, pod.uid)]
+    state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
+    assert only(effects, ev.Verdict) == [
+        ev.Verdict(r0, False),
+        ev.Verdict(r1, True),
+        ev.Verdict(r2, True),
+    ]
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r1)]
+    assert terminated(effects)["reason"] == "Completed"
+
+
+@pytest.mark.parametrize("check_first", [True, False])
+def test_a_spot_check_with_no_second_car_is_dropped_not_failed(check_first: bool) -> None:
+    pod = checked_pod()
+    r0, r1 = f"{pod.uid}-r0", f"{pod.uid}-r1"
+    state, _ = lc.admit(pod)
+    state, _ = run(state, ev.Accepted(r0, "car-a"))
+    no_car = ev.Failed(r1, "NoEligibleCar", "no eligible car in cell eu-0 took it")
+    done = ev.Succeeded(r0, 2, outputs=A)
+    first, second = (no_car, done) if check_first else (done, no_car)
+    state, effects = run(state, first)
+    assert not state.ended
+    assert not only(effects, ev.PatchStatus)
+    state, more = run(state, second)
+    effects += more
+    assert state.ended
+    assert terminated(effects)["reason"] == "Completed"
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r0)]
+    assert not only(effects, ev.Verdict)  # nothing was checked
+    assert any("spot check skipped" in line for e in only(effects, ev.Log) for line in e.lines)
+
+
+def test_a_redundant_unit_still_fails_when_a_copy_finds_no_car() -> None:
+    state = redundant_running()
+    state, effects = run(state, ev.Failed("u2-r1", "NoEligibleCar", "none"))
+    assert terminated(effects)["reason"] == "NoEligibleCar"
+
+
+def test_wrong_results_at_redundancy_1_are_caught_at_about_the_spot_check_rate() -> None:
+    # 40 units at fraction 0.5, the lying car always takes the first copy: each
+    # checked unit is a strike against it, each unchecked one passes unseen.
+    strikes = checked = 0
+    for i in range(40):
+        pod = lc.Pod(uid=f"unit-{i}", namespace="ns", name=f"p{i}", items=(0, 2), spot_check=0.5)
+        state, _ = lc.admit(pod)
+        if state.pod.copies == 1:
+            state, effects = run(state, ev.Accepted(pod.uid, "liar"), ev.Succeeded(pod.uid, 2))
+            assert not only(effects, ev.Verdict)
+            continue
+        checked += 1
+        r0, r1, r2 = (f"{pod.uid}-r{j}" for j in range(3))
+        state, _ = run(state, ev.Accepted(r0, "liar"), ev.Accepted(r1, "car-b"))
+        state, _ = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
+        state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
+        strikes += sum(not v.agreed for v in only(effects, ev.Verdict))
+    assert strikes == checked
+    assert 10 <= strikes <= 30  # Binomial(40, 0.5): mean 20, sd 3.2

@@ -97,6 +97,18 @@ def test_annotations_give_defaults_that_env_overrides() -> None:
             ),
             "spec.containers[0].env[PARKFLEET_BATCH_SIZE]",
         ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "PARKFLEET_SPOT_CHECK_FRACTION", "value": "1.5"}
+            ),
+            "spec.containers[0].env[PARKFLEET_SPOT_CHECK_FRACTION]",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "PARKFLEET_SPOT_CHECK_FRACTION", "value": "nan"}
+            ),
+            "spec.containers[0].env[PARKFLEET_SPOT_CHECK_FRACTION]",
+        ),
         (lambda p: p["spec"]["containers"][0].update(env=[]), "spec.containers[0].env"),
     ],
 )

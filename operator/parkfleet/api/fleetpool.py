@@ -10,7 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from parkfleet.contract import DEFAULT_POOL_CAR_WAIT_S, cell_id, node_name
+from parkfleet.contract import (
+    DEFAULT_POOL_CAR_WAIT_S,
+    DEFAULT_SPOT_CHECK_FRACTION,
+    cell_id,
+    node_name,
+)
 from parkfleet.policy import Policy
 
 __all__ = [
@@ -62,6 +67,8 @@ class FleetPoolSpec:
         taints: Extra Node taints (besides the fleet taint).
         shards: Gateway shards the cells are spread over.
         car_wait_s: How long a task may wait for an eligible car (``gateway.graceSeconds``).
+        spot_check_fraction: Single-copy units also run on a second car of another owner
+            and compared (``gateway.spotCheckFraction``; a job may override it).
     """
 
     name: str
@@ -74,6 +81,7 @@ class FleetPoolSpec:
     taints: tuple[NodeTaint, ...] = ()
     shards: int = 1
     car_wait_s: float = DEFAULT_POOL_CAR_WAIT_S
+    spot_check_fraction: float = DEFAULT_SPOT_CHECK_FRACTION
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> FleetPoolSpec:
@@ -106,6 +114,9 @@ class FleetPoolSpec:
             ),
             shards=int(gateway.get("shards", 1)),
             car_wait_s=float(gateway.get("graceSeconds", DEFAULT_POOL_CAR_WAIT_S)),
+            spot_check_fraction=float(
+                gateway.get("spotCheckFraction", DEFAULT_SPOT_CHECK_FRACTION)
+            ),
         )
 
     def matches(self, attributes: Mapping[str, str]) -> bool:

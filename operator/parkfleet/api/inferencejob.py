@@ -54,6 +54,8 @@ class InferenceJobSpec:
         gpu_memory_mib: GPU memory per task.
         copies: Cars each unit runs on (redundancy).
         compare: ``MODE:OUTPUT:TOLERANCE`` for redundancy ≥ 2 ("" otherwise).
+        spot_check_fraction: At copies 1, units also run on a second car and compared
+            (``redundancy.spotCheckFraction``); None takes the pool's.
         deadline_s: Seconds until ``DeadlineExceeded`` (None: none).
         retries: Retries per unit.
         output_path: The result directory on the data volume.
@@ -77,6 +79,7 @@ class InferenceJobSpec:
     gpu_memory_mib: int
     copies: int
     compare: str
+    spot_check_fraction: float | None
     deadline_s: int | None
     retries: int
     output_path: str
@@ -94,6 +97,7 @@ class InferenceJobSpec:
         if cmp:
             compare = f"{cmp['mode']}:{cmp['output']}:{cmp.get('tolerance', 0.0001)}"
         deadline = spec.get("deadlineSeconds")
+        spot = red.get("spotCheckFraction")
         return cls(
             name=str(meta["name"]),
             namespace=str(meta.get("namespace") or "default"),
@@ -117,6 +121,7 @@ class InferenceJobSpec:
             gpu_memory_mib=int(spec.get("gpuMemoryMiB", 0)),
             copies=int(red.get("copies", 1)),
             compare=compare,
+            spot_check_fraction=float(spot) if spot is not None else None,
             deadline_s=int(deadline) if deadline is not None else None,
             retries=int(spec.get("retriesPerUnit", 3)),
             output_path=str(spec["output"]["path"]),

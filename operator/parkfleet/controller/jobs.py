@@ -72,6 +72,8 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
     if job.copies > 1:
         env.append({"name": "PARKFLEET_REDUNDANCY", "value": str(job.copies)})
         env.append({"name": "PARKFLEET_COMPARE", "value": job.compare})
+    elif job.spot_check_fraction is not None:
+        env.append({"name": "PARKFLEET_SPOT_CHECK_FRACTION", "value": str(job.spot_check_fraction)})
     labels = {LABEL_JOB: job.name}
     spec: dict[str, Any] = {
         "completions": job.unit_count,

@@ -24,6 +24,7 @@ from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.modelfetch import FetchConfig
 from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.gateway.registry import Registry
+from parkfleet.gateway.reputation import Reputation, ReputationRule
 from parkfleet.gateway.server import (
     REASON_TELEMETRY_TIMEOUT,
     CarLinkService,
@@ -71,6 +72,7 @@ class GatewayConfig:
         grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
         model_fetch: How the gateway downloads a model a pod names by ``https://`` URI
             (size and time limits, the CA bundle it trusts).
+        reputation: When a car is quarantined or trusted (``gateway/reputation.py``).
     """
 
     ca_pem: bytes
@@ -96,6 +98,7 @@ class GatewayConfig:
     shard_addresses: list[str] = field(default_factory=list)
     grpc_options: Sequence[tuple[str, Any]] = ()
     model_fetch: FetchConfig = field(default_factory=FetchConfig)
+    reputation: ReputationRule = field(default_factory=ReputationRule)
 
     @classmethod
     def from_certs_dir(cls, certs: Path, models_dir: Path, **kwargs: Any) -> GatewayConfig:
@@ -139,6 +142,7 @@ class Gateway:
             max_attempts=config.max_attempts,
             stall_timeout_s=config.stall_timeout_s,
             start_timeout_s=config.start_timeout_s,
+            reputation=Reputation(config.reputation),
         )
         self._service = CarLinkService(
             self.registry,
@@ -236,7 +240,7 @@ class Gateway:
         memory = 0
         for car in c.cars.values():
             memory = max(memory, car.gpu_memory_mib)
-            if car.eligible:
+            if car.eligible and car.reputation != "quarantined":
                 gpus += car.gpu_count
         return CarCounts(
             cars_connected=len(c.cars),
@@ -277,6 +281,15 @@ class Gateway:
     def release(self, task_id: str) -> None:
         """Drops an ended task's record (the caller has taken its outcome)."""
         self._tasks.release(task_id)
+
+    def record_verdict(self, task_id: str, agreed: bool) -> list[str]:
+        """The vote on an ended, not yet released task: whether its results agreed with
+        the kept result. Counts for or against the cars that delivered them.
+
+        Returns:
+            The cars this verdict quarantined (no more offers for them).
+        """
+        return self._tasks.record_verdict(task_id, agreed)
 
     def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""

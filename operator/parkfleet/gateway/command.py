@@ -15,6 +15,7 @@ from kubernetes_asyncio import client
 from parkfleet.contract import DEFAULT_CAR_WAIT_S
 from parkfleet.gateway.api import Gateway, GatewayConfig
 from parkfleet.gateway.modelfetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchConfig
+from parkfleet.gateway.reputation import ReputationRule
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
 from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
@@ -26,6 +27,8 @@ from parkfleet.stopping import STOP_GRACE_S, run_until_signalled
 log = logging.getLogger(__name__)
 
 __all__ = ["register", "run"]
+
+_DEFAULT_RULE = ReputationRule()
 
 
 @dataclass
@@ -136,6 +139,11 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
         max_gpus_per_car=args.max_gpus_per_car,
         max_gpu_memory_mib=args.max_gpu_memory_mib,
         max_attempts=args.max_attempts,
+        reputation=ReputationRule(
+            quarantine_strikes=args.quarantine_strikes,
+            quarantine_ratio=args.quarantine_ratio,
+            trusted_after=args.trusted_after,
+        ),
         start_timeout_s=args.start_timeout_s,
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
@@ -211,6 +219,21 @@ def register(subparsers: Any) -> None:
         type=float,
         default=900.0,
         help="the same before a task's first checkpoint (model fetch and load)",
+    )
+    r = p.add_argument_group("car reputation (votes on redundant copies and spot checks)")
+    r.add_argument(
+        "--quarantine-strikes",
+        type=int,
+        default=_DEFAULT_RULE.quarantine_strikes,
+        help="strikes that quarantine a car (no more work) when they are at least "
+        "--quarantine-ratio of its verdicts",
+    )
+    r.add_argument("--quarantine-ratio", type=float, default=_DEFAULT_RULE.quarantine_ratio)
+    r.add_argument(
+        "--trusted-after",
+        type=int,
+        default=_DEFAULT_RULE.trusted_after,
+        help="agreements (times 1 + strikes) that make a car trusted",
     )
     p.add_argument(
         "--model",

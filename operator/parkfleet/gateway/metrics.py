@@ -150,6 +150,25 @@ class GatewayMetrics:
             "when a pool change takes its pool from it.",
             registry=r,
         )
+        self.cars_by_reputation = Gauge(
+            "parkfleet_gateway_cars_by_reputation",
+            "Connected cars by reputation state (new, trusted, quarantined: no more work), "
+            "from the votes on redundant copies and spot checks.",
+            ["pool", "state"],
+            registry=r,
+        )
+        self.car_strikes = Counter(
+            "parkfleet_gateway_car_strikes_total",
+            "Verdicts against a car: results it delivered disagreed with the kept result.",
+            ["pool"],
+            registry=r,
+        )
+        self.car_agreements = Counter(
+            "parkfleet_gateway_car_agreements_total",
+            "Verdicts for a car: results it delivered agreed with the kept result.",
+            ["pool"],
+            registry=r,
+        )
         self.tasks_queued = Gauge(
             "parkfleet_gateway_tasks_queued", "Tasks waiting for a car.", registry=r
         )

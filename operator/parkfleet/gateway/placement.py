@@ -16,6 +16,8 @@ class CarView(Protocol):
     @property
     def car_id(self) -> str: ...
     @property
+    def owner(self) -> str: ...
+    @property
     def runtimes(self) -> frozenset[str]: ...
     @property
     def gpu_memory_mib(self) -> int: ...
@@ -49,6 +51,7 @@ def choose_car(
     runtime: str,
     gpu_memory_mib: int,
     exclude: Collection[str] = (),
+    exclude_owners: Collection[str] = (),
 ) -> C | None:
     """Chooses the car for a task among a cell's eligible, idle cars.
 
@@ -63,6 +66,8 @@ def choose_car(
         runtime: The runtime the task needs.
         gpu_memory_mib: GPU memory the task needs.
         exclude: Car ids not to choose (e.g. cars that refused this task).
+        exclude_owners: Owners whose cars not to choose (those that hold a copy of the
+            same unit: one owner's certificates are one voter).
 
     Returns:
         The chosen car, or None when none fits.
@@ -71,6 +76,8 @@ def choose_car(
     best_key: tuple[bool, float, str] | None = None
     for car in candidates:
         if car.car_id in exclude or not fits(car, runtime, gpu_memory_mib):
+            continue
+        if exclude_owners and car.owner in exclude_owners:
             continue
         # Smaller is better: a usable link first, then the longest idle, then the id.
         key = (car.link_quality < GOOD_LINK, car.idle_since, car.car_id)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from parkfleet.gateway.metrics import CellGauges, GatewayMetrics
+from parkfleet.gateway.reputation import ReputationState
 from parkfleet.policy import Conditions, Eligibility, Policy, Verdict
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.claims import clamped_free_memory
@@ -49,8 +50,10 @@ class CarState:
         "last_seen",
         "link_quality",
         "lock",
+        "owner",
         "owner_policy",
         "reason",
+        "reputation",
         "runtimes",
         "soc_percent",
     )
@@ -80,6 +83,11 @@ class CarState:
         self.owner_policy = eligibility.policy
         # Certificate attributes as sorted pairs (interned: cars share them).
         self.attributes: tuple[tuple[str, str], ...] = ()
+        # Who owns the car (its certificate's): copies of one unit go to distinct owners.
+        self.owner = car_id
+        # Set before the car is added (the gateway's record of it outlives its streams);
+        # a quarantined car is never a placement candidate.
+        self.reputation: ReputationState = "new"
         self.eligible = False
         self.reason = REASON_NO_TELEMETRY
         self.free_gpu_memory_mib = 0
@@ -152,6 +160,7 @@ class Registry:
         self.cars: dict[str, CarState] = {}
         self.cells: dict[str, Cell] = {}
         self._interned: dict[Any, Any] = {}
+        self._by_reputation: dict[tuple[str, str], Any] = {}
 
     def intern(self, value: _T) -> _T:
         """One shared instance per distinct hashable value (runtime sets, policies)."""
@@ -175,6 +184,7 @@ class Registry:
         self.cars[car.car_id] = car
         car.cell.cars[car.car_id] = car
         car.cell.gauges.connected.inc()
+        self._reputation_gauge(car.cell.pool, car.reputation).inc()
         return old
 
     def remove(self, car: CarState) -> bool:
@@ -186,6 +196,7 @@ class Registry:
         del cell.cars[car.car_id]
         cell.available.pop(car.car_id, None)
         cell.gauges.connected.dec()
+        self._reputation_gauge(cell.pool, car.reputation).dec()
         if car.eligible:
             cell.eligible -= 1
             cell.gauges.eligible.dec()
@@ -205,6 +216,9 @@ class Registry:
         old.gauges.connected.dec()
         cell.cars[car.car_id] = car
         cell.gauges.connected.inc()
+        if old.pool != cell.pool:
+            self._reputation_gauge(old.pool, car.reputation).dec()
+            self._reputation_gauge(cell.pool, car.reputation).inc()
         if car.eligible:
             old.eligible -= 1
             old.gauges.eligible.dec()
@@ -259,8 +273,27 @@ class Registry:
             car.cell.gauges.busy.inc(delta)
             self._refresh_available(car)
 
+    def set_reputation(self, car: CarState, state: ReputationState) -> None:
+        """Records the car's new reputation state (a quarantined car takes no task)."""
+        if state == car.reputation:
+            return
+        if self.is_current(car):
+            self._reputation_gauge(car.cell.pool, car.reputation).dec()
+            self._reputation_gauge(car.cell.pool, state).inc()
+        car.reputation = state
+        if self.is_current(car):
+            self._refresh_available(car)
+
+    def _reputation_gauge(self, pool: str, state: str) -> Any:
+        child = self._by_reputation.get((pool, state))
+        if child is None:
+            child = self._by_reputation[pool, state] = self._metrics.cars_by_reputation.labels(
+                pool, state
+            )
+        return child
+
     def _refresh_available(self, car: CarState) -> None:
-        if car.eligible and not car.busy:
+        if car.eligible and not car.busy and car.reputation != "quarantined":
             if car.car_id not in car.cell.available:
                 car.idle_since = time.monotonic()
             car.cell.available[car.car_id] = car

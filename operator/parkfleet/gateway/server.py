@@ -357,6 +357,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         )
         car.owner_policy = owner
         car.attributes = self._registry.intern(tuple(sorted(identity.attributes.items())))
+        car.owner = self._registry.intern(identity.owner)
+        car.reputation = self._tasks.reputation.state(identity.car_id)
         old = self._registry.add(car)
         if old is not None:
             self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")

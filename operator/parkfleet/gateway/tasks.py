@@ -21,6 +21,7 @@ from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.offers import InputError, stream_inputs
 from parkfleet.gateway.placement import choose_car
 from parkfleet.gateway.registry import CarState, Registry
+from parkfleet.gateway.reputation import Reputation
 from parkfleet.gateway.results import check_result, check_spec
 from parkfleet.gateway.taskstate import (
     REASON_ATTEMPTS_EXHAUSTED,
@@ -65,6 +66,7 @@ class TaskManager:
             checkpoint or result) this long moves to another car; 0 never moves it.
         start_timeout_s: The same before the attempt's first checkpoint, progress or
             result: the car may first fetch and load the model, over a slow link.
+        reputation: The cars' reputations (a fresh book with the default rule when None).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class TaskManager:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         stall_timeout_s: float = 120.0,
         start_timeout_s: float = 900.0,
+        reputation: Reputation | None = None,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
@@ -86,14 +89,15 @@ class TaskManager:
         self.max_attempts = max(1, max_attempts)
         self.stall_timeout_s = stall_timeout_s
         self.start_timeout_s = start_timeout_s
+        self.reputation = reputation or Reputation()
         self.tasks: dict[str, Task] = {}
         self._queued: dict[str, Task] = {}
         self._offered: dict[str, Task] = {}
         # The task each car holds, by car id (the car's own record only says "busy").
         self._on_car: dict[str, Task] = {}
-        # Per task group (the copies of one redundant unit): cars that took a copy, and
-        # the group's tasks not yet released.
-        self._group_cars: dict[str, set[str]] = {}
+        # Per task group (the copies of one redundant unit): owners of the cars that took
+        # a copy, and the group's tasks not yet released.
+        self._group_owners: dict[str, set[str]] = {}
         self._group_tasks: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.kick = asyncio.Event()
@@ -155,7 +159,40 @@ class TaskManager:
             members.discard(task_id)
             if not members:
                 del self._group_tasks[group]
-                self._group_cars.pop(group, None)
+                self._group_owners.pop(group, None)
+
+    def record_verdict(self, task_id: str, agreed: bool) -> list[str]:
+        """Counts the vote on an ended task for (or against) the cars that delivered its
+        results; a car past the quarantine threshold takes no more tasks (its stream
+        stays open: it is told nothing).
+
+        Returns:
+            The cars this verdict quarantined.
+        """
+        task = self.tasks.get(task_id)
+        if task is None:
+            return []
+        quarantined: list[str] = []
+        counter = self._metrics.car_agreements if agreed else self._metrics.car_strikes
+        for car_id in task.result_cars:
+            counter.labels(task.pool).inc()
+            before, after = self.reputation.record(car_id, agreed)
+            if before == after:
+                continue
+            car = self._registry.cars.get(car_id)
+            if car is not None:
+                self._registry.set_reputation(car, after)
+            if after == "quarantined":
+                agreements, strikes = self.reputation.counts(car_id)
+                log.warning(
+                    "car %s quarantined: %d of its %d checked results disagreed (last: task %s)",
+                    car_id,
+                    strikes,
+                    agreements + strikes,
+                    task_id,
+                )
+                quarantined.append(car_id)
+        return quarantined
 
     def task_on(self, car: CarState) -> Task | None:
         """The task ``car`` holds (this stream of it), if any."""
@@ -178,7 +215,7 @@ class TaskManager:
             if now - task.offered_at > self.offer_timeout_s and task.car is not None:
                 car = task.car
                 self._cancel_on_car(task, car, REASON_OFFER_TIMEOUT)
-                task.refused_by.add(car.car_id)
+                task.refused_by.add(car.owner)
                 self._give_back(
                     task, "refused", REASON_OFFER_TIMEOUT, "the car did not answer the offer"
                 )
@@ -191,11 +228,10 @@ class TaskManager:
                 if task.busy_until:
                     task.busy_until = {c: t for c, t in task.busy_until.items() if t > now}
                     exclude = exclude | task.busy_until.keys()
-                if spec.group:
-                    # Copies of one unit (redundancy) must land on distinct cars.
-                    exclude = exclude | self._group_cars.get(spec.group, set())
+                # Copies of one unit (redundancy) land on cars of distinct owners.
+                owners = self._group_owners.get(spec.group, ()) if spec.group else ()
                 chosen = choose_car(
-                    cell.available.values(), spec.runtime, spec.gpu_memory_mib, exclude
+                    cell.available.values(), spec.runtime, spec.gpu_memory_mib, exclude, owners
                 )
             if chosen is not None:
                 self._offer(task, chosen)
@@ -256,7 +292,7 @@ class TaskManager:
         task.offered_at = time.monotonic()
         task.cars.append(car.car_id)
         if task.spec.group:
-            self._group_cars.setdefault(task.spec.group, set()).add(car.car_id)
+            self._group_owners.setdefault(task.spec.group, set()).add(car.owner)
         self._offered[task.spec.task_id] = task
         self._on_car[car.car_id] = task
         self._registry.set_busy(car, True)
@@ -365,7 +401,7 @@ class TaskManager:
                     # Still finishing a task the gateway cancelled: it will be free soon.
                     task.busy_until[car.car_id] = time.monotonic() + BUSY_RETRY_S
                 else:
-                    task.refused_by.add(car.car_id)
+                    task.refused_by.add(car.owner)
                 self._give_back(task, "refused", reason, car_text(r.message))
         elif kind == "log":
             lg = msg.log
@@ -386,7 +422,7 @@ class TaskManager:
                 task.checkpoint = max(task.checkpoint, f.next_item)
             # A fact about this attempt on this car, whatever the car calls it: the task
             # moves on (not back to this car); only the cluster side may fail a job.
-            task.refused_by.add(car.car_id)
+            task.refused_by.add(car.owner)
             self._give_back(task, "lost", car_reason(f.reason), car_text(f.message))
 
     def _mark_running(self, task: Task) -> None:
@@ -427,6 +463,8 @@ class TaskManager:
                 self._finish_failed(task, REASON_SINK_ERROR, f"writing results failed: {e!r}")
             return
         task.delivered += n - skip
+        if car.car_id not in task.result_cars:
+            task.result_cars.append(car.car_id)
         self._metrics.result_items.labels(task.pool).inc(n - skip)
 
     async def _on_done(self, car: CarState, d: pb.TaskDone) -> None:

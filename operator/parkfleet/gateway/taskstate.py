@@ -51,6 +51,7 @@ class Task:
         "queued_at",
         "reason",
         "refused_by",
+        "result_cars",
         "spec",
         "started_at",
         "state",
@@ -80,6 +81,8 @@ class Task:
         self.energy_wh = 0.0
         self.energy_modelled = False
         self.cars: list[str] = []
+        # Cars whose results reached the sink (the verdict on the task is on them).
+        self.result_cars: list[str] = []
         self.moves = 0
         # Attempts that ended without finishing (the car failed, stalled, left or stopped).
         self.failures = 0

@@ -18,6 +18,7 @@ termination summary at the end. A deletion cancels its tasks and removes the obj
 from __future__ import annotations
 
 import datetime
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -50,6 +51,7 @@ from parkfleet.nodeagent.podevents import (
     Submit,
     SubmitFailed,
     Succeeded,
+    Verdict,
 )
 
 __all__ = [
@@ -63,12 +65,15 @@ __all__ = [
     "copy_ids",
     "deleted",
     "refuse",
+    "spot_checked",
     "step",
 ]
 
 PENDING_AFTER_S = 1.0  # a pod no car took within this shows WaitingForCar
 REASON_DISAGREE = "ResultsDisagree"
 REASON_SUBMIT = "TaskRefused"
+# A spot check's second copy that finds no car of another owner is dropped, not failed.
+REASON_NO_CAR = "NoEligibleCar"
 
 
 # ---- the state -------------------------------------------------------------------------
@@ -91,6 +96,9 @@ class Pod:
         items: What its task covers, ``[start, end)``.
         copies: Distinct cars each item runs on (2+: results are compared).
         compare: How copies are compared: (mode, output, tolerance).
+        spot_check: The fraction of single-copy units also run on a second car (of
+            another owner) and compared (see :func:`spot_checked`).
+        checked: This single-copy unit is spot-checked: :func:`admit` made it 2 copies.
     """
 
     uid: str
@@ -105,6 +113,8 @@ class Pod:
     items: tuple[int, int] = (0, 0)
     copies: int = 1
     compare: tuple[str, str, float] = ("argmax", "", 0.0)
+    spot_check: float = 0.0
+    checked: bool = False
 
     @property
     def key(self) -> str:
@@ -199,13 +209,26 @@ def _submit_all(state: PodState) -> list[Effect]:
     return [Submit(c.task_id, group) for c in state.copies if not c.outcome]
 
 
+def spot_checked(uid: str, fraction: float) -> bool:
+    """Whether the single-copy unit of pod ``uid`` is spot-checked: a hash of its uid
+    below ``fraction``, so the same pod decides the same after a restart, and a car
+    cannot tell a checked unit from another."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(uid.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
 def admit(pod: Pod, *, running_since: str = "") -> Step:
-    """A new pod: its copies are submitted.
+    """A new pod: its copies are submitted. A spot-checked single-copy unit runs as two
+    copies on cars of distinct owners, voted on as any redundant unit.
 
     Args:
         running_since: The pod's ``startTime`` when it is already ``Running`` (the
             gateway restarted under it): it stays Running while its task starts again.
     """
+    if pod.copies == 1 and spot_checked(pod.uid, pod.spot_check):
+        pod = replace(pod, copies=2, checked=True)
     state = PodState(pod=pod, copies=tuple(Copy(t) for t in copy_ids(pod)))
     if running_since:
         state = replace(state, phase="Running", started_at=running_since)
@@ -215,6 +238,8 @@ def admit(pod: Pod, *, running_since: str = "") -> Step:
         ]
     start, end = pod.items
     copies = f" ({pod.copies} copies)" if pod.copies > 1 else ""
+    if pod.checked:
+        copies = " (spot check: 2 copies on cars of distinct owners)"
     line = f"parkfleet: task {pod.uid} for items {start}..{end - 1} queued on cell {pod.cell}"
     # Pending is written only if no car took the pod meanwhile: most pods go straight
     # to Running, one status write (and its fan-out to every watcher) fewer each.
@@ -320,6 +345,16 @@ def step(state: PodState, event: Event, now: datetime.datetime) -> Step:
         if any(not c.outcome for c in state.copies):
             return state, []
         return _decide(state, now)
+    if isinstance(event, Failed) and _check_dropped(state, event):
+        # No car of another owner for the spot check: the unit goes unchecked.
+        state = _with_copy(state, replace(copy, outcome="cancelled"))
+        effects: list[Effect] = [
+            Log((f"parkfleet: {tag}spot check skipped: {event.message}",)),
+        ]
+        if any(not c.outcome for c in state.copies):
+            return state, effects
+        decided, more = _decide(state, now)
+        return decided, effects + more
     if isinstance(event, Failed):
         state = _with_copy(
             state,
@@ -337,6 +372,17 @@ def step(state: PodState, event: Event, now: datetime.datetime) -> Step:
         copy, outcome="cancelled", energy_wh=event.energy_wh, energy_modelled=event.energy_modelled
     )
     return _with_copy(state, stopped), []
+
+
+def _check_dropped(state: PodState, event: Failed) -> bool:
+    """Whether a failed copy is a spot check to drop: it found no car, and the other
+    copy has not failed (it may still run)."""
+    if not state.pod.checked or event.reason != REASON_NO_CAR:
+        return False
+    others = [c for c in state.copies if c.task_id != event.task_id]
+    return all(c.outcome != "failed" for c in others) and any(
+        c.outcome in ("", "succeeded") for c in others
+    )
 
 
 def _with_copy(state: PodState, copy: Copy) -> PodState:
@@ -372,12 +418,18 @@ def _decide(state: PodState, now: datetime.datetime) -> Step:
     """Every copy succeeded: the pod succeeds, or its copies vote."""
     if len(state.copies) == 1:
         return _succeed(state, state.copies[0], now)
+    # Copies dropped (a spot check that found no car) have no say.
+    voters = [c for c in state.copies if c.outcome == "succeeded"]
+    if len(voters) == 1:
+        # Its spot check was dropped: the one copy is the result, unchecked.
+        state, end = _succeed(state, voters[0], now)
+        return state, [PromoteResult(voters[0].task_id), *end]
     mode, output, tolerance = state.pod.compare
-    results = [c.outputs or {} for c in state.copies]
+    results = [c.outputs or {} for c in voters]
     name = output or next(iter(results[0]), "")
     arrays = [r[name] for r in results if name in r]
     winner = majority(arrays, mode, tolerance) if len(arrays) == len(results) else None
-    cars = ", ".join(c.car for c in state.copies)
+    cars = ", ".join(c.car for c in voters)
     if winner is None and len(state.copies) < state.pod.copies + 2:
         msg = f"results of cars {cars} disagree on {name!r} ({mode}); another car decides"
         extra = Copy(f"{state.pod.uid}-r{len(state.copies)}")
@@ -388,14 +440,12 @@ def _decide(state: PodState, now: datetime.datetime) -> Step:
             Submit(extra.task_id, state.pod.uid),
         ]
     if winner is None:
-        return _fail(state, REASON_DISAGREE, f"no majority among {len(state.copies)} copies", now)
-    chosen = state.copies[winner]
-    odd = [
-        c.car
-        for c, r in zip(state.copies, results, strict=True)
-        if not agree(r[name], arrays[winner], mode, tolerance)
-    ]
-    effects: list[Effect] = []
+        return _fail(state, REASON_DISAGREE, f"no majority among {len(voters)} copies", now)
+    chosen = voters[winner]
+    agreed = [agree(r[name], arrays[winner], mode, tolerance) for r in results]
+    odd = [c.car for c, ok in zip(voters, agreed, strict=True) if not ok]
+    # Every copy's cars hear the vote (their reputation), before the copies are released.
+    effects: list[Effect] = [Verdict(c.task_id, ok) for c, ok in zip(voters, agreed, strict=True)]
     if odd:
         msg = (
             f"kept the result of car {chosen.car}; car(s) {', '.join(odd)} returned "

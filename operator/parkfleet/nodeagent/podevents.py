@@ -39,6 +39,7 @@ __all__ = [
     "Submit",
     "SubmitFailed",
     "Succeeded",
+    "Verdict",
 ]
 
 Outputs = Mapping[str, npt.NDArray[np.generic]]
@@ -183,6 +184,15 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    """Tell the gateway whether the results of copy ``task_id`` agreed with the kept
+    result (before the copy is released): its cars' reputation."""
+
+    task_id: str
+    agreed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PatchStatus:
     """Write the pod's ``status`` (a final one when ``final``)."""
 
@@ -250,6 +260,7 @@ Effect = (
     Submit
     | Cancel
     | Release
+    | Verdict
     | PatchStatus
     | PostEvent
     | Log

@@ -53,6 +53,7 @@ MAX_EVENT_POSTS = 2
 # Where a task's results wait until its unit's file is written (beside that file).
 SPOOL_DIR = ".spool"
 RETRY_FIRST_S = 1.0
+REASON_CAR_QUARANTINED = "CarQuarantined"
 RETRY_MAX_S = 60.0
 
 
@@ -179,6 +180,7 @@ class PodDriver:
             container=task.container,
             copies=task.copies,
             compare=task.compare,
+            spot_check=task.spot_check if task.spot_check is not None else pool.spot_check_fraction,
         )
         try:
             prepared = await self.specs.prepare(pod, cell, task, pool)
@@ -334,6 +336,12 @@ class PodDriver:
             released = t.sinks.get(effect.task_id)
             if released is not None:
                 await released.discard()
+        elif isinstance(effect, ev.Verdict):
+            for car in self.port.record_verdict(effect.task_id, effect.agreed):
+                # The gateway's fact, told on the pod whose vote caused it.
+                msg = f"car {car} quarantined: it gets no more work (its results disagreed)"
+                self.logs.write(pod.key, f"parkfleet: {msg}")
+                self._post(pod, ev.PostEvent(REASON_CAR_QUARANTINED, msg, warning=True))
         elif isinstance(effect, ev.PatchStatus):
             async with self._end_writes if effect.final else self._writes:
                 await write_unread(

@@ -52,6 +52,8 @@ ENV_UNIT_ITEMS = "PARKFLEET_UNIT_ITEMS"
 ENV_TOTAL_ITEMS = "PARKFLEET_TOTAL_ITEMS"
 ENV_REDUNDANCY = "PARKFLEET_REDUNDANCY"  # copies on distinct cars
 ENV_COMPARE = "PARKFLEET_COMPARE"  # MODE:OUTPUT:TOLERANCE, e.g. argmax:probabilities:0
+# At redundancy 1, the fraction of units also run on a second car (default: the pool's).
+ENV_SPOT_CHECK = "PARKFLEET_SPOT_CHECK_FRACTION"
 ANNOTATION_INDEX = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_PREFIX = "parkfleet.io/"
 
@@ -106,6 +108,7 @@ class PodTask:
         unit: The work unit (Job completion index) or None for a plain pod.
         copies: Distinct cars each item runs on (2+: results are cross-checked).
         compare: How copies are compared: (mode, output, tolerance).
+        spot_check: The job's spot-check fraction (None: the pool's).
     """
 
     runtime: str
@@ -125,6 +128,7 @@ class PodTask:
     unit: int | None = None
     copies: int = 1
     compare: tuple[str, str, float] = ("argmax", "", 0.0)
+    spot_check: float | None = None
 
     @property
     def result_name(self) -> str:
@@ -319,7 +323,20 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         unit=unit,
         copies=_int(env.get(ENV_REDUNDANCY, "1"), f"{at}.env[{ENV_REDUNDANCY}]", 1, 5),
         compare=_compare(env.get(ENV_COMPARE, ""), f"{at}.env[{ENV_COMPARE}]"),
+        spot_check=_fraction(env.get(ENV_SPOT_CHECK), f"{at}.env[{ENV_SPOT_CHECK}]"),
     )
+
+
+def _fraction(value: str | None, field: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise Unsupported(field, f"{value!r} is not a number") from None
+    if not 0.0 <= fraction <= 1.0:  # NaN fails too
+        raise Unsupported(field, f"{value!r} is not between 0 and 1")
+    return fraction
 
 
 def _unit(pod: Mapping[str, Any], env: Mapping[str, str], at: str) -> tuple[int, int, int]:

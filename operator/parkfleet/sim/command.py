@@ -47,6 +47,7 @@ async def _main(args: argparse.Namespace) -> int:
             start_unix_ms=_start_ms(args.start_hour),
             car_id_prefix=args.car_prefix,
             corrupt=args.corrupt,
+            cars_per_owner=args.cars_per_owner,
         )
     )
     stop = asyncio.Event()
@@ -122,6 +123,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--car-prefix", default="sim-", help="car ids are PREFIX000000, ...")
     p.add_argument(
         "--corrupt", action="store_true", help="fault injection: these cars return wrong results"
+    )
+    p.add_argument(
+        "--cars-per-owner",
+        type=int,
+        default=1,
+        help="consecutive cars sharing an owner (their certificates' owner attribute)",
     )
     p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1")
     p.add_argument("--log-level", default="warning")

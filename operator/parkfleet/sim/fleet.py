@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from parkfleet.certs import CA_CERT_FILE, FleetCA, car_identity, car_paths
+from parkfleet.certs import CA_CERT_FILE, OWNER_ATTRIBUTE, FleetCA, car_identity, car_paths
 from parkfleet.policy import Policy
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
@@ -67,6 +67,9 @@ class FleetConfig:
         max_reconnects: Per car, None = forever.
         scenario: ``day`` (realistic traces) or ``parked`` (always parked, plugged in).
         corrupt: Fault injection: every car returns wrong results (tests of redundancy).
+        cars_per_owner: Consecutive cars that share an owner (the certificate's ``owner``
+            attribute, ``{prefix}owner-{index // cars_per_owner:06d}``): copies of one
+            unit never go to two cars of one owner.
     """
 
     cars: int
@@ -89,6 +92,7 @@ class FleetConfig:
     extra_attributes: dict[str, str] = field(default_factory=dict)
     scenario: str = "day"
     corrupt: bool = False
+    cars_per_owner: int = 1
 
 
 @dataclass
@@ -193,7 +197,13 @@ class SimulatedFleet:
             providers = self.compute.providers
         for i, trace in enumerate(self.traces):
             car_id = f"{cfg.car_id_prefix}{i:06d}"
-            attrs = {"pool": cfg.pool, "cell": str(i % max(1, cfg.cells)), **cfg.extra_attributes}
+            owner = f"{cfg.car_id_prefix}owner-{i // max(1, cfg.cars_per_owner):06d}"
+            attrs = {
+                "pool": cfg.pool,
+                "cell": str(i % max(1, cfg.cells)),
+                OWNER_ATTRIBUTE: owner,
+                **cfg.extra_attributes,
+            }
             creds = car_credentials(ca, ca_pem, cfg.certs_dir, car_id, attrs)
             rng = random.Random(f"{cfg.seed}:policy:{i}")
             policy = owner_policy(rng) if cfg.strict_owners else Policy()
