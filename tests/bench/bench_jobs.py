@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from manifests import pool_doc
 from parkfleet import devcluster
 from parkfleet.contract import parse_cars_condition
 from parkfleet.controller.jobs import elapsed_s
-from parkfleet.devstack import DevStack, Proc
+from parkfleet.devstack import DevStack, Proc, free_port
 
 __all__ = ["main"]
 
@@ -398,7 +399,8 @@ def run_one(
     if gw is not None:
         gw.stop()  # the new one binds the same address: cars reconnect there
     entry = () if spec.resume else (str(Path(__file__).with_name("naive_gateway.py")),)
-    stack.start_gateway("--log-level=warning", entry=entry)
+    metrics_port = free_port()
+    stack.start_gateway("--log-level=warning", f"--metrics-port={metrics_port}", entry=entry)
     stayers, leavers = split_cars(args.cars, args.churn, args.leaver_procs)
     stay, leave = start_fleets(stack, args, stayers, leavers)
     out: dict[str, Any] = {"job": name, "resume_from_checkpoint": spec.resume}
@@ -496,6 +498,11 @@ def run_one(
                 "timeline": timeline,
             }
         )
+        # Items that reached a sink, over every copy (spot checks and redundancy run a unit
+        # twice): computed / delivered, as BOINC counts replication's cost.
+        computed = gateway_counter(metrics_port, "parkfleet_gateway_result_items_total")
+        out["items_computed"] = computed
+        out["spot_check_overhead"] = round(computed / done, 4) if done else None
         out.update(exactly_once(stack, name, args.items, truth))
         log(
             f"{spec.key}: {'complete' if complete else 'NOT complete'} in {duration:.0f}s, "
@@ -519,6 +526,17 @@ def _ramp_s(timeline: list[dict[str, Any]], cars: int) -> float | None:
     return None
 
 
+def gateway_counter(port: int, name: str) -> float:
+    """The sum of a counter's samples on the gateway's /metrics (every label set)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def _epoch(rfc3339: str) -> float:
     return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
@@ -538,6 +556,9 @@ def summarise(r: dict[str, Any]) -> None:
         "efficiency_no_churn": runs.get("no_churn", {}).get("efficiency"),
         "efficiency_churn30": runs.get("churn30", {}).get("efficiency"),
         "baseline_efficiency_churn30": runs.get("baseline_churn30", {}).get("efficiency"),
+        # Computed / delivered with spot checks at their default rate (goal <= 1.10).
+        "spot_check_overhead": runs.get("no_churn", {}).get("spot_check_overhead"),
+        "spot_check_overhead_churn30": runs.get("churn30", {}).get("spot_check_overhead"),
     }
     r = {**flat, **r}
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -565,6 +586,7 @@ def summarise(r: dict[str, Any]) -> None:
         ("units succeeded/total", "", ""),
         ("units failed", "", ""),
         ("cars used", "cars_used", ""),
+        ("computed / delivered", "spot_check_overhead", ".3f"),
         ("task moves (carsMoved)", "cars_moved", ""),
         ("unit files", "unit_files", ""),
         ("every item exactly once", "every_item_exactly_once", ""),

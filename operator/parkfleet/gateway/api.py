@@ -67,8 +67,8 @@ class GatewayConfig:
         pool_floors: Per pool, a policy floor applied to cars that connect.
         max_gpus_per_car: A car claiming more GPUs is refused (its stream closes).
         max_gpu_memory_mib: A car claiming more GPU memory is refused.
-        max_attempts: Cars a task may fail on (failures, stalls, losses) before it
-            fails ``AttemptsExhausted``.
+        max_attempts: Cars a task may fail on (reported failures, stalls) before it
+            fails ``AttemptsExhausted``; a car that leaves is no failure.
         grpc_options: Extra gRPC server options, over :func:`server_options` (tuning).
         model_fetch: How the gateway downloads a model a pod names by ``https://`` URI
             (size and time limits, the CA bundle it trusts).

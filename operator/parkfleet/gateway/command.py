@@ -206,7 +206,7 @@ def register(subparsers: Any) -> None:
         "--max-attempts",
         type=int,
         default=DEFAULT_MAX_ATTEMPTS,
-        help="cars a task may fail on (failures, stalls, losses) before AttemptsExhausted",
+        help="cars a task may fail on (reported failures, stalls) before AttemptsExhausted",
     )
     p.add_argument(
         "--stall-timeout-s",

@@ -60,8 +60,9 @@ class TaskManager:
         bus: Where task events go.
         car_wait_s: Default time a task may wait for a car before failing.
         offer_timeout_s: Time a car has to accept or refuse an offer.
-        max_attempts: Attempts of a task that may end without finishing (the car failed,
-            stalled, left, or its policy stopped it) before it fails ``AttemptsExhausted``.
+        max_attempts: Attempts of a task that may fail (the car reported a failure, or
+            stalled) before it fails ``AttemptsExhausted``. A car that leaves is no
+            failure (decision 2): the task simply resumes elsewhere.
         stall_timeout_s: A running task whose car says nothing about it (no progress,
             checkpoint or result) this long moves to another car; 0 never moves it.
         start_timeout_s: The same before the attempt's first checkpoint, progress or
@@ -269,6 +270,7 @@ class TaskManager:
                 "lost",
                 REASON_STALLED,
                 f"car {car.car_id} sent no progress, checkpoint or result for {quiet:.0f} s",
+                failed=True,
             )
 
     def _enqueue(self, task: Task) -> None:
@@ -423,7 +425,7 @@ class TaskManager:
             # A fact about this attempt on this car, whatever the car calls it: the task
             # moves on (not back to this car); only the cluster side may fail a job.
             task.refused_by.add(car.owner)
-            self._give_back(task, "lost", car_reason(f.reason), car_text(f.message))
+            self._give_back(task, "lost", car_reason(f.reason), car_text(f.message), failed=True)
 
     def _mark_running(self, task: Task) -> None:
         if task.state == "Offered":
@@ -510,7 +512,9 @@ class TaskManager:
                 if car.eligible:
                     self.car_available()
 
-    def _give_back(self, task: Task, kind: EventKind, reason: str, message: str) -> None:
+    def _give_back(
+        self, task: Task, kind: EventKind, reason: str, message: str, *, failed: bool = False
+    ) -> None:
         """The task left its car (lost, refused, policy): queue it again, or finish it."""
         from_car = task.car.car_id if task.car is not None else ""
         self._release(task)
@@ -518,7 +522,7 @@ class TaskManager:
         task.reason = reason
         task.message = message
         self._emit(task, kind, from_car=from_car, reason=reason, message=message)
-        if kind == "lost":
+        if failed:
             task.failures += 1
         if task.delivered >= task.spec.item_end:
             # Every result already reached the sink; only the car's "done" was missing.

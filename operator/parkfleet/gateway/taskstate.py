@@ -84,7 +84,7 @@ class Task:
         # Cars whose results reached the sink (the verdict on the task is on them).
         self.result_cars: list[str] = []
         self.moves = 0
-        # Attempts that ended without finishing (the car failed, stalled, left or stopped).
+        # Attempts that failed (the car said so, or stalled); a car that left is no failure.
         self.failures = 0
         self.previous_car = ""
 

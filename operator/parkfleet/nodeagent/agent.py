@@ -27,6 +27,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from parkfleet.api import GROUP, VERSION, FleetPoolSpec
+from parkfleet.backoff import Backoff
 from parkfleet.contract import CarCounts, node_name
 from parkfleet.nodeagent.logs import LogStore
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
@@ -271,7 +272,7 @@ class NodeAgent:
             self._reregistering.discard(cell)
 
     async def _watch_pools(self) -> None:
-        retry = Backoff()
+        retry = Backoff(base_s=WATCH_RETRY_S, cap_s=WATCH_RETRY_MAX_S, floor_s=WATCH_RETRY_S / 4)
         while True:
             try:
                 await self._resync_pools()
@@ -307,7 +308,7 @@ class NodeAgent:
     async def _watch_pods(self, cell: str, node: str) -> None:
         selector = f"spec.nodeName={node}"
         sanitize = self.api.sanitize_for_serialization
-        retry = Backoff()
+        retry = Backoff(base_s=WATCH_RETRY_S, cap_s=WATCH_RETRY_MAX_S, floor_s=WATCH_RETRY_S / 4)
         while True:
             try:
                 listed = await self.core.list_pod_for_all_namespaces(field_selector=selector)
@@ -468,21 +469,3 @@ class NodeAgent:
                     log.warning("status of %s not written: %s", c.node, exc)
                 except Exception:
                     log.exception("status of %s not written", c.node)
-
-
-class Backoff:
-    """Waits between retries of a loop: ``WATCH_RETRY_S``, doubling up to the cap."""
-
-    def __init__(self, first: float = WATCH_RETRY_S, cap: float = WATCH_RETRY_MAX_S) -> None:
-        self.first = first
-        self.cap = cap
-        self.delay = first
-
-    def reset(self) -> None:
-        """The loop made progress: the next wait is short again."""
-        self.delay = self.first
-
-    async def wait(self) -> None:
-        """Sleeps, then doubles the next wait."""
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.cap, self.delay * 2)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from parkfleet import __version__
+from parkfleet.backoff import Backoff
 from parkfleet.policy import Conditions, Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, serialize
-from parkfleet.vehicle.backoff import Backoff
 from parkfleet.vehicle.compute import Compute, ModelLoadError
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter, PowerReader
 from parkfleet.vehicle.metrics import AgentMetrics

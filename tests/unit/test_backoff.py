@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from parkfleet.vehicle.backoff import Backoff
+from parkfleet.backoff import Backoff
 
 
 def test_delays_grow_exponentially_within_the_cap() -> None:

@@ -1,4 +1,5 @@
-"""Jittered exponential backoff for reconnecting to the gateway.
+"""Jittered exponential backoff: a car reconnecting to its gateway, a node agent's watch
+retrying the API server.
 
 "Full jitter": each delay is uniform in [0, min(cap, base * 2**n)], so a fleet that lost its
 gateway at the same instant does not come back in lockstep.
@@ -6,6 +7,7 @@ gateway at the same instant does not come back in lockstep.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 
@@ -42,3 +44,8 @@ class Backoff:
     def reset(self) -> None:
         """Starts over after a connection that worked."""
         self.attempts = 0
+
+    async def wait(self) -> None:
+        """Sleeps the next delay (the cap once attempts are spent)."""
+        delay = self.next_delay()
+        await asyncio.sleep(self.cap_s if delay is None else delay)
