@@ -630,6 +630,7 @@ def run(args: argparse.Namespace, cluster: devcluster.LocalCluster, work: Path) 
         "unit_s": args.items_per_unit / args.rate,
         "ideal_job_s": args.items / (args.cars * args.rate),
         "churn": args.churn,
+        "spot_check_fraction": args.spot_check_fraction,
         "batch_size": args.batch,
         "controlplane_flags": args.cp_flag,
         "runs": {},
@@ -653,7 +654,12 @@ def run(args: argparse.Namespace, cluster: devcluster.LocalCluster, work: Path) 
             "-f",
             "-",
             stdin=pool_doc(
-                POOL, -(-args.cars // args.cells), args.cells, args.grace_s, ["onnxruntime"]
+                POOL,
+                -(-args.cars // args.cells),
+                args.cells,
+                args.grace_s,
+                ["onnxruntime"],
+                spot_check=args.spot_check_fraction,
             ),
         )
         wanted = [s for s in RUNS if s.key in args.runs.split(",")]
@@ -692,6 +698,12 @@ def main() -> int:
     p.add_argument("--ramp-s", type=float, default=10.0, help="spread the cars' connections")
     p.add_argument("--poll-s", type=float, default=2.0)
     p.add_argument("--runs", default=",".join(s.key for s in RUNS))
+    p.add_argument(
+        "--spot-check-fraction",
+        type=float,
+        default=None,
+        help="the pool's spotCheckFraction (default: the CRD's, 0.05)",
+    )
     p.add_argument("--run-cap-s", type=float, default=400.0, help="one run at most")
     p.add_argument("--time-cap-s", type=float, default=900.0, help="the whole benchmark")
     p.add_argument(

@@ -9,9 +9,15 @@ __all__ = ["pool_doc"]
 
 
 def pool_doc(
-    name: str, cell_size: int, cells: int, grace_s: int = 60, runtimes: Sequence[str] = ()
+    name: str,
+    cell_size: int,
+    cells: int,
+    grace_s: int = 60,
+    runtimes: Sequence[str] = (),
+    spot_check: float | None = None,
 ) -> str:
-    """A FleetPool of the cars whose certificate says ``pool=<name>`` (lenient owners)."""
+    """A FleetPool of the cars whose certificate says ``pool=<name>`` (lenient owners);
+    ``spot_check``: its spot-check fraction (None: the CRD's default)."""
     spec: dict[str, object] = {
         "selector": {"matchAttributes": {"pool": name}},
         "cellSize": cell_size,
@@ -20,6 +26,8 @@ def pool_doc(
     if runtimes:
         spec["runtimes"] = list(runtimes)
     spec["gateway"] = {"graceSeconds": grace_s}
+    if spot_check is not None:
+        spec["gateway"]["spotCheckFraction"] = spot_check
     return json.dumps(
         {
             "apiVersion": "parkfleet.io/v1alpha1",
