@@ -58,7 +58,7 @@ from parkfleet.protocol.limits import (
 )
 from parkfleet.taskport import ModelRef, TaskSpec
 
-__all__ = ["TARGETS", "Target"]
+__all__ = ["CAR_ID", "ITEMS", "OUTPUTS", "TARGETS", "TASK_ID", "Target", "frame"]
 
 ROOT = Path(__file__).resolve().parents[2]
 # Below this size the fast decoder's count cannot run out, so where it calls a message
@@ -315,17 +315,18 @@ def _results(first: int, n: int) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def _frame(kind: int, payload: bytes) -> bytes:
+def frame(kind: int, payload: bytes) -> bytes:
+    """One frame of a ``car_stream`` input: kind 0 sends ``payload`` as it is (see _frames)."""
     return bytes([kind]) + len(payload).to_bytes(2, "little") + payload
 
 
 def _stream_seeds() -> list[bytes]:
     hello, parked, accept, progress, checkpoint, done, failed, refuse, log = (
-        _frame(0, m.SerializeToString()) for m in _sample_car_messages()
+        frame(0, m.SerializeToString()) for m in _sample_car_messages()
     )
-    half = _frame(0, encode_result(TASK_ID, 1, 0, _results(0, ITEMS // 2)))
-    rest = _frame(0, encode_result(TASK_ID, 1, ITEMS // 2, _results(ITEMS // 2, ITEMS // 2)))
-    structured = b"".join(_frame(k, bytes(range(k, k + 40))) for k in (1, 2, 3))
+    half = frame(0, encode_result(TASK_ID, 1, 0, _results(0, ITEMS // 2)))
+    rest = frame(0, encode_result(TASK_ID, 1, ITEMS // 2, _results(ITEMS // 2, ITEMS // 2)))
+    structured = b"".join(frame(k, bytes(range(k, k + 40))) for k in (1, 2, 3))
     return [
         hello + parked + accept + half + progress + rest + checkpoint + done,
         hello + parked + accept + half + log + failed + parked + structured,
