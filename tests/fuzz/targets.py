@@ -217,6 +217,14 @@ def _car_seeds() -> list[bytes]:
         pb.CarMessage(result=pb.ResultChunk(task_id="t", outputs=[unpacked])).SerializeToString()
         + b"\x3a\x04\x22\x02\x18\x02",
         result + result,
+        # Larger than 2 * MAX_FIELDS bytes, so counted before protobuf parses them.
+        pb.CarMessage(log=pb.TaskLog(task_id="t", lines=["x" * 3000] * 2)).SerializeToString(),
+        pb.CarMessage(
+            result=pb.ResultChunk(task_id="t", outputs=[unpacked] * 300)
+        ).SerializeToString()
+        + b"\x3a\x04\x22\x02\x18\x02",
+        # The most a result may carry: MAX_NAMES outputs of MAX_DIMS dims.
+        encode_result("t", 1, 0, [(f"o{i}", np.zeros((1,) * 8, np.float32)) for i in range(64)]),
     ]
     return seeds + [m.SerializeToString() for m in _sample_car_messages()]
 
@@ -240,6 +248,10 @@ def _gateway_seeds() -> list[bytes]:
         pb.GatewayMessage(welcome=pb.Welcome(car_id=CAR_ID, cell="p-0")).SerializeToString(),
         pb.GatewayMessage(cancel=pb.TaskCancel(task_id="t", reason="Moved")).SerializeToString(),
         pb.GatewayMessage(redirect=pb.Redirect(address="127.0.0.2:1")).SerializeToString(),
+        # Larger than 2 * MAX_FIELDS bytes, so counted before protobuf parses it.
+        pb.GatewayMessage(
+            offer=pb.TaskOffer(task_id="t", output_names=["o" * 100] * 64)
+        ).SerializeToString(),
     ]
 
 
