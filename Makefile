@@ -97,6 +97,11 @@ bench-jobs: $(VENV)/.installed $(CP) model ## InferenceJob efficiency on 500 sim
 .PHONY: bench
 bench: bench-gateway bench-agent bench-nodes bench-jobs ## every benchmark; tables printed, JSON under .cache/bench/
 
+FUZZ_RUNS ?= 1000000
+.PHONY: fuzz
+fuzz: $(VENV)/.installed ## fuzz the decoders and the gateway's stream handling (atheris): 1,000,000 inputs per target (FUZZ_RUNS=N)
+	$(PY) -m tests.fuzz.driver --runs $(FUZZ_RUNS)
+
 .PHONY: prometheus
 prometheus: ## Debian's prometheus package (prometheus + promtool) for the observability tests
 	hack/prometheus.sh

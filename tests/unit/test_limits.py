@@ -49,7 +49,7 @@ def test_oversized_tensor_rejected_both_ways() -> None:
         (pb.NamedTensor(name="x", dtype=pb.UINT8, dims=[1] * 9, data=b"\0"), "dims"),
         (
             pb.NamedTensor(name="x", dtype=pb.FLOAT32, dims=[2**40, 2**40], data=b"\0" * 4),
-            "carries",
+            "at most",
         ),
         (pb.NamedTensor(name="x" * 300, dtype=pb.UINT8, dims=[1], data=b"\0"), "name"),
     ],

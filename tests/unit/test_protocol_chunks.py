@@ -6,7 +6,6 @@ import random
 
 import numpy as np
 import pytest
-from google.protobuf.message import DecodeError
 
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.chunks import (
@@ -26,6 +25,7 @@ from parkfleet.protocol.limits import (
     tensor_to_proto,
     validate_car_message,
 )
+from tests.protowire import field
 
 ARRAYS = [
     np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -94,21 +94,32 @@ def test_result_chunk_is_protobufs_bytes_and_decodes_without_copying() -> None:
     assert np.shares_memory(probs, np.frombuffer(wire, np.uint8))
 
 
-def test_results_are_validated_as_protobuf_ones_are() -> None:
-    for bad in (
-        pb.ResultChunk(task_id="", outputs=[tensor_to_proto("y", np.zeros(1, "f4"))]),
-        pb.ResultChunk(task_id="t"),
-        pb.ResultChunk(task_id="x" * 300, outputs=[tensor_to_proto("y", np.zeros(1, "f4"))]),
-        pb.ResultChunk(task_id="t", outputs=[pb.NamedTensor(name="y")] * 65),
-    ):
-        msg = pb.CarMessage(result=bad)
-        got = decode_car_message(msg.SerializeToString())
-        assert isinstance(got, ResultData)
-        with pytest.raises(ProtocolViolation) as theirs:
-            validate_car_message(msg)
-        with pytest.raises(ProtocolViolation) as ours:
-            got.validate()
-        assert str(ours.value) == str(theirs.value)
+def decode_and_validate(wire: bytes) -> None:
+    got = decode_car_message(wire)
+    assert isinstance(got, ResultData)
+    got.validate()
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (pb.ResultChunk(task_id="", outputs=[tensor_to_proto("y", np.zeros(1, "f4"))]), "empty"),
+        (pb.ResultChunk(task_id="t"), "no outputs"),
+        (
+            pb.ResultChunk(task_id="x" * 300, outputs=[tensor_to_proto("y", np.zeros(1, "f4"))]),
+            "result.task_id is 300 characters",
+        ),
+        (pb.ResultChunk(task_id="t", outputs=[pb.NamedTensor(name="y")] * 65), "outputs"),
+        (pb.ResultChunk(task_id="t", outputs=[pb.NamedTensor(name="y", dims=[1] * 9)]), "dims"),
+    ],
+    ids=["no-task-id", "no-outputs", "long-task-id", "65-outputs", "9-dims"],
+)
+def test_results_are_refused_as_protobuf_ones_are(bad: pb.ResultChunk, match: str) -> None:
+    msg = pb.CarMessage(result=bad)
+    with pytest.raises(ProtocolViolation, match=match):
+        validate_car_message(msg)
+    with pytest.raises(ProtocolViolation, match=match):  # by the decoder, or by validate
+        decode_and_validate(msg.SerializeToString())
 
 
 def test_encoders_keep_the_tensor_bounds() -> None:
@@ -139,26 +150,12 @@ def test_what_protobuf_would_merge_or_reject_is_left_to_protobuf() -> None:
     got = decode_gateway_message(merged)
     assert got == pb.GatewayMessage.FromString(merged)  # the tensors were merged
     assert isinstance(got, pb.GatewayMessage)
-    with pytest.raises(DecodeError):
+    # What protobuf refuses is a protocol violation (the stream closes), not its DecodeError.
+    with pytest.raises(ProtocolViolation, match="malformed"):
         decode_gateway_message(encode_input("t", 1, 0, True, "x", np.ones(8, "f4"))[:-3])
     bad_utf8 = b"\x22\x03\x0a\x01\xff"  # input { task_id: <invalid UTF-8> }
-    with pytest.raises(DecodeError):
+    with pytest.raises(ProtocolViolation, match="malformed"):
         decode_gateway_message(bad_utf8)
-
-
-def _field(number: int, wire_type: int, payload: bytes) -> bytes:
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while n >= 0x80:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out)
-
-    key = varint(number << 3 | wire_type)
-    if wire_type == 2:
-        return key + varint(len(payload)) + payload
-    return key + payload
 
 
 def test_any_order_unknown_fields_and_unpacked_dims_parse_as_protobuf_does() -> None:
@@ -167,30 +164,30 @@ def test_any_order_unknown_fields_and_unpacked_dims_parse_as_protobuf_does() -> 
         dims = [rng.randrange(0, 5) for _ in range(rng.randrange(0, 4))]
         data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
         # Dims as one block (their order matters), either unpacked varints or packed.
-        unpacked = b"".join(_field(3, 0, bytes([d])) for d in dims)
-        packed = _field(3, 2, bytes(dims)) if dims else b""
+        unpacked = b"".join(field(3, 0, bytes([d])) for d in dims)
+        packed = field(3, 2, bytes(dims)) if dims else b""
         tensor_fields = [
-            _field(1, 2, b"in"),
-            _field(2, 0, bytes([rng.choice([1, 2, 3, 99])])),
+            field(1, 2, b"in"),
+            field(2, 0, bytes([rng.choice([1, 2, 3, 99])])),
             unpacked if rng.random() < 0.5 else packed,
-            _field(4, 2, data),
-            _field(9, 0, b"\x05"),  # unknown (a newer peer's field)
-            _field(10, 5, b"\x00\x00\x80\x3f"),  # unknown fixed32
-            _field(11, 1, bytes(8)),  # unknown fixed64
+            field(4, 2, data),
+            field(9, 0, b"\x05"),  # unknown (a newer peer's field)
+            field(10, 5, b"\x00\x00\x80\x3f"),  # unknown fixed32
+            field(11, 1, bytes(8)),  # unknown fixed64
         ]
         if rng.random() < 0.5:
-            tensor_fields.append(_field(1, 2, b"later-wins"))
+            tensor_fields.append(field(1, 2, b"later-wins"))
         rng.shuffle(tensor_fields)
         chunk_fields = [
-            _field(1, 2, b"task"),
-            _field(2, 0, bytes([rng.randrange(1, 100)])),
-            _field(3, 0, b"\xff\xff\x03"),
-            _field(4, 2, b"".join(tensor_fields)),
-            _field(5, 0, bytes([rng.randrange(0, 3)])),
-            _field(15, 2, b"extra"),
+            field(1, 2, b"task"),
+            field(2, 0, bytes([rng.randrange(1, 100)])),
+            field(3, 0, b"\xff\xff\x03"),
+            field(4, 2, b"".join(tensor_fields)),
+            field(5, 0, bytes([rng.randrange(0, 3)])),
+            field(15, 2, b"extra"),
         ]
         rng.shuffle(chunk_fields)
-        wire = _field(4, 2, b"".join(chunk_fields))
+        wire = field(4, 2, b"".join(chunk_fields))
         expected = pb.GatewayMessage.FromString(wire).input
         got = decode_gateway_message(wire)
         assert isinstance(got, InputData), wire

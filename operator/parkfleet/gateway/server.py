@@ -243,6 +243,9 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {self.hello_timeout_s:g} s"
             )
+        except ProtocolViolation as e:  # the deserializer refused the car's first bytes
+            self._metrics.streams_closed.labels(REASON_PROTOCOL_VIOLATION).inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if first is grpc.aio.EOF:
             return
         assert isinstance(first, pb.CarMessage | ResultData)

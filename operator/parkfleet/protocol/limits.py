@@ -17,6 +17,7 @@ from parkfleet.protocol import carlink_pb2 as pb
 
 __all__ = [
     "MAX_DIMS",
+    "MAX_FIELDS",
     "MAX_ID_CHARS",
     "MAX_LOG_LINES",
     "MAX_LOG_LINE_CHARS",
@@ -47,6 +48,9 @@ MAX_TENSOR_BYTES: Final[int] = 3 * 1024 * 1024
 # One FetchModel chunk.
 MAX_MODEL_CHUNK_BYTES: Final[int] = 1024 * 1024
 MAX_DIMS: Final[int] = 8
+# Fields a decoder reads in one message, all levels together: bounds its work whatever the
+# message holds (a result of MAX_NAMES outputs, each with unpacked dims, has about 800).
+MAX_FIELDS: Final[int] = 2048
 # Task ids, names, reasons: short identifiers.
 MAX_ID_CHARS: Final[int] = 256
 MAX_NAMES: Final[int] = 64
@@ -199,8 +203,20 @@ def tensor_to_proto(name: str, array: np.ndarray) -> pb.NamedTensor:
     return pb.NamedTensor(name=name, dtype=wire, dims=list(array.shape), data=little.tobytes())
 
 
+def _check_dims_count(name: str, count: int) -> None:
+    """Raises :class:`ProtocolViolation` when a tensor has more than ``MAX_DIMS`` dims.
+
+    Decoders call it with the count alone, before they build anything from the dims.
+    """
+    if count > MAX_DIMS:
+        raise ProtocolViolation(f"tensor {name!r} has {count} dims, the limit is {MAX_DIMS}")
+
+
 def tensor_from_proto(t: TensorFields) -> np.ndarray:
     """Decodes a :class:`NamedTensor` after checking dtype, dims and size.
+
+    Every check comes before the work it guards: the number of dims before they are
+    copied, each dim and the payload size before the shape is built.
 
     Args:
         t: The wire tensor (a message, or a :class:`~parkfleet.protocol.chunks.WireTensor`
@@ -210,25 +226,34 @@ def tensor_from_proto(t: TensorFields) -> np.ndarray:
         A read-only array viewing the message's bytes (copy it to write).
 
     Raises:
-        ProtocolViolation: Unknown dtype, too many dims, a size that does not match
-            the dims, or a payload over ``MAX_TENSOR_BYTES``.
+        ProtocolViolation: Unknown dtype, too many dims, a dim out of range, a size that
+            does not match the dims, or a payload over ``MAX_TENSOR_BYTES``.
     """
-    check_text(t.name, "tensor name")
+    name = t.name
+    check_text(name, "tensor name")
     dtype = dtype_from_proto(t.dtype)
+    # A message's repeated field knows its length: count before copying (a dims bomb).
+    _check_dims_count(name, len(t.dims))
     dims = list(t.dims)
-    if len(dims) > MAX_DIMS:
-        raise ProtocolViolation(f"tensor {t.name!r} has {len(dims)} dims, the limit is {MAX_DIMS}")
     # Each read of a message's ``data`` copies the payload: read it once.
     data = t.data
     if len(data) > MAX_TENSOR_BYTES:
         raise ProtocolViolation(
-            f"tensor {t.name!r} is {len(data)} bytes, the limit is {MAX_TENSOR_BYTES}"
+            f"tensor {name!r} is {len(data)} bytes, the limit is {MAX_TENSOR_BYTES}"
         )
-    # math.prod on Python ints cannot overflow, so absurd dims are caught here.
+    if min(dims, default=0) < 0:
+        raise ProtocolViolation(f"tensor {name!r} has a negative dim in {dims}")
+    # Empty axes count as 1 here: a shape like [0, 2**40] holds nothing, but no array can
+    # have it. math.prod on Python ints cannot overflow.
+    if math.prod(d or 1 for d in dims) > MAX_TENSOR_BYTES:
+        raise ProtocolViolation(
+            f"tensor {name!r} has dims {dims}: a shape holds at most {MAX_TENSOR_BYTES} "
+            "elements (its empty axes counted as 1)"
+        )
     expected = math.prod(dims) * dtype.itemsize
     if expected != len(data):
         raise ProtocolViolation(
-            f"tensor {t.name!r} has dims {dims} of {dtype.name} ({expected} bytes) "
+            f"tensor {name!r} has dims {dims} of {dtype.name} ({expected} bytes) "
             f"but carries {len(data)} bytes"
         )
     return np.frombuffer(data, dtype=dtype).reshape(dims)
@@ -299,6 +324,8 @@ def validate_car_message(msg: pb.CarMessage) -> str:
             raise ProtocolViolation("result carries no outputs")
         if len(msg.result.outputs) > MAX_NAMES:
             raise ProtocolViolation(f"result has {len(msg.result.outputs)} outputs")
+        for output in msg.result.outputs:
+            _check_dims_count(output.name[:MAX_ID_CHARS], len(output.dims))
     else:
         body = getattr(msg, kind)
         _check_task_ref(body.task_id, kind)
