@@ -45,7 +45,7 @@ async def test_the_result_file_appears_whole_on_completion(tmp_path: Path) -> No
     await sink.write(10, {"label": np.array([1, 2]), "p": probs[:2]})
     assert not path.exists()
     await sink.write(12, {"label": np.array([3]), "p": probs[2:]})
-    assert sink.arrays()["p"].tolist() == probs.tolist()  # read back from the spool
+    assert (await sink.arrays())["p"].tolist() == probs.tolist()  # read back from the spool
     await sink.complete()
     with np.load(path) as z:
         assert z["label"].tolist() == [1, 2, 3]
@@ -78,4 +78,4 @@ async def test_without_a_spool_nothing_is_kept() -> None:
     lines: list[int] = []
     sink = ResultSpool(None, None, on_chunk=lambda first, _: lines.append(first))
     await sink.write(5, {"p": np.zeros((2, 3), np.float32)})
-    assert (sink.items, sink.arrays(), lines) == (2, {}, [5])
+    assert (sink.items, await sink.arrays(), lines) == (2, {}, [5])

@@ -262,11 +262,11 @@ class PodDriver:
             tracked = self.tracked.get(uid) if uid is not None else None
             if tracked is None:
                 continue
-            translated = self._translate(tracked, event)
+            translated = await self._translate(tracked, event)
             if translated is not None:
                 self._step(tracked, translated)
 
-    def _translate(self, t: _Tracked, e: TaskEvent) -> ev.Event | None:
+    async def _translate(self, t: _Tracked, e: TaskEvent) -> ev.Event | None:
         if e.kind == "accepted":
             return ev.Accepted(e.task_id, e.car_id)
         if e.kind == "moved":
@@ -279,7 +279,7 @@ class PodDriver:
             outputs = None
             if t.state.pod.copies > 1:
                 sink = t.sinks.get(e.task_id)
-                outputs = sink.arrays() if sink is not None else {}
+                outputs = await sink.arrays() if sink is not None else {}
             return ev.Succeeded(e.task_id, e.items_done, e.energy_wh, e.energy_modelled, outputs)
         if e.kind == "failed":
             return ev.Failed(e.task_id, e.reason, e.message, e.energy_wh, e.energy_modelled)

@@ -2,7 +2,8 @@
 
 A car's results never pile up in the gateway's memory (decision 5; ``docs/security.md``):
 each chunk, already checked against the model's declared outputs, is appended to one
-file per output in the task's spool folder, in a thread. When the task completes, the
+file per output in the task's spool folder (in a thread, once ``FLUSH_BYTES`` are
+pending, so a task holds at most that much and a chunk). When the task completes, the
 unit's ``.npz`` is streamed together from the spool files into a temporary file beside
 it and renamed, so the result file exists exactly when every item's result is in it.
 Copies that are compared (redundancy ≥ 2) are read back as memory maps.
@@ -31,6 +32,9 @@ import numpy.typing as npt
 __all__ = ["ResultSpool"]
 
 _COPY_CHUNK = 1024 * 1024
+# Chunks wait in memory until this many bytes are pending, then go to disk in one thread
+# hop: a task holds at most this (plus one chunk), and small chunks cost no hop each.
+FLUSH_BYTES = 1024 * 1024
 _INDEX = "outputs.json"
 
 
@@ -63,6 +67,9 @@ class ResultSpool:
         self.items = 0
         self.first_item: int | None = None
         self._outputs: list[_Output] = []
+        self._pending: list[Mapping[str, npt.NDArray[np.generic]]] = []
+        self._pending_bytes = 0
+        self._fresh = True
         self.completed = asyncio.Event()
 
     async def write(self, first_item: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
@@ -73,37 +80,58 @@ class ResultSpool:
         """
         n = len(next(iter(outputs.values()))) if outputs else 0
         if self.spool is not None:
-            fresh = self.first_item is None
-            await asyncio.to_thread(self._append, outputs, fresh)
+            self._check(outputs)
+            # The gateway's arrays may be views of its receive buffer: keep copies.
+            self._pending.append({k: np.array(v) for k, v in outputs.items()})
+            self._pending_bytes += sum(v.nbytes for v in outputs.values())
+            if self._pending_bytes >= FLUSH_BYTES:
+                await self._flush()
         if self.first_item is None:
             self.first_item = first_item
         self.items += n
         if self.on_chunk is not None:
             self.on_chunk(first_item, outputs)
 
+    def _check(self, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        if not self._outputs:
+            self._outputs = [
+                _Output(name, a.dtype.str, tuple(a.shape[1:])) for name, a in outputs.items()
+            ]
+        if [o.name for o in self._outputs] != list(outputs):
+            raise ValueError(f"a chunk's outputs {list(outputs)} differ from the first's")
+        for out in self._outputs:
+            array = outputs[out.name]
+            if array.dtype.str != out.dtype or tuple(array.shape[1:]) != out.item_shape:
+                raise ValueError(f"output {out.name!r} changed its type or item shape")
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        fresh, self._fresh = self._fresh, False
+        await asyncio.to_thread(self._append_all, pending, fresh)
+
+    def _append_all(self, chunks: list[Mapping[str, npt.NDArray[np.generic]]], fresh: bool) -> None:
+        for i, outputs in enumerate(chunks):
+            self._append(outputs, fresh and i == 0)
+
     def _append(self, outputs: Mapping[str, npt.NDArray[np.generic]], fresh: bool) -> None:
         assert self.spool is not None
         if fresh:
             shutil.rmtree(self.spool, ignore_errors=True)
             self.spool.mkdir(parents=True)
-            self._outputs = [
-                _Output(name, a.dtype.str, tuple(a.shape[1:])) for name, a in outputs.items()
-            ]
             index = [[o.name, o.dtype, list(o.item_shape)] for o in self._outputs]
             (self.spool / _INDEX).write_text(json.dumps(index))
-        if [o.name for o in self._outputs] != list(outputs):
-            raise ValueError(f"a chunk's outputs {list(outputs)} differ from the first's")
         for i, out in enumerate(self._outputs):
             array = outputs[out.name]
-            if array.dtype.str != out.dtype or tuple(array.shape[1:]) != out.item_shape:
-                raise ValueError(f"output {out.name!r} changed its type or item shape")
             with (self.spool / f"{i}.bin").open("ab") as f:
                 f.write(np.ascontiguousarray(array).data)
 
-    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
+    async def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """Every output over all items received, as read-only memory maps of the spool."""
         if self.spool is None or not self.items:
             return {}
+        await self._flush()
         out: dict[str, npt.NDArray[np.generic]] = {}
         for i, o in enumerate(self._outputs):
             out[o.name] = np.memmap(
@@ -113,6 +141,7 @@ class ResultSpool:
 
     async def save(self, path: Path) -> None:
         """Writes the results to ``path`` atomically (with their first item number)."""
+        await self._flush()
         await asyncio.to_thread(self._save, path)
 
     def _save(self, path: Path) -> None:
