@@ -343,6 +343,10 @@ class TaskPort(Protocol):
         """
         ...
 
+    def trusted(self, car_id: str) -> bool:
+        """Whether a car has a long clean record (adaptive replication checks it less)."""
+        ...
+
     def release(self, task_id: str) -> None:
         """Forgets an ended task (the caller has its outcome). The cars that took copies
         of its group are forgotten with the group's last task."""

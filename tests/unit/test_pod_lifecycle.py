@@ -434,3 +434,25 @@ def test_wrong_results_at_redundancy_1_are_caught_at_about_the_spot_check_rate()
         strikes += sum(not v.agreed for v in only(effects, ev.Verdict))
     assert strikes == checked
     assert 10 <= strikes <= 30  # Binomial(40, 0.5): mean 20, sd 3.2
+
+
+def test_a_trusted_first_car_skips_the_spot_check_and_a_new_one_does_not() -> None:
+    """Adaptive replication: a car with a long clean record is checked less."""
+    pod = checked_pod()
+    r0, r1 = f"{pod.uid}-r0", f"{pod.uid}-r1"
+    state, _ = lc.admit(pod)
+    state, effects = run(state, ev.Accepted(r0, "veteran", trusted=True))
+    assert only(effects, ev.Cancel) == [ev.Cancel(r1, "SpotCheckSkipped")]
+    state, effects = run(state, ev.Stopped(r1), ev.Succeeded(r0, 2, outputs=A))
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r0)]
+    assert not only(effects, ev.Verdict)  # nothing was compared: no verdict either way
+    assert terminated(effects)["reason"] == "Completed"
+
+    state, _ = lc.admit(pod)
+    state, effects = run(state, ev.Accepted(r0, "newcomer", trusted=False))
+    assert not only(effects, ev.Cancel)
+    # Once the check copy has a car, a trusted car's acceptance no longer cancels it.
+    state, _ = lc.admit(pod)
+    state, _ = run(state, ev.Accepted(r1, "checker"))
+    state, effects = run(state, ev.Accepted(r0, "veteran", trusted=True))
+    assert not only(effects, ev.Cancel)

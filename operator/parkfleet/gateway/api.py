@@ -291,6 +291,10 @@ class Gateway:
         """
         return self._tasks.record_verdict(task_id, agreed)
 
+    def trusted(self, car_id: str) -> bool:
+        """Whether a car's reputation is ``trusted`` (a long clean record)."""
+        return self._tasks.reputation.state(car_id) == "trusted"
+
     def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""
         moved = self._service.set_pools(list(pools))

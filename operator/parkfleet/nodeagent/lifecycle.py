@@ -395,8 +395,12 @@ def _accepted(
     state: PodState, copy: Copy, event: Accepted, tag: str, now: datetime.datetime
 ) -> Step:
     cars = state.cars if event.car in state.cars or not event.car else (*state.cars, event.car)
+    first = state.phase != "Running"
     state = replace(_with_copy(state, replace(copy, car=event.car)), cars=cars)
-    if state.phase == "Running":
+    skipped: list[Effect] = []
+    if first and event.trusted and state.pod.checked:
+        state, skipped = _skip_check(state, copy.task_id, event.car)
+    if not first:
         return state, []
     ts = podstatus.timestamp(now)
     state = replace(state, phase="Running", started_at=ts)
@@ -411,7 +415,22 @@ def _accepted(
     if pod.created:
         created = datetime.datetime.fromisoformat(pod.created.replace("Z", "+00:00"))
         effects.append(ObserveStart(max((now - created).total_seconds(), 0.0)))
-    return state, effects
+    return state, skipped + effects
+
+
+def _skip_check(state: PodState, kept: str, car: str) -> Step:
+    """Adaptive replication: a spot-checked unit whose first car has a long clean record
+    needs no second car; its check copy is cancelled if no car has taken it yet."""
+    others = [c for c in state.copies if c.task_id != kept and not c.outcome and not c.car]
+    if not others:
+        return state, []
+    for c in others:
+        state = _with_copy(state, replace(c, outcome="cancelled"))
+    msg = f"spot check skipped: car {car} has a long clean record"
+    return state, [
+        Log((f"parkfleet: {msg}",)),
+        *(Cancel(c.task_id, "SpotCheckSkipped") for c in others),
+    ]
 
 
 def _decide(state: PodState, now: datetime.datetime) -> Step:

@@ -55,10 +55,11 @@ class PendingDue:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A car took the copy ``task_id``."""
+    """A car took the copy ``task_id`` (``trusted``: the car has a long clean record)."""
 
     task_id: str
     car: str
+    trusted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

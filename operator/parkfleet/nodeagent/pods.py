@@ -268,7 +268,9 @@ class PodDriver:
 
     async def _translate(self, t: _Tracked, e: TaskEvent) -> ev.Event | None:
         if e.kind == "accepted":
-            return ev.Accepted(e.task_id, e.car_id)
+            # Asked only for spot-checked units: a trusted first car skips the check.
+            trusted = t.state.pod.checked and self.port.trusted(e.car_id)
+            return ev.Accepted(e.task_id, e.car_id, trusted)
         if e.kind == "moved":
             return ev.Moved(e.task_id, e.from_car, e.car_id, e.checkpoint)
         if e.kind == "lost":
