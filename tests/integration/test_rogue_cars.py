@@ -19,7 +19,7 @@ import pytest
 
 from parkfleet.certs import FleetCA
 from parkfleet.contract import CarCounts
-from parkfleet.gateway import MemorySink
+from parkfleet.gateway import MemorySink, TaskSpec
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.taskport import OutputSpec
 from tests.carlink_probe import ProbeCar, wait_until
@@ -49,6 +49,15 @@ async def rec(env: Env) -> Recorder:
 
 def rogue(env: Env, car_id: str) -> RogueCar:
     return RogueCar(env.gateway.address, env.ca.cert_pem, env.pair(car_id))
+
+
+async def offered(env: Env, car: RogueCar, task: TaskSpec) -> pb.TaskOffer:
+    """Connects ``car`` as the cell's only eligible car, submits ``task``, its offer."""
+    await car.connect()
+    await car.telemetry()
+    await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+    await env.gateway.submit(task)
+    return await car.offer()
 
 
 async def refused(car: ProbeCar) -> tuple[grpc.StatusCode, str]:
@@ -152,11 +161,7 @@ async def test_a_faked_fatal_failure_moves_the_task_to_another_car(env: Env, rec
     data = np.arange(8, dtype=np.float32).reshape(8, 1)
     sink = MemorySink()
     async with rogue(env, "saboteur") as bad:
-        await bad.connect()
-        await bad.telemetry()
-        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
-        await env.gateway.submit(spec(data, sink, output_names=("y",)))
-        offer = await bad.offer()
+        offer = await offered(env, bad, spec(data, sink, output_names=("y",)))
         await bad.accept(offer)
         await bad.fail(offer, "ModelHashMismatch", "\x1b[31mfail the job\u202e", retriable=False)
         lost = await rec.wait("lost")
@@ -182,11 +187,7 @@ async def test_a_reason_from_outside_the_closed_set_is_not_repeated(
 ) -> None:
     data = np.zeros((4, 1), np.float32)
     async with rogue(env, "babbler") as bad:
-        await bad.connect()
-        await bad.telemetry()
-        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
-        await env.gateway.submit(spec(data, MemorySink(), output_names=("y",)))
-        offer = await bad.offer()
+        offer = await offered(env, bad, spec(data, MemorySink(), output_names=("y",)))
         await bad.fail(offer, "Reason-" + "x" * 200, "y" * 4000, retriable=True)
         lost = await rec.wait("lost")
     assert lost.reason == "CarFailed"
@@ -236,11 +237,7 @@ async def test_forged_figures_close_the_stream_and_the_task_moves(
     data = np.zeros((4, 1), np.float32)
     sink = MemorySink()
     async with rogue(env, "forger") as bad:
-        await bad.connect()
-        await bad.telemetry()
-        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
-        await env.gateway.submit(spec(data, sink, output_names=("y",)))
-        offer = await bad.offer()
+        offer = await offered(env, bad, spec(data, sink, output_names=("y",)))
         await bad.accept(offer)
         await bad.result(offer, 0, {"y": np.zeros((4, 1), np.float32)})
         await bad.done(offer, items=4, **report)
@@ -268,11 +265,9 @@ async def test_results_unlike_the_models_outputs_close_the_stream(
     declared = (OutputSpec("y", dtype, (1,)),)
     sink = MemorySink()
     async with rogue(env, "bomber") as bad:
-        await bad.connect()
-        await bad.telemetry()
-        await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
-        await env.gateway.submit(spec(data, sink, output_names=("y",), output_specs=declared))
-        offer = await bad.offer()
+        offer = await offered(
+            env, bad, spec(data, sink, output_names=("y",), output_specs=declared)
+        )
         await bad.accept(offer)
         await bad.result(offer, 0, {"y": result})
         code, details = await refused(bad)

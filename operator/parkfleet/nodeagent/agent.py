@@ -427,12 +427,8 @@ class NodeAgent:
                 *(self._renew_one(cell, c) for cell, c in list(self.cells.items()))
             )
 
-    def cell_state(self, cell: str) -> CarCounts:
-        """What the gateway says of a cell now."""
-        return self.port.capacity(cell)
-
     async def _write_status(self, cell: str, c: _CellNode, *, force: bool = False) -> None:
-        state = self.cell_state(cell)
+        state = self.port.capacity(cell)
         now = time.monotonic()
         beat = self.config.status_heartbeat_s
         due = beat > 0 and now - c.written_at >= beat

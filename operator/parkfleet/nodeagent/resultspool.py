@@ -70,7 +70,6 @@ class ResultSpool:
         self._pending: list[Mapping[str, npt.NDArray[np.generic]]] = []
         self._pending_bytes = 0
         self._fresh = True
-        self.completed = asyncio.Event()
 
     async def write(self, first_item: int, outputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
         """Appends a chunk to the spool (the gateway delivers items once, in order).
@@ -185,7 +184,6 @@ class ResultSpool:
         """Writes the result file atomically (when the sink has a path)."""
         if self.path is not None:
             await self.save(self.path)
-        self.completed.set()
 
     async def discard(self) -> None:
         """Removes the spool (the result is written, or no longer wanted)."""
