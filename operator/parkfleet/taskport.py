@@ -198,6 +198,8 @@ class TaskSpec:
         group: Tasks of one group (copies of a redundant unit) run on distinct cars.
         output_specs: What the model declares of the outputs asked for; a car's results
             are checked against them as they arrive (empty: names only).
+        avoid_cars: Cars not to run it on, nor any car of their owners (a unit run
+            again because one of these delivered it unchecked and was quarantined).
     """
 
     task_id: str
@@ -216,6 +218,7 @@ class TaskSpec:
     car_wait_s: float | None = None
     group: str = ""
     output_specs: tuple[OutputSpec, ...] = ()
+    avoid_cars: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +348,10 @@ class TaskPort(Protocol):
 
     def trusted(self, car_id: str) -> bool:
         """Whether a car has a long clean record (adaptive replication checks it less)."""
+        ...
+
+    def quarantined(self, car_id: str) -> bool:
+        """Whether a car is quarantined (its results disagreed too often: no more work)."""
         ...
 
     def release(self, task_id: str) -> None:

@@ -307,6 +307,67 @@ def test_redundancy_detects_a_corrupt_car_and_keeps_the_right_result(
     kubectl("delete", "fp", "checked", "--wait=false")
 
 
+def test_spot_checks_quarantine_a_lying_car_and_its_unchecked_units_are_redone(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("spotted"))
+    liar = jobs.start_fleet(
+        1, 1, "spotted", prefix="liar-", name="spotted-liar", extra=["--corrupt"]
+    )
+    wait_gpus(kubectl, "pf-spotted-0", 1)
+    # Alone and unchecked, the lying car's results pass: nothing compares them yet.
+    unchecked = {"input": "{path: digits/big.npy, items: 200}", "itemsPerUnit": 100}
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=job("unseen", pool="spotted", redundancy="{spotCheckFraction: 0}", **unchecked),
+    )
+    wait_done(kubectl, "unseen", 120)
+    assert condition(kubectl, "unseen", "Complete")["status"] == "True"
+    x = np.load(jobs.data / "digits" / "big.npy")[:200]
+    right = local_labels_of(jobs, x)
+    assert not np.array_equal(results(jobs, "unseen")[1], right)
+
+    # Honest cars of other owners join; every unit of the next job is spot-checked.
+    honest = jobs.start_fleet(2, 1, "spotted", prefix="honest-", name="spotted-honest")
+    wait_gpus(kubectl, "pf-spotted-0", 3)
+    checked = {
+        "input": "{path: digits/big.npy, items: 600}",
+        "itemsPerUnit": 100,
+        "parallelism": 1,
+        "redundancy": "{spotCheckFraction: 1}",
+    }
+    kubectl("apply", "-f", "-", stdin=job("spotchecked", pool="spotted", **checked))
+    st = wait_done(kubectl, "spotchecked", 240)
+    assert condition(kubectl, "spotchecked", "Complete")["status"] == "True", st
+    items, labels = results(jobs, "spotchecked")
+    assert np.array_equal(items, np.arange(600))
+    assert np.array_equal(
+        labels, local_labels_of(jobs, np.load(jobs.data / "digits" / "big.npy")[:600])
+    )
+    quarantined = pod_events(kubectl, "spotchecked", "CarQuarantined")
+    assert len(quarantined) == 1, quarantined
+    assert "liar-000000" in quarantined[0]
+
+    # The lying car's earlier, unchecked units ran again on honest cars: corrected.
+    until(
+        lambda: len(pod_events(kubectl, "unseen", "ResultReplaced")) == 2,
+        120,
+        "the unchecked units to be redone",
+    )
+    assert np.array_equal(results(jobs, "unseen")[1], right)
+    assert np.array_equal(results(jobs, "unseen")[0], np.arange(200))
+    assert "liar-000000" in pod_events(kubectl, "unseen", "ResultReplaced")[0]
+    # Quarantined, the car is offered nothing: its GPU left the Node.
+    wait_gpus(kubectl, "pf-spotted-0", 2)
+    for proc in (liar, honest):
+        proc.stop()
+    for name in ("unseen", "spotchecked"):
+        kubectl("delete", "ij", name)
+    kubectl("delete", "fp", "spotted", "--wait=false")
+
+
 def test_deadline_fails_the_job_and_cancels_the_rest(jobs: DevStack, kubectl: Kubectl) -> None:
     kubectl("apply", "-f", "-", stdin=pool("late"))
     fleet = jobs.start_fleet(

@@ -157,7 +157,14 @@ async def test_the_best_claims_win_no_more_than_a_share(env: Env) -> None:
     assert counts == {"honest-0": 3, "honest-1": 3, "honest-2": 3, "cheat": 3}
 
 
-async def test_a_faked_fatal_failure_moves_the_task_to_another_car(env: Env, rec: Recorder) -> None:
+@pytest.mark.parametrize("owner", ["", "mallory"])
+async def test_a_faked_fatal_failure_moves_the_task_to_another_car(
+    env: Env, rec: Recorder, owner: str
+) -> None:
+    """With an owner on its certificate or not, the car that failed is not offered the
+    task again (it would be free to fail every attempt)."""
+    if owner:
+        env.pairs["saboteur"] = env.ca.issue_car("saboteur", {"pool": "p"}, owner=owner)
     data = np.arange(8, dtype=np.float32).reshape(8, 1)
     sink = MemorySink()
     async with rogue(env, "saboteur") as bad:

@@ -102,6 +102,8 @@ def test_waiting_then_running_then_moved_then_succeeded() -> None:
     state, effects = run(state, ev.Succeeded("u1", 100, 0.25, True), t=9.0)
     assert state.ended
     assert only(effects, ev.Release) == [ev.Release("u1")]
+    # One copy, compared with nothing: remembered with every car that carried it.
+    assert only(effects, ev.KeptUnchecked) == [ev.KeptUnchecked(("car-a", "car-b"))]
     status = final_status(effects)
     assert status["phase"] == "Succeeded"
     term = terminated(effects)
@@ -406,6 +408,7 @@ def test_a_spot_check_with_no_second_car_is_dropped_not_failed(check_first: bool
     assert terminated(effects)["reason"] == "Completed"
     assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r0)]
     assert not only(effects, ev.Verdict)  # nothing was checked
+    assert only(effects, ev.KeptUnchecked) == [ev.KeptUnchecked(("car-a",))]
     assert any("spot check skipped" in line for e in only(effects, ev.Log) for line in e.lines)
 
 
@@ -425,6 +428,8 @@ def test_wrong_results_at_redundancy_1_are_caught_at_about_the_spot_check_rate()
         if state.pod.copies == 1:
             state, effects = run(state, ev.Accepted(pod.uid, "liar"), ev.Succeeded(pod.uid, 2))
             assert not only(effects, ev.Verdict)
+            # Remembered as unchecked: redone should the liar be quarantined.
+            assert only(effects, ev.KeptUnchecked) == [ev.KeptUnchecked(("liar",))]
             continue
         checked += 1
         r0, r1, r2 = (f"{pod.uid}-r{j}" for j in range(3))
@@ -432,6 +437,7 @@ def test_wrong_results_at_redundancy_1_are_caught_at_about_the_spot_check_rate()
         state, _ = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
         state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
         strikes += sum(not v.agreed for v in only(effects, ev.Verdict))
+        assert not only(effects, ev.KeptUnchecked)  # compared: checked
     assert strikes == checked
     assert 10 <= strikes <= 30  # Binomial(40, 0.5): mean 20, sd 3.2
 
@@ -446,6 +452,7 @@ def test_a_trusted_first_car_skips_the_spot_check_and_a_new_one_does_not() -> No
     state, effects = run(state, ev.Stopped(r1), ev.Succeeded(r0, 2, outputs=A))
     assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r0)]
     assert not only(effects, ev.Verdict)  # nothing was compared: no verdict either way
+    assert only(effects, ev.KeptUnchecked) == [ev.KeptUnchecked(("veteran",))]
     assert terminated(effects)["reason"] == "Completed"
 
     state, _ = lc.admit(pod)

@@ -295,6 +295,10 @@ class Gateway:
         """Whether a car's reputation is ``trusted`` (a long clean record)."""
         return self._tasks.reputation.state(car_id) == "trusted"
 
+    def quarantined(self, car_id: str) -> bool:
+        """Whether a car's reputation is ``quarantined`` (it gets no more work)."""
+        return self._tasks.reputation.state(car_id) == "quarantined"
+
     def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""
         moved = self._service.set_pools(list(pools))

@@ -124,6 +124,10 @@ class TaskManager:
             except ValueError:
                 pool = spec.cell  # a cell of no pool (in-process use): its own label
         task = Task(spec, pool)
+        for car_id in spec.avoid_cars:
+            avoided = self._registry.cars.get(car_id)
+            if avoided is not None:
+                task.avoid_owners.add(avoided.owner)
         self.tasks[spec.task_id] = task
         if spec.group:
             self._group_tasks.setdefault(spec.group, set()).add(spec.task_id)
@@ -216,7 +220,7 @@ class TaskManager:
             if now - task.offered_at > self.offer_timeout_s and task.car is not None:
                 car = task.car
                 self._cancel_on_car(task, car, REASON_OFFER_TIMEOUT)
-                task.refused_by.add(car.owner)
+                task.refused_by.add(car.car_id)
                 self._give_back(
                     task, "refused", REASON_OFFER_TIMEOUT, "the car did not answer the offer"
                 )
@@ -230,7 +234,9 @@ class TaskManager:
                     task.busy_until = {c: t for c, t in task.busy_until.items() if t > now}
                     exclude = exclude | task.busy_until.keys()
                 # Copies of one unit (redundancy) land on cars of distinct owners.
-                owners = self._group_owners.get(spec.group, ()) if spec.group else ()
+                owners: set[str] = task.avoid_owners
+                if spec.group:
+                    owners = owners | self._group_owners.get(spec.group, set())
                 chosen = choose_car(
                     cell.available.values(), spec.runtime, spec.gpu_memory_mib, exclude, owners
                 )
@@ -403,7 +409,7 @@ class TaskManager:
                     # Still finishing a task the gateway cancelled: it will be free soon.
                     task.busy_until[car.car_id] = time.monotonic() + BUSY_RETRY_S
                 else:
-                    task.refused_by.add(car.owner)
+                    task.refused_by.add(car.car_id)
                 self._give_back(task, "refused", reason, car_text(r.message))
         elif kind == "log":
             lg = msg.log
@@ -424,7 +430,7 @@ class TaskManager:
                 task.checkpoint = max(task.checkpoint, f.next_item)
             # A fact about this attempt on this car, whatever the car calls it: the task
             # moves on (not back to this car); only the cluster side may fail a job.
-            task.refused_by.add(car.owner)
+            task.refused_by.add(car.car_id)
             self._give_back(task, "lost", car_reason(f.reason), car_text(f.message), failed=True)
 
     def _mark_running(self, task: Task) -> None:

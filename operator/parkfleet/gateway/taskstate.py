@@ -33,6 +33,7 @@ class Task:
 
     __slots__ = (
         "attempt",
+        "avoid_owners",
         "busy_until",
         "car",
         "cars",
@@ -72,7 +73,12 @@ class Task:
         self.heard_at = 0.0  # the car's last message about this attempt
         self.progressed = False  # this attempt has checkpointed, progressed or delivered
         self.started_at = 0.0  # first acceptance by a car (metrics: task duration)
-        self.refused_by: set[str] = set()
+        # Cars not to offer it to: they refused, failed or stalled on it, or its spec
+        # avoids them...
+        self.refused_by: set[str] = set(spec.avoid_cars)
+        # ...and owners none of whose cars to offer it to (those of the cars the spec
+        # avoids, connected when it was submitted).
+        self.avoid_owners: set[str] = set()
         # Cars that answered Busy (still finishing a cancelled task): not offered this task
         # again until then (monotonic time).
         self.busy_until: dict[str, float] = {}

@@ -36,6 +36,7 @@ from parkfleet.nodeagent.podevents import (
     Event,
     Failed,
     Gone,
+    KeptUnchecked,
     Log,
     Logged,
     Lost,
@@ -436,13 +437,14 @@ def _skip_check(state: PodState, kept: str, car: str) -> Step:
 def _decide(state: PodState, now: datetime.datetime) -> Step:
     """Every copy succeeded: the pod succeeds, or its copies vote."""
     if len(state.copies) == 1:
-        return _succeed(state, state.copies[0], now)
+        state, end = _succeed(state, state.copies[0], now)
+        return state, [KeptUnchecked(state.cars), *end]
     # Copies dropped (a spot check that found no car) have no say.
     voters = [c for c in state.copies if c.outcome == "succeeded"]
     if len(voters) == 1:
-        # Its spot check was dropped: the one copy is the result, unchecked.
+        # Its spot check was dropped or skipped: the one copy is the result, unchecked.
         state, end = _succeed(state, voters[0], now)
-        return state, [PromoteResult(voters[0].task_id), *end]
+        return state, [PromoteResult(voters[0].task_id), KeptUnchecked(state.cars), *end]
     mode, output, tolerance = state.pod.compare
     results = [c.outputs or {} for c in voters]
     name = output or next(iter(results[0]), "")

@@ -64,6 +64,14 @@ class NodeAgentMetrics:
             ["pool", "namespace"],
             registry=r,
         )
+        self.results_redone = Counter(
+            "parkfleet_results_redone_total",
+            "Unchecked units run again because a car that delivered them was quarantined, "
+            "by outcome (confirmed, replaced: the result file now holds the new run's, "
+            "failed: it stays as it was).",
+            ["pool", "outcome"],
+            registry=r,
+        )
         self.kube_api = KubeApiMetrics.of(r)
 
     def pod_ended(self, pool: str, namespace: str, phase: str, reason: str, wh: float) -> None:

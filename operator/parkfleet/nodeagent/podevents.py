@@ -23,6 +23,7 @@ __all__ = [
     "Event",
     "Failed",
     "Gone",
+    "KeptUnchecked",
     "Log",
     "Logged",
     "Lost",
@@ -194,6 +195,15 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptUnchecked:
+    """The unit's result was kept as one car set delivered it, compared with nothing
+    (one copy, or a spot check dropped or skipped): should one of ``cars`` be
+    quarantined, the unit is run again elsewhere."""
+
+    cars: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PatchStatus:
     """Write the pod's ``status`` (a final one when ``final``)."""
 
@@ -262,6 +272,7 @@ Effect = (
     | Cancel
     | Release
     | Verdict
+    | KeptUnchecked
     | PatchStatus
     | PostEvent
     | Log

@@ -29,6 +29,7 @@ from parkfleet.nodeagent import podstatus
 from parkfleet.nodeagent.logs import LogStore, result_lines
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster, write_unread
+from parkfleet.nodeagent.redo import Redoer, Unchecked
 from parkfleet.nodeagent.resultspool import ResultSpool
 from parkfleet.nodeagent.taskio import finished_items
 from parkfleet.nodeagent.taskspecs import BadInput, Prepared, TaskSpecs, check_gpu_memory
@@ -119,6 +120,7 @@ class PodDriver:
         self._end_writes = asyncio.Semaphore(MAX_END_WRITES)
         self._posts = asyncio.Semaphore(MAX_EVENT_POSTS)
         self._background: set[asyncio.Task[None]] = set()
+        self.redo = Redoer(port, poster, specs.data_root / SPOOL_DIR, self.metrics)
 
     def cell_of(self, key: str) -> str | None:
         """The cell of a pod we run (``namespace/name``), None when unknown."""
@@ -258,6 +260,8 @@ class PodDriver:
     async def run(self) -> None:
         """Follows the gateway's task events until cancelled."""
         async for event in self.events:
+            if await self.redo.on_event(event):
+                continue
             uid = self.by_task.get(event.task_id)
             tracked = self.tracked.get(uid) if uid is not None else None
             if tracked is None:
@@ -344,6 +348,11 @@ class PodDriver:
                 msg = f"car {car} quarantined: it gets no more work (its results disagreed)"
                 self.logs.write(pod.key, f"parkfleet: {msg}")
                 self._post(pod, ev.PostEvent(REASON_CAR_QUARANTINED, msg, warning=True))
+                self.redo.quarantined(car)
+        elif isinstance(effect, ev.KeptUnchecked):
+            # Remembered: should one of its cars be quarantined, the unit runs again.
+            if t.prepared is not None and t.prepared.result is not None and effect.cars:
+                self.redo.kept(Unchecked(pod, t.prepared.spec, t.prepared.result, effect.cars))
         elif isinstance(effect, ev.PatchStatus):
             async with self._end_writes if effect.final else self._writes:
                 await write_unread(
