@@ -7,6 +7,13 @@ what the car says. Keys are EC P-256.
 
 Files: ``DIR/ca.crt``, ``DIR/ca.key``; ``DIR/gateway.crt``, ``DIR/gateway.key``;
 ``DIR/cars/<car_id>.crt``, ``DIR/cars/<car_id>.key``.
+
+Cars' certificates are client certificates (extended key usage ``clientAuth``) and the
+gateway's a server certificate (``serverAuth``); the TLS layer refuses either in the
+other's place, and the gateway checks it again. A certificate is *issued at* a whole
+second (``notBefore`` is that second less ``_BACKDATE``, for clock skew): a revocation
+of a car refuses every certificate of it issued at or before the revocation, and
+``parkfleet certs renew`` issues one dated after it (``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +79,11 @@ class KeyPair:
     key_pem: bytes
 
     def save(self, cert_path: Path, key_path: Path) -> None:
-        """Writes both files; the key is readable by its owner only."""
-        cert_path.parent.mkdir(parents=True, exist_ok=True)
-        cert_path.write_bytes(self.cert_pem)
+        """Writes both files, each replaced atomically, the key first (an agent that
+        reloads on a new certificate finds its key already there); the key is readable
+        by its owner only."""
         _write_private(key_path, self.key_pem)
+        _write_atomic(cert_path, self.cert_pem, 0o644)
 
 
 @dataclass(frozen=True)
@@ -83,10 +93,17 @@ class CarIdentity:
     Attributes:
         car_id: The certificate's common name.
         attributes: e.g. ``{"pool": ..., "region": ..., "model": ..., "hardware": ...}``.
+        issued_at: When it was issued (unix seconds; see the module docstring).
+        expires_at: Its ``notAfter`` (unix seconds).
+        client_auth: Whether it is a client certificate (extended key usage
+            ``clientAuth``, not a CA): only those speak for a car.
     """
 
     car_id: str
     attributes: Mapping[str, str] = field(default_factory=dict)
+    issued_at: float = 0.0
+    expires_at: float = math.inf
+    client_auth: bool = True
 
     @property
     def owner(self) -> str:
@@ -99,10 +116,26 @@ class CarIdentity:
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    _write_atomic(path, data, 0o600)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def issue_second(after: float = 0.0) -> int:
+    """The whole second a certificate issued now is dated: the next one, and one past
+    the second of ``after`` (a revocation it must postdate; 0: none)."""
+    return max(math.ceil(time.time()), math.ceil(after) + 1 if after else 0)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -200,9 +233,12 @@ class FleetCA:
         subject: x509.Name,
         usage: x509.ObjectIdentifier,
         extensions: Sequence[tuple[x509.ExtensionType, bool]],
+        lifetime: dt.timedelta | None = None,
+        issued_after: float = 0.0,
     ) -> KeyPair:
         key = _new_key()
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.fromtimestamp(issue_second(issued_after), dt.UTC)
+        life = lifetime if lifetime is not None else dt.timedelta(days=_LEAF_DAYS)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -210,7 +246,7 @@ class FleetCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
+            .not_valid_after(now + life)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -262,7 +298,15 @@ class FleetCA:
             [(x509.SubjectAlternativeName(names), False)],
         )
 
-    def issue_car(self, car_id: str, attributes: Mapping[str, str], owner: str = "") -> KeyPair:
+    def issue_car(
+        self,
+        car_id: str,
+        attributes: Mapping[str, str],
+        owner: str = "",
+        *,
+        lifetime: dt.timedelta | None = None,
+        issued_after: float = 0.0,
+    ) -> KeyPair:
         """Issues a car's client certificate.
 
         Args:
@@ -270,6 +314,9 @@ class FleetCA:
             attributes: Attributes such as pool and region, stored in the certificate.
             owner: Who owns the car (the ``owner`` attribute, same rules as a car id);
                 "" leaves the attributes' own, or none: the car is then its own owner.
+            lifetime: How long it is valid (default 365 days).
+            issued_after: Date it after this moment (unix seconds): a renewal postdates
+                the car's revocation.
 
         Returns:
             The client certificate and key.
@@ -290,6 +337,8 @@ class FleetCA:
             subject,
             ExtendedKeyUsageOID.CLIENT_AUTH,
             [(x509.UnrecognizedExtension(ATTRIBUTES_OID, payload), False)],
+            lifetime,
+            issued_after,
         )
 
 
@@ -333,7 +382,25 @@ def car_identity(cert_pem_or_der: bytes) -> CarIdentity:
         ):
             raise ValueError("car attributes must be a JSON object of strings")
         attributes = raw
-    return CarIdentity(car_id=car_id, attributes=attributes)
+    return CarIdentity(
+        car_id=car_id,
+        attributes=attributes,
+        issued_at=(cert.not_valid_before_utc + _BACKDATE).timestamp(),
+        expires_at=cert.not_valid_after_utc.timestamp(),
+        client_auth=_is_client_cert(cert),
+    )
+
+
+def _is_client_cert(cert: x509.Certificate) -> bool:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage and not ca
 
 
 def car_paths(directory: Path, car_id: str) -> tuple[Path, Path]:
@@ -374,15 +441,58 @@ def _parse_attrs(items: Sequence[str]) -> dict[str, str]:
 
 def _cmd_car(args: argparse.Namespace) -> int:
     directory: Path = args.dir
-    pair = FleetCA.load(directory).issue_car(args.car_id, _parse_attrs(args.attr), args.owner)
+    pair = FleetCA.load(directory).issue_car(
+        args.car_id, _parse_attrs(args.attr), args.owner, lifetime=_lifetime(args)
+    )
     cert_path, key_path = car_paths(directory, args.car_id)
     pair.save(cert_path, key_path)
     print(f"wrote {cert_path} and {key_path}")
     return 0
 
 
+def _lifetime(args: argparse.Namespace) -> dt.timedelta | None:
+    if args.hours is not None:
+        return dt.timedelta(hours=args.hours)
+    return None
+
+
+def _cmd_renew(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    cert_path, key_path = car_paths(directory, args.car_id)
+    try:
+        old = car_identity(cert_path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read the certificate of {args.car_id}: {e}") from None
+    # Dated after any revocation written before now: a renewed car is accepted again.
+    pair = FleetCA.load(directory).issue_car(
+        args.car_id, old.attributes, lifetime=_lifetime(args), issued_after=time.time()
+    )
+    pair.save(cert_path, key_path)
+    print(f"wrote {cert_path} and {key_path} (a running agent uses them from its next connection)")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from parkfleet.revoke import revoke  # the Kubernetes client, only for this command
+
+    _check_car_id(args.car_id)
+    value = asyncio.run(
+        revoke(args.car_id, args.configmap, undo=args.undo, kubeconfig=args.kubeconfig)
+    )
+    if args.undo:
+        print(f"{args.car_id}: revocation lifted in {args.configmap}")
+    else:
+        print(
+            f"{args.car_id}: certificates issued until {value} (unix s) revoked in "
+            f"{args.configmap}; every gateway shard closes its stream"
+        )
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Adds ``parkfleet certs {init,gateway,car}``."""
+    """Adds ``parkfleet certs {init,gateway,car,renew,revoke}``."""
     parser = subparsers.add_parser("certs", help="create the fleet CA and certificates")
     sub = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
 
@@ -404,4 +514,29 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--owner", default="", help="who owns the car (default: the car is its own owner)"
     )
+    p.add_argument("--hours", type=float, default=None, help="lifetime (default 365 days)")
     p.set_defaults(func=_cmd_car)
+
+    p = sub.add_parser(
+        "renew", help="issue a car a new certificate (same id and attributes, dated now)"
+    )
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--car-id", required=True)
+    p.add_argument("--hours", type=float, default=None, help="lifetime (default 365 days)")
+    p.set_defaults(func=_cmd_renew)
+
+    p = sub.add_parser(
+        "revoke",
+        help="revoke every certificate of a car issued until now (every gateway shard "
+        "refuses it and closes its stream)",
+    )
+    p.add_argument("car_id", metavar="CAR_ID")
+    p.add_argument(
+        "--configmap",
+        default="parkfleet-system/parkfleet-revocations",
+        metavar="NAMESPACE/NAME",
+        help="the ConfigMap the gateways watch (their --revocations-configmap)",
+    )
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--undo", action="store_true", help="lift the car's revocation")
+    p.set_defaults(func=_cmd_revoke)

@@ -29,7 +29,15 @@ from parkfleet.devcluster import die_with_parent
 from parkfleet.models.digits import DigitsModel, build_digits
 from parkfleet.pidfiles import PidFile, terminate
 
-__all__ = ["ADMISSION_WEBHOOK", "DevStack", "Proc", "StackError", "free_port", "stop_recorded"]
+__all__ = [
+    "ADMISSION_WEBHOOK",
+    "REVOCATIONS",
+    "DevStack",
+    "Proc",
+    "StackError",
+    "free_port",
+    "stop_recorded",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ STOP_TIMEOUT_S = 15.0
 
 # The ValidatingWebhookConfiguration a local operator keeps pointing at itself.
 ADMISSION_WEBHOOK = "admission.parkfleet.io"
+# The ConfigMap of revoked cars the stack's gateways watch (`parkfleet certs revoke --configmap`).
+REVOCATIONS = "default/parkfleet-revocations"
 
 
 def free_port() -> int:
@@ -274,6 +284,7 @@ class DevStack:
                 f"--telemetry-interval-s={self.telemetry_interval_s}",
                 f"--telemetry-timeout-s={max(3 * self.telemetry_interval_s, 3.0)}",
                 "--metrics-addr=127.0.0.1",
+                f"--revocations-configmap={REVOCATIONS}",
                 *extra,
             ],
             entry,

@@ -362,3 +362,8 @@ class TaskPort(Protocol):
     def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and policy floor."""
         ...
+
+    def set_revocations(self, revocations: Mapping[str, float]) -> None:
+        """Takes the fleet admin's revocation list (``parkfleet.revocations``): car id ->
+        the moment its certificates issued until then stop being accepted."""
+        ...

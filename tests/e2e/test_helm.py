@@ -232,7 +232,9 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
     docs = [
         d for d in out.split("\n---\n") if re.search(r"^kind: (Cluster)?Role$", d, re.MULTILINE)
     ]
-    assert len(docs) == 4, "operator and gateway: a ClusterRole and a kube-node-lease Role each"
+    # Operator and gateway: a ClusterRole and a kube-node-lease Role each; the gateway also
+    # a Role on the one revocation ConfigMap of its namespace.
+    assert len(docs) == 5
     for doc in docs:
         role = yaml.safe_load(doc)
         lines = doc.splitlines()
@@ -243,7 +245,17 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard {rule}"
-        if role["kind"] == "Role":
+        if role["kind"] == "Role" and role["metadata"]["name"].endswith("-revocations"):
+            assert role["metadata"]["namespace"] == "pf"
+            assert role["rules"] == [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": ["t-parkfleet-revocations"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ]
+        elif role["kind"] == "Role":
             assert role["metadata"]["namespace"] == "kube-node-lease"
             assert [r["resources"] for r in role["rules"]] == [["leases"]]
 

@@ -33,6 +33,7 @@ from parkfleet.gateway.server import (
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
 from parkfleet.policy import Policy
 from parkfleet.protocol.limits import server_options
+from parkfleet.revocations import Revocations
 from parkfleet.taskport import ModelInfo, TaskEvent, TaskSpec, TaskStatus
 
 __all__ = ["Gateway", "GatewayConfig"]
@@ -73,6 +74,9 @@ class GatewayConfig:
         model_fetch: How the gateway downloads a model a pod names by ``https://`` URI
             (size and time limits, the CA bundle it trusts).
         reputation: When a car is quarantined or trusted (``gateway/reputation.py``).
+        max_stream_age_s: A car's stream is closed after this long (it reconnects at
+            once, presenting its certificate again); 0: never.
+        max_stream_age_busy_grace_s: ...a busy car's this much later (its task ends).
     """
 
     ca_pem: bytes
@@ -98,6 +102,8 @@ class GatewayConfig:
     shard_addresses: list[str] = field(default_factory=list)
     grpc_options: Sequence[tuple[str, Any]] = ()
     model_fetch: FetchConfig = field(default_factory=FetchConfig)
+    max_stream_age_s: float = 6 * 3600.0
+    max_stream_age_busy_grace_s: float = 3600.0
     reputation: ReputationRule = field(default_factory=ReputationRule)
 
     @classmethod
@@ -299,6 +305,13 @@ class Gateway:
         """Whether a car's reputation is ``quarantined`` (it gets no more work)."""
         return self._tasks.reputation.state(car_id) == "quarantined"
 
+    def set_revocations(self, revocations: Revocations) -> None:
+        """Takes the fleet admin's revocation list (``parkfleet.revocations``): revoked
+        cars are refused at Hello, and their live streams closed now (their tasks move)."""
+        closed = self._service.set_revocations(revocations)
+        if closed:
+            log.warning("revocation list: closed the streams of %d revoked cars", closed)
+
     def set_pools(self, pools: Sequence[FleetPoolSpec]) -> None:
         """Lets the FleetPools decide every car's cell and floor (the node agent calls it)."""
         moved = self._service.set_pools(list(pools))
@@ -338,6 +351,11 @@ class Gateway:
             deadline = time.monotonic() - timeout
             for car in list(self.registry.silent_since(deadline)):
                 car.close(grpc.StatusCode.UNAVAILABLE, REASON_TELEMETRY_TIMEOUT, details)
+            self._service.close_expired(
+                time.time(),
+                self.config.max_stream_age_s,
+                self.config.max_stream_age_busy_grace_s,
+            )
             try:
                 self._tasks.move_stalled()
             except Exception:

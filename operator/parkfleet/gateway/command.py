@@ -42,6 +42,7 @@ class NodeAgentOptions:
     advertise_address: str
     kubelet_client_ca: Path | None
     status_heartbeat_s: float = 0.0
+    revocations: str = ""
 
 
 async def run(
@@ -87,6 +88,7 @@ async def run(
                 kubelet_port=kubelet.port,
                 data_root=node_agent.data_root,
                 status_heartbeat_s=node_agent.status_heartbeat_s,
+                revocations=node_agent.revocations,
             ),
             logs,
             registry=gateway.metrics.registry,
@@ -145,6 +147,7 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
             trusted_after=args.trusted_after,
         ),
         start_timeout_s=args.start_timeout_s,
+        max_stream_age_s=args.max_stream_age_s,
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
         model_fetch=FetchConfig(
@@ -163,6 +166,7 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
             advertise_address=args.advertise_address or args.listen.rsplit(":", 1)[0],
             kubelet_client_ca=args.kubelet_client_ca,
             status_heartbeat_s=args.node_status_heartbeat_s,
+            revocations=args.revocations_configmap,
         )
     asyncio.run(
         run(config, models=_models(args.model), node_agent=agent, task_manager=task_manager)
@@ -180,6 +184,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics server")
     p.add_argument("--telemetry-interval-s", type=float, default=10.0)
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
+    p.add_argument(
+        "--max-stream-age-s",
+        type=float,
+        default=6 * 3600.0,
+        help="close a car's stream after this long (it reconnects, presenting its "
+        "certificate again; a busy car an hour later); 0: never",
+    )
+    p.add_argument(
+        "--revocations-configmap",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="the ConfigMap of revoked cars (parkfleet certs revoke) the node agent watches; "
+        "'' watches none",
+    )
     p.add_argument("--cells-per-pool", type=int, default=1)
     p.add_argument(
         "--car-wait-s",

@@ -9,6 +9,7 @@ a whole cell.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -36,9 +37,12 @@ class CarState:
         "busy",
         "car_id",
         "cell",
+        "cert_expires_at",
+        "cert_issued_at",
         "close_code",
         "close_details",
         "close_reason",
+        "connected_at",
         "context",
         "eligibility",
         "eligible",
@@ -85,6 +89,11 @@ class CarState:
         self.attributes: tuple[tuple[str, str], ...] = ()
         # Who owns the car (its certificate's): copies of one unit go to distinct owners.
         self.owner = car_id
+        # Its certificate's issue and expiry (unix seconds: revocation and expiry are
+        # checked against them) and when its stream began (the maximum stream age).
+        self.cert_issued_at = 0.0
+        self.cert_expires_at = math.inf
+        self.connected_at = time.time()
         # Set before the car is added (the gateway's record of it outlives its streams);
         # a quarantined car is never a placement candidate.
         self.reputation: ReputationState = "new"

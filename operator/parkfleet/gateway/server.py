@@ -41,13 +41,17 @@ from parkfleet.protocol.limits import (
     check_protocol_version,
     validate_car_message,
 )
+from parkfleet.revocations import Revocations, revoked
 from parkfleet.shards import shard_of
 from parkfleet.taskport import ModelNotFound
 
 __all__ = [
+    "REASON_EXPIRED",
     "REASON_LINK_CLOSED",
+    "REASON_MAX_AGE",
     "REASON_PROTOCOL_VIOLATION",
     "REASON_REPLACED",
+    "REASON_REVOKED",
     "REASON_TELEMETRY_TIMEOUT",
     "CarLinkService",
     "add_carlink_service",
@@ -60,6 +64,10 @@ REASON_PROTOCOL_VIOLATION = "ProtocolViolation"
 REASON_TELEMETRY_TIMEOUT = "TelemetryTimeout"
 REASON_REPLACED = "Reconnected"
 REASON_INTERNAL_ERROR = "InternalError"
+REASON_REVOKED = "Revoked"
+REASON_EXPIRED = "CertificateExpired"
+REASON_NOT_A_CAR = "NotACarCertificate"
+REASON_MAX_AGE = "MaxStreamAge"
 # How a car's stream breaks from its side (reset, closed while written to).
 _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 # grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
@@ -138,6 +146,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         # car whose cell another shard owns is redirected there in answer to its Hello.
         self.shard = 0
         self.shard_addresses: list[str] = []
+        # The fleet admin's revocation list (parkfleet.revocations; the node agent sets it).
+        self.revocations: Revocations = {}
 
     def place(self, identity: CarIdentity) -> PoolCell:
         """The pool, cell and pool floor of a car."""
@@ -220,15 +230,87 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             )
         return moved
 
+    def set_revocations(self, revocations: Revocations) -> int:
+        """Takes the revocation list; closes the live streams of the cars it revokes
+        (their tasks move to other cars).
+
+        Returns:
+            How many streams were closed.
+        """
+        self.revocations = dict(revocations)
+        closed = 0
+        for car_id in self.revocations.keys() & self._registry.cars.keys():
+            car = self._registry.cars[car_id]
+            if revoked(self.revocations, car_id, car.cert_issued_at):
+                car.close(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    REASON_REVOKED,
+                    "this car's certificate was revoked by the fleet admin",
+                )
+                closed += 1
+        return closed
+
+    def close_expired(self, now: float, max_age_s: float, busy_grace_s: float) -> int:
+        """Closes the streams of cars whose certificate has expired (for good: the car
+        needs a new one), and of cars connected longer than ``max_age_s`` (they
+        reconnect at once, presenting their certificate again; a busy car is given
+        ``busy_grace_s`` more to finish its task). ``max_age_s`` 0: no maximum.
+
+        Returns:
+            How many streams were closed.
+        """
+        closed = 0
+        for car in list(self._registry.cars.values()):
+            if car.close_code is not None:
+                continue
+            if car.cert_expires_at <= now:
+                car.close(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    REASON_EXPIRED,
+                    "this car's certificate has expired",
+                )
+                closed += 1
+                continue
+            age = now - car.connected_at
+            if (
+                max_age_s > 0
+                and age > max_age_s
+                and (not car.busy or age > max_age_s + busy_grace_s)
+            ):
+                car.close(
+                    grpc.StatusCode.UNAVAILABLE,
+                    REASON_MAX_AGE,
+                    f"connected longer than {max_age_s:g} s: reconnect",
+                )
+                closed += 1
+        return closed
+
     async def _identity(self, context: _Context) -> CarIdentity:
         certs = context.auth_context().get("x509_pem_cert")
         if not certs:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no client certificate")
         try:
-            return car_identity(certs[0])
+            identity = car_identity(certs[0])
         except ValueError as e:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unusable certificate: {e}")
-        raise AssertionError("unreachable")  # abort raises
+        # The TLS layer already refuses a certificate without clientAuth; said again here.
+        if not identity.client_auth:
+            self._metrics.streams_closed.labels(REASON_NOT_A_CAR).inc()
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "not a car's certificate (no clientAuth)"
+            )
+        if revoked(self.revocations, identity.car_id, identity.issued_at):
+            self._metrics.streams_closed.labels(REASON_REVOKED).inc()
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this car's certificate was revoked by the fleet admin",
+            )
+        if identity.expires_at <= time.time():
+            self._metrics.streams_closed.labels(REASON_EXPIRED).inc()
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this car's certificate has expired"
+            )
+        return identity
 
     async def Connect(  # type: ignore[override]  # read/write handler, no iterator
         self, request_iterator: AsyncIterator[pb.CarMessage | ResultData], context: _Context
@@ -361,6 +443,9 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         car.owner_policy = owner
         car.attributes = self._registry.intern(tuple(sorted(identity.attributes.items())))
         car.owner = self._registry.intern(identity.owner)
+        car.cert_issued_at = identity.issued_at
+        car.cert_expires_at = identity.expires_at
+        car.connected_at = time.time()
         car.reputation = self._tasks.reputation.state(identity.car_id)
         old = self._registry.add(car)
         if old is not None:
@@ -413,7 +498,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
     async def FetchModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ModelChunk]:
-        """Streams a model from the store by its sha256."""
+        """Streams a model from the store by its sha256 (to a car allowed to connect)."""
+        await self._identity(context)
         try:
             async for chunk in self._models.chunks(request.sha256):
                 self._metrics.model_bytes.inc(len(chunk.data))

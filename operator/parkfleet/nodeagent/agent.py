@@ -26,6 +26,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
+from parkfleet import revocations
 from parkfleet.api import GROUP, VERSION, FleetPoolSpec
 from parkfleet.backoff import Backoff
 from parkfleet.contract import CarCounts, node_name
@@ -65,6 +66,8 @@ class NodeAgentConfig:
         status_min_interval_s: Least time between two status writes of one Node.
         status_heartbeat_s: An unchanged Node status is rewritten this often; 0: never.
         pool_resync_s: FleetPools are re-listed this often besides the watch.
+        revocations: ``namespace/name`` of the ConfigMap of revoked cars
+            (``parkfleet.revocations``) to watch; "" watches none.
     """
 
     shard: int = 0
@@ -80,6 +83,7 @@ class NodeAgentConfig:
     # are 1 write/s, and the kubelet's 5-minute refresh would add 3 %.
     status_heartbeat_s: float = 0.0
     pool_resync_s: float = 30.0
+    revocations: str = ""
 
 
 @dataclass
@@ -158,6 +162,11 @@ class NodeAgent:
             loop.create_task(self._lease_loop(), name="nodeagent-leases"),
             loop.create_task(self._status_loop(), name="nodeagent-status"),
             loop.create_task(self.pods.run(), name="nodeagent-pod-events"),
+            *(
+                [loop.create_task(self._watch_revocations(), name="nodeagent-revocations")]
+                if self.config.revocations
+                else []
+            ),
         ]
 
     async def stop(self) -> None:
@@ -301,6 +310,41 @@ class NodeAgent:
                 await retry.wait()
             except Exception:
                 log.exception("FleetPool watch failed; retrying")
+                await retry.wait()
+
+    async def _watch_revocations(self) -> None:
+        """Follows the ConfigMap of revoked cars; every change reaches the gateway at once
+        (a revoked car's live stream closes). A missing ConfigMap revokes nobody."""
+        namespace, _, name = self.config.revocations.partition("/")
+        selector = f"metadata.name={name}"
+        retry = Backoff(base_s=WATCH_RETRY_S, cap_s=WATCH_RETRY_MAX_S, floor_s=WATCH_RETRY_S / 4)
+        while True:
+            try:
+                listed = await self.core.list_namespaced_config_map(
+                    namespace, field_selector=selector
+                )
+                items = listed.items or []
+                self.port.set_revocations(revocations.parse(items[0].data if items else None))
+                retry.reset()
+                w = watch.Watch()
+                async with w.stream(
+                    self.core.list_namespaced_config_map,
+                    namespace,
+                    field_selector=selector,
+                    resource_version=listed.metadata.resource_version,
+                    timeout_seconds=int(self.config.pool_resync_s),
+                ) as stream:
+                    async for event in stream:
+                        obj = event["object"]
+                        data = None if event["type"] == "DELETED" else obj.data
+                        self.port.set_revocations(revocations.parse(data))
+            except asyncio.CancelledError:
+                raise
+            except EXPECTED_API_ERRORS as exc:
+                log.warning("revocations watch: %s; retrying", exc)
+                await retry.wait()
+            except Exception:
+                log.exception("revocations watch failed; retrying")
                 await retry.wait()
 
     # ---- pods ----------------------------------------------------------------------------

@@ -140,10 +140,22 @@ def car_credentials(
             log.info("cached certificate of %s unusable (%s); issuing a new one", car_id, e)
             same = False
         if same:
-            return Credentials(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_path.read_bytes())
+            return Credentials(
+                ca_pem=ca_pem,
+                cert_pem=cert_pem,
+                key_pem=key_path.read_bytes(),
+                cert_path=cert_path,
+                key_path=key_path,
+            )
     pair = ca.issue_car(car_id, attributes)
     pair.save(cert_path, key_path)
-    return Credentials(ca_pem=ca_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
+    return Credentials(
+        ca_pem=ca_pem,
+        cert_pem=pair.cert_pem,
+        key_pem=pair.key_pem,
+        cert_path=cert_path,
+        key_path=key_path,
+    )
 
 
 def _busy(holder: list[Agent]) -> bool:

@@ -46,6 +46,8 @@ def build_agent(args: argparse.Namespace) -> Agent:
         ca_pem=Path(args.ca).read_bytes(),
         cert_pem=cert_pem,
         key_pem=Path(args.key).read_bytes(),
+        cert_path=Path(args.cert),
+        key_path=Path(args.key),
     )
     policy = load_policy(Path(args.policy_file)) if args.policy_file else Policy()
     compute = OrtCompute(intra_op_threads=args.intra_op_threads)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -125,11 +127,31 @@ class Credentials:
         ca_pem: The fleet CA (to verify the gateway).
         cert_pem: The car's client certificate.
         key_pem: The car's private key.
+        cert_path: The certificate's file, re-read at each connection (a renewed
+            certificate is used from the next one on); None: never re-read.
+        key_path: The key's file, re-read with it.
     """
 
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    cert_path: Path | None = None
+    key_path: Path | None = None
+
+    def reloaded(self) -> Credentials:
+        """The certificate and key as their files hold them now (``parkfleet certs renew``
+        replaced them), or these when unchanged, unreadable or not from files. Blocking:
+        call it in a thread."""
+        if self.cert_path is None or self.key_path is None:
+            return self
+        try:
+            key = self.key_path.read_bytes()
+            cert = self.cert_path.read_bytes()
+        except OSError:
+            return self
+        if cert == self.cert_pem and key == self.key_pem:
+            return self
+        return dataclasses.replace(self, cert_pem=cert, key_pem=key)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """gRPC credentials presenting the car's certificate."""
@@ -240,6 +262,7 @@ class Agent:
             max_attempts=config.max_reconnects,
             rng=rng or random.Random(),
         )
+        self._credentials = config.credentials
         self._eligibility = Eligibility(config.policy)
         self._daily = DailyEnergy(config.policy.utc_offset_minutes)
         self._tasks: dict[str, TaskRunner] = {}
@@ -283,7 +306,13 @@ class Agent:
             try:
                 await self._session()
             except LinkRefused:
-                raise
+                # Refused (expired, revoked): a renewed certificate on disk may still do.
+                if not await self._renewed():
+                    raise
+                log.info(
+                    "car link to %s refused; connecting with the renewed certificate", self.address
+                )
+                continue
             except (grpc.aio.AioRpcError, _StreamEnded, OSError) as e:
                 log.info("car link to %s ended: %s", self.address, e)
             if self._stopping.is_set():
@@ -307,6 +336,13 @@ class Agent:
             )
         )
 
+    async def _renewed(self) -> bool:
+        """Re-reads the certificate files; whether they hold a new certificate."""
+        fresh = await asyncio.to_thread(self._credentials.reloaded)
+        changed = fresh is not self._credentials
+        self._credentials = fresh
+        return changed
+
     def _channel(self) -> grpc.aio.Channel:
         options: list[tuple[str, int | str]] = list(limits.channel_options())
         # Each car its own connection, even when a simulator runs thousands in one process.
@@ -315,10 +351,11 @@ class Agent:
             options.append(("grpc.ssl_target_name_override", self.config.server_name_override))
         options.extend(self.config.channel_options)
         return grpc.aio.secure_channel(
-            self.address, self.config.credentials.channel_credentials(), options=options
+            self.address, self._credentials.channel_credentials(), options=options
         )
 
     async def _session(self) -> None:
+        await self._renewed()  # each connection presents the certificate on disk now
         async with self._channel() as channel:
             stub = carlink_pb2_grpc.CarLinkStub(channel)
             call = channel.stream_stream(
