@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -149,6 +150,26 @@ def violations(metrics: Any) -> float:
     return float(value or 0.0)
 
 
+class GcPauses:
+    """Pauses of this process's garbage collector (a full collection stalls every car)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif info["generation"] == 2:
+            self.pauses.append(time.perf_counter() - self._start)
+
+    def since(self, mark: int) -> dict[str, Any]:
+        """Full collections after ``mark`` (a length of ``pauses``): count, longest in ms."""
+        new = self.pauses[mark:]
+        return {"gc_full": len(new), "gc_full_max_ms": round(max(new, default=0.0) * 1000, 1)}
+
+
 async def server_main(args: argparse.Namespace) -> None:
     from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, MemorySink, TaskSpec
     from parkfleet.taskport import ModelRef
@@ -167,6 +188,7 @@ async def server_main(args: argparse.Namespace) -> None:
     await gw.start()
     emit({"listening": gw.address, "rss_kib": rss_kib()})
     metrics = gw.metrics
+    gc_pauses = GcPauses()
     snap: dict[str, Any] = {}
     events = gw.events()
     reader = await stdin_reader()
@@ -185,6 +207,7 @@ async def server_main(args: argparse.Namespace) -> None:
                 "age": buckets(metrics.telemetry_age),
                 "proc": buckets(metrics.telemetry_seconds),
                 "violations": violations(metrics),
+                "gc": len(gc_pauses.pauses),
             }
             emit({"ok": True})
         elif cmd == "window":
@@ -205,6 +228,7 @@ async def server_main(args: argparse.Namespace) -> None:
                     "age_before": snap["age"],
                     "age_after": age,
                     "violations": violations(metrics) - snap["violations"],
+                    **gc_pauses.since(snap["gc"]),
                 }
             )
         elif cmd == "rtt":

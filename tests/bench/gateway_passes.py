@@ -146,6 +146,8 @@ def _window_row(window: dict[str, Any], seconds: float) -> dict[str, Any]:
         "processing_p99_ms": round(window["proc_p99_ms"], 4),
         "gateway_cpu_share": round(window["cpu_share"], 3),
         "protocol_violations": int(window["violations"]),
+        "gc_full": window["gc_full"],
+        "gc_full_max_ms": window["gc_full_max_ms"],
     }
 
 
@@ -379,6 +381,8 @@ def _one_core_row(
         "telemetry_per_s": round(sum(w["telemetry_per_s"] for w in windows), 1),
         "telemetry_p99_ms_per_process": p99s,
         "telemetry_p99_ms_max": max(p99s),
+        # A long full collection in a window explains a p99 the CPU share does not.
+        "gc_full_max_ms_per_process": [w["gc_full_max_ms"] for w in windows],
         "telemetry_p50_ms": round(quantile(0.5, before, after) * 1000, 2),
         "telemetry_p99_ms": round(quantile(0.99, before, after) * 1000, 2),
         "gateways_cpu_share": round(sum(w["cpu_share"] for w in windows), 3),
@@ -399,5 +403,5 @@ ONE_CORE_COLUMNS = [
     ("cars", 7), ("cars_per_process", 16), ("connect_s", 9), ("telemetry_per_s", 15),
     ("telemetry_p99_ms_per_process", 28), ("telemetry_p99_ms_max", 20),
     ("core_busy_share", 15), ("gateways_cpu_share", 18), ("client_cores_busy_share", 23),
-    ("memory_per_car_kib", 18),
+    ("memory_per_car_kib", 18), ("gc_full_max_ms_per_process", 26),
 ]  # fmt: skip
