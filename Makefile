@@ -79,8 +79,10 @@ $(MODELS)/digits.json: $(VENV)/.installed operator/parkfleet/models/digits.py
 model: $(MODELS)/digits.json ## build the digits ONNX model (scikit-learn's bundled data; cached)
 
 .PHONY: bench-gateway
-bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry latency, task round trip
-	$(PY) tests/bench/bench_gateway.py --ramp 1000,5000,10000,19000 --equivalent 50000 --time-cap-s 300
+bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry latency, task round trip, dims bombs, several processes on one core
+	$(PY) tests/bench/bench_gateway.py --ramp 1000,5000,10000,19000 --equivalent 50000 --time-cap-s 300 \
+		--dims-bomb 2000 --dims-bomb-rogues 4 --dims-bomb-seconds 20 \
+		--one-core-processes 2 --one-core-cars 10000,20000,30000
 
 .PHONY: bench-agent
 bench-agent: $(VENV)/.installed model ## items/s through gateway + agent vs raw ONNX Runtime

@@ -9,14 +9,27 @@ is for the tests to check.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import grpc
 import numpy as np
 
 from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.chunks import serialize
 from tests.carlink_probe import ProbeCar
+from tests.protowire import delimited
 
-__all__ = ["RogueCar"]
+__all__ = ["RogueCar", "dims_bomb"]
+
+_CONNECT = "/parkfleet.carlink.v1.CarLink/Connect"
+
+
+def dims_bomb(dims_bytes: int = 2**21) -> bytes:
+    """A CarMessage (as bytes: no encoder writes it) whose result has one output, ``y``,
+    with ``dims_bytes`` of packed dims, each a 1 (the decoding test's bomb)."""
+    tensor = delimited(1, b"y") + delimited(3, b"\x01" * dims_bytes)
+    return delimited(7, delimited(1, b"t") + delimited(4, tensor))
 
 
 class RogueCar(ProbeCar):
@@ -103,3 +116,22 @@ class RogueCar(ProbeCar):
             wrong = np.full((n, 1), value, np.float32)
             await self.result(offer, offer.resume_from, dict.fromkeys(offer.output_names, wrong))
             await self.done(offer, items=offer.item_end)
+
+    async def bomb(self, payload: bytes) -> tuple[grpc.StatusCode, str]:
+        """One new stream on this car's channel: Hello, then ``payload`` as it is; returns
+        the status the gateway ended the stream with."""
+        call = self.channel.stream_stream(
+            _CONNECT,
+            request_serializer=serialize,
+            response_deserializer=pb.GatewayMessage.FromString,
+        )()
+        try:
+            await call.write(pb.CarMessage(hello=self.hello()).SerializeToString())
+            await call.read()  # Welcome
+            await call.write(payload)
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the status below says why the stream ended
+        code: grpc.StatusCode = await call.code()
+        return code, await call.details() or ""

@@ -1,4 +1,4 @@
-"""Gateway benchmark: how many cars one gateway process holds on one core.
+"""Gateway benchmark: cars per core (one process; several on one core), and dims bombs.
 
 Not a test (pytest does not collect ``bench_*.py``). Run ``make bench-gateway`` or
 ``.venv/bin/python tests/bench/bench_gateway.py [--ramp 1000,5000,10000]``.
@@ -36,6 +36,22 @@ runs the largest ramp step with the telemetry period shortened until its message
 equals that many cars at ``--interval``. It shows the CPU and latency side of that target,
 not its memory (that is ``memory_per_car_kib`` times cars).
 
+Dims bomb (``--dims-bomb CARS``, in ``gateway_passes.py``): the same gateway process with
+that many honest cars, their telemetry p50/p99 (the same histogram method) over a window
+without an attacker, then over an equal window while ``--dims-bomb-rogues`` rogue cars
+(``tests/rogue_car.py``, real mTLS, a certificate each) send 2 MiB dims bombs on stream after
+stream until the window ends; with bombs sent and refused (INVALID_ARGUMENT), the gateway's
+CPU share and its CPU time per bomb. JSON key ``dims_bomb``.
+
+One core past the open-file limit (``--one-core-processes K --one-core-cars T1,T2``, in
+``gateway_passes.py``): K gateway processes, each on its own port and under 20,000 cars, ALL
+pinned to the gateway core; per total of the ramp: cars per process, telemetry p99 per
+process and its max, the core's busy share, memory per car; ``cars_per_core_multi`` is the
+largest total whose every process kept p99 within ``GOAL_P99_MS``. JSON key ``one_core``.
+
+``--ramp ''`` skips the single-process ramp (and ``--floor``, ``--equivalent``): the other
+passes then update only their own keys of the JSON.
+
 Writes ``.cache/bench/gateway.json`` and prints a table.
 """
 
@@ -44,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -125,6 +142,34 @@ def quantile(
     return prev_le
 
 
+def violations(metrics: Any) -> float:
+    """Streams the gateway closed as protocol violations so far."""
+    value = metrics.registry.get_sample_value(
+        "parkfleet_gateway_streams_closed_total", {"reason": "ProtocolViolation"}
+    )
+    return float(value or 0.0)
+
+
+class GcPauses:
+    """Pauses of this process's garbage collector (a full collection stalls every car)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif info["generation"] == 2:
+            self.pauses.append(time.perf_counter() - self._start)
+
+    def since(self, mark: int) -> dict[str, Any]:
+        """Full collections after ``mark`` (a length of ``pauses``): count, longest in ms."""
+        new = self.pauses[mark:]
+        return {"gc_full": len(new), "gc_full_max_ms": round(max(new, default=0.0) * 1000, 1)}
+
+
 async def server_main(args: argparse.Namespace) -> None:
     from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, MemorySink, TaskSpec
     from parkfleet.taskport import ModelRef
@@ -143,11 +188,10 @@ async def server_main(args: argparse.Namespace) -> None:
     await gw.start()
     emit({"listening": gw.address, "rss_kib": rss_kib()})
     metrics = gw.metrics
+    gc_pauses = GcPauses()
     snap: dict[str, Any] = {}
     events = gw.events()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    reader = await stdin_reader()
     seq = 0
     while True:
         line = (await reader.readline()).decode().strip()
@@ -162,6 +206,8 @@ async def server_main(args: argparse.Namespace) -> None:
                 "cpu": time.process_time(),
                 "age": buckets(metrics.telemetry_age),
                 "proc": buckets(metrics.telemetry_seconds),
+                "violations": violations(metrics),
+                "gc": len(gc_pauses.pauses),
             }
             emit({"ok": True})
         elif cmd == "window":
@@ -178,6 +224,11 @@ async def server_main(args: argparse.Namespace) -> None:
                     "age_p99_ms": quantile(0.99, snap["age"], age) * 1000,
                     "proc_p50_ms": quantile(0.5, snap["proc"], proc) * 1000,
                     "proc_p99_ms": quantile(0.99, snap["proc"], proc) * 1000,
+                    # For quantiles over several gateways (the one-core pass).
+                    "age_before": snap["age"],
+                    "age_after": age,
+                    "violations": violations(metrics) - snap["violations"],
+                    **gc_pauses.since(snap["gc"]),
                 }
             )
         elif cmd == "rtt":
@@ -227,7 +278,9 @@ async def bare_main(args: argparse.Namespace) -> None:
     welcome = pb.GatewayMessage(welcome=pb.Welcome(protocol_version=PROTOCOL_VERSION))
 
     class Bare(carlink_pb2_grpc.CarLinkServicer):
-        async def Connect(self, request_iterator: Any, context: Any) -> None:
+        async def Connect(  # type: ignore[override]  # read/write handler, no iterator
+            self, request_iterator: Any, context: Any
+        ) -> None:
             nonlocal streams
             await context.read()
             await context.write(welcome)
@@ -239,7 +292,7 @@ async def bare_main(args: argparse.Namespace) -> None:
                 streams -= 1
 
     server = grpc.aio.server(options=server_options())
-    carlink_pb2_grpc.add_CarLinkServicer_to_server(Bare(), server)
+    carlink_pb2_grpc.add_CarLinkServicer_to_server(Bare(), server)  # type: ignore[abstract]
     if args.plaintext:
         port = server.add_insecure_port("127.0.0.1:0")
     else:
@@ -252,9 +305,7 @@ async def bare_main(args: argparse.Namespace) -> None:
         port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
     emit({"listening": f"127.0.0.1:{port}", "rss_kib": rss_kib()})
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    reader = await stdin_reader()
     while (line := (await reader.readline()).decode().strip()) not in ("", "quit"):
         if line == "cars":
             emit({"cars": streams, "rss_kib": rss_kib()})
@@ -281,10 +332,10 @@ async def clients_main(args: argparse.Namespace) -> None:
         await car.telemetry()
         emit({"connected": 1, "seconds": 0})
         worker = asyncio.create_task(car.work())
-        telemetry = asyncio.create_task(_keep_alive(car, args.interval))
-        await _wait_stdin_eof()
+        alive = asyncio.create_task(_keep_alive(car, args.interval))
+        await wait_stdin_eof()
         worker.cancel()
-        telemetry.cancel()
+        alive.cancel()
         return
 
     options = [
@@ -339,7 +390,7 @@ async def clients_main(args: argparse.Namespace) -> None:
     await asyncio.gather(*(connect(i) for i in range(args.count)))
     emit({"connected": len(calls), "failed": failures, "seconds": time.monotonic() - t0})
 
-    await _wait_stdin_eof()
+    await wait_stdin_eof()
     for s in senders:
         s.cancel()
 
@@ -350,10 +401,17 @@ async def _keep_alive(car: Any, interval: float) -> None:
         await car.telemetry()
 
 
-async def _wait_stdin_eof() -> None:
+async def stdin_reader() -> asyncio.StreamReader:
+    """This process's stdin, to read the driver's commands without blocking the loop."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def wait_stdin_eof() -> None:
+    """Returns when the driver closes this process's stdin (its signal to end)."""
+    reader = await stdin_reader()
     while await reader.readline():
         pass
 
@@ -417,6 +475,54 @@ def make_certs(work: Path) -> Path:
     return certs
 
 
+async def start_server(
+    args: argparse.Namespace, cores: set[int], certs: Path, models: Path, interval: float
+) -> tuple[Proc, dict[str, Any]]:
+    """A gateway process (the server role) pinned to ``cores``, and its first line."""
+    server = await Proc.start(
+        cores, "server", "--certs", str(certs), "--models", str(models),
+        "--interval", str(interval), *[f"--grpc-option={o}" for o in args.grpc_option],
+    )  # fmt: skip
+    return server, await server.read()
+
+
+async def start_clients(
+    cores: set[int],
+    address: str,
+    certs: Path,
+    first: int,
+    count: int,
+    per_proc: int,
+    timeout: float,  # noqa: ASYNC109
+    *flags: str,
+) -> tuple[list[Proc], int]:
+    """``count`` lightweight cars (ids from ``first``), ``per_proc`` to a process, connected.
+
+    Returns:
+        The client processes and how many connections failed.
+    """
+    procs: list[Proc] = []
+    started = 0
+    try:
+        while started < count:
+            n = min(per_proc, count - started)
+            procs.append(
+                await Proc.start(
+                    cores, "clients", "--address", address, "--certs", str(certs),
+                    "--first", str(first + started), "--count", str(n), *flags,
+                )
+            )  # fmt: skip
+            started += n
+        failed = 0
+        for p in procs:
+            failed += (await p.read(timeout=timeout)).get("failed", 0)
+    except BaseException:
+        for p in procs:
+            await p.close()
+        raise
+    return procs, failed
+
+
 async def stop_all(server: Proc, clients: list[Proc]) -> None:
     with contextlib.suppress(Exception):
         await server.ask("quit", timeout=30)
@@ -435,11 +541,7 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
     certs = make_certs(work)
     interval = str(args.interval)
 
-    server = await Proc.start(
-        gateway_cores, "server", "--certs", str(certs), "--models", str(work / "models"),
-        "--interval", interval, *[f"--grpc-option={o}" for o in args.grpc_option],
-    )  # fmt: skip
-    hello = await server.read()
+    server, hello = await start_server(args, gateway_cores, certs, work / "models", args.interval)
     address = hello["listening"]
     # Baseline: after start, with the rtt car only (it is not counted per car).
     clients: list[Proc] = [
@@ -461,20 +563,11 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
                 limited_by = f"time cap ({args.time_cap_s:g} s)"
                 break
             t0 = time.monotonic()
-            new: list[Proc] = []
-            while total < n:
-                count = min(args.per_proc, n - total)
-                new.append(
-                    await Proc.start(
-                        client_cores, "clients", "--address", address, "--certs", str(certs),
-                        "--interval", interval, "--first", str(total), "--count", str(count),
-                    )
-                )  # fmt: skip
-                total += count
-            failed = 0
-            for p in new:
-                got = await p.read(timeout=args.time_cap_s)
-                failed += got.get("failed", 0)
+            new, failed = await start_clients(
+                client_cores, address, certs, total, n - total, args.per_proc, args.time_cap_s,
+                "--interval", interval,
+            )  # fmt: skip
+            total = max(total, n)
             clients.extend(new)
             connect_s = time.monotonic() - t0
             # Let a full telemetry period pass so every car is in steady state.
@@ -564,18 +657,9 @@ async def grpc_floor(args: argparse.Namespace, cars: int) -> dict[str, Any]:
             address = (await server.read())["listening"]
             await asyncio.sleep(1.0)
             rss0 = (await server.ask("cars"))["rss_kib"]
-            started = 0
-            while started < cars:
-                count = min(args.per_proc, cars - started)
-                clients.append(
-                    await Proc.start(
-                        client_cores, "clients", "--address", address, "--certs", str(certs),
-                        "--first", str(started), "--count", str(count), *flag,
-                    )
-                )  # fmt: skip
-                started += count
-            for c in clients:
-                await c.read(timeout=args.time_cap_s)
+            clients, _ = await start_clients(
+                client_cores, address, certs, 0, cars, args.per_proc, args.time_cap_s, *flag
+            )
             await asyncio.sleep(2.0)
             got = await server.ask("cars")
             out[f"{mode}_streams"] = got["cars"]
@@ -621,10 +705,15 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def print_row(row: dict[str, Any], header: bool) -> None:
+def print_row(row: dict[str, Any], header: bool, columns: list[tuple[str, int]] = COLUMNS) -> None:
+    """One table row (after the header line when ``header``); lists print as ``a/b``."""
+
+    def cell(value: Any) -> str:
+        return "/".join(map(str, value)) if isinstance(value, list) else str(value)
+
     if header:
-        print(" ".join(name.rjust(w) for name, w in COLUMNS), flush=True)
-    print(" ".join(str(row[name]).rjust(w) for name, w in COLUMNS), flush=True)
+        print(" ".join(name.rjust(w) for name, w in columns), flush=True)
+    print(" ".join(cell(row[name]).rjust(w) for name, w in columns), flush=True)
 
 
 def main() -> int:
@@ -646,7 +735,18 @@ def main() -> int:
     p.add_argument("--count", type=int, default=0)
     p.add_argument("--rtt-car", action="store_true")
     p.add_argument("--plaintext", action="store_true")
-    parser.add_argument("--ramp", default="1000,5000,10000,19000")
+    p = sub.add_parser("rogue")
+    p.add_argument("--address", required=True)
+    p.add_argument("--certs", required=True)
+    p.add_argument("--rogues", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--dims-bytes", type=int, default=2**21)
+    parser.add_argument(
+        "--ramp",
+        default="1000,5000,10000,19000",
+        help="cars of the single-process steps ('': skip it, and --floor and --equivalent; "
+        "the other passes then update the keys they own in the JSON)",
+    )
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--per-proc", type=int, default=5000)
     parser.add_argument("--rtt", type=int, default=50)
@@ -666,6 +766,32 @@ def main() -> int:
         default=5000,
         help="connections for the bare grpc.aio memory baseline (0: skip)",
     )
+    parser.add_argument(
+        "--dims-bomb",
+        type=int,
+        default=0,
+        metavar="CARS",
+        help="honest cars beside rogue cars sending dims bombs (0: skip)",
+    )
+    parser.add_argument("--dims-bomb-rogues", type=int, default=1, help="rogue cars")
+    parser.add_argument(
+        "--dims-bomb-seconds", type=float, default=20.0, help="each window: without, with"
+    )
+    parser.add_argument(
+        "--dims-bomb-bytes", type=int, default=2**21, help="packed dims in one bomb"
+    )
+    parser.add_argument(
+        "--one-core-processes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="gateway processes pinned together to one core (0: skip)",
+    )
+    parser.add_argument(
+        "--one-core-cars",
+        default="10000,20000,30000",
+        help="totals of that pass's ramp, split evenly over the K processes",
+    )
     args = parser.parse_args()
     if args.role == "server":
         asyncio.run(server_main(args))
@@ -676,6 +802,51 @@ def main() -> int:
     if args.role == "bare":
         asyncio.run(bare_main(args))
         return 0
+    from tests.bench import gateway_passes
+
+    if args.role == "rogue":
+        asyncio.run(gateway_passes.rogue_main(args))
+        return 0
+    if args.ramp:
+        result = single_process(args)
+    else:  # the other keys stay as the last full run left them
+        result = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if args.dims_bomb:
+        result["dims_bomb"] = asyncio.run(gateway_passes.dims_bomb_pass(args))
+        gateway_passes.print_dims_bomb(result["dims_bomb"])
+    if args.one_core_processes:
+        print(
+            f"\none core, {args.one_core_processes} gateway processes pinned to it together:",
+            flush=True,
+        )
+        result["one_core"] = asyncio.run(gateway_passes.one_core_pass(args))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    if args.ramp:
+        print_summary(args, result)
+    bomb = result.get("dims_bomb")
+    if args.dims_bomb and bomb:
+        print(
+            f"dims bomb: {bomb['bombs_sent']} bombs sent, {bomb['bombs_refused']} refused; "
+            f"honest telemetry p50/p99 ms {bomb['without']['telemetry_p50_ms']}/"
+            f"{bomb['without']['telemetry_p99_ms']} without, "
+            f"{bomb['with_bombs']['telemetry_p50_ms']}/{bomb['with_bombs']['telemetry_p99_ms']}"
+            f" with ({bomb['with_bombs']['gateway_cpu_ms_per_bomb']} ms of gateway CPU a bomb)"
+            f" -> {'meets' if bomb['meets_goal'] else 'misses'} the p99 goal under attack"
+        )
+    one = result.get("one_core")
+    if args.one_core_processes and one:
+        print(
+            f"one core: cars_per_core_multi={one['cars_per_core_multi']} over "
+            f"{one['processes']} processes (largest N {one['largest_n']}, limited by: "
+            f"{one['limited_by']})"
+        )
+    print(f"clients: lightweight protocol clients, not the real agent. wrote {OUT}")
+    return 0
+
+
+def single_process(args: argparse.Namespace) -> dict[str, Any]:
+    """The ramp on one gateway process, then its memory floor and equivalent load."""
     result = asyncio.run(driver(args))
     if args.floor:
         floor = result["grpc_floor"] = asyncio.run(grpc_floor(args, args.floor))
@@ -687,8 +858,11 @@ def main() -> int:
             )
     if args.equivalent and result["largest_n"]:
         result["equivalent_load"] = equivalent_load(args, result)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def print_summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The single-process figures in a few lines."""
     print(
         f"\ncars_per_core={result['cars_per_core']} (largest N {result['largest_n']}, "
         f"limited by: {result['limited_by']}); memory_per_car_kib={result['memory_per_car_kib']}; "
@@ -710,8 +884,6 @@ def main() -> int:
             f" KiB; the gateway {fl.get('gateway_memory_per_car_kib_at_same_n')} KiB "
             f"(parkfleet adds {fl.get('parkfleet_adds_kib')})"
         )
-    print(f"clients: lightweight protocol clients, not the real agent. wrote {OUT}")
-    return 0
 
 
 if __name__ == "__main__":
