@@ -96,8 +96,12 @@ bench-nodes: $(VENV)/.installed $(CP) model ## pod start latency, apiserver writ
 bench-jobs: $(VENV)/.installed $(CP) model ## InferenceJob efficiency on 500 simulated cars: no churn, 30 % churn, naive baseline
 	$(PY) tests/bench/bench_jobs.py --cp-flag kube-api-qps=200 --cp-flag kube-api-burst=400
 
+.PHONY: bench-revocation
+bench-revocation: $(VENV)/.installed $(CP) model ## revocation written -> the revoked car's stream closed (p50, p99 over 25)
+	$(PY) tests/bench/bench_revocation.py
+
 .PHONY: bench
-bench: bench-gateway bench-agent bench-nodes bench-jobs ## every benchmark; tables printed, JSON under .cache/bench/
+bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation ## every benchmark; tables printed, JSON under .cache/bench/
 
 FUZZ_RUNS ?= 1000000
 .PHONY: fuzz
