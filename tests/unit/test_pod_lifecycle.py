@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -345,6 +346,12 @@ def test_events_of_unknown_tasks_are_ignored() -> None:
 LIAR = {"probabilities": np.array([[0.1, 0.9], [0.9, 0.1]], dtype=np.float32)}
 
 
+def part(outputs: dict[str, np.ndarray], pod: lc.Pod) -> dict[str, np.ndarray]:
+    """What the check copy of a spot-checked pod delivers: its slice of ``outputs``."""
+    a, b = lc.check_slice(pod.uid, pod.items)
+    return {k: v[a - pod.items[0] : b - pod.items[0]] for k, v in outputs.items()}
+
+
 def checked_pod(fraction: float = 0.5) -> lc.Pod:
     uid = next(f"s{i}" for i in range(1000) if lc.spot_checked(f"s{i}", fraction))
     return lc.Pod(uid=uid, namespace="ns", name="s", cell="eu-0", items=(0, 2), spot_check=fraction)
@@ -364,9 +371,11 @@ def test_a_spot_checked_unit_runs_as_two_copies_of_one_group() -> None:
     state, effects = lc.admit(pod)
     assert state.pod.copies == 2
     assert state.pod.checked
+    # The check copy runs a tenth of the items (at least one), where the uid says.
+    assert state.pod.check_items == lc.check_slice(pod.uid, pod.items)
     assert only(effects, ev.Submit) == [
         ev.Submit(f"{pod.uid}-r0", pod.uid),
-        ev.Submit(f"{pod.uid}-r1", pod.uid),
+        ev.Submit(f"{pod.uid}-r1", pod.uid, state.pod.check_items),
     ]
     assert "spot check" in effects[0].lines[0]
     unchecked = lc.Pod(uid="u1", namespace="ns", name="p", spot_check=0.0)
@@ -378,16 +387,56 @@ def test_a_spot_check_catches_a_lying_car_and_keeps_the_right_result() -> None:
     r0, r1, r2 = (f"{pod.uid}-r{i}" for i in range(3))
     state, _ = lc.admit(pod)
     state, _ = run(state, ev.Accepted(r0, "liar"), ev.Accepted(r1, "car-b"))
-    state, effects = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
-    assert only(effects, ev.Submit) == [ev.Submit(r2, pod.uid)]
+    state, effects = run(
+        state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 1, outputs=part(A, pod))
+    )
+    assert only(effects, ev.Submit) == [ev.Submit(r2, pod.uid)]  # the whole unit again
     state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
     assert only(effects, ev.Verdict) == [
         ev.Verdict(r0, False),
         ev.Verdict(r1, True),
         ev.Verdict(r2, True),
     ]
-    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r1)]
+    # The check's slice won, but a slice is no unit: the whole copy that agrees is kept.
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r2)]
     assert terminated(effects)["reason"] == "Completed"
+    assert TerminationSummary.from_json(terminated(effects)["message"]).items == 2
+
+
+def test_a_spot_check_that_agrees_keeps_the_first_copy_and_compares_only_its_slice() -> None:
+    pod = lc.Pod(uid="", namespace="ns", name="s", cell="eu-0", items=(100, 200), spot_check=1)
+    pod = replace(pod, uid=next(f"w{i}" for i in range(1000) if lc.spot_checked(f"w{i}", 1)))
+    state, _ = lc.admit(pod)
+    a, b = state.pod.check_items
+    assert b - a == 10
+    assert 100 <= a < b <= 200
+    rng = np.random.default_rng(0)
+    full = {"probabilities": rng.random((100, 3), dtype=np.float32)}
+    # Items outside the slice differ: the check cannot see them, and does not judge them.
+    other = {"probabilities": full["probabilities"][::-1].copy()}
+    other["probabilities"][a - 100 : b - 100] = full["probabilities"][a - 100 : b - 100]
+    r0, r1 = f"{pod.uid}-r0", f"{pod.uid}-r1"
+    state, _ = run(state, ev.Accepted(r0, "car-a"), ev.Accepted(r1, "car-b"))
+    state, effects = run(
+        state,
+        ev.Succeeded(r0, 100, outputs=full),
+        ev.Succeeded(r1, 10, outputs=part(other, state.pod)),
+    )
+    assert only(effects, ev.Verdict) == [ev.Verdict(r0, True), ev.Verdict(r1, True)]
+    assert only(effects, ev.PromoteResult) == [ev.PromoteResult(r0)]
+
+
+def test_only_the_check_copy_may_be_dropped_or_skipped() -> None:
+    pod = checked_pod()
+    r0, r1 = f"{pod.uid}-r0", f"{pod.uid}-r1"
+    # The unit's own copy finding no car fails the pod, as any unit's would.
+    state, _ = lc.admit(pod)
+    state, effects = run(state, ev.Failed(r0, "NoEligibleCar", "none"))
+    assert terminated(effects)["reason"] == "NoEligibleCar"
+    # A trusted car taking the check copy first cancels nothing: the unit still runs.
+    state, _ = lc.admit(pod)
+    state, effects = run(state, ev.Accepted(r1, "veteran", trusted=True))
+    assert not only(effects, ev.Cancel)
 
 
 @pytest.mark.parametrize("check_first", [True, False])
@@ -434,7 +483,11 @@ def test_wrong_results_at_redundancy_1_are_caught_at_about_the_spot_check_rate()
         checked += 1
         r0, r1, r2 = (f"{pod.uid}-r{j}" for j in range(3))
         state, _ = run(state, ev.Accepted(r0, "liar"), ev.Accepted(r1, "car-b"))
-        state, _ = run(state, ev.Succeeded(r0, 2, outputs=LIAR), ev.Succeeded(r1, 2, outputs=A))
+        state, _ = run(
+            state,
+            ev.Succeeded(r0, 2, outputs=LIAR),
+            ev.Succeeded(r1, 1, outputs=part(A, state.pod)),
+        )
         state, effects = run(state, ev.Accepted(r2, "car-c"), ev.Succeeded(r2, 2, outputs=A))
         strikes += sum(not v.agreed for v in only(effects, ev.Verdict))
         assert not only(effects, ev.KeptUnchecked)  # compared: checked

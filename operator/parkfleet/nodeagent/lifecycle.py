@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from parkfleet.contract import REASON_POD_DELETED, TerminationSummary, exit_code
 from parkfleet.nodeagent import podstatus
@@ -57,12 +61,14 @@ from parkfleet.nodeagent.podevents import (
 
 __all__ = [
     "PENDING_AFTER_S",
+    "SPOT_CHECK_SHARE",
     "Copy",
     "Pod",
     "PodState",
     "Step",
     "admit",
     "already_done",
+    "check_slice",
     "copy_ids",
     "deleted",
     "refuse",
@@ -71,6 +77,10 @@ __all__ = [
 ]
 
 PENDING_AFTER_S = 1.0  # a pod no car took within this shows WaitingForCar
+# A spot check re-runs this share of the unit's items: it costs a tenth of a unit, so the
+# checks add no wave of their own to a job, and a car lying on every item is caught as
+# surely; one lying on a few items only is caught in proportion.
+SPOT_CHECK_SHARE = 0.1
 REASON_DISAGREE = "ResultsDisagree"
 REASON_SUBMIT = "TaskRefused"
 # A spot check's second copy that finds no car of another owner is dropped, not failed.
@@ -99,7 +109,9 @@ class Pod:
         compare: How copies are compared: (mode, output, tolerance).
         spot_check: The fraction of single-copy units also run on a second car (of
             another owner) and compared (see :func:`spot_checked`).
-        checked: This single-copy unit is spot-checked: :func:`admit` made it 2 copies.
+        checked: This single-copy unit is spot-checked: :func:`admit` made it 2 copies,
+            the second (the check) over ``check_items`` only.
+        check_items: The slice of ``items`` the check copy runs (see :func:`check_slice`).
     """
 
     uid: str
@@ -116,6 +128,7 @@ class Pod:
     compare: tuple[str, str, float] = ("argmax", "", 0.0)
     spot_check: float = 0.0
     checked: bool = False
+    check_items: tuple[int, int] = (0, 0)
 
     @property
     def key(self) -> str:
@@ -207,7 +220,34 @@ def copy_ids(pod: Pod) -> list[str]:
 
 def _submit_all(state: PodState) -> list[Effect]:
     group = state.pod.uid if state.pod.copies > 1 else ""
-    return [Submit(c.task_id, group) for c in state.copies if not c.outcome]
+    return [
+        Submit(c.task_id, group, _slice_of(state.pod, c.task_id))
+        for c in state.copies
+        if not c.outcome
+    ]
+
+
+def _check_id(pod: Pod) -> str:
+    """The task id of a spot-checked unit's check copy ("" when the unit has none)."""
+    return f"{pod.uid}-r1" if pod.checked else ""
+
+
+def _slice_of(pod: Pod, task_id: str) -> tuple[int, int] | None:
+    """The items a copy runs when it is not all of the pod's: the check copy's slice."""
+    return pod.check_items if task_id == _check_id(pod) else None
+
+
+def check_slice(
+    uid: str, items: tuple[int, int], share: float = SPOT_CHECK_SHARE
+) -> tuple[int, int]:
+    """The slice of a spot-checked unit its check copy runs: ``share`` of its items (at
+    least one), at a position drawn from the pod's uid (a car cannot tell which)."""
+    start, end = items
+    n = max(end - start, 0)
+    length = min(n, max(1, math.ceil(n * share)))
+    digest = hashlib.sha256(f"slice:{uid}".encode()).digest()
+    offset = int.from_bytes(digest[:8], "big") % (n - length + 1) if n else 0
+    return start + offset, start + offset + length
 
 
 def spot_checked(uid: str, fraction: float) -> bool:
@@ -229,7 +269,7 @@ def admit(pod: Pod, *, running_since: str = "") -> Step:
             gateway restarted under it): it stays Running while its task starts again.
     """
     if pod.copies == 1 and spot_checked(pod.uid, pod.spot_check):
-        pod = replace(pod, copies=2, checked=True)
+        pod = replace(pod, copies=2, checked=True, check_items=check_slice(pod.uid, pod.items))
     state = PodState(pod=pod, copies=tuple(Copy(t) for t in copy_ids(pod)))
     if running_since:
         state = replace(state, phase="Running", started_at=running_since)
@@ -240,7 +280,8 @@ def admit(pod: Pod, *, running_since: str = "") -> Step:
     start, end = pod.items
     copies = f" ({pod.copies} copies)" if pod.copies > 1 else ""
     if pod.checked:
-        copies = " (spot check: 2 copies on cars of distinct owners)"
+        a, b = pod.check_items
+        copies = f" (spot check: items {a}..{b - 1} also on a car of another owner)"
     line = f"parkfleet: task {pod.uid} for items {start}..{end - 1} queued on cell {pod.cell}"
     # Pending is written only if no car took the pod meanwhile: most pods go straight
     # to Running, one status write (and its fan-out to every watcher) fewer each.
@@ -378,8 +419,8 @@ def step(state: PodState, event: Event, now: datetime.datetime) -> Step:
 def _check_dropped(state: PodState, event: Failed) -> bool:
     """Whether a failed copy is a spot check to drop: it found no car, and the other
     copy has not failed (it may still run)."""
-    if not state.pod.checked or event.reason != REASON_NO_CAR:
-        return False
+    if event.task_id != _check_id(state.pod) or event.reason != REASON_NO_CAR:
+        return False  # only the check copy may be dropped: the other is the unit
     others = [c for c in state.copies if c.task_id != event.task_id]
     return all(c.outcome != "failed" for c in others) and any(
         c.outcome in ("", "succeeded") for c in others
@@ -399,7 +440,7 @@ def _accepted(
     first = state.phase != "Running"
     state = replace(_with_copy(state, replace(copy, car=event.car)), cars=cars)
     skipped: list[Effect] = []
-    if first and event.trusted and state.pod.checked:
+    if first and event.trusted and state.pod.checked and copy.task_id != _check_id(state.pod):
         state, skipped = _skip_check(state, copy.task_id, event.car)
     if not first:
         return state, []
@@ -448,11 +489,30 @@ def _decide(state: PodState, now: datetime.datetime) -> Step:
     mode, output, tolerance = state.pod.compare
     results = [c.outputs or {} for c in voters]
     name = output or next(iter(results[0]), "")
-    arrays = [r[name] for r in results if name in r]
+    # Compared over the items every voter ran: the check copy's slice when it votes.
+    compared = state.pod.items
+    if any(c.task_id == _check_id(state.pod) for c in voters):
+        compared = state.pod.check_items
+    arrays = [
+        _over(state, c, r[name], compared)
+        for c, r in zip(voters, results, strict=True)
+        if name in r
+    ]
     winner = majority(arrays, mode, tolerance) if len(arrays) == len(results) else None
+    if winner is not None and voters[winner].task_id == _check_id(state.pod):
+        # The check copy ran a slice only: keep a whole copy that agrees with it.
+        winner = next(
+            (
+                i
+                for i, (c, a) in enumerate(zip(voters, arrays, strict=True))
+                if c.task_id != _check_id(state.pod) and agree(a, arrays[winner], mode, tolerance)
+            ),
+            None,
+        )
     cars = ", ".join(c.car for c in voters)
     if winner is None and len(state.copies) < state.pod.copies + 2:
         msg = f"results of cars {cars} disagree on {name!r} ({mode}); another car decides"
+        # It runs the whole unit: should the first copy lose, its result is the unit's.
         extra = Copy(f"{state.pod.uid}-r{len(state.copies)}")
         state = replace(state, copies=(*state.copies, extra), disagreements=state.disagreements + 1)
         return state, [
@@ -463,7 +523,7 @@ def _decide(state: PodState, now: datetime.datetime) -> Step:
     if winner is None:
         return _fail(state, REASON_DISAGREE, f"no majority among {len(voters)} copies", now)
     chosen = voters[winner]
-    agreed = [agree(r[name], arrays[winner], mode, tolerance) for r in results]
+    agreed = [agree(a, arrays[winner], mode, tolerance) for a in arrays]
     odd = [c.car for c, ok in zip(voters, agreed, strict=True) if not ok]
     # Every copy's cars hear the vote (their reputation), before the copies are released.
     effects: list[Effect] = [Verdict(c.task_id, ok) for c, ok in zip(voters, agreed, strict=True)]
@@ -476,6 +536,16 @@ def _decide(state: PodState, now: datetime.datetime) -> Step:
     effects.append(PromoteResult(chosen.task_id))
     state, end = _succeed(state, chosen, now)
     return state, effects + end
+
+
+def _over(
+    state: PodState, copy: Copy, array: npt.NDArray[np.generic], items: tuple[int, int]
+) -> npt.NDArray[np.generic]:
+    """A copy's results for ``items`` (its own range is the slice or the pod's items)."""
+    own = _slice_of(state.pod, copy.task_id) or state.pod.items
+    if own == items:
+        return array
+    return array[items[0] - own[0] : items[1] - own[0]]
 
 
 def _release_all(state: PodState) -> list[Effect]:

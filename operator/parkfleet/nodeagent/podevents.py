@@ -164,10 +164,12 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Submit the copy ``task_id`` (``group``: the copies' common group, or "")."""
+    """Submit the copy ``task_id`` (``group``: the copies' common group, or ""), over
+    ``items`` (``[start, end)``; None: the pod's items)."""
 
     task_id: str
     group: str = ""
+    items: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -411,6 +411,8 @@ class PodDriver:
         spec = dataclasses.replace(
             prepared.spec, task_id=effect.task_id, sink=sink, group=effect.group
         )
+        if effect.items is not None:  # a spot check's slice
+            spec = dataclasses.replace(spec, item_start=effect.items[0], item_end=effect.items[1])
         try:
             await self.port.submit(spec)
         except ValueError as exc:
