@@ -338,3 +338,41 @@ async def test_a_uri_is_refused_without_a_digest_or_off_https(
         with pytest.raises(ModelFetchFailed, match=r"^model URI: "):
             await models.resolve(sha256="4" * 64, uri=uri)
     assert server.hits == {}
+
+
+async def test_only_allowed_hosts_are_fetched_from_even_after_a_redirect(
+    tmp_path: Path, server: ModelServer
+) -> None:
+    server.release.set()
+    sha = hashlib.sha256(server.model).hexdigest()
+    elsewhere = store(tmp_path / "a", server, allow_hosts=("models.example.com", "*.example.org"))
+    with pytest.raises(ModelFetchFailed, match=r"host '127\.0\.0\.1' is not one"):
+        await elsewhere.resolve(sha256=sha, uri=server.url("/models/digits.onnx"))
+    assert server.hits == {}  # refused before any connection
+    allowed = store(tmp_path / "b", server, allow_hosts=("127.0.0.1",))
+    # An allowed host redirecting to one that is not: refused at the redirect.
+    other = f"https://localhost:{server.port}/models/digits.onnx"
+    with pytest.raises(ModelFetchFailed, match="host 'localhost' is not one"):
+        await allowed.resolve(sha256=sha, uri=server.url(f"/redirect?to={other}"))
+    assert "/models/digits.onnx" not in server.hits
+    info = await allowed.resolve(sha256=sha, uri=server.url("/models/digits.onnx"))
+    assert info.ref.sha256 == sha
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("models.example.com", True),
+        ("MODELS.example.com.", True),
+        ("a.example.org", True),
+        ("a.b.example.org", True),
+        ("example.org", False),  # *.domain is the names under it, not the domain itself
+        ("evilexample.org", False),
+        ("models.example.com.evil.net", False),
+        ("", False),
+    ],
+)
+def test_the_allow_list_matches_names_and_wildcard_domains(host: str, allowed: bool) -> None:
+    config = FetchConfig(allow_hosts=("models.example.com", "*.example.org"))
+    assert config.allows(host) is allowed
+    assert FetchConfig().allows(host)  # no list: any host

@@ -154,6 +154,7 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
             max_bytes=args.model_fetch_max_bytes,
             timeout_s=args.model_fetch_timeout_s,
             ca_file=args.model_fetch_ca_bundle,
+            allow_hosts=tuple(args.model_fetch_allow_host),
         ),
     )
     agent = None
@@ -278,6 +279,14 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         help="PEM CA bundle servers must chain to (default: the system CAs)",
+    )
+    f.add_argument(
+        "--model-fetch-allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host models may be fetched from: a name, or *.domain (repeatable; checked "
+        "before connecting and at each redirect); none given: any host",
     )
     k = p.add_argument_group("node agent (virtual kubelet)")
     k.add_argument("--node-agent", action="store_true", help="register cells as Nodes")

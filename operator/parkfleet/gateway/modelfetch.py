@@ -50,11 +50,28 @@ class FetchConfig:
         max_bytes: The largest model it downloads; a longer body is cut there and refused.
         timeout_s: The whole download (connect, redirects, body, hashing) ends within this.
         ca_file: A PEM bundle servers' certificates must chain to; None: the system CAs.
+        allow_hosts: Hosts the gateway may fetch from (a name, or ``*.domain`` for any
+            name under it; case-insensitive), checked before any connection and at every
+            redirect; empty: any host (the chart's egress policy is then the bound).
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout_s: float = DEFAULT_TIMEOUT_S
     ca_file: Path | None = None
+    allow_hosts: tuple[str, ...] = ()
+
+    def allows(self, host: str | None) -> bool:
+        """Whether ``host`` is one the gateway may fetch from."""
+        if not self.allow_hosts:
+            return True
+        name = (host or "").lower().rstrip(".")
+        for pattern in self.allow_hosts:
+            p = pattern.lower().rstrip(".")
+            if name == p or (
+                p.startswith("*.") and name.endswith(p[1:]) and len(name) > len(p) - 1
+            ):
+                return True
+        return False
 
 
 def _shown(uri: str) -> str:
@@ -127,8 +144,9 @@ class ModelFetcher:
                 raise ValueError("no URI to fetch")
         except ValueError as exc:
             raise ModelFetchFailed(f"model URI: {exc}") from None
-        self.downloads += 1
         shown = _shown(uri)
+        self._check_host(uri, shown)
+        self.downloads += 1
         try:
             async with asyncio.timeout(self.config.timeout_s):
                 context = await self._ssl()
@@ -205,7 +223,16 @@ class ModelFetcher:
             raise ModelFetchFailed(
                 f"{shown}: redirected to a location that is not https://"
             ) from None
+        self._check_host(target, shown)
         return target
+
+    def _check_host(self, uri: str, shown: str) -> None:
+        host = urlsplit(uri).hostname
+        if not self.config.allows(host):
+            raise ModelFetchFailed(
+                f"{shown}: host {host!r} is not one the gateway fetches models from "
+                "(--model-fetch-allow-host)"
+            )
 
     def _too_large(self, shown: str) -> ModelFetchFailed:
         return ModelFetchFailed(
