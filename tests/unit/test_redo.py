@@ -129,13 +129,14 @@ async def test_a_quarantined_cars_unchecked_unit_runs_again_elsewhere(
 
     port.bad.add("liar")
     redoer.quarantined("liar")
-    await asyncio.sleep(0.01)
+    await redoer.settle()
     (spec,) = port.submitted
     assert spec.task_id == "u1-redo0"
     assert spec.avoid_cars == ("liar",)  # not the liar, nor any car of its owner
     assert (spec.item_start, spec.item_end) == (0, 3)
 
     await finish(redoer, spec, "checker", again)
+    await redoer.settle()
     with np.load(u.result) as z:
         assert np.array_equal(z["label"], after)
         assert int(z["first_item"][0]) == 0
@@ -160,7 +161,7 @@ async def test_a_unit_ending_on_a_car_already_quarantined_runs_again_at_once(
         cast(TaskPort, port), cast(EventPoster, poster), tmp_path / ".spool", NodeAgentMetrics()
     )
     redoer.kept(unit(tmp_path, "u1", ("honest", "liar"), WRONG))
-    await asyncio.sleep(0.01)
+    await redoer.settle()
     (spec,) = port.submitted
     assert spec.avoid_cars == ("honest", "liar")
     assert len(redoer.units) == 0

@@ -193,6 +193,11 @@ class Redoer:
         if event.kind not in _ENDS:
             return True
         del self.runs[event.task_id]
+        # Compared and saved in the background: the caller's other events do not wait.
+        self._spawn(self._finished(run, event))
+        return True
+
+    async def _finished(self, run: _Run, event: TaskEvent) -> None:
         if event.kind == "succeeded":
             try:
                 await self._compare(run, event.task_id)
@@ -200,7 +205,7 @@ class Redoer:
                 log.exception("unit %s: cannot compare its results", run.unit.pod.key)
                 msg = f"car {run.bad_car} was quarantined; the new results could not be read"
                 await self._end(run, event.task_id, "failed", msg)
-            return True
+            return
         why = event.reason or event.kind
         if event.message:
             why += f": {event.message}"
@@ -209,7 +214,6 @@ class Redoer:
             "its result stays as that car delivered it"
         )
         await self._end(run, event.task_id, "failed", msg)
-        return True
 
     async def _compare(self, run: _Run, task_id: str) -> None:
         unit = run.unit
@@ -252,6 +256,12 @@ class Redoer:
             "uid": unit.pod.uid,
         }
         await self.poster.post(ref, reason, message, warning=outcome != "confirmed")
+
+    async def settle(self) -> None:
+        """Waits until the background work started so far (submissions, comparisons,
+        saves, Events) is done."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # The loop keeps only weak references to tasks: these stay until they end.
