@@ -112,5 +112,5 @@ spec:
 def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:
     assert stack.model is not None
     session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
-    x = np.load(stack.data / "digits" / "inputs.npy")[start:end]
+    x = np.load(stack.area() / "digits" / "inputs.npy")[start:end]
     return np.asarray(session.run(["label"], {"input": x})[0])
