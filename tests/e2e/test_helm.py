@@ -232,7 +232,10 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
     docs = [
         d for d in out.split("\n---\n") if re.search(r"^kind: (Cluster)?Role$", d, re.MULTILINE)
     ]
-    assert len(docs) == 4, "operator and gateway: a ClusterRole and a kube-node-lease Role each"
+    assert len(docs) == 5, (
+        "operator and gateway: a ClusterRole and a kube-node-lease Role each, and the "
+        "gateway's ConfigMap-inputs ClusterRole"
+    )
     for doc in docs:
         role = yaml.safe_load(doc)
         lines = doc.splitlines()
@@ -246,6 +249,34 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
         if role["kind"] == "Role":
             assert role["metadata"]["namespace"] == "kube-node-lease"
             assert [r["resources"] for r in role["rules"]] == [["leases"]]
+
+
+def test_configmap_inputs_are_readable_only_in_the_namespaces_listed(helm: Helm) -> None:
+    role_name = "t-parkfleet-gateway-configmap-inputs"
+    for listed in ([], ["team-a", "team-b"]):
+        values = [f"--set=gateway.configMapInputs.namespaces={{{','.join(listed)}}}"]
+        objects = helm.template(*(values if listed else []))  # by default: none
+        # Only this ClusterRole names configmaps, and only to get one by name.
+        grants = [
+            (o["metadata"]["name"], rule)
+            for o in objects
+            if o["kind"] in ("ClusterRole", "Role")
+            for rule in o["rules"]
+            if "configmaps" in rule["resources"]
+        ]
+        assert grants == [
+            (role_name, {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]})
+        ]
+        # Bound by a RoleBinding in each listed namespace, never cluster-wide.
+        assert not [
+            o for o in kinds(objects, "ClusterRoleBinding") if o["roleRef"]["name"] == role_name
+        ]
+        bindings = [o for o in kinds(objects, "RoleBinding") if o["roleRef"]["name"] == role_name]
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == listed
+        for b in bindings:
+            assert b["subjects"] == [
+                {"kind": "ServiceAccount", "name": "t-parkfleet-gateway", "namespace": "pf"}
+            ]
 
 
 def test_monitoring_objects_need_the_value_and_the_api(helm: Helm, tmp_path: Path) -> None:
