@@ -28,6 +28,7 @@ __all__ = [
     "EXIT_RETRY_ELSEWHERE",
     "EXIT_STOPPED",
     "FAIL_JOB_EXIT_CODES",
+    "LABEL_JOB_UID",
     "MAX_MODEL_URI",
     "NODE_PREFIX",
     "REASON_INVALID_INPUT",
@@ -40,10 +41,12 @@ __all__ = [
     "cell_id",
     "cell_of_node",
     "check_model_uri",
+    "data_area",
     "exit_code",
     "node_name",
     "parse_cars_condition",
     "parse_cell_id",
+    "volume_location",
 ]
 
 # ---- cells and their Nodes -----------------------------------------------------------
@@ -84,6 +87,33 @@ def cell_of_node(node: str) -> str | None:
         return None
     cell = node[len(NODE_PREFIX) :]
     return cell if _CELL.match(cell) else None
+
+
+# ---- the data volume: one area per namespace ---------------------------------------------
+
+# A namespace's inputs and results live in its own area of the gateways' data volume,
+# ``<data root>/<namespace>/``: every path a pod or an InferenceJob names is relative to
+# it (the node agent resolves it, the operator reports a job's results there).
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Set by the operator on an InferenceJob's pods (its Job's template): the job's uid, which
+# the node agent writes into each unit file. Only a unit file naming it counts as done.
+LABEL_JOB_UID = "parkfleet.io/inference-job-uid"
+
+
+def data_area(namespace: str) -> str:
+    """A namespace's area of the data volume, relative to the volume's root.
+
+    Raises:
+        ValueError: ``namespace`` is not a namespace name (a DNS-1123 label).
+    """
+    if not _NAMESPACE.match(namespace):
+        raise ValueError(f"{namespace!r} is not a namespace name")
+    return namespace
+
+
+def volume_location(namespace: str, path: str) -> str:
+    """Where ``path`` of a namespace's area is, relative to the data volume's root."""
+    return f"{data_area(namespace)}/{path}"
 
 
 # ---- defaults ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _demo_inputs(stack: DevStack) -> tuple[Path, np.ndarray]:
     y = np.load(stack.model.directory / "digits_labels.npy")
     reps = -(-DEMO_ITEMS // len(x))
     xs, ys = np.tile(x, (reps, 1))[:DEMO_ITEMS], np.tile(y, reps)[:DEMO_ITEMS]
-    path = stack.data / "digits" / "demo-inputs.npy"
+    path = stack.area() / "digits" / "demo-inputs.npy"  # the job is in namespace default
     np.save(path, np.ascontiguousarray(xs))
     return path, ys
 

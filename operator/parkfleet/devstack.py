@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from parkfleet.certs import FleetCA, car_paths
+from parkfleet.contract import data_area
 from parkfleet.devcluster import die_with_parent
 from parkfleet.models.digits import DigitsModel, build_digits
 from parkfleet.pidfiles import PidFile, terminate
@@ -159,8 +160,12 @@ class DevStack:
 
     @property
     def data(self) -> Path:
-        """The gateway's data root: task inputs and results."""
+        """The gateway's data root: task inputs and results, one area per namespace."""
         return self.root / "data"
+
+    def area(self, namespace: str = "default") -> Path:
+        """A namespace's area of the data root: the paths its pods and jobs name."""
+        return self.data / data_area(namespace)
 
     @property
     def logs(self) -> Path:
@@ -176,8 +181,12 @@ class DevStack:
         """The environment of every process: the cluster's kubeconfig, unbuffered output."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
 
-    def prepare(self, models_dir: Path | None = None) -> DigitsModel:
-        """Creates the fleet CA and gateway certificate, builds the model, lays out inputs."""
+    def prepare(
+        self, models_dir: Path | None = None, namespaces: Sequence[str] = ("default",)
+    ) -> DigitsModel:
+        """Creates the fleet CA and gateway certificate, builds the model, and lays out the
+        digits inputs (``digits/inputs.npy``, ``digits/labels.npy``) in each namespace's
+        area of the data root."""
         self.logs.mkdir(parents=True, exist_ok=True)
         if not (self.certs / "ca.crt").exists():
             ca = FleetCA.create()
@@ -186,18 +195,19 @@ class DevStack:
                 self.certs / "gateway.crt", self.certs / "gateway.key"
             )
         self.model = build_digits(models_dir or REPO_ROOT / ".cache" / "models")
-        inputs = self.data / "digits" / "inputs.npy"
-        inputs.parent.mkdir(parents=True, exist_ok=True)
-        if not inputs.exists():
-            shutil.copyfile(self.model.directory / "digits_inputs.npy", inputs)
-            shutil.copyfile(
-                self.model.directory / "digits_labels.npy", inputs.with_name("labels.npy")
-            )
+        for namespace in namespaces:
+            inputs = self.area(namespace) / "digits" / "inputs.npy"
+            inputs.parent.mkdir(parents=True, exist_ok=True)
+            if not inputs.exists():
+                shutil.copyfile(self.model.directory / "digits_inputs.npy", inputs)
+                shutil.copyfile(
+                    self.model.directory / "digits_labels.npy", inputs.with_name("labels.npy")
+                )
         return self.model
 
     def labels(self) -> np.ndarray:
         """The true labels of the digits inputs (for accuracy)."""
-        labels: np.ndarray = np.load(self.data / "digits" / "labels.npy")
+        labels: np.ndarray = np.load(self.area() / "digits" / "labels.npy")
         return labels
 
     def _spawn(self, name: str, args: Sequence[str], entry: Sequence[str] = ()) -> Proc:

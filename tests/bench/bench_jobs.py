@@ -68,7 +68,7 @@ __all__ = ["main"]
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".cache" / "bench" / "jobs.json"
 POOL = "bench"
-INPUT = "bench/inputs.npy"  # under the gateway's data root
+INPUT = "bench/inputs.npy"  # in namespace default's area of the gateway's data root
 GOAL_NO_CHURN = 0.90
 ASKED = {"items": 100_000, "cars": 500}
 
@@ -182,7 +182,7 @@ def kill_offsets(ideal_s: float, n: int) -> list[float]:
 
 def exactly_once(stack: DevStack, name: str, items: int, truth: np.ndarray) -> dict[str, Any]:
     """Checks the unit files: every item's result exactly once, equal to local ONNX Runtime."""
-    files = sorted((stack.data / "results" / name).glob("unit-*.npz"))
+    files = sorted((stack.area() / "results" / name).glob("unit-*.npz"))
     firsts, labels = [], []
     for f in files:
         with np.load(f) as z:
@@ -409,7 +409,7 @@ def run_one(
         log(f"{spec.key}: {args.cars} cars eligible after {out['fleet_connect_s']}s")
         ideal_s = args.items / (args.cars * args.rate)
         kills = kill_offsets(ideal_s, len(leave)) if spec.churn else []
-        shutil.rmtree(stack.data / "results" / name, ignore_errors=True)
+        shutil.rmtree(stack.area() / "results" / name, ignore_errors=True)
         watcher = PodWatch(kube.kubeconfig, name)
         created = time.time()
         kube(
@@ -642,11 +642,11 @@ def run(args: argparse.Namespace, cluster: devcluster.LocalCluster, work: Path) 
             kube("apply", "-f", str(ROOT / "crds" / f"{crd}.parkfleet.io.yaml"))
             kube("wait", "--for=condition=Established", f"crd/{crd}.parkfleet.io", "--timeout=60s")
         stack.prepare()
-        x = np.load(stack.data / "digits" / "inputs.npy")
+        x = np.load(stack.area() / "digits" / "inputs.npy")
         reps = -(-args.items // len(x))
         big = np.ascontiguousarray(np.tile(x, (reps, 1))[: args.items])
-        (stack.data / INPUT).parent.mkdir(parents=True, exist_ok=True)
-        np.save(stack.data / INPUT, big)
+        (stack.area() / INPUT).parent.mkdir(parents=True, exist_ok=True)
+        np.save(stack.area() / INPUT, big)
         truth = local_labels(stack, big)
         stack.start_operator()
         kube(

@@ -637,7 +637,7 @@ async def run(args: argparse.Namespace, cluster: devcluster.LocalCluster, work: 
                 )
 
             log("starting operator, gateway (node agent) and the fleet")
-            stack.prepare()
+            stack.prepare(namespaces=(NS,))  # the pods' inputs in their namespace's area
             stack.start_operator()
             metrics_port = free_port()
             stack.start_gateway(f"--metrics-port={metrics_port}")

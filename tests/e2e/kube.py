@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from parkfleet.devstack import DevStack
@@ -23,8 +24,10 @@ __all__ = [
     "get_json",
     "inference_pod",
     "local_labels",
+    "onnx_labels",
     "pod_phase",
     "scrape",
+    "token_kubeconfig",
     "until",
 ]
 
@@ -85,8 +88,16 @@ def events_of(k: Kubectl, name: str) -> list[tuple[str, str]]:
 
 
 def inference_pod(
-    name: str, pool: str, items: str, batch: int, output: str = "results", gpu: bool = True
+    name: str,
+    pool: str,
+    items: str,
+    batch: int,
+    output: str = "results",
+    gpu: bool = True,
+    source: str = "digits/inputs.npy",
 ) -> str:
+    """A plain pod of ``pool`` that classifies digits ``items`` of ``source`` (a path in
+    its namespace's area of the data volume) into ``output``."""
     limits = '    resources: {limits: {nvidia.com/gpu: "1"}}' if gpu else ""
     return f"""
 apiVersion: v1
@@ -101,7 +112,7 @@ spec:
     image: parkfleet.io/runtime/onnxruntime:1
     env:
     - {{name: PARKFLEET_MODEL, value: digits}}
-    - {{name: PARKFLEET_INPUT, value: digits/inputs.npy}}
+    - {{name: PARKFLEET_INPUT, value: '{source}'}}
     - {{name: PARKFLEET_ITEMS, value: "{items}"}}
     - {{name: PARKFLEET_BATCH_SIZE, value: "{batch}"}}
     - {{name: PARKFLEET_OUTPUT, value: {output}}}
@@ -110,7 +121,27 @@ spec:
 
 
 def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:
+    return onnx_labels(stack, np.load(stack.area() / "digits" / "inputs.npy")[start:end])
+
+
+def onnx_labels(stack: DevStack, x: np.ndarray) -> np.ndarray:
+    """The digits model's labels for ``x``, by local ONNX Runtime."""
     assert stack.model is not None
     session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
-    x = np.load(stack.data / "digits" / "inputs.npy")[start:end]
     return np.asarray(session.run(["label"], {"input": x})[0])
+
+
+def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
+    """A kubeconfig for ``admin``'s cluster that carries only a bearer token (no client
+    certificate): a ServiceAccount's identity, e.g. one the chart creates."""
+    cl = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cl}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -83,7 +83,7 @@ def test_sample_pod_runs_on_a_car_and_logs_its_output(stack: DevStack, kubectl: 
     expected = local_labels(stack, 0, 16)
     for i, label in enumerate(expected):
         assert f"item {i}: label={label} " in logs
-    results = np.load(stack.data / "results" / "digits-sample.npz")
+    results = np.load(stack.area() / "results" / "digits-sample.npz")
     assert np.array_equal(results["label"], expected)
     kubectl("delete", "pod", "digits-sample")
 
@@ -133,7 +133,7 @@ def test_car_killed_mid_task_moves_and_the_pod_still_succeeds(
     moved = [m for r, m in events_of(kubectl, "long") if r == "Moved"]
     assert moved, events_of(kubectl, "long")
     assert moved[0].startswith(f"moved from car {first} to car ")
-    results = np.load(stack.data / "results" / "long.npz")
+    results = np.load(stack.area() / "results" / "long.npz")
     assert len(results["label"]) == 300  # every item exactly once
     assert np.array_equal(results["label"], local_labels(stack, 0, 300))
 
@@ -163,7 +163,7 @@ def test_operator_and_gateway_restart_mid_run(stack: DevStack, kubectl: Kubectl)
 
     until(lambda: pod_phase(kubectl, "survivor") == "Succeeded", 120, "the pod to succeed")
     assert get_json(kubectl, "node", "pf-solo-0")["metadata"]["uid"] == uid  # Node stayed
-    results = np.load(stack.data / "results" / "survivor.npz")
+    results = np.load(stack.area() / "results" / "survivor.npz")
     assert np.array_equal(results["label"], local_labels(stack, 0, 240))
     stack.procs["car-r"].stop()
     kubectl("delete", "pod", "survivor")

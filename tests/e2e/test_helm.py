@@ -233,8 +233,9 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
         d for d in out.split("\n---\n") if re.search(r"^kind: (Cluster)?Role$", d, re.MULTILINE)
     ]
     # Operator and gateway: a ClusterRole and a kube-node-lease Role each; the gateway also
-    # a Role on the one revocation ConfigMap of its namespace.
-    assert len(docs) == 5
+    # a Role on the one revocation ConfigMap of its namespace, and the ConfigMap-inputs
+    # ClusterRole (bound per listed namespace).
+    assert len(docs) == 6
     for doc in docs:
         role = yaml.safe_load(doc)
         lines = doc.splitlines()
@@ -258,6 +259,42 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
         elif role["kind"] == "Role":
             assert role["metadata"]["namespace"] == "kube-node-lease"
             assert [r["resources"] for r in role["rules"]] == [["leases"]]
+
+
+def test_configmap_inputs_are_readable_only_in_the_namespaces_listed(helm: Helm) -> None:
+    role_name = "t-parkfleet-gateway-configmap-inputs"
+    for listed in ([], ["team-a", "team-b"]):
+        values = [f"--set=gateway.configMapInputs.namespaces={{{','.join(listed)}}}"]
+        objects = helm.template(*(values if listed else []))  # by default: none
+        # Only this ClusterRole names configmaps in general, and only to get one by name;
+        # the other grant is the revocation list's, that one ConfigMap of the release.
+        grants = [
+            (o["metadata"]["name"], rule)
+            for o in objects
+            if o["kind"] in ("ClusterRole", "Role")
+            for rule in o["rules"]
+            if "configmaps" in rule["resources"]
+        ]
+        revocations = {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["t-parkfleet-revocations"],
+            "verbs": ["get", "list", "watch"],
+        }
+        assert sorted(grants, key=lambda g: g[0]) == [
+            (role_name, {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}),
+            ("t-parkfleet-gateway-revocations", revocations),
+        ]
+        # Bound by a RoleBinding in each listed namespace, never cluster-wide.
+        assert not [
+            o for o in kinds(objects, "ClusterRoleBinding") if o["roleRef"]["name"] == role_name
+        ]
+        bindings = [o for o in kinds(objects, "RoleBinding") if o["roleRef"]["name"] == role_name]
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == listed
+        for b in bindings:
+            assert b["subjects"] == [
+                {"kind": "ServiceAccount", "name": "t-parkfleet-gateway", "namespace": "pf"}
+            ]
 
 
 def test_monitoring_objects_need_the_value_and_the_api(helm: Helm, tmp_path: Path) -> None:

@@ -28,11 +28,11 @@ def jobs(stack: DevStack, kubectl: Kubectl) -> DevStack:
     """The InferenceJob CRD and a 3,000-item input (the digits test split, repeated)."""
     kubectl("apply", "-f", str(REPO / "crds" / "inferencejobs.parkfleet.io.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/inferencejobs.parkfleet.io")
-    x = np.load(stack.data / "digits" / "inputs.npy")
-    y = np.load(stack.data / "digits" / "labels.npy")
+    x = np.load(stack.area() / "digits" / "inputs.npy")
+    y = np.load(stack.area() / "digits" / "labels.npy")
     reps = -(-ITEMS // len(x))
-    np.save(stack.data / "digits" / "big.npy", np.tile(x, (reps, 1))[:ITEMS])
-    np.save(stack.data / "digits" / "big-labels.npy", np.tile(y, reps)[:ITEMS])
+    np.save(stack.area() / "digits" / "big.npy", np.tile(x, (reps, 1))[:ITEMS])
+    np.save(stack.area() / "digits" / "big-labels.npy", np.tile(y, reps)[:ITEMS])
     return stack
 
 
@@ -71,7 +71,7 @@ def wait_done(k: Kubectl, name: str, within: float = 180) -> dict[str, Any]:
 def results(stack: DevStack, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Item numbers and labels over every unit file, in item order."""
     items, labels = [], []
-    for f in sorted((stack.data / "results" / name).glob("unit-*.npz")):
+    for f in sorted((stack.area() / "results" / name).glob("unit-*.npz")):
         with np.load(f) as z:
             first = int(z["first_item"][0])
             items.append(np.arange(first, first + len(z["label"])))
@@ -83,7 +83,7 @@ def results(stack: DevStack, name: str) -> tuple[np.ndarray, np.ndarray]:
 def check_exactly_once_and_correct(stack: DevStack, name: str) -> None:
     items, labels = results(stack, name)
     assert np.array_equal(items, np.arange(ITEMS)), "every item exactly once"
-    x = np.load(stack.data / "digits" / "big.npy")
+    x = np.load(stack.area() / "digits" / "big.npy")
     assert np.array_equal(labels, local_labels_of(stack, x))
 
 
@@ -104,10 +104,10 @@ def test_digits_job_matches_local_onnx_item_for_item(jobs: DevStack, kubectl: Ku
     assert st["progress"] == "100%"
     assert st["carsUsed"] >= 1
     assert st["energyWh"] > 0
-    assert st["resultLocation"] == "results/digits-e2e"
+    assert st["resultLocation"] == "default/results/digits-e2e"  # on the data volume
     check_exactly_once_and_correct(jobs, "digits-e2e")
     _, labels = results(jobs, "digits-e2e")
-    truth = np.load(jobs.data / "digits" / "big-labels.npy")
+    truth = np.load(jobs.area() / "digits" / "big-labels.npy")
     assert float(np.mean(labels == truth)) > 0.9  # the model's accuracy, through the fleet
     table = kubectl("get", "ij", "digits-e2e").stdout
     assert "100%" in table
@@ -299,7 +299,7 @@ def test_redundancy_detects_a_corrupt_car_and_keeps_the_right_result(
     assert "bad-000000" in resolved[0]
     items, labels = results(jobs, "crosschecked")
     assert np.array_equal(items, np.arange(250))
-    x = np.load(jobs.data / "digits" / "big.npy")[:250]
+    x = np.load(jobs.area() / "digits" / "big.npy")[:250]
     assert np.array_equal(labels, local_labels_of(jobs, x))  # the right result was kept
     for proc in (good, bad, third):
         proc.stop()
@@ -325,7 +325,7 @@ def test_spot_checks_quarantine_a_lying_car_and_its_unchecked_units_are_redone(
     )
     wait_done(kubectl, "unseen", 120)
     assert condition(kubectl, "unseen", "Complete")["status"] == "True"
-    x = np.load(jobs.data / "digits" / "big.npy")[:200]
+    x = np.load(jobs.area() / "digits" / "big.npy")[:200]
     right = local_labels_of(jobs, x)
     assert not np.array_equal(results(jobs, "unseen")[1], right)
 
@@ -344,7 +344,7 @@ def test_spot_checks_quarantine_a_lying_car_and_its_unchecked_units_are_redone(
     items, labels = results(jobs, "spotchecked")
     assert np.array_equal(items, np.arange(600))
     assert np.array_equal(
-        labels, local_labels_of(jobs, np.load(jobs.data / "digits" / "big.npy")[:600])
+        labels, local_labels_of(jobs, np.load(jobs.area() / "digits" / "big.npy")[:600])
     )
     quarantined = pod_events(kubectl, "spotchecked", "CarQuarantined")
     assert len(quarantined) == 1, quarantined
@@ -408,7 +408,7 @@ def test_deadline_fails_the_job_and_cancels_the_rest(jobs: DevStack, kubectl: Ku
 
 
 def test_tiny_input_from_a_configmap(jobs: DevStack, kubectl: Kubectl) -> None:
-    x = np.load(jobs.data / "digits" / "big.npy")[:6]
+    x = np.load(jobs.area() / "digits" / "big.npy")[:6]
     doc = (
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: six-digits}\n"
         f"data:\n  items.json: '{json.dumps(x.tolist())}'\n"

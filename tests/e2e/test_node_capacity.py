@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from parkfleet import devcluster
 from parkfleet.devstack import DevStack
 
 from .conftest import NODE_MONITOR_GRACE_S, Kubectl
-from .kube import get_json, inference_pod, pod_phase, until
+from .kube import get_json, inference_pod, pod_phase, token_kubeconfig, until
 
 pytestmark = pytest.mark.e2e
 
@@ -217,22 +216,6 @@ def test_kubectl_logs_follow_streams_until_the_pod_ends(
     kubectl("delete", "pod", pod)
 
 
-def _token_kubeconfig(cluster: devcluster.LocalCluster, token: str, path: Path) -> Path:
-    """A kubeconfig that carries only a bearer token (no client certificate)."""
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    cl = admin["clusters"][0]["cluster"]
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cl}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 def _kubelet_get(port: int, path: str, token: str = "") -> tuple[int, str]:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -268,7 +251,9 @@ def test_logs_are_refused_to_callers_without_rights(
     kubectl("create", "rolebinding", sa, f"--role={sa}", f"--serviceaccount=default:{sa}")
     try:
         token = kubectl("create", "token", sa, "--duration=10m").stdout.strip()
-        nobody = Kubectl(_token_kubeconfig(cluster, token, tmp_path / "nobody.kubeconfig"))
+        nobody = Kubectl(
+            token_kubeconfig(cluster.kubeconfig, token, tmp_path / "nobody.kubeconfig")
+        )
         assert nobody("get", "pod", pod, check=False).returncode == 0
         # The apiserver refuses pods/log to a user without RBAC for it.
         refused = nobody("logs", pod, check=False)

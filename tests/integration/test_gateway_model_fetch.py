@@ -191,8 +191,8 @@ async def test_a_pod_naming_a_uri_gets_a_task_by_hash_or_fails_naming_the_field(
     env: CarEnv, server: ModelServer, tmp_path: Path
 ) -> None:
     server.release.set()
-    (tmp_path / "data" / "in").mkdir(parents=True)
-    np.save(tmp_path / "data" / "in" / "x.npy", digits().test_inputs()[:10])
+    (tmp_path / "data" / "default" / "in").mkdir(parents=True)  # namespace default's area
+    np.save(tmp_path / "data" / "default" / "in" / "x.npy", digits().test_inputs()[:10])
     good = hashlib.sha256(server.model).hexdigest()
 
     def pod(sha: str) -> dict[str, Any]:

@@ -30,6 +30,30 @@ OBJ: dict[str, Any] = {
 }
 
 
+def job_pod(job: dict[str, Any], index: int) -> dict[str, Any]:
+    """A pod of ``job`` as the Job controller creates it: the template's labels, the
+    completion index, and the Job as its controller."""
+    template = job["spec"]["template"]
+    return {
+        "metadata": {
+            "name": f"{job['metadata']['name']}-{index}-x7k2p",
+            "namespace": job["metadata"]["namespace"],
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": job["metadata"]["name"],
+                    "uid": "batch-job-uid",
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": template["spec"],
+    }
+
+
 def test_items_split_into_units_the_last_one_shorter() -> None:
     spec = InferenceJobSpec.from_k8s(OBJ)
     assert spec.unit_count == 5
@@ -61,10 +85,7 @@ def test_a_jobs_spot_check_fraction_reaches_its_pods_at_one_copy_only() -> None:
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["PARKFLEET_SPOT_CHECK_FRACTION"] == "0.25"
-    pod = {
-        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-        "spec": job["spec"]["template"]["spec"],
-    }
+    pod = job_pod(job, 0)
     assert translate(pod, ("onnxruntime",)).spot_check == 0.25
     # No override: the pool's fraction decides (the pod says nothing).
     plain = {**OBJ, "spec": {**OBJ["spec"], "redundancy": {}}}
@@ -81,17 +102,60 @@ def test_a_jobs_spot_check_fraction_reaches_its_pods_at_one_copy_only() -> None:
 
 def test_a_job_pod_translates_to_its_unit() -> None:
     job = batch_job(InferenceJobSpec.from_k8s(OBJ), "u-1")
-    pod = {
-        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "4"}},
-        "spec": job["spec"]["template"]["spec"],
-    }
+    pod = job_pod(job, 4)
     task = translate(pod, ("onnxruntime",))
     assert (task.unit, task.item_start, task.item_end) == (4, 1000, 1001)
     assert task.result_name == "unit-000004.npz"
+    assert task.job_uid == "u-1"  # the InferenceJob's, from the operator's label
     assert (task.copies, task.compare) == (2, ("argmax", "probabilities", 0.0001))
     pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] = "5"
     with pytest.raises(Unsupported, match="starts past the last item"):
         translate(pod, ("onnxruntime",))
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda p: p["metadata"]["labels"].pop("parkfleet.io/inference-job-uid"),
+        lambda p: p["metadata"].pop("ownerReferences"),
+        lambda p: p["metadata"]["ownerReferences"][0].update(controller=False),
+        lambda p: p["metadata"]["ownerReferences"][0].update(kind="ReplicaSet"),
+        lambda p: p["metadata"]["labels"].update({"parkfleet.io/inference-job-uid": "../x"}),
+    ],
+)
+def test_a_pod_that_is_not_its_jobs_own_is_no_work_unit(forge: Any) -> None:
+    # A plain pod copying a unit's env (PARKFLEET_UNIT_ITEMS) would write unit-NNNNNN.npz.
+    pod = job_pod(batch_job(InferenceJobSpec.from_k8s(OBJ), "u-1"), 1)
+    forge(pod)
+    with pytest.raises(Unsupported) as err:
+        translate(pod, ("onnxruntime",))
+    assert err.value.field == "spec.containers[0].env[PARKFLEET_UNIT_ITEMS]"
+    assert "only an InferenceJob's pods" in err.value.detail
+
+
+def test_a_plain_pod_cannot_take_a_unit_files_name() -> None:
+    pod = job_pod(batch_job(InferenceJobSpec.from_k8s(OBJ), "u-1"), 1)
+    pod["metadata"] = {"name": "unit-000003", "namespace": "ml"}
+    env = pod["spec"]["containers"][0]["env"]
+    pod["spec"] = {
+        "containers": [
+            {
+                **pod["spec"]["containers"][0],
+                "env": [e for e in env if e["name"] != "PARKFLEET_UNIT_ITEMS"],
+            }
+        ]
+    }
+    with pytest.raises(Unsupported) as err:
+        translate(pod, ("onnxruntime",))
+    assert err.value.field == "metadata.name"
+    pod["metadata"]["name"] = "unit-000003-rerun"  # any other name is a plain pod's result
+    task = translate(pod, ("onnxruntime",))
+    assert (task.unit, task.job_uid, task.result_name) == (None, "", "")
+
+
+def test_the_job_reports_its_results_in_its_namespaces_area() -> None:
+    spec = InferenceJobSpec.from_k8s(OBJ)
+    assert job_status(spec, 3, None, [])["resultLocation"] == "ml/results/d"
 
 
 def with_model(**model: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster
 from parkfleet.nodeagent.redo import Redoer, Unchecked, UncheckedUnits
 from parkfleet.nodeagent.resultspool import ResultSpool
+from parkfleet.nodeagent.taskio import ResultFile
 from parkfleet.taskport import ModelRef, TaskEvent, TaskPort, TaskSpec
 
 RIGHT = np.array([3, 1, 4], dtype=np.int64)
@@ -52,9 +53,9 @@ class FakePoster:
 
 
 def unit(tmp_path: Path, uid: str, cars: tuple[str, ...], labels: np.ndarray) -> Unchecked:
-    result = tmp_path / "results" / f"{uid}.npz"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(result, label=labels, first_item=np.array([0]))
+    result = ResultFile(tmp_path / "results" / f"{uid}.npz", f"job-of-{uid}")
+    result.path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(result.path, label=labels, first_item=np.array([0]), job_uid=np.array(result.job_uid))
     spec = TaskSpec(
         task_id=uid,
         cell="eu-0",
@@ -137,9 +138,10 @@ async def test_a_quarantined_cars_unchecked_unit_runs_again_elsewhere(
 
     await finish(redoer, spec, "checker", again)
     await redoer.settle()
-    with np.load(u.result) as z:
+    with np.load(u.result.path) as z:
         assert np.array_equal(z["label"], after)
         assert int(z["first_item"][0]) == 0
+        assert str(z["job_uid"]) == "job-of-u1"  # a replaced unit file still names its job
     assert port.released == ["u1-redo0"]
     ((uid, why, message, warning),) = poster.events
     assert (uid, why, warning) == ("u1", reason, outcome != "confirmed")

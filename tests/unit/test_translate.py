@@ -87,6 +87,30 @@ def test_annotations_give_defaults_that_env_overrides() -> None:
         ),
         (
             lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "PARKFLEET_INPUT", "value": "/data/other-namespace/inputs.npy"}
+            ),
+            "spec.containers[0].env[PARKFLEET_INPUT]",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "PARKFLEET_INPUT", "value": "results/job/.spool/task/0.bin"}
+            ),
+            "spec.containers[0].env[PARKFLEET_INPUT]",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "PARKFLEET_OUTPUT", "value": "../other-namespace/results"}
+            ),
+            "spec.containers[0].env[PARKFLEET_OUTPUT]",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
+                {"name": "PARKFLEET_OUTPUT", "value": "/results"}
+            ),
+            "spec.containers[0].env[PARKFLEET_OUTPUT]",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["env"].append(
                 {"name": "PARKFLEET_ITEMS", "value": "9-3"}
             ),
             "spec.containers[0].env[PARKFLEET_ITEMS]",

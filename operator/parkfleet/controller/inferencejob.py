@@ -19,6 +19,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import GROUP, VERSION, InferenceJobSpec
+from parkfleet.contract import volume_location
 from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
 from parkfleet.controller.state import OperatorState
@@ -126,7 +127,8 @@ def job_status(
         "energyWh": round(t.energy_wh, 4),
         "energyModelled": t.energy_modelled,
         "disagreements": t.disagreements,
-        "resultLocation": spec.output_path,
+        # Relative to the data volume: the job's namespace's area holds its output path.
+        "resultLocation": volume_location(spec.namespace, spec.output_path),
         "conditions": conditions,
     }
     if start:

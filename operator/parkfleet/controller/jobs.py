@@ -21,6 +21,7 @@ from parkfleet.api import FLEET_TAINT_KEY, LABEL_POOL, InferenceJobSpec
 from parkfleet.contract import (
     EXIT_RETRY_ELSEWHERE,
     FAIL_JOB_EXIT_CODES,
+    LABEL_JOB_UID,
     TerminationSummary,
     check_model_uri,
 )
@@ -106,7 +107,8 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
             ]
         },
         "template": {
-            "metadata": {"labels": labels},
+            # The job's uid goes into each unit file; only a file naming it counts done.
+            "metadata": {"labels": {**labels, LABEL_JOB_UID: owner_uid}},
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,

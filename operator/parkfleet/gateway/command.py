@@ -299,7 +299,12 @@ def register(subparsers: Any) -> None:
         help="every shard's car address (host:port) by index: cars of other shards' cells "
         "are redirected there",
     )
-    k.add_argument("--data-dir", type=Path, default=Path("."), help="task inputs and results")
+    k.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("."),
+        help="task inputs and results: one area per namespace, DIR/<namespace>/",
+    )
     k.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
     k.add_argument("--advertise-address", default=None, help="default: the --listen host")
     k.add_argument(

@@ -212,8 +212,9 @@ class PodDriver:
         items = await finished_items(prepared.result)
         if items is None:
             return False
-        # The unit's result file exists: it is done. Running it again changes nothing.
-        self._start(lc.already_done(facts, items, prepared.result.name, _now()))
+        # The unit's file exists and names this job: it is done. Running it again
+        # changes nothing. (A file naming no job or another runs the unit, replaced.)
+        self._start(lc.already_done(facts, items, prepared.result.path.name, _now()))
         return True
 
     def _retry_later(self, pod: Mapping[str, Any], cell: str) -> None:
@@ -399,7 +400,7 @@ class PodDriver:
             # nothing (its results are only logged).
             spool = None
             if result is not None or not single:
-                root = result.parent if result is not None else self.specs.data_root
+                root = result.path.parent if result is not None else self.specs.data_root
                 spool = root / SPOOL_DIR / effect.task_id
             first = not t.sinks
             sink = ResultSpool(

@@ -38,6 +38,7 @@ from parkfleet.nodeagent.lifecycle import Pod
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster
 from parkfleet.nodeagent.resultspool import ResultSpool
+from parkfleet.nodeagent.taskio import ResultFile
 from parkfleet.taskport import TaskEvent, TaskPort, TaskSpec
 
 __all__ = ["DEFAULT_MAX_UNITS", "REDO_OUTCOMES", "Redoer", "Unchecked", "UncheckedUnits"]
@@ -59,14 +60,14 @@ class Unchecked:
     Attributes:
         pod: The unit's pod (its Events, its pool, how its results compare).
         spec: Its task (inputs and model; the id and sink are set per run).
-        result: Its result file.
+        result: Its result file (and its job, which the file keeps naming when replaced).
         cars: The cars that delivered that result.
         runs: How many times it was run again already (task ids stay unique).
     """
 
     pod: Pod
     spec: TaskSpec
-    result: Path
+    result: ResultFile
     cars: tuple[str, ...]
     runs: int = 0
 
@@ -220,7 +221,7 @@ class Redoer:
         mode, output, tolerance = unit.pod.compare
         new = await run.sink.arrays()
         name = output or next(iter(new), "")
-        old = await asyncio.to_thread(_read_output, unit.result, name)
+        old = await asyncio.to_thread(_read_output, unit.result.path, name)
         fresh = new.get(name)
         cars = ", ".join(run.cars) or "another car"
         if old is not None and fresh is not None and agree(fresh, old, mode, tolerance):

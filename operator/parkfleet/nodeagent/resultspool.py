@@ -5,8 +5,10 @@ each chunk, already checked against the model's declared outputs, is appended to
 file per output in the task's spool folder (in a thread, once ``FLUSH_BYTES`` are
 pending, so a task holds at most that much and a chunk). When the task completes, the
 unit's ``.npz`` is streamed together from the spool files into a temporary file beside
-it and renamed, so the result file exists exactly when every item's result is in it.
-Copies that are compared (redundancy ≥ 2) are read back as memory maps.
+it and renamed, so the result file exists exactly when every item's result is in it
+(and replaces, whole, whatever file was there). A unit file also names its InferenceJob
+(entry ``job_uid``: see :func:`parkfleet.nodeagent.taskio.finished_items`). Copies
+that are compared (redundancy ≥ 2) are read back as memory maps.
 
 The gateway delivers every item once, in order, across the task's attempts on different
 cars, so one spool per task holds them all; a spool left by an earlier process (a
@@ -29,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from parkfleet.nodeagent.taskio import ENTRY_FIRST_ITEM, ENTRY_JOB_UID, ResultFile
+
 __all__ = ["ResultSpool"]
 
 _COPY_CHUNK = 1024 * 1024
@@ -49,15 +53,15 @@ class ResultSpool:
     """A :class:`~parkfleet.taskport.ResultSink` that spools to disk.
 
     Args:
-        path: The unit's result file, written when the task completes; None writes none
-            (the results are kept for a comparison, or only logged).
+        path: The unit's result file (and its job), written when the task completes;
+            None writes none (the results are kept for a comparison, or only logged).
         spool: The task's spool folder; None keeps nothing (results only logged).
         on_chunk: Called with each chunk (e.g. to turn results into log lines).
     """
 
     def __init__(
         self,
-        path: Path | None,
+        path: ResultFile | None,
         spool: Path | None,
         on_chunk: Callable[[int, Mapping[str, npt.NDArray[np.generic]]], None] | None = None,
     ) -> None:
@@ -138,12 +142,14 @@ class ResultSpool:
             )
         return out
 
-    async def save(self, path: Path) -> None:
-        """Writes the results to ``path`` atomically (with their first item number)."""
+    async def save(self, target: ResultFile) -> None:
+        """Writes the results to ``target`` atomically (with their first item number and,
+        for a unit of a job, the job's uid)."""
         await self._flush()
-        await asyncio.to_thread(self._save, path)
+        await asyncio.to_thread(self._save, target)
 
-    def _save(self, path: Path) -> None:
+    def _save(self, target: ResultFile) -> None:
+        path = target.path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
@@ -152,8 +158,13 @@ class ResultSpool:
                     for i, o in enumerate(self._outputs):
                         self._copy_into(zf, o, self.spool / f"{i}.bin" if self.spool else None)
                     first = np.array([self.first_item or 0], dtype=np.int64)
-                    with zf.open("first_item.npy", "w") as entry:
+                    with zf.open(f"{ENTRY_FIRST_ITEM}.npy", "w") as entry:
                         np.lib.format.write_array(entry, first, allow_pickle=False)
+                    if target.job_uid:
+                        with zf.open(f"{ENTRY_JOB_UID}.npy", "w") as entry:
+                            np.lib.format.write_array(
+                                entry, np.array(target.job_uid), allow_pickle=False
+                            )
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -4,6 +4,12 @@ Inputs and outputs never touch a car's disk (decision 5): the gateway reads the
 input file and streams items inside the mTLS link; results come back the same way
 and land here, written atomically, so a task's result file exists exactly when every
 item's result is in it.
+
+Tenants are kept apart (decision 11): a pod's paths are resolved in its namespace's
+area of the data root, ``<data root>/<namespace>/`` (:func:`resolve_in_area`, the one
+place that does it), and nothing it names may lead out of that area. A unit file of an
+InferenceJob names the job (entry ``job_uid``); only a file naming this job counts as
+the unit done (:func:`finished_items`).
 """
 
 from __future__ import annotations
@@ -11,26 +17,81 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import numpy.typing as npt
 
+from parkfleet.contract import data_area
+
 __all__ = [
+    "ENTRY_FIRST_ITEM",
+    "ENTRY_JOB_UID",
+    "RESERVED_ENTRIES",
     "ConfigMapInput",
     "InputCache",
+    "ResultFile",
     "VolumeInput",
     "finished_items",
-    "resolve_under",
+    "namespace_area",
+    "resolve_in_area",
 ]
 
+# Entries of a result file that are parkfleet's, not a model output's.
+ENTRY_FIRST_ITEM = "first_item"  # the number of the file's first item
+ENTRY_JOB_UID = "job_uid"  # a unit file's InferenceJob (absent from a plain pod's file)
+RESERVED_ENTRIES = frozenset({ENTRY_FIRST_ITEM, ENTRY_JOB_UID})
+# A job uid entry is a short string; anything bigger is not one of ours (not even read).
+_MAX_JOB_UID_ENTRY = 1024
 
-def resolve_under(root: Path, relative: str) -> Path:
-    """``root/relative``, refusing anything that escapes ``root`` (symlinks included)."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ValueError(f"{relative!r} is outside the data root")
+
+def namespace_area(root: Path, namespace: str) -> Path:
+    """A namespace's area of the data root: ``root/<namespace>``.
+
+    Raises:
+        ValueError: ``namespace`` is not a namespace name.
+    """
+    return root / data_area(namespace)
+
+
+def resolve_in_area(root: Path, namespace: str, relative: str) -> Path:
+    """The path a pod of ``namespace`` names, inside that namespace's area of ``root``.
+
+    Every input and result path of a pod is resolved here. Symlinks are followed (the
+    area itself may be one, put there by the volume's admin) and the result must still
+    lie inside the area.
+
+    Raises:
+        ValueError: ``relative`` is absolute, or leads outside the area.
+    """
+    area = namespace_area(root, namespace)
+    if PurePosixPath(relative).is_absolute():
+        raise ValueError(
+            f"{relative!r} is an absolute path: a pod's paths are relative to its "
+            f"namespace's area of the data volume ({namespace}/)"
+        )
+    base = area.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(
+            f"{relative!r} leads outside namespace {namespace}'s area of the data volume"
+        )
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class ResultFile:
+    """A result file on the data volume, and the InferenceJob it belongs to.
+
+    Attributes:
+        path: The ``.npz`` file.
+        job_uid: The uid of the InferenceJob whose unit it holds, written into the file
+            (entry ``job_uid``); ``""`` for a plain pod's result, which names no job.
+    """
+
+    path: Path
+    job_uid: str = ""
 
 
 class VolumeInput:
@@ -136,20 +197,34 @@ class InputCache:
         return opened
 
 
-def _count_items(path: Path) -> int | None:
+def _count_items(result: ResultFile) -> int | None:
+    if not result.job_uid or result.path.is_symlink():
+        return None
     try:
-        with np.load(path, allow_pickle=False) as done:
-            return len(next(done[k] for k in done.files if k != "first_item"))
-    except (OSError, ValueError, StopIteration):
+        with np.load(result.path, allow_pickle=False) as done:
+            name = f"{ENTRY_JOB_UID}.npy"
+            if name not in done.zip.namelist():
+                return None
+            if done.zip.getinfo(name).file_size > _MAX_JOB_UID_ENTRY:
+                return None
+            owner = done[ENTRY_JOB_UID]
+            if owner.dtype.kind != "U" or owner.shape != () or str(owner) != result.job_uid:
+                return None
+            return len(next(done[k] for k in done.files if k not in RESERVED_ENTRIES))
+    except (OSError, ValueError, StopIteration, AttributeError):
         return None
 
 
-async def finished_items(path: Path) -> int | None:
-    """How many items a unit's result file holds; None when there is no readable one.
+async def finished_items(result: ResultFile) -> int | None:
+    """How many items a unit's result file holds; None when it is not this job's.
 
+    Only a file written for this job counts: it must name ``result.job_uid`` (entry
+    ``job_uid``). A file with no such entry or another job's uid (planted by another
+    pod or job, or left by an earlier job of the same name) is not the unit done: the
+    unit runs, and its file replaces that one. A symlink counts for nothing either.
     Read in a thread, and the file is closed again.
     """
-    return await asyncio.to_thread(_count_items, path)
+    return await asyncio.to_thread(_count_items, result)
 
 
 class ConfigMapInput:

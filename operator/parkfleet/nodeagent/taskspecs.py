@@ -6,7 +6,8 @@ so that cars get it from their gateway and from nowhere else.
 
 The I/O a pod needs before its task can be submitted, none of it on the event loop:
 the model through :meth:`TaskPort.resolve_model` (cached), a ConfigMap read from the
-API, a volume input opened in a thread (and kept, for the job's other units).
+API (in the pod's namespace), a volume input opened in a thread (and kept, for the
+job's other units). Every path is the pod's namespace's (``taskio.resolve_in_area``).
 What the pod itself got wrong raises :class:`BadInput`, which fails the pod with a
 message naming the field; anything else is an error of ours, retried.
 """
@@ -24,7 +25,13 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import FleetPoolSpec
 from parkfleet.contract import REASON_INVALID_INPUT, REASON_MODEL_LOAD_FAILED
-from parkfleet.nodeagent.taskio import ConfigMapInput, InputCache, resolve_under
+from parkfleet.nodeagent.taskio import (
+    RESERVED_ENTRIES,
+    ConfigMapInput,
+    InputCache,
+    ResultFile,
+    resolve_in_area,
+)
 from parkfleet.nodeagent.translate import ENV_MODEL_URI, PodTask, Unsupported
 from parkfleet.taskport import (
     InputSource,
@@ -68,11 +75,12 @@ class Prepared:
 
     Attributes:
         spec: The task (its ``task_id``, ``sink`` and ``group`` are set per copy).
-        result: The unit's result file, or None when the pod keeps no result.
+        result: The unit's result file (with its job's uid for a unit of a job), or None
+            when the pod keeps no result.
     """
 
     spec: TaskSpec
-    result: Path | None
+    result: ResultFile | None
 
 
 class TaskSpecs:
@@ -81,7 +89,7 @@ class TaskSpecs:
     Args:
         api: Kubernetes API client (ConfigMap inputs).
         port: The gateway (models).
-        data_root: Where volume inputs and results live.
+        data_root: Where volume inputs and results live, one area per namespace.
     """
 
     def __init__(self, api: client.ApiClient, port: TaskPort, data_root: Path) -> None:
@@ -108,10 +116,11 @@ class TaskSpecs:
                 f"spec.containers[0].env[PARKFLEET_ITEMS]: asks for items up to {end - 1} "
                 f"but {where} holds {items}",
             )
-        result: Path | None = None
+        result: ResultFile | None = None
         if task.output_dir:
-            out_dir = self._under_root(task.output_dir, "PARKFLEET_OUTPUT")
-            result = out_dir / (task.result_name or f"{pod['metadata']['name']}.npz")
+            out_dir = self._in_area(pod, task.output_dir, "PARKFLEET_OUTPUT")
+            name = task.result_name or f"{pod['metadata']['name']}.npz"
+            result = ResultFile(out_dir / name, task.job_uid)
         names = task.output_names or model.output_names
         declared = {o.name: o for o in model.outputs}
         unknown = [n for n in names if n not in declared]
@@ -120,6 +129,14 @@ class TaskSpecs:
                 REASON_INVALID_INPUT,
                 f"spec.containers[0].env[PARKFLEET_OUTPUT_NAMES]: the model has no output "
                 f"{unknown[0]!r} (it has {', '.join(declared) or 'none'})",
+            )
+        reserved = [n for n in names if n in RESERVED_ENTRIES]
+        if reserved:
+            # A model's output must not pass for the file's first item or its job.
+            raise BadInput(
+                REASON_INVALID_INPUT,
+                f"spec.containers[0].env[PARKFLEET_OUTPUT_NAMES]: output {reserved[0]!r} "
+                f"has a name result files reserve ({', '.join(sorted(RESERVED_ENTRIES))})",
             )
         spec = TaskSpec(
             task_id=str(pod["metadata"]["uid"]),
@@ -154,14 +171,23 @@ class TaskSpecs:
     async def _input(self, pod: Mapping[str, Any], task: PodTask) -> tuple[InputSource, int, str]:
         if task.input_configmap is not None:
             name, key = task.input_configmap
+            namespace = pod["metadata"]["namespace"]
+            field = "spec.containers[0].env[PARKFLEET_INPUT_CONFIGMAP]"
             try:
-                cm = await self.core.read_namespaced_config_map(name, pod["metadata"]["namespace"])
+                # Only ever in the pod's own namespace: a pod names no other.
+                cm = await self.core.read_namespaced_config_map(name, namespace)
             except ApiException as exc:
                 if exc.status == 404:
                     raise BadInput(
                         REASON_INVALID_INPUT,
-                        f"spec.containers[0].env[PARKFLEET_INPUT_CONFIGMAP]: no ConfigMap "
-                        f"{name} in namespace {pod['metadata']['namespace']}",
+                        f"{field}: no ConfigMap {name} in namespace {namespace}",
+                    ) from None
+                if exc.status == 403:
+                    # The chart lets the gateway read ConfigMaps only where it was granted.
+                    raise BadInput(
+                        REASON_INVALID_INPUT,
+                        f"{field}: the gateway may not read ConfigMaps in namespace "
+                        f"{namespace} (the chart's gateway.configMapInputs.namespaces)",
                     ) from None
                 raise
             text = (cm.data or {}).get(key)
@@ -172,16 +198,20 @@ class TaskSpecs:
             except ValueError as exc:
                 raise BadInput(REASON_INVALID_INPUT, f"ConfigMap {name}/{key}: {exc}") from None
             return parsed, parsed.items, f"ConfigMap {name}/{key}"
-        path = self._under_root(task.input_path, "PARKFLEET_INPUT")
+        path = self._in_area(pod, task.input_path, "PARKFLEET_INPUT")
         try:
             opened = await self.inputs.open(path)
         except (ValueError, OSError) as exc:
-            raise BadInput(REASON_INVALID_INPUT, f"input {task.input_path}: {exc}") from None
+            # An OSError's text holds the gateway's own path: the pod learns only why.
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise BadInput(
+                REASON_INVALID_INPUT, f"spec.containers[0].env[PARKFLEET_INPUT]: {why}"
+            ) from None
         return opened, opened.items, task.input_path
 
-    def _under_root(self, relative: str, env: str) -> Path:
+    def _in_area(self, pod: Mapping[str, Any], relative: str, env: str) -> Path:
         try:
-            return resolve_under(self.data_root, relative)
+            return resolve_in_area(self.data_root, pod["metadata"]["namespace"], relative)
         except ValueError as exc:
             raise BadInput(REASON_INVALID_INPUT, f"spec.containers[0].env[{env}]: {exc}") from None
 

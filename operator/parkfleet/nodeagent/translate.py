@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from parkfleet.contract import check_model_uri
+from parkfleet.contract import LABEL_JOB_UID, check_model_uri
 
 __all__ = [
     "ENV_BATCH_SIZE",
@@ -39,13 +39,14 @@ ENV_MODEL = "PARKFLEET_MODEL"  # a model name the gateway's model store knows
 ENV_MODEL_SHA256 = "PARKFLEET_MODEL_SHA256"  # or a content hash
 # or an https:// URI the gateway downloads it from (with the sha256); cars never fetch
 ENV_MODEL_URI = "PARKFLEET_MODEL_URI"
-ENV_INPUT = "PARKFLEET_INPUT"  # a .npy/.jsonl file or a directory of them, on the data root
+# a .npy/.jsonl file or a directory of them, in the pod's namespace's area of the data root
+ENV_INPUT = "PARKFLEET_INPUT"
 ENV_INPUT_CONFIGMAP = "PARKFLEET_INPUT_CONFIGMAP"  # or NAME/KEY: a JSON list of items
 ENV_INPUT_NAME = "PARKFLEET_INPUT_NAME"
 ENV_OUTPUT_NAMES = "PARKFLEET_OUTPUT_NAMES"  # comma-separated
 ENV_ITEMS = "PARKFLEET_ITEMS"  # "START-END" (END exclusive) or "COUNT"
 ENV_BATCH_SIZE = "PARKFLEET_BATCH_SIZE"
-ENV_OUTPUT = "PARKFLEET_OUTPUT"  # result directory under the gateway's data root
+ENV_OUTPUT = "PARKFLEET_OUTPUT"  # result directory in the namespace's area of the data root
 ENV_GPU_MEMORY_MIB = "PARKFLEET_GPU_MEMORY_MIB"
 # Work units of an InferenceJob: the pod's Job completion index picks its items.
 ENV_UNIT_ITEMS = "PARKFLEET_UNIT_ITEMS"
@@ -63,6 +64,10 @@ _RUNTIME_IMAGE = re.compile(
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_ITEMS = 100_000_000
+# A Kubernetes uid (the operator's label on a job's pods carries the InferenceJob's).
+_UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z\-]{0,63}$")
+# What a unit file is called without its ``.npz``; a plain pod may not take such a name.
+_UNIT_FILE = re.compile(r"^unit-[0-9]+$")
 # Volumes a pod may carry that never reach a car: the ServiceAccount admission adds a
 # projected token volume to every pod, and an emptyDir holds nothing.
 _IGNORED_VOLUMES = frozenset({"projected", "emptyDir"})
@@ -94,8 +99,8 @@ class PodTask:
         model_uri: An ``https://`` URI the gateway downloads the model from when its
             store lacks ``model_sha256`` ("" for none). Cars never see it: they get
             every model from their gateway, by hash.
-        input_path: The ``.npy`` input, relative to the gateway's data root ("" when
-            the input is a ConfigMap).
+        input_path: The ``.npy`` input, relative to the namespace's area of the data
+            root ("" when the input is a ConfigMap).
         input_configmap: ``(name, key)`` of a ConfigMap holding the items as a JSON list
             (tiny inputs), or None.
         input_name: The model input fed with the items.
@@ -103,9 +108,10 @@ class PodTask:
         item_start: First item.
         item_end: One past the last item (None: to the end of the input).
         batch_size: Items per inference call.
-        output_dir: Result directory, relative to the data root ("" for none).
+        output_dir: Result directory, relative to the namespace's area ("" for none).
         gpu_memory_mib: GPU memory the task needs.
         unit: The work unit (Job completion index) or None for a plain pod.
+        job_uid: The uid of the InferenceJob whose unit this is ("" for a plain pod).
         copies: Distinct cars each item runs on (2+: results are cross-checked).
         compare: How copies are compared: (mode, output, tolerance).
         spot_check: The job's spot-check fraction (None: the pool's).
@@ -126,6 +132,7 @@ class PodTask:
     output_dir: str
     gpu_memory_mib: int
     unit: int | None = None
+    job_uid: str = ""
     copies: int = 1
     compare: tuple[str, str, float] = ("argmax", "", 0.0)
     spot_check: float | None = None
@@ -143,11 +150,36 @@ def runtime_of(image: str) -> str:
 
 
 def _relative_path(value: str, field: str) -> str:
-    # Paths are read on the gateway: never let a pod reach outside the data root.
+    # Paths are read on the gateway: never let a pod reach outside its namespace's area
+    # (taskio.resolve_in_area checks again, symlinks followed). Names starting with "."
+    # are parkfleet's own there (result spools, files being written).
+    if value.startswith("/"):
+        raise Unsupported(
+            field, f"{value!r} is absolute: give a path relative to the namespace's data area"
+        )
     parts = [p for p in value.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
-        raise Unsupported(field, f"{value!r} must be a path inside the gateway's data root")
+        raise Unsupported(field, f"{value!r} must be a path inside the namespace's data area")
+    if any(p.startswith(".") for p in parts):
+        raise Unsupported(field, f"{value!r}: names starting with '.' are parkfleet's own")
     return "/".join(parts)
+
+
+def _job_of(pod: Mapping[str, Any]) -> str:
+    """The uid of the InferenceJob whose unit ``pod`` is, "" for a plain pod.
+
+    A unit's pod is one a Job controls (its controller reference, set by the Job
+    controller) that carries the operator's label with the InferenceJob's uid.
+    """
+    meta: Mapping[str, Any] = pod.get("metadata") or {}
+    uid = str((meta.get("labels") or {}).get(LABEL_JOB_UID, ""))
+    controlled_by_job = any(
+        ref.get("controller")
+        and ref.get("kind") == "Job"
+        and str(ref.get("apiVersion", "")).startswith("batch/")
+        for ref in meta.get("ownerReferences") or ()
+    )
+    return uid if controlled_by_job and _UID.match(uid) else ""
 
 
 def _model_uri(value: str, field: str) -> str:
@@ -284,8 +316,8 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
     if bool(input_path) == bool(configmap):
         raise Unsupported(
             f"{at}.env",
-            f"set one of {ENV_INPUT} (a .npy/.jsonl file or directory on the data root) and "
-            f"{ENV_INPUT_CONFIGMAP} (NAME/KEY of a ConfigMap)",
+            f"set one of {ENV_INPUT} (a .npy/.jsonl file or directory in the namespace's "
+            f"data area) and {ENV_INPUT_CONFIGMAP} (NAME/KEY of a ConfigMap)",
         )
     input_cm: tuple[str, str] | None = None
     if configmap:
@@ -300,8 +332,22 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         output_dir = _relative_path(output_dir, f"{at}.env[{ENV_OUTPUT}]")
     start, end = _items(env.get(ENV_ITEMS, ""), f"{at}.env[{ENV_ITEMS}]")
     unit = None
+    job_uid = _job_of(pod)
     if ENV_UNIT_ITEMS in env:
+        if not job_uid:
+            # Only a job's own pods write its unit files (and count them done).
+            raise Unsupported(
+                f"{at}.env[{ENV_UNIT_ITEMS}]",
+                "only an InferenceJob's pods (created by its Job, with the label "
+                f"{LABEL_JOB_UID}) are work units",
+            )
         unit, start, end = _unit(pod, env, at)
+    elif output_dir and _UNIT_FILE.match(str((pod.get("metadata") or {}).get("name", ""))):
+        raise Unsupported(
+            "metadata.name",
+            "a plain pod's result is <pod name>.npz, and unit-NNNNNN.npz are an "
+            "InferenceJob's unit files: choose another name",
+        )
     batch = _int(env.get(ENV_BATCH_SIZE, "32"), f"{at}.env[{ENV_BATCH_SIZE}]", 1, 65536)
     memory = _int(env.get(ENV_GPU_MEMORY_MIB, "0"), f"{at}.env[{ENV_GPU_MEMORY_MIB}]", 0, 1 << 20)
     outputs = tuple(o.strip() for o in env.get(ENV_OUTPUT_NAMES, "").split(",") if o.strip())
@@ -321,6 +367,7 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         output_dir=output_dir,
         gpu_memory_mib=memory,
         unit=unit,
+        job_uid=job_uid if unit is not None else "",
         copies=_int(env.get(ENV_REDUNDANCY, "1"), f"{at}.env[{ENV_REDUNDANCY}]", 1, 5),
         compare=_compare(env.get(ENV_COMPARE, ""), f"{at}.env[{ENV_COMPARE}]"),
         spot_check=_fraction(env.get(ENV_SPOT_CHECK), f"{at}.env[{ENV_SPOT_CHECK}]"),
