@@ -99,6 +99,9 @@ def tenancy(stack: DevStack, kubectl: Kubectl) -> Iterator[Tenancy]:
             60,
             "the pool's car to be eligible",
         )
+        metrics = f"http://127.0.0.1:{t.car_metrics}/metrics"
+        # Its own /metrics answers: an empty offers count below means none, not no answer.
+        until(lambda: scrape(metrics, "parkfleet_agent_connects_total"), 60, "the car's metrics")
         yield t
     finally:
         car.stop()
@@ -180,3 +183,46 @@ def test_webhook_refuses_a_job_from_a_namespace_the_pool_does_not_allow(
     ok = kubectl("apply", "-n", t.allowed, "--dry-run=server", "-f", "-", stdin=doc, check=False)
     assert ok.returncode == 0, ok.stderr
     assert t.offers() == {}
+
+
+def test_a_job_whose_namespace_leaves_the_pool_fails_with_its_pods_reason(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    # The webhook let the job in; its namespace is relabelled out of the pool before any of
+    # its pods is bound (no car yet). The node agent refuses them: the job fails, no retry.
+    tag = uuid.uuid4().hex[:6]
+    pool, ns, car_metrics = f"late-{tag}", f"late-{tag}-ns", free_port()
+    kubectl("apply", "-f", "-", stdin=namespace(ns, {TENANT_LABEL: tag}))
+    kubectl("apply", "-f", "-", stdin=tenant_pool(pool, tag))
+    car = None
+    try:
+        kubectl("apply", "-n", ns, "-f", "-", stdin=job("moved-out", pool=pool, parallelism=2))
+        until(
+            lambda: kubectl("get", "job", "moved-out", "-n", ns, check=False).returncode == 0,
+            60,
+            "the Indexed Job",
+        )
+        kubectl("label", "ns", ns, f"{TENANT_LABEL}=elsewhere", "--overwrite")
+        car = jobs.start_fleet(
+            1, 1, pool, prefix=f"{pool}-", name=pool, extra=[f"--metrics-port={car_metrics}"]
+        )
+
+        def failed() -> dict[str, Any] | None:
+            st = get_json(kubectl, "ij", "moved-out", "-n", ns).get("status", {})
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            return conds["Failed"] if conds.get("Failed", {}).get("status") == "True" else None
+
+        cond = until(failed, 120, "the job to fail")
+        assert "NamespaceNotAllowed" in cond["message"], cond
+        assert f'does not allow namespace "{ns}"' in cond["message"], cond
+        metrics = f"http://127.0.0.1:{car_metrics}/metrics"
+        until(lambda: scrape(metrics, "parkfleet_agent_connects_total"), 60, "the car's metrics")
+        offers = scrape(metrics, "parkfleet_agent_offers_total")
+        assert not offers, offers  # no unit ever reached the car
+    finally:
+        if car is not None:
+            car.stop()
+            jobs.procs.pop(pool, None)
+        kubectl("delete", "ij", "moved-out", "-n", ns, "--ignore-not-found", check=False)
+        kubectl("delete", "ns", ns, "--wait=false", check=False)
+        kubectl("delete", "fp", pool, "--ignore-not-found", "--timeout=60s", check=False)
