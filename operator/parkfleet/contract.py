@@ -33,6 +33,7 @@ __all__ = [
     "NODE_PREFIX",
     "REASON_INVALID_INPUT",
     "REASON_MODEL_LOAD_FAILED",
+    "REASON_NAMESPACE_NOT_ALLOWED",
     "REASON_POD_DELETED",
     "REASON_UNSUPPORTED",
     "CarCounts",
@@ -129,7 +130,8 @@ DEFAULT_CAR_WAIT_S = 60.0
 # ---- exit codes: how a pod ends, for the Job's podFailurePolicy -------------------------
 
 EXIT_FAILED = 1  # this attempt failed; the Job retries the unit (backoffLimitPerIndex)
-EXIT_BAD_SPEC = 2  # the pod asks for what cars cannot do: retrying cannot help
+# The pod asks for what cars cannot do, or what its namespace may not: retrying cannot help.
+EXIT_BAD_SPEC = 2
 EXIT_MODEL = 3  # the model cannot be fetched or loaded: retrying cannot help
 EXIT_RETRY_ELSEWHERE = 75  # EX_TEMPFAIL: no car could take it now; not the unit's fault
 # Stopped because the pod was deleted (128 + SIGTERM, as a kubelet reports it). No Job
@@ -142,9 +144,11 @@ REASON_UNSUPPORTED = "UnsupportedPodSpec"
 REASON_INVALID_INPUT = "InvalidTaskInput"
 REASON_MODEL_LOAD_FAILED = "ModelLoadFailed"
 REASON_POD_DELETED = "PodDeleted"
+# The pod's namespace is not one its cell's pool allows (FleetPool spec.namespaceSelector).
+REASON_NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 _RETRY_ELSEWHERE = frozenset({"NoEligibleCar", "OfferTimeout", "CarLost"})
 _MODEL = frozenset({"ModelHashMismatch", "ModelFetchFailed", REASON_MODEL_LOAD_FAILED})
-_BAD_SPEC = frozenset({REASON_UNSUPPORTED, REASON_INVALID_INPUT})
+_BAD_SPEC = frozenset({REASON_UNSUPPORTED, REASON_INVALID_INPUT, REASON_NAMESPACE_NOT_ALLOWED})
 
 
 def exit_code(reason: str) -> int:

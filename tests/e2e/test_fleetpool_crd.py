@@ -65,6 +65,33 @@ def pool(spec: str, name: str = "bad") -> str:
             "{cellSize: 5, selector: {matchAttributes: {Region: eu}}}",
             "spec.selector.matchAttributes keys must be lower-case",
         ),
+        (
+            "{cellSize: 5, namespaceSelector: {matchExpressions: [{key: team, operator: In}]}}",
+            "spec.namespaceSelector.matchExpressions[].values must be non-empty for In",
+        ),
+        (
+            "{cellSize: 5, namespaceSelector: "
+            "{matchExpressions: [{key: team, operator: Exists, values: [a]}]}}",
+            "spec.namespaceSelector.matchExpressions[].values must be non-empty for In",
+        ),
+        (
+            "{cellSize: 5, namespaceSelector: "
+            "{matchExpressions: [{key: team, operator: Like, values: [a]}]}}",
+            "spec.namespaceSelector.matchExpressions[0].operator",
+        ),
+        (
+            "{cellSize: 5, namespaceSelector: "
+            "{matchExpressions: [{key: 'a b', operator: Exists}]}}",
+            "spec.namespaceSelector.matchExpressions[0].key",
+        ),
+        (
+            "{cellSize: 5, namespaceSelector: {matchLabels: {'team a': ml}}}",
+            "spec.namespaceSelector.matchLabels keys must be label keys",
+        ),
+        (
+            "{cellSize: 5, namespaceSelector: {matchLabels: {team: 'm l'}}}",
+            "spec.namespaceSelector.matchLabels.team",
+        ),
         ("{cellSize: 5, gateway: {shards: 65}}", "spec.gateway.shards"),
         ("{cellSize: 100000, cells: 1000}", "spec.cellSize * spec.cells must be at most"),
     ],
@@ -84,3 +111,16 @@ def test_valid_pool_gets_defaults(fleetpool_crd: None, kubectl: Kubectl) -> None
     ).stdout
     assert got == '["onnxruntime"] 1'
     kubectl("delete", "fp", "fine")
+
+
+def test_namespace_selector_takes_label_selectors(fleetpool_crd: None, kubectl: Kubectl) -> None:
+    sel = (
+        "{matchLabels: {kubernetes.io/metadata.name: team-a, example.com/tier: gold}, "
+        "matchExpressions: [{key: env, operator: NotIn, values: [dev]}, "
+        "{key: legacy, operator: DoesNotExist}]}"
+    )
+    doc = pool(f"{{cellSize: 10, namespaceSelector: {sel}}}", name="tenanted")
+    kubectl("apply", "-f", "-", stdin=doc)
+    got = kubectl("get", "fp", "tenanted", "-o", "jsonpath={.spec.namespaceSelector}").stdout
+    assert '"kubernetes.io/metadata.name":"team-a"' in got
+    kubectl("delete", "fp", "tenanted")

@@ -494,6 +494,21 @@ def test_install_notes_say_what_to_do_next(release: Release) -> None:
     assert "grafana_dashboard" in release.notes
 
 
+def test_namespaces_are_read_only_to_the_charts_identities(release: Release) -> None:
+    # The node agent keeps every Namespace's labels (pools' namespaceSelector); the webhook
+    # reads the one of a job. Neither may change a Namespace.
+    def can(who: str, verb: str) -> bool:
+        sa = f"system:serviceaccount:{release.namespace}:pf-parkfleet-{who}"
+        proc = release.kubectl("auth", "can-i", verb, "namespaces", f"--as={sa}", check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert [can("gateway", v) for v in ("get", "list", "watch")] == [True] * 3
+    assert [can("operator", v) for v in ("get", "list", "watch")] == [True, False, False]
+    for verb in ("create", "update", "patch", "delete"):
+        assert not can("gateway", verb), verb
+        assert not can("operator", verb), verb
+
+
 def test_a_fleetpool_applies_after_install(release: Release) -> None:
     k = release.kubectl
     name = f"helm-{release.namespace}"

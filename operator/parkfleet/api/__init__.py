@@ -11,6 +11,7 @@ from parkfleet.api.fleetpool import (
     node_name,
 )
 from parkfleet.api.inferencejob import InferenceJobSpec, Unit
+from parkfleet.api.labelselector import LabelSelector
 
 __all__ = [
     "FLEET_TAINT_KEY",
@@ -20,6 +21,7 @@ __all__ = [
     "VERSION",
     "FleetPoolSpec",
     "InferenceJobSpec",
+    "LabelSelector",
     "NodeTaint",
     "Unit",
     "node_name",

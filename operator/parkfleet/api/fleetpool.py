@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from parkfleet.api.labelselector import LabelSelector, namespace_labels
 from parkfleet.contract import (
     DEFAULT_POOL_CAR_WAIT_S,
     DEFAULT_SPOT_CHECK_FRACTION,
@@ -69,6 +70,8 @@ class FleetPoolSpec:
         car_wait_s: How long a task may wait for an eligible car (``gateway.graceSeconds``).
         spot_check_fraction: Single-copy units also run on a second car of another owner
             and compared (``gateway.spotCheckFraction``; a job may override it).
+        namespace_selector: The Namespaces whose pods and InferenceJobs may use the pool
+            (``spec.namespaceSelector``); None (absent): every namespace.
     """
 
     name: str
@@ -82,6 +85,7 @@ class FleetPoolSpec:
     shards: int = 1
     car_wait_s: float = DEFAULT_POOL_CAR_WAIT_S
     spot_check_fraction: float = DEFAULT_SPOT_CHECK_FRACTION
+    namespace_selector: LabelSelector | None = None
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> FleetPoolSpec:
@@ -91,6 +95,7 @@ class FleetPoolSpec:
         template: Mapping[str, Any] = spec.get("nodeTemplate") or {}
         gateway: Mapping[str, Any] = spec.get("gateway") or {}
         selector: Mapping[str, Any] = spec.get("selector") or {}
+        namespaces: Mapping[str, Any] | None = spec.get("namespaceSelector")
         return cls(
             name=str(obj["metadata"]["name"]),
             match_attributes=dict(selector.get("matchAttributes") or {}),
@@ -117,11 +122,24 @@ class FleetPoolSpec:
             spot_check_fraction=float(
                 gateway.get("spotCheckFraction", DEFAULT_SPOT_CHECK_FRACTION)
             ),
+            namespace_selector=None if namespaces is None else LabelSelector.from_k8s(namespaces),
         )
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
         """Whether a car with these certificate attributes belongs to the pool."""
         return all(attributes.get(k) == v for k, v in self.match_attributes.items())
+
+    def namespace_refusal(self, namespace: str, labels: Mapping[str, str] | None) -> str | None:
+        """Why the pool refuses work from ``namespace`` (its labels; None: no such
+        Namespace), or None when its ``spec.namespaceSelector`` allows it (or it has none)."""
+        sel = self.namespace_selector
+        if sel is None or (labels is not None and sel.matches(namespace_labels(namespace, labels))):
+            return None
+        missing = "; no such namespace" if labels is None else ""
+        return (
+            f'FleetPool "{self.name}" does not allow namespace "{namespace}" '
+            f"(its spec.namespaceSelector: {sel}{missing})"
+        )
 
     def cell_ids(self) -> list[str]:
         """The pool's cells, ``<pool>-0`` .. ``<pool>-<cells-1>``."""

@@ -84,7 +84,8 @@ async def run(
         stop: Set to stop (the caller decides how long to wait for it).
         priority: Peering priority: the live peer with the highest one works, the
             others wait (peers of equal priority all pause, so a standby needs a lower one).
-        admission: Serve the validating webhook (a job's pool must exist); None does not.
+        admission: Serve the validating webhook (a job's pool must exist and allow the
+            job's namespace); None does not.
         stop_grace_s: After SIGTERM or SIGINT, how long the stop may take before what is
             left of it is cancelled (see ``parkfleet.stopping``).
     """
@@ -163,7 +164,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics server")
-    a = p.add_argument_group("admission webhook (refuses an InferenceJob whose pool is missing)")
+    a = p.add_argument_group(
+        "admission webhook (refuses an InferenceJob whose pool is missing or does not allow"
+        " its namespace)"
+    )
     a.add_argument("--admission-port", type=int, default=None, help="serve it on this port")
     a.add_argument("--admission-addr", default="0.0.0.0", help="listen address")
     a.add_argument(

@@ -32,6 +32,7 @@ from parkfleet.backoff import Backoff
 from parkfleet.contract import CarCounts, node_name
 from parkfleet.nodeagent.logs import LogStore
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
+from parkfleet.nodeagent.namespaces import NamespaceLabels
 from parkfleet.nodeagent.nodes import node_object, node_status
 from parkfleet.nodeagent.pods import PodDriver
 from parkfleet.nodeagent.posting import EventPoster
@@ -128,6 +129,7 @@ class NodeAgent:
         self.pools: dict[str, FleetPoolSpec] = {}
         self.cells: dict[str, _CellNode] = {}
         self.metrics = NodeAgentMetrics(registry)
+        self.namespaces = NamespaceLabels(api)
         self.pods = PodDriver(
             api,
             port,
@@ -137,6 +139,7 @@ class NodeAgent:
             self.poster,
             self.metrics,
             host_ip=config.address,
+            namespaces=self.namespaces,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._reregistering: set[str] = set()
@@ -162,6 +165,7 @@ class NodeAgent:
             loop.create_task(self._lease_loop(), name="nodeagent-leases"),
             loop.create_task(self._status_loop(), name="nodeagent-status"),
             loop.create_task(self.pods.run(), name="nodeagent-pod-events"),
+            loop.create_task(self.namespaces.run(), name="nodeagent-namespaces"),
             *(
                 [loop.create_task(self._watch_revocations(), name="nodeagent-revocations")]
                 if self.config.revocations

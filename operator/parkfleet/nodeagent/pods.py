@@ -22,18 +22,20 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import FleetPoolSpec
-from parkfleet.contract import REASON_UNSUPPORTED
+from parkfleet.contract import REASON_NAMESPACE_NOT_ALLOWED, REASON_UNSUPPORTED
 from parkfleet.nodeagent import lifecycle as lc
 from parkfleet.nodeagent import podevents as ev
 from parkfleet.nodeagent import podstatus
 from parkfleet.nodeagent.logs import LogStore, result_lines
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
+from parkfleet.nodeagent.namespaces import NamespaceLabels
 from parkfleet.nodeagent.posting import EventPoster, write_unread
 from parkfleet.nodeagent.redo import Redoer, Unchecked
 from parkfleet.nodeagent.resultspool import ResultSpool
 from parkfleet.nodeagent.taskio import finished_items
 from parkfleet.nodeagent.taskspecs import BadInput, Prepared, TaskSpecs, check_gpu_memory
 from parkfleet.nodeagent.translate import PodTask, Unsupported, translate
+from parkfleet.nodeagent.watchloop import EXPECTED_API_ERRORS
 from parkfleet.taskport import TaskEvent, TaskPort
 
 __all__ = ["PodDriver", "pod_key"]
@@ -90,6 +92,8 @@ class PodDriver:
         poster: Posts Events.
         metrics: Where to count.
         host_ip: The gateway's address, shown as the pods' ``status.hostIP``.
+        namespaces: The namespaces' labels, for the pools' ``spec.namespaceSelector``
+            (its watch run by the caller); None reads a namespace for each pod that needs it.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class PodDriver:
         poster: EventPoster,
         metrics: NodeAgentMetrics | None = None,
         host_ip: str = "",
+        namespaces: NamespaceLabels | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.port = port
@@ -111,6 +116,7 @@ class PodDriver:
         self.poster = poster
         self.metrics = metrics or NodeAgentMetrics()
         self.host_ip = host_ip
+        self.namespaces = namespaces or NamespaceLabels(api)
         self.tracked: dict[str, _Tracked] = {}
         self.by_task: dict[str, str] = {}  # task id -> pod uid
         self.events = port.events()
@@ -171,6 +177,17 @@ class PodDriver:
         self, pod: Mapping[str, Any], cell: str, pool: FleetPoolSpec, phase: str
     ) -> None:
         facts = _pod_facts(pod, cell, pool.name, self.host_ip)
+        # First: a pod its pool does not allow gets no further, however it was bound here.
+        try:
+            refusal = await self.namespaces.refusal(pool, facts.namespace)
+        except Exception as exc:
+            bug = not isinstance(exc, EXPECTED_API_ERRORS)
+            log.warning("pod %s: namespace not read; trying again", pod_key(pod), exc_info=bug)
+            self._retry_later(pod, cell)
+            return
+        if refusal is not None:
+            self._start(lc.refuse(facts, REASON_NAMESPACE_NOT_ALLOWED, refusal, _now()))
+            return
         try:
             task = translate(pod, pool.runtimes)
             check_gpu_memory(task, cell, self.port)
