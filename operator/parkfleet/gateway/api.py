@@ -351,12 +351,12 @@ class Gateway:
             deadline = time.monotonic() - timeout
             for car in list(self.registry.silent_since(deadline)):
                 car.close(grpc.StatusCode.UNAVAILABLE, REASON_TELEMETRY_TIMEOUT, details)
-            self._service.close_expired(
-                time.time(),
-                self.config.max_stream_age_s,
-                self.config.max_stream_age_busy_grace_s,
-            )
             try:
+                self._service.close_expired(
+                    time.time(),
+                    self.config.max_stream_age_s,
+                    self.config.max_stream_age_busy_grace_s,
+                )
                 self._tasks.move_stalled()
             except Exception:
-                log.exception("moving stalled tasks failed")
+                log.exception("closing expired streams or moving stalled tasks failed")
