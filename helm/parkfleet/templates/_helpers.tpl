@@ -109,6 +109,14 @@ seccompProfile:
   {{- end }}
 {{- end }}
 
+{{/* CEL: the Node in "object" or "oldObject" (the argument) is a parkfleet cell Node
+(nodeagent/nodes.py): pf-<pool>-<index>, the name pf-<label parkfleet.io/cell>, that label
+<label parkfleet.io/pool>-<index>. The caller's variables.cellName is the name pattern. */}}
+{{- define "parkfleet.cel.cellNode" -}}
+{{- $o := . -}}
+{{ $o }} != null && {{ $o }}.metadata.name.matches(variables.cellName) && has({{ $o }}.metadata.labels) && 'parkfleet.io/pool' in {{ $o }}.metadata.labels && 'parkfleet.io/cell' in {{ $o }}.metadata.labels && {{ $o }}.metadata.name == 'pf-' + {{ $o }}.metadata.labels['parkfleet.io/cell'] && {{ $o }}.metadata.labels['parkfleet.io/cell'].startsWith({{ $o }}.metadata.labels['parkfleet.io/pool'] + '-')
+{{- end }}
+
 {{/* Every gateway shard's car address, by index, comma-separated. */}}
 {{- define "parkfleet.gateway.shardAddresses" -}}
 {{- if .Values.gateway.shardAddresses -}}
