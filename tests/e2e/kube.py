@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from parkfleet.devstack import DevStack
@@ -21,10 +24,12 @@ __all__ = [
     "SOLO_POOL",
     "events_of",
     "get_json",
+    "https_get",
     "inference_pod",
     "local_labels",
     "pod_phase",
     "scrape",
+    "token_kubeconfig",
     "until",
 ]
 
@@ -75,6 +80,23 @@ def scrape(url: str, name: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
+def https_get(port: int, path: str, token: str = "") -> tuple[int, str]:
+    """GET ``https://127.0.0.1:PORT/PATH`` with ``token`` as bearer token (none: no
+    header), as the API server or Prometheus would; the status and the body. The
+    certificate is not checked: the kubelet API's and /metrics' are self-signed."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def pod_phase(k: Kubectl, name: str) -> str:
     return str(get_json(k, "pod", name).get("status", {}).get("phase", ""))
 
@@ -114,3 +136,19 @@ def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:
     session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
     x = np.load(stack.data / "digits" / "inputs.npy")[start:end]
     return np.asarray(session.run(["label"], {"input": x})[0])
+
+
+def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
+    """A kubeconfig for ``admin``'s cluster that carries only a bearer token (no client
+    certificate): a ServiceAccount's identity, e.g. one the chart creates."""
+    cl = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cl}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
