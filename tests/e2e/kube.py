@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ __all__ = [
     "SOLO_POOL",
     "events_of",
     "get_json",
+    "https_get",
     "inference_pod",
     "local_labels",
     "onnx_labels",
@@ -76,6 +79,23 @@ def scrape(url: str, name: str) -> list[tuple[dict[str, str], float]]:
         for s in family.samples
         if s.name == name
     ]
+
+
+def https_get(port: int, path: str, token: str = "") -> tuple[int, str]:
+    """GET ``https://127.0.0.1:PORT/PATH`` with ``token`` as bearer token (none: no
+    header), as the API server or Prometheus would; the status and the body. The
+    certificate is not checked: the kubelet API's and /metrics' are self-signed."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def pod_phase(k: Kubectl, name: str) -> str:

@@ -233,19 +233,23 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
         d for d in out.split("\n---\n") if re.search(r"^kind: (Cluster)?Role$", d, re.MULTILINE)
     ]
     # Operator and gateway: a ClusterRole and a kube-node-lease Role each; the gateway also
-    # a Role on the one revocation ConfigMap of its namespace, and the ConfigMap-inputs
-    # ClusterRole (bound per listed namespace).
-    assert len(docs) == 6
+    # a Role on the one revocation ConfigMap of its namespace and the ConfigMap-inputs
+    # ClusterRole (bound per namespace); the metrics-reader ClusterRole for Prometheus.
+    assert len(docs) == 7
     for doc in docs:
         role = yaml.safe_load(doc)
         lines = doc.splitlines()
-        rule_lines = [i for i, line in enumerate(lines) if line.startswith("  - apiGroups:")]
+        rule_lines = [
+            i for i, line in enumerate(lines) if re.match(r"  - (apiGroups|nonResourceURLs):", line)
+        ]
         assert len(rule_lines) == len(role["rules"])
         for i in rule_lines:
             assert lines[i - 1].strip().startswith("#"), f"{role['metadata']['name']}: {lines[i]}"
         for rule in role["rules"]:
-            for field in ("apiGroups", "resources", "verbs"):
-                assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard {rule}"
+            for field in ("apiGroups", "resources", "nonResourceURLs", "verbs"):
+                assert "*" not in rule.get(field, ()), (
+                    f"{role['metadata']['name']}: wildcard {rule}"
+                )
         if role["kind"] == "Role" and role["metadata"]["name"].endswith("-revocations"):
             assert role["metadata"]["namespace"] == "pf"
             assert role["rules"] == [
@@ -259,6 +263,213 @@ def test_rbac_is_least_privilege_and_every_rule_says_why(helm: Helm) -> None:
         elif role["kind"] == "Role":
             assert role["metadata"]["namespace"] == "kube-node-lease"
             assert [r["resources"] for r in role["rules"]] == [["leases"]]
+        elif role["metadata"]["name"] == "t-parkfleet-metrics-reader":
+            assert role["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+
+
+def rules_of(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    (role,) = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == name]
+    rules: list[dict[str, Any]] = role["rules"]
+    return rules
+
+
+def test_what_rbac_grants_on_every_node_lease_pod_and_job_a_policy_narrows(helm: Helm) -> None:
+    objects = helm.template()
+    policies = {p["metadata"]["name"]: p for p in kinds(objects, "ValidatingAdmissionPolicy")}
+    bindings = {
+        b["metadata"]["name"]: b for b in kinds(objects, "ValidatingAdmissionPolicyBinding")
+    }
+    # One per kind of object and identity, named after the release and its namespace
+    # (cluster-wide objects: two releases never share one).
+    whats = [
+        "gateway-nodes",
+        "gateway-leases",
+        "gateway-pods",
+        "operator-jobs",
+        "operator-nodes",
+        "operator-leases",
+    ]
+    assert sorted(policies) == sorted(f"t-parkfleet-pf-{w}.parkfleet.io" for w in whats)
+    assert sorted(bindings) == sorted(policies)
+    users = {
+        "gateway": "system:serviceaccount:pf:t-parkfleet-gateway",
+        "operator": "system:serviceaccount:pf:t-parkfleet-operator",
+    }
+    covered: dict[str, set[tuple[str, str]]] = {"gateway": set(), "operator": set()}
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        who = name.removeprefix("t-parkfleet-pf-").split("-")[0]
+        assert spec["failurePolicy"] == "Fail", name
+        (condition,) = spec["matchConditions"]
+        assert condition["expression"] == f'request.userInfo.username == "{users[who]}"'
+        assert spec["validations"], name
+        for v in spec["validations"]:
+            assert v["reason"] == "Forbidden", v
+            assert "+" in v["messageExpression"], v  # it names the object refused
+        for rule in spec["matchConstraints"]["resourceRules"]:
+            covered[who] |= {
+                (g, r.split("/")[0]) for g in rule["apiGroups"] for r in rule["resources"]
+            }
+        assert bindings[name]["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+    # Every write RBAC grants either identity on Nodes, Leases, pods or Jobs is under a
+    # policy (RBAC cannot name those objects: their names are made at run time).
+    narrowed = {("", "nodes"), ("", "pods"), ("coordination.k8s.io", "leases"), ("batch", "jobs")}
+    for who in ("gateway", "operator"):
+        writes = {
+            (g, r.split("/")[0])
+            for rule in rules_of(objects, f"t-parkfleet-{who}")
+            + [
+                r
+                for o in kinds(objects, "Role")
+                for r in o["rules"]
+                if o["metadata"]["name"] == f"t-parkfleet-{who}"
+            ]
+            for g in rule.get("apiGroups", ())
+            for r in rule.get("resources", ())
+            if set(rule["verbs"]) & {"create", "update", "patch", "delete"}
+        }
+        assert writes & narrowed <= covered[who], (who, writes & narrowed - covered[who])
+    assert not kinds(
+        helm.template("--set=rbac.admissionPolicies=false"), "ValidatingAdmissionPolicy"
+    )
+
+
+def test_metrics_are_authenticated_and_prometheus_is_granted_them(helm: Helm) -> None:
+    api = "--api-versions=monitoring.coreos.com/v1"
+    sm = "--set=monitoring.serviceMonitor.enabled=true"
+    reader = [
+        "--set=monitoring.metricsReaders[0].kind=ServiceAccount",
+        "--set=monitoring.metricsReaders[0].name=prometheus-k8s",
+        "--set=monitoring.metricsReaders[0].namespace=monitoring",
+    ]
+    reviews = [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    on = helm.template(api, sm, *reader)  # metricsAuth: kubernetes, the default
+    for spec in pod_specs(on).values():
+        assert "--metrics-auth=kubernetes" in spec["containers"][0]["args"]
+    for who in ("operator", "gateway"):
+        rules = rules_of(on, f"t-parkfleet-{who}")
+        assert all(r in rules for r in reviews), who  # the guard's TokenReview and SAR
+    (binding,) = [
+        b
+        for b in kinds(on, "ClusterRoleBinding")
+        if b["roleRef"]["name"] == "t-parkfleet-metrics-reader"
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}
+    ]
+    for monitor in kinds(on, "ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["scheme"] == "https"
+        assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+        assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+    off = helm.template(api, sm, "--set=monitoring.metricsAuth=none")
+    for spec in pod_specs(off).values():
+        assert "--metrics-auth=none" in spec["containers"][0]["args"]
+    assert not [r for r in reviews if r in rules_of(off, "t-parkfleet-operator")]
+    assert not [
+        b for b in kinds(off, "ClusterRoleBinding") if "metrics-reader" in b["metadata"]["name"]
+    ]
+    for monitor in kinds(off, "ServiceMonitor"):
+        assert {"scheme", "bearerTokenFile"}.isdisjoint(monitor["spec"]["endpoints"][0])
+
+
+def ingress(policy: dict[str, Any]) -> dict[str, list[dict[str, Any]] | None]:
+    """Each ingress rule's peers by its one port's name (None: from anywhere)."""
+    out = {}
+    for rule in policy["spec"]["ingress"]:
+        (port,) = rule["ports"]
+        out[port["port"]] = rule.get("from")
+    return out
+
+
+def network_policies(helm: Helm, *args: str) -> dict[str, dict[str, Any]]:
+    objects = helm.template(*args)
+    return {
+        p["metadata"]["name"].removeprefix("t-parkfleet-"): p
+        for p in kinds(objects, "NetworkPolicy")
+    }
+
+
+MONITORING = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+KUBE_DNS = [
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+]
+DNS_PORTS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+API_PORTS = [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+
+
+def test_network_policies_render_rule_by_rule(helm: Helm) -> None:
+    # The local control plane has no network plugin, so nothing enforces them there: what
+    # is checked is what they say.
+    by_default = network_policies(helm)
+    assert sorted(by_default) == ["gateway", "operator"]
+    for name, policy in by_default.items():
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        # Egress: DNS to the cluster's DNS pods, the API server's ports; nothing else.
+        assert policy["spec"]["egress"] == [
+            {"ports": DNS_PORTS, "to": KUBE_DNS},
+            {"ports": API_PORTS},
+        ], name
+    # Ingress: cars from anywhere (outside the cluster); metrics from the monitoring
+    # namespace; the kubelet API and the webhook from anywhere until the API server's
+    # addresses are given.
+    assert ingress(by_default["gateway"]) == {"grpc": None, "kubelet": None, "metrics": MONITORING}
+    assert ingress(by_default["operator"]) == {"metrics": MONITORING, "admission": None}
+
+    api = "10.0.0.0/28"
+    given = network_policies(
+        helm,
+        f"--set=networkPolicy.apiServer.cidrs={{{api}}}",
+        "--set=networkPolicy.apiServer.ports={6443}",
+        "--set=networkPolicy.gatewayEgress[0].to[0].ipBlock.cidr=192.0.2.0/24",
+        "--set=networkPolicy.gatewayEgress[0].ports[0].port=443",
+    )
+    block = [{"ipBlock": {"cidr": api}}]
+    assert ingress(given["gateway"])["kubelet"] == block
+    assert ingress(given["operator"])["admission"] == block
+    api_egress = {"ports": [{"port": 6443, "protocol": "TCP"}], "to": block}
+    assert given["operator"]["spec"]["egress"] == [{"ports": DNS_PORTS, "to": KUBE_DNS}, api_egress]
+    model_server = {"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 443}]}
+    assert given["gateway"]["spec"]["egress"] == [
+        {"ports": DNS_PORTS, "to": KUBE_DNS},
+        api_egress,
+        model_server,
+    ]
+
+    konnectivity = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
+    }
+    custom = network_policies(
+        helm,
+        f"--set=networkPolicy.apiServer.cidrs={{{api}}}",
+        "--set=networkPolicy.kubeletFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=kube-system",
+        "--set=networkPolicy.metricsFrom=null",
+        "--set=networkPolicy.dnsTo=null",
+        "--set=networkPolicy.carsFrom[0].ipBlock.cidr=198.51.100.0/24",
+    )
+    assert ingress(custom["gateway"]) == {
+        "grpc": [{"ipBlock": {"cidr": "198.51.100.0/24"}}],
+        "kubelet": [konnectivity],
+        "metrics": None,
+    }
+    assert ingress(custom["operator"])["admission"] == [konnectivity]
+    assert custom["operator"]["spec"]["egress"][0] == {"ports": DNS_PORTS}  # any address
+    assert not kinds(helm.template("--set=networkPolicy.enabled=false"), "NetworkPolicy")
 
 
 def test_configmap_inputs_are_readable_only_in_the_namespaces_listed(helm: Helm) -> None:
@@ -273,7 +484,7 @@ def test_configmap_inputs_are_readable_only_in_the_namespaces_listed(helm: Helm)
             for o in objects
             if o["kind"] in ("ClusterRole", "Role")
             for rule in o["rules"]
-            if "configmaps" in rule["resources"]
+            if "configmaps" in rule.get("resources", ())
         ]
         revocations = {
             "apiGroups": [""],
@@ -492,6 +703,8 @@ def test_install_notes_say_what_to_do_next(release: Release) -> None:
     )
     assert f"spec.gateway.shards is {SHARDS}" in release.notes
     assert "grafana_dashboard" in release.notes
+    # /metrics answers only tokens allowed it: say how to grant Prometheus that.
+    assert "--clusterrole=pf-parkfleet-metrics-reader --serviceaccount=" in release.notes
 
 
 def test_namespaces_are_read_only_to_the_charts_identities(release: Release) -> None:

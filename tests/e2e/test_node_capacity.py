@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from parkfleet import devcluster
 from parkfleet.devstack import DevStack
 
 from .conftest import NODE_MONITOR_GRACE_S, Kubectl
-from .kube import get_json, inference_pod, pod_phase, token_kubeconfig, until
+from .kube import get_json, https_get, inference_pod, pod_phase, token_kubeconfig, until
 
 pytestmark = pytest.mark.e2e
 
@@ -216,20 +213,6 @@ def test_kubectl_logs_follow_streams_until_the_pod_ends(
     kubectl("delete", "pod", pod)
 
 
-def _kubelet_get(port: int, path: str, token: str = "") -> tuple[int, str]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the kubelet API's certificate is self-signed
-    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_logs_are_refused_to_callers_without_rights(
     stack: DevStack,
     kubectl: Kubectl,
@@ -264,9 +247,9 @@ def test_logs_are_refused_to_callers_without_rights(
         # The kubelet API itself: no credentials -> 401; a valid token of a user
         # without nodes/proxy -> 403; neither sees a line of the log.
         path = f"/containerLogs/default/{pod}/infer"
-        code, body = _kubelet_get(stack.kubelet_port, path)
+        code, body = https_get(stack.kubelet_port, path)
         assert code == 401, body
-        code, body = _kubelet_get(stack.kubelet_port, path, token=token)
+        code, body = https_get(stack.kubelet_port, path, token=token)
         assert code == 403, body
         assert "label=" not in body
     finally:

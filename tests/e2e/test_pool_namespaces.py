@@ -90,6 +90,7 @@ def tenancy(stack: DevStack, kubectl: Kubectl) -> Iterator[Tenancy]:
     kubectl("apply", "-f", "-", stdin=namespace(t.allowed, {TENANT_LABEL: tag}))
     kubectl("apply", "-f", "-", stdin=namespace(t.denied, {TENANT_LABEL: "someone-else"}))
     kubectl("apply", "-f", "-", stdin=tenant_pool(t.pool, tag))
+    stack.prepare(namespaces=(t.allowed, t.denied))  # the digits inputs in both areas
     car = stack.start_fleet(
         1, 1, t.pool, prefix=f"{t.pool}-", name=t.pool, extra=[f"--metrics-port={t.car_metrics}"]
     )

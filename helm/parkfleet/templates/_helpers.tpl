@@ -92,10 +92,14 @@ seccompProfile:
 
 {{/* NetworkPolicy egress of both components: DNS and the API server, nothing else. */}}
 {{- define "parkfleet.netpol.egress" -}}
-# Name lookups (the cluster DNS, in whatever namespace it runs).
+# Name lookups: the cluster DNS (networkPolicy.dnsTo).
 - ports:
     - {port: 53, protocol: UDP}
     - {port: 53, protocol: TCP}
+  {{- with .Values.networkPolicy.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 # The Kubernetes API: the only thing either component calls.
 - ports:
     {{- range .Values.networkPolicy.apiServer.ports }}
@@ -107,6 +111,29 @@ seccompProfile:
     - ipBlock: {cidr: {{ . | quote }}}
     {{- end }}
   {{- end }}
+{{- end }}
+
+{{/* NetworkPolicy ingress sources of what the API server calls (the kubelet API, the
+webhook): networkPolicy.kubeletFrom, else the apiServer.cidrs, else nothing (anyone). */}}
+{{- define "parkfleet.netpol.fromAPIServer" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if $np.kubeletFrom -}}
+from:
+  {{- toYaml $np.kubeletFrom | nindent 2 }}
+{{- else if $np.apiServer.cidrs -}}
+from:
+  {{- range $np.apiServer.cidrs }}
+  - ipBlock: {cidr: {{ . | quote }}}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* CEL: the Node in "object" or "oldObject" (the argument) is a parkfleet cell Node
+(nodeagent/nodes.py): pf-<pool>-<index>, the name pf-<label parkfleet.io/cell>, that label
+<label parkfleet.io/pool>-<index>. The caller's variables.cellName is the name pattern. */}}
+{{- define "parkfleet.cel.cellNode" -}}
+{{- $o := . -}}
+{{ $o }} != null && {{ $o }}.metadata.name.matches(variables.cellName) && has({{ $o }}.metadata.labels) && 'parkfleet.io/pool' in {{ $o }}.metadata.labels && 'parkfleet.io/cell' in {{ $o }}.metadata.labels && {{ $o }}.metadata.name == 'pf-' + {{ $o }}.metadata.labels['parkfleet.io/cell'] && {{ $o }}.metadata.labels['parkfleet.io/cell'].startsWith({{ $o }}.metadata.labels['parkfleet.io/pool'] + '-')
 {{- end }}
 
 {{/* Every gateway shard's car address, by index, comma-separated. */}}

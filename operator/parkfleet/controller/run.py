@@ -17,6 +17,8 @@ from parkfleet.controller import admission as _admission
 from parkfleet.controller import fleetpool, inferencejob
 from parkfleet.controller.admission import AdmissionConfig, webhook_server
 from parkfleet.controller.state import OperatorState
+from parkfleet.kubeauth import NonResourceGuard
+from parkfleet.metricsserver import METRICS_AUTH_CHOICES, METRICS_AUTH_HELP, MetricsServer
 from parkfleet.stopping import STOP_GRACE_S, run_until_signalled
 
 __all__ = ["operator_settings", "register", "register_handlers", "run"]
@@ -74,6 +76,7 @@ async def run(
     priority: int = 0,
     admission: AdmissionConfig | None = None,
     stop_grace_s: float = STOP_GRACE_S,
+    metrics_auth: bool = False,
 ) -> None:
     """Runs the operator until ``stop`` is set, or SIGTERM or SIGINT (or forever).
 
@@ -88,12 +91,19 @@ async def run(
             job's namespace); None does not.
         stop_grace_s: After SIGTERM or SIGINT, how long the stop may take before what is
             left of it is cancelled (see ``parkfleet.stopping``).
+        metrics_auth: Serve ``/metrics`` over HTTPS, only to bearer tokens allowed ``get``
+            on it (``parkfleet.metricsserver``); else plain HTTP to anyone.
     """
     state = OperatorState()
     registry = kopf.OperatorRegistry()
     register_handlers(registry, state, admission)
     settings = operator_settings(admission)
-    if metrics_port is not None:
+    secure: MetricsServer | None = None
+    if metrics_port is not None and metrics_auth:
+        guard = NonResourceGuard(await state.api())
+        secure = MetricsServer(state.metrics.registry, guard, metrics_addr, metrics_port)
+        await secure.start()
+    elif metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_addr, registry=state.metrics.registry)
     stop_flag = stop or asyncio.Event()
     existing = asyncio.all_tasks()
@@ -124,6 +134,8 @@ async def run(
         # Expected when the API server went first: Kopf's last calls (its webhooks) failed.
         log.warning("stopped without reaching the API server to remove its webhooks: %s", exc)
     finally:
+        if secure is not None:
+            await secure.stop()
         await state.close()
 
 
@@ -147,6 +159,7 @@ def _cmd(args: argparse.Namespace) -> int:
             metrics_addr=args.metrics_addr,
             priority=args.priority,
             admission=admission,
+            metrics_auth=args.metrics_auth == "kubernetes",
         )
     )
     return 0
@@ -164,6 +177,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics server")
+    p.add_argument(
+        "--metrics-auth",
+        choices=METRICS_AUTH_CHOICES,
+        default="none",
+        help=METRICS_AUTH_HELP,
+    )
     a = p.add_argument_group(
         "admission webhook (refuses an InferenceJob whose pool is missing or does not allow"
         " its namespace)"

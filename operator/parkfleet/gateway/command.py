@@ -17,8 +17,10 @@ from parkfleet.gateway.api import Gateway, GatewayConfig
 from parkfleet.gateway.modelfetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchConfig
 from parkfleet.gateway.reputation import ReputationRule
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
+from parkfleet.kubeauth import NonResourceGuard
 from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
+from parkfleet.metricsserver import METRICS_AUTH_CHOICES, METRICS_AUTH_HELP, MetricsServer
 from parkfleet.nodeagent.agent import NodeAgent, NodeAgentConfig
 from parkfleet.nodeagent.kubeletapi import KubeletServer
 from parkfleet.nodeagent.logs import LogStore
@@ -45,6 +47,15 @@ class NodeAgentOptions:
     revocations: str = ""
 
 
+@dataclass
+class SecureMetricsOptions:
+    """``--metrics-auth=kubernetes``: ``/metrics`` over HTTPS, for callers the cluster
+    allows ``get`` on it (see ``parkfleet.metricsserver``)."""
+
+    host: str
+    port: int
+
+
 async def run(
     config: GatewayConfig,
     streams_grace_s: float = 5.0,
@@ -52,10 +63,12 @@ async def run(
     node_agent: NodeAgentOptions | None = None,
     task_manager: type[TaskManager] = TaskManager,
     stop_grace_s: float = STOP_GRACE_S,
+    secure_metrics: SecureMetricsOptions | None = None,
 ) -> None:
     """Runs a gateway (and its node agent, when asked) until SIGTERM/SIGINT.
 
-    Prints ``listening on HOST:PORT`` once serving (scripts read the port from it).
+    Prints ``listening on HOST:PORT`` once serving (scripts read the port from it), and
+    ``metrics on URL`` when ``secure_metrics`` serves them.
     Open car streams get ``streams_grace_s`` to end; the whole stop ``stop_grace_s`` (see
     ``parkfleet.stopping``), even when the API server is gone.
     """
@@ -68,10 +81,18 @@ async def run(
     agent: NodeAgent | None = None
     kubelet: KubeletServer | None = None
     api: client.ApiClient | None = None
-    if node_agent is not None:
-        api = instrument(
-            await connect("parkfleet-gateway", node_agent.kubeconfig), gateway.metrics.registry
-        )
+    metrics: MetricsServer | None = None
+    if node_agent is not None or secure_metrics is not None:
+        # Without a node agent: the pod's service account, or $KUBECONFIG.
+        kubeconfig = node_agent.kubeconfig if node_agent is not None else None
+        api = instrument(await connect("parkfleet-gateway", kubeconfig), gateway.metrics.registry)
+    if secure_metrics is not None and api is not None:
+        guard = NonResourceGuard(api)
+        host, port = secure_metrics.host, secure_metrics.port
+        metrics = MetricsServer(gateway.metrics.registry, guard, host, port)
+        await metrics.start()
+        print(f"metrics on {metrics.url}", flush=True)
+    if node_agent is not None and api is not None:
         ca_path = node_agent.kubelet_client_ca or api.configuration.ssl_ca_cert
         client_ca = await asyncio.to_thread(Path(ca_path).read_bytes) if ca_path else None
         logs = LogStore()
@@ -104,6 +125,8 @@ async def run(
             await agent.stop()
         if kubelet is not None:
             await kubelet.stop()
+        if metrics is not None:
+            await metrics.stop()
         await gateway.stop(streams_grace_s)
         if api is not None:
             await api.close()
@@ -127,11 +150,17 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    secure = None
+    if args.metrics_auth == "kubernetes":
+        if args.metrics_port is None:
+            raise SystemExit("--metrics-auth=kubernetes guards --metrics-port: give one")
+        secure = SecureMetricsOptions(args.metrics_addr, args.metrics_port)
     config = GatewayConfig.from_certs_dir(
         args.certs,
         args.models,
         listen=args.listen,
-        metrics_port=args.metrics_port,
+        # The guarded server replaces the plain one.
+        metrics_port=None if secure else args.metrics_port,
         metrics_addr=args.metrics_addr,
         telemetry_interval_s=args.telemetry_interval_s,
         telemetry_timeout_s=args.telemetry_timeout_s,
@@ -170,7 +199,13 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
             revocations=args.revocations_configmap,
         )
     asyncio.run(
-        run(config, models=_models(args.model), node_agent=agent, task_manager=task_manager)
+        run(
+            config,
+            models=_models(args.model),
+            node_agent=agent,
+            task_manager=task_manager,
+            secure_metrics=secure,
+        )
     )
     return 0
 
@@ -183,6 +218,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--models", type=Path, required=True, help="model store directory")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics server")
+    p.add_argument(
+        "--metrics-auth",
+        choices=METRICS_AUTH_CHOICES,
+        default="none",
+        help=METRICS_AUTH_HELP,
+    )
     p.add_argument("--telemetry-interval-s", type=float, default=10.0)
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
     p.add_argument(

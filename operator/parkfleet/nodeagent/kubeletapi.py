@@ -11,67 +11,20 @@ token checked with a TokenReview) and authorises them with a SubjectAccessReview
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import ssl
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 
+from parkfleet.kubeauth import User, may, review_token
 from parkfleet.nodeagent.logs import LogStore
+from parkfleet.tlsserve import serve, server_context
 
 __all__ = ["KubeletServer", "User"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class User:
-    """Who called, as Kubernetes authentication says."""
-
-    name: str
-    groups: tuple[str, ...]
-
-
-def _self_signed(host: str) -> tuple[bytes, bytes]:
-    # The apiserver does not verify kubelet serving certificates unless it is given
-    # --kubelet-certificate-authority; a per-process self-signed one is enough here.
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"parkfleet-kubelet@{host}")])
-    now = datetime.datetime.now(datetime.UTC)
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        san = x509.DNSName(host)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
 
 
 class KubeletServer:
@@ -95,8 +48,7 @@ class KubeletServer:
         port: int = 0,
         node_of: Callable[[str], str] | None = None,
     ) -> None:
-        self.authn = client.AuthenticationV1Api(api)
-        self.authz = client.AuthorizationV1Api(api)
+        self.api = api
         self.logs = logs
         self.client_ca = client_ca
         self.host = host
@@ -111,22 +63,13 @@ class KubeletServer:
         app = web.Application()
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._logs)
         app.router.add_get("/healthz", self._healthz)
-        cert, key = _self_signed(self.host)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "c.pem").write_bytes(cert)
-            (Path(d) / "k.pem").write_bytes(key)
-            ctx.load_cert_chain(Path(d) / "c.pem", Path(d) / "k.pem")
+        # The apiserver does not verify kubelet serving certificates unless it is given
+        # --kubelet-certificate-authority; a per-process self-signed one is enough here.
+        ctx = await asyncio.to_thread(server_context, self.host, "parkfleet-kubelet")
         if self.client_ca:
             ctx.load_verify_locations(cadata=self.client_ca.decode())
             ctx.verify_mode = ssl.CERT_OPTIONAL  # tokens are accepted too
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ctx)
-        await site.start()
-        server: Any = site._server  # aiohttp exposes no public way to read the bound port
-        if server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
+        self._runner, self.port = await serve(app, self.host, self.port, ctx)
         log.info("kubelet API on https://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
@@ -154,27 +97,14 @@ class KubeletServer:
                 return User(name, tuple(groups))
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            review = await self.authn.create_token_review(
-                client.V1TokenReview(spec=client.V1TokenReviewSpec(token=auth[7:]))
-            )
-            if review.status and review.status.authenticated:
-                u = review.status.user
-                return User(u.username, tuple(u.groups or ()))
+            return await review_token(self.api, auth[7:])
         return None
 
     async def _authorize(self, user: User, node: str) -> bool:
-        review = await self.authz.create_subject_access_review(
-            client.V1SubjectAccessReview(
-                spec=client.V1SubjectAccessReviewSpec(
-                    user=user.name,
-                    groups=list(user.groups),
-                    resource_attributes=client.V1ResourceAttributes(
-                        verb="get", resource="nodes", subresource="proxy", name=node
-                    ),
-                )
-            )
+        attrs = client.V1ResourceAttributes(
+            verb="get", resource="nodes", subresource="proxy", name=node
         )
-        return bool(review.status and review.status.allowed)
+        return await may(self.api, user, resource=attrs)
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
