@@ -79,7 +79,7 @@ def bound_pod(name: str, ns: str, node: str) -> str:
 
 @pytest.fixture
 def tenancy(stack: DevStack, kubectl: Kubectl) -> Iterator[Tenancy]:
-    tag = uuid.uuid4().hex[:6]
+    tag = "t" + uuid.uuid4().hex[:6]  # a letter first: "12e345" would read as a number
     t = Tenancy(
         pool=f"tenant-{tag}",
         node=f"pf-tenant-{tag}-0",
@@ -191,7 +191,7 @@ def test_a_job_whose_namespace_leaves_the_pool_fails_with_its_pods_reason(
 ) -> None:
     # The webhook let the job in; its namespace is relabelled out of the pool before any of
     # its pods is bound (no car yet). The node agent refuses them: the job fails, no retry.
-    tag = uuid.uuid4().hex[:6]
+    tag = "t" + uuid.uuid4().hex[:6]  # a letter first: "12e345" would read as a number
     pool, ns, car_metrics = f"late-{tag}", f"late-{tag}-ns", free_port()
     kubectl("apply", "-f", "-", stdin=namespace(ns, {TENANT_LABEL: tag}))
     kubectl("apply", "-f", "-", stdin=tenant_pool(pool, tag))
