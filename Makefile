@@ -144,7 +144,11 @@ lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, p
 .PHONY: test
 test: $(VENV)/.installed $(CP) $(HELM) prometheus ## install what is needed, build the control plane if missing, lint, run every test
 	$(MAKE) --no-print-directory lint
-	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e -m "not node" $(PYTEST_ARGS)
+
+.PHONY: test-node
+test-node: $(VENV)/.installed node ## the real node's end-to-end tests (root): pods on containerd, logs, DNS, NodePort, nothing left after cluster-down
+	$(VENV)/bin/pytest tests/e2e/test_real_node.py -m node $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: cluster-down ## remove build outputs (keeps .venv)
