@@ -60,12 +60,13 @@ disabled_plugins = [
     max_conf_num = 1
 `
 
-// cniConfig: one bridge inside the node's namespace; its address is the pods'
+// cniConfig: one bridge inside the node's namespace (the network is named after
+// it, as are libcni's cache files outside: see removeTaskLeftovers); its address is the pods'
 // default route (Services are reached through it). No masquerade: pods reach
 // nothing beyond the node.
 const cniConfig = `{
   "cniVersion": "1.0.0",
-  "name": "parkfleet",
+  "name": "%[4]s",
   "plugins": [
     {
       "type": "bridge",
@@ -146,9 +147,9 @@ conntrack:
   tcpCloseWaitTimeout: 0s
 `
 
-// corefile: the cluster's names from the API server; nothing is forwarded (the
-// node has no way out).
-const corefile = `.:53 {
+// corefile: the cluster's zones only, from the API server; any other name is
+// REFUSED (the node has no way out, and nothing to forward to).
+const corefile = `cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind %[1]s
     errors
     health %[1]s:8080
@@ -167,7 +168,7 @@ const corefile = `.:53 {
 func writeNodeConfigs(st *nodeState, pki string) error {
 	files := map[string]string{
 		"containerd.toml":                 fmt.Sprintf(containerdConfig, st.Dir, st.RunDir, pauseImage, cniBinDir),
-		"cni/net.d/10-parkfleet.conflist": fmt.Sprintf(cniConfig, st.Dir, podCIDR, podGateway),
+		"cni/net.d/10-parkfleet.conflist": fmt.Sprintf(cniConfig, st.Dir, podCIDR, podGateway, st.Netns),
 		"kubelet.yaml":                    fmt.Sprintf(kubeletConfig, st.Dir, st.RunDir, pki, dnsServiceIP),
 		"kube-proxy.yaml":                 fmt.Sprintf(kubeProxyConfig, st.Dir, nodeName, podCIDR, kubeProxyHealthz),
 		"Corefile":                        fmt.Sprintf(corefile, st.NodeIP, st.Dir, corednsReadyPort),
