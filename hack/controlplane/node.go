@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,13 +62,30 @@ type nodeState struct {
 	Sysctls map[string]string `json:"sysctls,omitempty"`
 	// NewHostDirs are folders outside the node's own that did not exist before it
 	// and that its programs create whatever their configuration: containerd 1.6's
-	// shim sockets (/run/containerd/s) and libcni's cache (/var/lib/cni/results).
+	// shim sockets (/run/containerd/s), libcni's cache (/var/lib/cni/results), the
+	// kubelet's links to container logs (/var/log/containers) and its device-plugin
+	// socket (/var/lib/kubelet/device-plugins).
 	// Each is removed when empty, deepest first.
 	NewHostDirs []string `json:"new_host_dirs,omitempty"`
+	// RunNetnsMounted: /run/netns was a mount point before. The first `ip netns add`
+	// on a machine makes it one (a shared bind of itself); if the node's was the
+	// first, the mount and the folder go when no namespace is left in it.
+	RunNetnsMounted bool `json:"run_netns_mounted"`
 }
 
 // hostDirs are the folders of NewHostDirs, deepest first.
-var hostDirs = []string{"/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"}
+var hostDirs = []string{
+	"/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni",
+	containerLogLinks, devicePluginDir, "/var/lib/kubelet",
+}
+
+// devicePluginDir holds the kubelet's device-plugin socket, whatever its --root-dir
+// (a constant of the kubelet: a second node's kubelet replaces the socket there).
+const devicePluginDir = "/var/lib/kubelet/device-plugins"
+
+// containerLogLinks is where the kubelet links each container's log (a constant of
+// the kubelet, not a setting); the links point into the node's pod-logs folder.
+const containerLogLinks = "/var/log/containers"
 
 func (s *nodeState) socket() string    { return filepath.Join(s.RunDir, "containerd.sock") }
 func (s *nodeState) netnsPath() string { return filepath.Join("/run/netns", s.Netns) }
@@ -176,6 +194,10 @@ func allocateNodeNetwork(dir string) (*nodeState, error) {
 				st.NewHostDirs = append(st.NewHostDirs, d)
 			}
 		}
+		if !exists("/run/netns") {
+			st.NewHostDirs = append(st.NewHostDirs, "/run/netns")
+		}
+		st.RunNetnsMounted = isMountPoint("/run/netns")
 		if exists(st.netnsPath()) || exists("/sys/class/net/"+st.HostLink) || exists(st.RunDir) {
 			continue
 		}
@@ -408,6 +430,7 @@ func (n *node) stop() error {
 func cleanNode(dir string, st *nodeState) error {
 	var errs []error
 	killNodeProcesses(st)
+	removeTaskLeftovers(st)
 	for _, root := range []string{st.Dir, st.RunDir} {
 		if err := unmountUnder(root); err != nil {
 			errs = append(errs, err)
@@ -434,6 +457,17 @@ func cleanNode(dir string, st *nodeState) error {
 		errs = append(errs, err)
 	}
 	removeEmptyCgroups()
+	removeLogLinks(st)
+	if left, _ := os.ReadDir("/run/netns"); !st.RunNetnsMounted && len(left) == 0 && isMountPoint("/run/netns") {
+		if err := syscall.Unmount("/run/netns", syscall.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmount /run/netns: %w", err))
+		}
+	}
+	for _, d := range st.NewHostDirs {
+		if d == devicePluginDir {
+			_ = os.Remove(filepath.Join(d, "kubelet.sock"))
+		}
+	}
 	for _, d := range st.NewHostDirs {
 		_ = os.Remove(d) // only when empty: another program may use it meanwhile
 	}
@@ -481,6 +515,32 @@ func killNodeProcesses(st *nodeState) {
 	}
 }
 
+// removeTaskLeftovers removes the files that containerd keeps outside its own
+// folders for each task (pod sandbox or container) and that a killed containerd
+// leaves: the shim's socket, named after a hash of containerd's address, the
+// namespace and the task (as containerd 1.6 names it), and libcni's cached results.
+func removeTaskLeftovers(st *nodeState) {
+	tasks, _ := os.ReadDir(filepath.Join(st.RunDir, "containerd", "io.containerd.runtime.v2.task", "k8s.io"))
+	for _, t := range tasks {
+		id := t.Name()
+		sum := sha256.Sum256([]byte(filepath.Join(st.socket(), "k8s.io", id)))
+		_ = os.Remove(fmt.Sprintf("/run/containerd/s/%x", sum))
+		_ = os.Remove(filepath.Join("/var/lib/cni/results", st.Netns+"-"+id+"-eth0"))
+		_ = os.Remove(filepath.Join("/var/lib/cni/results", "cni-loopback-"+id+"-lo"))
+	}
+}
+
+// removeLogLinks removes the kubelet's links to this node's container logs.
+func removeLogLinks(st *nodeState) {
+	links, _ := os.ReadDir(containerLogLinks)
+	for _, l := range links {
+		p := filepath.Join(containerLogLinks, l.Name())
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, st.Dir+"/") {
+			_ = os.Remove(p)
+		}
+	}
+}
+
 // unmountUnder lazily unmounts every mount point at or below root, deepest first
 // (the kubelet's rshared bind of its root folder, pod volumes, containerd's
 // rootfs binds and network namespace files).
@@ -507,6 +567,20 @@ func unmountUnder(root string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isMountPoint says whether p is a mount point (per /proc/self/mountinfo).
+func isMountPoint(p string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && unescapeMount(f[4]) == p {
+			return true
+		}
+	}
+	return false
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).

@@ -43,7 +43,16 @@ IMAGE = "parkfleet.local/busybox:1"
 BUSYBOX = Path("/bin/busybox")
 # The kernel settings the kubelet changes at start; the node puts them back.
 SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
-HOST_DIRS = ("/run/containerd", "/var/lib/cni", "/var/lib/containerd", "/var/lib/kubelet")
+# Folders the node's programs would use by default, or create whatever their settings.
+HOST_DIRS = (
+    "/run/netns",
+    "/run/containerd",
+    "/var/lib/cni",
+    "/var/lib/containerd",
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/log/pods",
+)
 
 
 def _requirements() -> None:
@@ -323,6 +332,8 @@ def _assert_nothing_left(
     assert after.iptables == before.iptables
     assert after.sysctls == before.sysctls
     assert after.host_dirs == before.host_dirs
+    links = Path("/var/log/containers")
+    assert not [p for p in links.glob("*") if str(cluster.directory) in os.readlink(p)]
     assert not cluster.directory.exists()
 
 
