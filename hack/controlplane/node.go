@@ -39,13 +39,14 @@ const (
 	maxSlots   = 64
 	pauseImage = "parkfleet.local/pause:1"
 	cniBinDir  = "/usr/lib/cni"
-	// kubelet's healthz and CoreDNS's ready endpoint on the node IP, polled from the host.
+	// kube-proxy's healthz and CoreDNS's ready endpoint on the node IP, polled from the host.
 	corednsReadyPort = 8181
 	kubeProxyHealthz = 10256
 )
 
-// nodeState is what the node created on this machine; it is written before each
-// thing is created, so that `node-clean` can remove it after a supervisor crash.
+// nodeState is what the node creates on this machine; it is written as soon as the
+// node's namespace is claimed and again before the kubelet changes kernel settings,
+// so that `node-clean` can undo it all after the supervisor was killed.
 type nodeState struct {
 	Slot     int    `json:"slot"`
 	Netns    string `json:"netns"`
