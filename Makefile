@@ -17,6 +17,10 @@ CP_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitTreeState=clean
 HELM      := $(BIN)/helm
 HELM_SRC  := hack/helm/go.mod hack/helm/go.sum hack/helm/build.sh
+# The real node of `make cluster-up NODE=1`: the pods' sandbox program and CoreDNS.
+PAUSE     := $(BIN)/pf-pause
+COREDNS   := $(BIN)/pf-coredns
+COREDNS_SRC := hack/coredns/main.go hack/coredns/go.mod hack/coredns/go.sum
 KUBECONFIG_LOCAL := .cache/kubeconfig
 PYTEST_ARGS ?=
 
@@ -43,6 +47,22 @@ $(HELM): $(HELM_SRC)
 	@echo "building Helm from its Go module (pinned in hack/helm/go.mod)"
 	time hack/helm/build.sh $(HELM)
 
+$(PAUSE): hack/controlplane/pause/main.go
+	@mkdir -p $(BIN)
+	cd hack/controlplane && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o ../../$(PAUSE) ./pause
+
+$(COREDNS): $(COREDNS_SRC)
+	@mkdir -p $(BIN)
+	@echo "building CoreDNS from its Go module (pinned in hack/coredns/go.mod)"
+	cd hack/coredns && time CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o ../../$(COREDNS) .
+
+.PHONY: node-packages
+node-packages: ## Debian's containerd, runc, CNI plugins, iptables and busybox-static for the real node
+	hack/node-packages.sh
+
+.PHONY: node
+node: $(CP) $(PAUSE) $(COREDNS) node-packages ## what `make cluster-up NODE=1` needs: builds, and installs Debian's packages
+
 .PHONY: helm
 helm: $(HELM) ## build Helm from its Go module into .cache/bin (nothing to do when up to date)
 
@@ -58,12 +78,14 @@ demo: $(VENV)/.installed $(CP) ## the main job end to end: control plane, operat
 demo-down: ## stop a demo left running with DEMO_ARGS=--keep
 	@if [ -x $(VENV)/bin/parkfleet ]; then $(VENV)/bin/parkfleet demo --down; fi
 
+# NODE=1: also one real node (containerd, kubelet, kube-proxy, CoreDNS; root).
+NODE ?=
 .PHONY: cluster-up
-cluster-up: $(CP) $(VENV)/.installed ## start the local control plane in the background, write .cache/kubeconfig
-	@$(VENV)/bin/parkfleet cluster up --dir .cache/cluster --kubeconfig $(KUBECONFIG_LOCAL)
+cluster-up: $(CP) $(VENV)/.installed $(if $(NODE),node) ## start the local control plane in the background, write .cache/kubeconfig (NODE=1: and a real node)
+	@$(VENV)/bin/parkfleet cluster up --dir .cache/cluster --kubeconfig $(KUBECONFIG_LOCAL) $(if $(NODE),--node)
 
 .PHONY: cluster-down
-cluster-down: ## stop the local control plane and everything it started
+cluster-down: ## stop the local control plane and everything it started (the node's pods, namespaces and mounts too)
 	@if [ -x $(VENV)/bin/parkfleet ]; then $(VENV)/bin/parkfleet cluster down --dir .cache/cluster; \
 	else echo "no .venv: nothing was started"; fi
 
@@ -122,7 +144,11 @@ lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, p
 .PHONY: test
 test: $(VENV)/.installed $(CP) $(HELM) prometheus ## install what is needed, build the control plane if missing, lint, run every test
 	$(MAKE) --no-print-directory lint
-	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e -m "not node" $(PYTEST_ARGS)
+
+.PHONY: test-node
+test-node: $(VENV)/.installed node ## the real node's end-to-end tests (root): pods on containerd, logs, DNS, NodePort, nothing left after cluster-down
+	$(VENV)/bin/pytest tests/e2e/test_real_node.py -m node $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: cluster-down ## remove build outputs (keeps .venv)

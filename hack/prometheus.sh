@@ -11,28 +11,5 @@ if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-    SUDO="sudo"
-fi
-
-# Keep apt from starting the packaged service (no init system here, and port 9090
-# belongs to nobody). Docker-style images already ship such a policy.
-CREATED_POLICY=""
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod 755 /usr/sbin/policy-rc.d
-    CREATED_POLICY=1
-fi
-cleanup() {
-    if [ -n "$CREATED_POLICY" ]; then
-        $SUDO rm -f /usr/sbin/policy-rc.d
-    fi
-}
-trap cleanup EXIT
-
-echo "installing Debian's prometheus package (prometheus, promtool)"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus \
-    >/dev/null
+"$(dirname "$0")/apt-install.sh" "the observability tests" prometheus
 promtool --version | head -1

@@ -51,13 +51,35 @@ type upOptions struct {
 	kubeAPIQPS               float64
 	kubeAPIBurst             int
 	auditWrites              bool
+	node                     bool
+	corednsBinary            string
+	pauseBinary              string
 }
 
 // child is one component process.
 type child struct {
 	name string
 	cmd  *exec.Cmd
-	done chan error
+	// exited is closed once the process has been reaped; err is its Wait result.
+	exited chan struct{}
+	err    error
+}
+
+// stop sends SIGTERM and waits; a child that ignores it for 10s is killed.
+// It does nothing to a child that has already exited.
+func (c *child) stop() {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
 }
 
 func runUp(args []string) int {
@@ -79,8 +101,19 @@ func runUp(args []string) int {
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 30, "API request burst of the controller-manager and the scheduler")
 	// Benchmarks attribute the API server's writes to their writers (user, user agent).
 	fs.BoolVar(&o.auditWrites, "audit-writes", false, "log every write request's metadata to DIR/logs/audit.log (JSON lines)")
+	fs.BoolVar(&o.node, "node", false, "also start one real node (containerd, kubelet, kube-proxy, CoreDNS) in a network namespace of its own; needs root and hack/node-packages.sh")
+	fs.StringVar(&o.corednsBinary, "coredns-binary", "", "CoreDNS for --node (default: pf-coredns beside this binary)")
+	fs.StringVar(&o.pauseBinary, "pause-binary", "", "the pods' sandbox program for --node (default: pf-pause beside this binary)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if self, err := os.Executable(); err == nil {
+		if o.corednsBinary == "" {
+			o.corednsBinary = filepath.Join(filepath.Dir(self), "pf-coredns")
+		}
+		if o.pauseBinary == "" {
+			o.pauseBinary = filepath.Join(filepath.Dir(self), "pf-pause")
+		}
 	}
 	if o.dir == "" {
 		fmt.Fprintln(os.Stderr, "up: --dir is required")
@@ -128,7 +161,47 @@ func up(o upOptions) error {
 	_ = os.Remove(filepath.Join(dir, "ready.json"))
 
 	started := time.Now()
-	if err := writePKI(pki); err != nil {
+
+	// One teardown, in order: the node (its pods need containerd, not the API),
+	// then the control plane's components, then etcd.
+	var children []*child
+	var nd *node
+	var etcd *embed.Etcd
+	defer func() {
+		if err := nd.stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "pf-controlplane: node cleanup: %v\n", err)
+		}
+		stopAll(children)
+		if etcd != nil {
+			etcd.Close()
+		}
+	}()
+	advertise := "127.0.0.1"
+	var extraHosts []string
+	if o.node {
+		if err := checkNodePrerequisites(o); err != nil {
+			return err
+		}
+		// A node whose supervisor was killed left its state behind: remove it first.
+		if st, err := loadNodeState(dir); err == nil {
+			if err := cleanNode(dir, st); err != nil {
+				return fmt.Errorf("the previous node's leftovers: %w", err)
+			}
+		}
+		st, err := allocateNodeNetwork(dir)
+		if st != nil {
+			nd = &node{st: st, dir: dir, logs: logs}
+		}
+		if err != nil {
+			return fmt.Errorf("node network: %w", err)
+		}
+		// Pods reach the API server through the `kubernetes` Service, whose
+		// endpoint is this address: the relay in the node's namespace.
+		advertise = st.NodeIP
+		extraHosts = []string{st.NodeIP}
+	}
+	ca, err := writePKI(pki, extraHosts)
+	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
 	etcdPort, err := freePort()
@@ -145,11 +218,10 @@ func up(o upOptions) error {
 	}
 	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 
-	etcd, err := startEtcd(filepath.Join(dir, "etcd"), etcdPort, peerPort)
+	etcd, err = startEtcd(filepath.Join(dir, "etcd"), etcdPort, peerPort)
 	if err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}
-	defer etcd.Close()
 
 	for _, k := range []struct{ file, client, user string }{
 		{"controller-manager.kubeconfig", "controller-manager", "system:kube-controller-manager"},
@@ -164,9 +236,6 @@ func up(o upOptions) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 
-	var children []*child
-	defer func() { stopAll(children) }()
-
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -176,7 +245,7 @@ func up(o upOptions) error {
 
 	apiArgs := []string{
 		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--advertise-address=" + advertise,
 		"--secure-port=" + strconv.Itoa(apiPort),
 		"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
 		"--tls-cert-file=" + p("apiserver.crt"),
@@ -195,7 +264,7 @@ func up(o upOptions) error {
 		"--service-account-key-file=" + p("sa.pub"),
 		"--service-account-signing-key-file=" + p("sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-cluster-ip-range=10.96.0.0/16",
+		"--service-cluster-ip-range=" + serviceCIDR,
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,NodeRestriction,PodSecurity,Priority,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook",
 		"--allow-privileged=true",
@@ -284,23 +353,43 @@ func up(o upOptions) error {
 		return fmt.Errorf("controller-manager did not create the default ServiceAccount: %w (see %s)", err, logs)
 	}
 
-	if err := writeKubeconfig(o.kubeconfig, server, pki, "ca", "admin", "kubernetes-admin"); err != nil {
-		return err
-	}
-	ready, _ := json.Marshal(map[string]any{
+	info := map[string]any{
 		"pid":        os.Getpid(),
 		"server":     server,
 		"kubeconfig": o.kubeconfig,
 		"version":    kubernetesVersion,
-		"ready_s":    time.Since(started).Seconds(),
-	})
+	}
+	if nd != nil {
+		nodeStarted := time.Now()
+		watch := func() []*child { return append(append([]*child{}, children...), nd.children()...) }
+		if err := startNode(ctx, nd, o, ca, pki, apiPort, client, server, watch, sigs); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		info["node"] = map[string]any{
+			"name":               nodeName,
+			"ip":                 nd.st.NodeIP,
+			"host_ip":            nd.st.HostIP,
+			"netns":              nd.st.Netns,
+			"containerd_address": nd.st.socket(),
+			"pod_cidr":           podCIDR,
+			"service_cidr":       serviceCIDR,
+			"dns_ip":             dnsServiceIP,
+			"ready_s":            time.Since(nodeStarted).Seconds(),
+		}
+	}
+
+	if err := writeKubeconfig(o.kubeconfig, server, pki, "ca", "admin", "kubernetes-admin"); err != nil {
+		return err
+	}
+	info["ready_s"] = time.Since(started).Seconds()
+	ready, _ := json.Marshal(info)
 	if err := os.WriteFile(filepath.Join(dir, "ready.json"), ready, 0o644); err != nil {
 		return err
 	}
 	fmt.Printf("ready %s in %.1fs, kubeconfig %s\n", server, time.Since(started).Seconds(), o.kubeconfig)
 
 	// Serve until told to stop; a component that dies ends the cluster, loudly.
-	err = waitFor(context.Background(), children, sigs, func() bool { return false })
+	err = waitFor(context.Background(), append(children, nd.children()...), sigs, func() bool { return false })
 	if errors.Is(err, errStopped) {
 		return nil
 	}
@@ -319,8 +408,8 @@ func waitFor(ctx context.Context, children []*child, sigs chan os.Signal, cond f
 		}
 		for _, c := range children {
 			select {
-			case err := <-c.done:
-				return fmt.Errorf("%s exited: %v", c.name, err)
+			case <-c.exited:
+				return fmt.Errorf("%s exited: %v", c.name, c.err)
 			default:
 			}
 		}
@@ -335,11 +424,16 @@ func waitFor(ctx context.Context, children []*child, sigs chan os.Signal, cond f
 }
 
 func spawn(self, name string, args []string, logs string) (*child, error) {
+	return spawnCommand(name, append([]string{self, name}, args...), logs)
+}
+
+// spawnCommand starts argv as the component called name, logging to logs/NAME.log.
+func spawnCommand(name string, argv []string, logs string) (*child, error) {
 	f, err := os.OpenFile(filepath.Join(logs, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = f
 	cmd.Stderr = f
 	// If the supervisor dies without cleaning up, the kernel kills the child.
@@ -348,11 +442,11 @@ func spawn(self, name string, args []string, logs string) (*child, error) {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	c := &child{name: name, cmd: cmd, done: make(chan error, 1)}
+	c := &child{name: name, cmd: cmd, exited: make(chan struct{})}
 	go func() {
-		err := cmd.Wait()
+		c.err = cmd.Wait()
 		f.Close()
-		c.done <- err
+		close(c.exited)
 	}()
 	return c, nil
 }
@@ -360,14 +454,7 @@ func spawn(self, name string, args []string, logs string) (*child, error) {
 func stopAll(children []*child) {
 	// Reverse order: scheduler and controller-manager before the apiserver.
 	for i := len(children) - 1; i >= 0; i-- {
-		c := children[i]
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.done:
-		case <-time.After(10 * time.Second):
-			_ = c.cmd.Process.Kill()
-			<-c.done
-		}
+		children[i].stop()
 	}
 }
 
@@ -398,16 +485,19 @@ func startEtcd(dataDir string, clientPort, peerPort int) (*embed.Etcd, error) {
 	}
 }
 
-func writePKI(pki string) error {
+// writePKI writes the cluster's authorities and certificates and returns the
+// cluster CA (the node's certificates are issued later); extraHosts are more
+// names of the API server.
+func writePKI(pki string, extraHosts []string) (*authority, error) {
 	ca, err := newAuthority(pki, "ca", "parkfleet-local-ca")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fp, err := newAuthority(pki, "front-proxy-ca", "parkfleet-local-front-proxy-ca")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	hosts := []string{"127.0.0.1", "10.96.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
+	hosts := append([]string{"127.0.0.1", serviceAPIIP, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}, extraHosts...)
 	steps := []func() error{
 		func() error { return ca.issue(pki, "apiserver", "kube-apiserver", nil, hosts) },
 		func() error {
@@ -421,10 +511,10 @@ func writePKI(pki string) error {
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return ca, nil
 }
 
 func adminClient(pki string) (*http.Client, error) {

@@ -6,6 +6,11 @@ kube-controller-manager and kube-scheduler on loopback. This module starts and
 stops it. ``make cluster-up``, ``make cluster-down``, the pytest fixture and
 ``make demo`` all go through :func:`start` and :func:`stop`, so there is one
 code path to trust.
+
+With ``node=True`` (``make cluster-up NODE=1``, ``parkfleet cluster up --node``) the
+supervisor also starts one real worker node: Debian's containerd and runc, the
+kubelet and kube-proxy of the same binary and CoreDNS, in a network namespace of
+their own (root only). :func:`import_image` puts an image archive into its containerd.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from parkfleet.pidfiles import PidFile, terminate
 __all__ = [
     "ClusterError",
     "LocalCluster",
+    "RealNode",
     "default_binary",
     "die_with_parent",
+    "import_image",
     "kubectl",
     "register",
     "start",
@@ -50,6 +57,34 @@ class ClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class RealNode:
+    """The cluster's real worker node (``start(node=True)``).
+
+    Attributes:
+        name: The Node's name.
+        ip: Its InternalIP: the node end of the veth pair, reachable from this machine
+            (NodePort Services answer there).
+        host_ip: The host end of the veth pair.
+        netns: The network namespace the node's processes run in (``ip netns``).
+        containerd_address: containerd's socket (``ctr --address``; CRI namespace ``k8s.io``).
+        pod_cidr: The pods' addresses (inside the node's namespaces only).
+        service_cidr: The Services' cluster IPs (kube-proxy's rules in the namespace).
+        dns_ip: The kube-dns Service (CoreDNS).
+        ready_seconds: From the node's start to Node Ready and CoreDNS answering.
+    """
+
+    name: str
+    ip: str
+    host_ip: str
+    netns: str
+    containerd_address: Path
+    pod_cidr: str
+    service_cidr: str
+    dns_ip: str
+    ready_seconds: float
+
+
+@dataclass(frozen=True)
 class LocalCluster:
     """A running local control plane.
 
@@ -58,7 +93,9 @@ class LocalCluster:
         kubeconfig: Admin kubeconfig (client certificate in ``system:masters``).
         server: The kube-apiserver URL.
         pid: Process id of the ``pf-controlplane up`` supervisor.
-        ready_seconds: Time from start to ``/readyz`` and a working controller-manager.
+        ready_seconds: Time from start to ``/readyz`` and a working controller-manager
+            (and, with a node, to the node Ready).
+        node: The real worker node, when started with one.
     """
 
     directory: Path
@@ -66,6 +103,7 @@ class LocalCluster:
     server: str
     pid: int
     ready_seconds: float
+    node: RealNode | None = None
 
     @property
     def logs(self) -> Path:
@@ -128,6 +166,7 @@ def start(
     detach: bool = False,
     remove_dir_on_exit: bool = False,
     flags: Mapping[str, str] | None = None,
+    node: bool = False,
     timeout: float = 180.0,
 ) -> LocalCluster:
     """Start the control plane and wait until it is ready.
@@ -141,6 +180,8 @@ def start(
         remove_dir_on_exit: Delete ``directory`` when the supervisor stops.
         flags: Extra ``pf-controlplane up`` flags without dashes, e.g.
             ``{"node-monitor-grace-period": "10s"}``.
+        node: Also start one real worker node (root; ``make node`` builds and
+            installs what it runs).
         timeout: Seconds to wait for readiness.
 
     Returns:
@@ -159,6 +200,8 @@ def start(
     args = [str(binary), "up", f"--dir={directory}", f"--kubeconfig={kubeconfig}"]
     if remove_dir_on_exit:
         args.append("--remove-dir-on-exit")
+    if node:
+        args.append("--node")
     args += [f"--{k}={v}" for k, v in (flags or {}).items()]
     ready_file = directory / "ready.json"
     ready_file.unlink(missing_ok=True)
@@ -185,6 +228,7 @@ def start(
                 server=str(info["server"]),
                 pid=proc.pid,
                 ready_seconds=float(info["ready_s"]),
+                node=_real_node(info.get("node")),
             )
         if proc.poll() is not None:
             raise ClusterError(
@@ -196,8 +240,55 @@ def start(
     raise ClusterError(f"not ready after {timeout:.0f}s\n" + _log_tail(directory))
 
 
+def _real_node(info: dict[str, Any] | None) -> RealNode | None:
+    if info is None:
+        return None
+    return RealNode(
+        name=str(info["name"]),
+        ip=str(info["ip"]),
+        host_ip=str(info["host_ip"]),
+        netns=str(info["netns"]),
+        containerd_address=Path(info["containerd_address"]),
+        pod_cidr=str(info["pod_cidr"]),
+        service_cidr=str(info["service_cidr"]),
+        dns_ip=str(info["dns_ip"]),
+        ready_seconds=float(info["ready_s"]),
+    )
+
+
+def import_image(cluster: LocalCluster, archive: Path, binary: Path | None = None) -> None:
+    """Import an OCI or Docker image archive into the real node's containerd.
+
+    Pods then run it with ``imagePullPolicy: Never`` (or ``IfNotPresent`` and a tag
+    other than ``latest``): the node has no registry to pull from.
+
+    Args:
+        cluster: A cluster started with ``node=True``.
+        archive: The image archive (``ctr images import`` reads OCI and Docker ones).
+        binary: The ``pf-controlplane`` binary (default :func:`default_binary`).
+
+    Raises:
+        ClusterError: The cluster has no node, or the import failed.
+    """
+    if cluster.node is None:
+        raise ClusterError("the cluster has no real node: start it with node=True")
+    argv = [str(binary or default_binary()), "import-image", "--dir", str(cluster.directory)]
+    proc = subprocess.run(
+        [*argv, str(archive)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"import {archive}: {proc.stderr.strip()}")
+
+
 def stop(cluster_or_directory: LocalCluster | Path, timeout: float = 30.0) -> bool:
     """Stop the control plane and every process it started.
+
+    A real node's pods, network namespaces and mounts go too: the supervisor
+    removes them as it stops, and what a killed supervisor left is removed here
+    (``pf-controlplane node-clean``).
 
     Args:
         cluster_or_directory: A cluster from :func:`start`, or its state folder
@@ -216,10 +307,27 @@ def stop(cluster_or_directory: LocalCluster | Path, timeout: float = 30.0) -> bo
         directory = cluster_or_directory.resolve()
         record = PidFile.read(directory / "supervisor.pid")
     (directory / "supervisor.pid").unlink(missing_ok=True)
-    if record is None or not _alive(record):
-        return False
-    _terminate(record, timeout)
-    return True
+    stopped = record is not None and _alive(record)
+    if record is not None and stopped:
+        _terminate(record, timeout)
+    _clean_node(directory)
+    return stopped
+
+
+def _clean_node(directory: Path) -> None:
+    # The supervisor removes its node's state file once the node is gone; one still
+    # there means it was killed before it could clean up.
+    if not (directory / "node" / "state.json").exists():
+        return
+    log.warning("the local cluster's node was not cleaned up by its supervisor: cleaning up")
+    proc = subprocess.run(
+        [str(default_binary()), "node-clean", "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"node-clean: {proc.stderr.strip()}")
 
 
 def _alive(record: PidFile) -> bool:
@@ -272,12 +380,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
             kubeconfig=Path(args.kubeconfig),
             detach=True,
             flags=flags,
+            node=args.node,
             timeout=args.timeout,
         )
     except ClusterError as exc:
         print(f"cluster up failed: {exc}")
         return 1
     print(f"local control plane ready at {cluster.server} in {cluster.ready_seconds:.1f}s")
+    if cluster.node is not None:
+        n = cluster.node
+        print(
+            f"node {n.name} Ready in {n.ready_seconds:.1f}s at {n.ip} (network namespace "
+            f"{n.netns}; pods {n.pod_cidr}, Services {n.service_cidr}, DNS {n.dns_ip})"
+        )
+        print(f"images: {default_binary()} import-image --dir {cluster.directory} ARCHIVE")
     print(f"logs: {cluster.logs}")
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
@@ -297,6 +413,11 @@ def register(subparsers: Any) -> None:
     up.add_argument("--dir", default=str(REPO_ROOT / ".cache/cluster"))
     up.add_argument("--kubeconfig", default=str(REPO_ROOT / ".cache/kubeconfig"))
     up.add_argument("--timeout", type=float, default=180.0)
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also start one real node: containerd, kubelet, kube-proxy, CoreDNS (root; make node)",
+    )
     up.add_argument(
         "--flag",
         action="append",

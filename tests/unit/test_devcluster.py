@@ -24,3 +24,25 @@ def test_binary_that_exits_early_reports_its_logs(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(devcluster.ClusterError, match=r"exited with 3(.|\n)*cannot bind"):
         devcluster.start(tmp_path / "c", binary=fake, timeout=10)
+
+
+def test_import_image_needs_a_cluster_with_a_node(tmp_path: Path) -> None:
+    cluster = devcluster.LocalCluster(
+        directory=tmp_path, kubeconfig=tmp_path / "k", server="https://x", pid=1, ready_seconds=1
+    )
+    with pytest.raises(devcluster.ClusterError, match="no real node"):
+        devcluster.import_image(cluster, tmp_path / "image.tar")
+
+
+def test_stop_cleans_up_a_node_its_killed_supervisor_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state file still there means the supervisor died before removing its node.
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "state.json").write_text("{}")
+    fake = tmp_path / "pf-controlplane"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/called\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PARKFLEET_CONTROLPLANE", str(fake))
+    assert devcluster.stop(tmp_path) is False
+    assert (tmp_path / "called").read_text().split() == ["node-clean", "--dir", str(tmp_path)]
