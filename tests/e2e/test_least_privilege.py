@@ -21,6 +21,8 @@ import asyncio
 import copy
 import json
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
@@ -557,6 +559,24 @@ def test_a_gateway_under_the_charts_identity_runs_a_configmap_input_and_guards_i
         assert counter(text, "parkfleet_node_lease_renewals_total", result="error") == 0
         assert counter(text, "parkfleet_node_lease_renewals_total", result="ok") > 0
         assert "denied request" not in gateway.text()
+        assert "Forbidden" not in gateway.text()
+
+        # The fleet admin revokes the car; the gateway, watching the list under its own
+        # identity (one ConfigMap, by name), closes its stream: its GPU leaves the cell.
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "parkfleet.cli",
+                *("certs", "revoke", f"{pool}-000000"),
+                f"--configmap={chart.namespace}/{FULLNAME}-revocations",
+                f"--kubeconfig={cluster.kubeconfig}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        until(lambda: not gpus(), 10, "the revoked car to be cut off")
         assert "Forbidden" not in gateway.text()
     finally:
         stack.stop()
