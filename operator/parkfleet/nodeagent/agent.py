@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
@@ -37,6 +36,7 @@ from parkfleet.nodeagent.nodes import node_object, node_status
 from parkfleet.nodeagent.pods import PodDriver
 from parkfleet.nodeagent.posting import EventPoster
 from parkfleet.nodeagent.taskspecs import TaskSpecs
+from parkfleet.nodeagent.watchloop import EXPECTED_API_ERRORS, keep_watching
 from parkfleet.shards import shard_of
 from parkfleet.taskport import TaskPort
 
@@ -45,11 +45,6 @@ __all__ = ["NodeAgent", "NodeAgentConfig"]
 log = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "kube-node-lease"
-# What a loop talking to the API server expects to see now and then: the server away, a
-# request refused or timed out. Anything else is a bug, logged with its traceback.
-EXPECTED_API_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError, ConnectionError)
-WATCH_RETRY_S = 1.0
-WATCH_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -285,111 +280,88 @@ class NodeAgent:
             self._reregistering.discard(cell)
 
     async def _watch_pools(self) -> None:
-        retry = Backoff(base_s=WATCH_RETRY_S, cap_s=WATCH_RETRY_MAX_S, floor_s=WATCH_RETRY_S / 4)
-        while True:
-            try:
-                await self._resync_pools()
-                retry.reset()
-                w = watch.Watch()
-                async with w.stream(
-                    self.custom.list_cluster_custom_object,
-                    GROUP,
-                    VERSION,
-                    "fleetpools",
-                    timeout_seconds=int(self.config.pool_resync_s),
-                ) as stream:
-                    async for event in stream:
-                        obj = event["object"]
-                        pools = dict(self.pools)
-                        name = obj["metadata"]["name"]
-                        if event["type"] == "DELETED" or obj["metadata"].get("deletionTimestamp"):
-                            pools.pop(name, None)
-                        else:
-                            pools[name] = FleetPoolSpec.from_k8s(obj)
-                        await self._apply_pools(pools)
-            except asyncio.CancelledError:
-                raise
-            except EXPECTED_API_ERRORS as exc:
-                log.warning("FleetPool watch: %s; retrying", exc)
-                await retry.wait()
-            except Exception:
-                log.exception("FleetPool watch failed; retrying")
-                await retry.wait()
+        await keep_watching("FleetPool watch", self._follow_pools)
+
+    async def _follow_pools(self, retry: Backoff) -> None:
+        await self._resync_pools()
+        retry.reset()
+        w = watch.Watch()
+        async with w.stream(
+            self.custom.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            "fleetpools",
+            timeout_seconds=int(self.config.pool_resync_s),
+        ) as stream:
+            async for event in stream:
+                obj = event["object"]
+                pools = dict(self.pools)
+                name = obj["metadata"]["name"]
+                if event["type"] == "DELETED" or obj["metadata"].get("deletionTimestamp"):
+                    pools.pop(name, None)
+                else:
+                    pools[name] = FleetPoolSpec.from_k8s(obj)
+                await self._apply_pools(pools)
 
     async def _watch_revocations(self) -> None:
         """Follows the ConfigMap of revoked cars; every change reaches the gateway at once
         (a revoked car's live stream closes). A missing ConfigMap revokes nobody."""
+        await keep_watching("revocations watch", self._follow_revocations)
+
+    async def _follow_revocations(self, retry: Backoff) -> None:
         namespace, _, name = self.config.revocations.partition("/")
         selector = f"metadata.name={name}"
-        retry = Backoff(base_s=WATCH_RETRY_S, cap_s=WATCH_RETRY_MAX_S, floor_s=WATCH_RETRY_S / 4)
-        while True:
-            try:
-                listed = await self.core.list_namespaced_config_map(
-                    namespace, field_selector=selector
-                )
-                items = listed.items or []
-                self.port.set_revocations(revocations.parse(items[0].data if items else None))
-                retry.reset()
-                w = watch.Watch()
-                async with w.stream(
-                    self.core.list_namespaced_config_map,
-                    namespace,
-                    field_selector=selector,
-                    resource_version=listed.metadata.resource_version,
-                    timeout_seconds=int(self.config.pool_resync_s),
-                ) as stream:
-                    async for event in stream:
-                        obj = event["object"]
-                        data = None if event["type"] == "DELETED" else obj.data
-                        self.port.set_revocations(revocations.parse(data))
-            except asyncio.CancelledError:
-                raise
-            except EXPECTED_API_ERRORS as exc:
-                log.warning("revocations watch: %s; retrying", exc)
-                await retry.wait()
-            except Exception:
-                log.exception("revocations watch failed; retrying")
-                await retry.wait()
+        listed = await self.core.list_namespaced_config_map(namespace, field_selector=selector)
+        items = listed.items or []
+        self.port.set_revocations(revocations.parse(items[0].data if items else None))
+        retry.reset()
+        w = watch.Watch()
+        async with w.stream(
+            self.core.list_namespaced_config_map,
+            namespace,
+            field_selector=selector,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=int(self.config.pool_resync_s),
+        ) as stream:
+            async for event in stream:
+                obj = event["object"]
+                data = None if event["type"] == "DELETED" else obj.data
+                self.port.set_revocations(revocations.parse(data))
 
     # ---- pods ----------------------------------------------------------------------------
 
     async def _watch_pods(self, cell: str, node: str) -> None:
+        async def follow(retry: Backoff) -> None:
+            await self._follow_pods(cell, node, retry)
+
+        await keep_watching(f"pod watch of {node}", follow)
+
+    async def _follow_pods(self, cell: str, node: str, retry: Backoff) -> None:
         selector = f"spec.nodeName={node}"
         sanitize = self.api.sanitize_for_serialization
-        retry = Backoff(base_s=WATCH_RETRY_S, cap_s=WATCH_RETRY_MAX_S, floor_s=WATCH_RETRY_S / 4)
-        while True:
-            try:
-                listed = await self.core.list_pod_for_all_namespaces(field_selector=selector)
-                seen = set()
-                for pod in listed.items:
-                    d = sanitize(pod)
-                    seen.add(d["metadata"]["uid"])
+        listed = await self.core.list_pod_for_all_namespaces(field_selector=selector)
+        seen = set()
+        for pod in listed.items:
+            d = sanitize(pod)
+            seen.add(d["metadata"]["uid"])
+            await self.pods.sync(d, cell)
+        self.pods.forget_missing(cell, seen)
+        retry.reset()
+        # Plain dicts, as the API sent them: building a V1Pod per event and turning it
+        # back into a dict cost milliseconds of a busy gateway's CPU.
+        w = watch.Watch(return_type="object")
+        async with w.stream(
+            self.core.list_pod_for_all_namespaces,
+            field_selector=selector,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=300,
+        ) as stream:
+            async for event in stream:
+                d = event["object"]
+                if event["type"] == "DELETED":
+                    self.pods.forget(d)
+                else:
                     await self.pods.sync(d, cell)
-                self.pods.forget_missing(cell, seen)
-                retry.reset()
-                # Plain dicts, as the API sent them: building a V1Pod per event and
-                # turning it back into a dict cost milliseconds of a busy gateway's CPU.
-                w = watch.Watch(return_type="object")
-                async with w.stream(
-                    self.core.list_pod_for_all_namespaces,
-                    field_selector=selector,
-                    resource_version=listed.metadata.resource_version,
-                    timeout_seconds=300,
-                ) as stream:
-                    async for event in stream:
-                        d = event["object"]
-                        if event["type"] == "DELETED":
-                            self.pods.forget(d)
-                        else:
-                            await self.pods.sync(d, cell)
-            except asyncio.CancelledError:
-                raise
-            except EXPECTED_API_ERRORS as exc:
-                log.warning("pod watch of %s: %s; relisting", node, exc)
-                await retry.wait()
-            except Exception:
-                log.exception("pod watch of %s failed; relisting", node)
-                await retry.wait()
 
     # ---- leases and status --------------------------------------------------------------
 
