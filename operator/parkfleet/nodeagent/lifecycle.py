@@ -135,6 +135,17 @@ class Pod:
         """``namespace/name``."""
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def ref(self) -> dict[str, str]:
+        """The pod as an Event's ``involvedObject``."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+        }
+
 
 CopyOutcome = Literal["", "succeeded", "failed", "cancelled"]
 

@@ -454,13 +454,7 @@ class PodDriver:
 
     def _post(self, pod: lc.Pod, effect: ev.PostEvent) -> None:
         """Posts an Event about the pod in the background (it holds up no status write)."""
-        ref = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "namespace": pod.namespace,
-            "name": pod.name,
-            "uid": pod.uid,
-        }
+        ref = pod.ref
 
         async def post() -> None:
             async with self._posts:

@@ -249,13 +249,7 @@ class Redoer:
             "replaced": REASON_REPLACED,
         }.get(outcome, REASON_REDO_FAILED)
         (log.info if outcome == "confirmed" else log.warning)("unit %s: %s", unit.pod.key, message)
-        ref = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "namespace": unit.pod.namespace,
-            "name": unit.pod.name,
-            "uid": unit.pod.uid,
-        }
+        ref = unit.pod.ref
         await self.poster.post(ref, reason, message, warning=outcome != "confirmed")
 
     async def settle(self) -> None:
