@@ -28,8 +28,8 @@ const (
 	nodeName = "parkfleet-node"
 	// Addresses come from 198.18.0.0/15 (RFC 2544, reserved for network testing), so
 	// they cannot clash with a LAN, a VPN or a cloud VPC (10/8, 172.16/12, 192.168/16).
-	podCIDR     = "198.18.0.0/24"
-	podGateway  = "198.18.0.1"
+	// Node slot N's pods get podBase.N.0/24 (N < maxSlots < 255), its gateway .1.
+	podBase     = "198.18"
 	serviceCIDR = "198.19.0.0/16"
 	// serviceAPIIP is the `kubernetes` Service (the first address of serviceCIDR).
 	serviceAPIIP = "198.19.0.1"
@@ -53,6 +53,10 @@ type nodeState struct {
 	HostLink string `json:"host_link"`
 	HostIP   string `json:"host_ip"`
 	NodeIP   string `json:"node_ip"`
+	// PodCIDR is the node's pods' range, routed from this machine through NodeIP (the
+	// API server calls webhooks and the virtual kubelets' API at pod addresses).
+	PodCIDR    string `json:"pod_cidr"`
+	PodGateway string `json:"pod_gateway"`
 	// RunDir holds containerd's socket and state and runc's state (short paths:
 	// unix sockets are limited to 108 bytes).
 	RunDir string `json:"run_dir"`
@@ -182,13 +186,15 @@ func allocateNodeNetwork(dir string) (*nodeState, error) {
 	}
 	for slot := 0; slot < maxSlots; slot++ {
 		st := &nodeState{
-			Slot:     slot,
-			Netns:    fmt.Sprintf("parkfleet-node-%d", slot),
-			HostLink: fmt.Sprintf("pf-node-%d", slot),
-			HostIP:   fmt.Sprintf("%s.%d", linkBase, 4*slot+1),
-			NodeIP:   fmt.Sprintf("%s.%d", linkBase, 4*slot+2),
-			RunDir:   fmt.Sprintf("/run/parkfleet-node-%d", slot),
-			Dir:      nodeDir,
+			Slot:       slot,
+			Netns:      fmt.Sprintf("parkfleet-node-%d", slot),
+			HostLink:   fmt.Sprintf("pf-node-%d", slot),
+			HostIP:     fmt.Sprintf("%s.%d", linkBase, 4*slot+1),
+			NodeIP:     fmt.Sprintf("%s.%d", linkBase, 4*slot+2),
+			PodCIDR:    fmt.Sprintf("%s.%d.0/24", podBase, slot),
+			PodGateway: fmt.Sprintf("%s.%d.1", podBase, slot),
+			RunDir:     fmt.Sprintf("/run/parkfleet-node-%d", slot),
+			Dir:        nodeDir,
 		}
 		for _, d := range hostDirs {
 			if !exists(d) {
@@ -222,6 +228,8 @@ func createNodeNetwork(st *nodeState) error {
 		in("link", "set", "lo", "up"),
 		in("addr", "add", st.NodeIP+"/30", "dev", "eth0"),
 		in("link", "set", "eth0", "up"),
+		// Goes with the veth when the node stops.
+		{"ip", "route", "add", st.PodCIDR, "via", st.NodeIP, "dev", st.HostLink},
 	}
 	for _, s := range steps {
 		if err := run(s...); err != nil {

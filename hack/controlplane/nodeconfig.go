@@ -168,9 +168,9 @@ const corefile = `cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
 func writeNodeConfigs(st *nodeState, pki string) error {
 	files := map[string]string{
 		"containerd.toml":                 fmt.Sprintf(containerdConfig, st.Dir, st.RunDir, pauseImage, cniBinDir),
-		"cni/net.d/10-parkfleet.conflist": fmt.Sprintf(cniConfig, st.Dir, podCIDR, podGateway, st.Netns),
+		"cni/net.d/10-parkfleet.conflist": fmt.Sprintf(cniConfig, st.Dir, st.PodCIDR, st.PodGateway, st.Netns),
 		"kubelet.yaml":                    fmt.Sprintf(kubeletConfig, st.Dir, st.RunDir, pki, dnsServiceIP),
-		"kube-proxy.yaml":                 fmt.Sprintf(kubeProxyConfig, st.Dir, nodeName, podCIDR, kubeProxyHealthz),
+		"kube-proxy.yaml":                 fmt.Sprintf(kubeProxyConfig, st.Dir, nodeName, st.PodCIDR, kubeProxyHealthz),
 		"Corefile":                        fmt.Sprintf(corefile, st.NodeIP, st.Dir, corednsReadyPort),
 	}
 	for name, text := range files {

@@ -371,7 +371,7 @@ func up(o upOptions) error {
 			"host_ip":            nd.st.HostIP,
 			"netns":              nd.st.Netns,
 			"containerd_address": nd.st.socket(),
-			"pod_cidr":           podCIDR,
+			"pod_cidr":           nd.st.PodCIDR,
 			"service_cidr":       serviceCIDR,
 			"dns_ip":             dnsServiceIP,
 			"ready_s":            time.Since(nodeStarted).Seconds(),
