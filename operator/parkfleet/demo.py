@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -21,9 +22,11 @@ import numpy as np
 import onnxruntime as ort
 
 from parkfleet import devcluster
+from parkfleet.devhelm import ChartInstall, HelmError, image_archives
 from parkfleet.devstack import DevStack, stop_recorded
+from parkfleet.models.digits import DigitsModel
 
-__all__ = ["down", "register", "run_demo"]
+__all__ = ["down", "register", "run_demo", "run_helm_demo"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_ROOT = REPO / ".cache" / "demo"
@@ -44,14 +47,15 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def _demo_inputs(stack: DevStack) -> tuple[Path, np.ndarray]:
-    """The held-out digits repeated to ``DEMO_ITEMS`` items, with their labels."""
-    assert stack.model is not None
-    x = np.load(stack.model.directory / "digits_inputs.npy")
-    y = np.load(stack.model.directory / "digits_labels.npy")
+def _demo_inputs(model: DigitsModel, area: Path) -> tuple[Path, np.ndarray]:
+    """The held-out digits repeated to ``DEMO_ITEMS`` items in a namespace's ``area`` of
+    the data volume (the job is in namespace default), with their labels."""
+    x = np.load(model.directory / "digits_inputs.npy")
+    y = np.load(model.directory / "digits_labels.npy")
     reps = -(-DEMO_ITEMS // len(x))
     xs, ys = np.tile(x, (reps, 1))[:DEMO_ITEMS], np.tile(y, reps)[:DEMO_ITEMS]
-    path = stack.area() / "digits" / "demo-inputs.npy"  # the job is in namespace default
+    path = area / "digits" / "demo-inputs.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, np.ascontiguousarray(xs))
     return path, ys
 
@@ -71,14 +75,35 @@ def down(root: Path = DEMO_ROOT) -> list[str]:
     return stopped
 
 
-def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float) -> int:
-    """Runs the demo; returns a process exit code."""
-    root = DEMO_ROOT
-    left = down(root)
+def _fresh_root() -> Path:
+    """The demo's folder, emptied after stopping what an earlier demo left running."""
+    left = down(DEMO_ROOT)
     if left:
         print(f"==> stopped what an earlier demo left running: {', '.join(left)}")
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    shutil.rmtree(DEMO_ROOT, ignore_errors=True)
+    DEMO_ROOT.mkdir(parents=True)
+    return DEMO_ROOT
+
+
+def _start_fleet(stack: DevStack, cars: int, speed: float, rate: float) -> None:
+    """The demo's cars: 5 cells of pool demo living an evening, dialling the gateway."""
+    print(
+        f"==> {cars} simulated cars in 5 cells, an evening sped up x{speed:g}, "
+        f"dialling {stack.gateway_address}"
+    )
+    stack.start_fleet(
+        cars,
+        5,
+        "demo",
+        scenario="day",
+        speed=speed,
+        extra=["--compute=modelled", f"--modelled-rate={rate}", "--start-hour=19"],
+    )
+
+
+def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float) -> int:
+    """Runs the demo; returns a process exit code."""
+    root = _fresh_root()
     kubeconfig = root / "kubeconfig"
     print("==> starting the local control plane (etcd, kube-apiserver, scheduler, controllers)")
     cluster = devcluster.start(root / "cluster", kubeconfig=kubeconfig, detach=keep)
@@ -96,7 +121,7 @@ def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float
                 "--timeout=60s",
             )
         model = stack.prepare()
-        inputs_path, labels = _demo_inputs(stack)
+        inputs_path, labels = _demo_inputs(model, stack.area())
         print(
             f"==> digits model {model.sha256[:12]}… "
             f"(accuracy on its test split {model.accuracy:.3f})"
@@ -104,23 +129,9 @@ def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float
         print("==> starting the operator and a gateway (with its node agent)")
         stack.start_operator()
         stack.start_gateway()
-        print(f"==> {cars} simulated cars in 5 cells, an evening sped up x{speed:g}")
-        stack.start_fleet(
-            cars,
-            5,
-            "demo",
-            scenario="day",
-            speed=speed,
-            extra=["--compute=modelled", f"--modelled-rate={rate}", "--start-hour=19"],
-        )
-        _kubectl(kubeconfig, "apply", "-f", str(REPO / "crds" / "samples" / "fleetpool-demo.yaml"))
-        _wait_for_pool(kubeconfig)
-        print("==> kubectl apply -f crds/samples/inferencejob-digits.yaml")
-        _kubectl(
-            kubeconfig, "apply", "-f", str(REPO / "crds" / "samples" / "inferencejob-digits.yaml")
-        )
-        status = _follow(kubeconfig, timeout)
-        ok = _report(stack, kubeconfig, status, labels, inputs_path)
+        _start_fleet(stack, cars, speed, rate)
+        status = _run_sample_job(kubeconfig, timeout)
+        ok = _report(stack.data, model, status, labels, inputs_path)
     finally:
         if keep:
             print("\n==> still running (--keep). Look around:")
@@ -128,6 +139,71 @@ def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float
             print("    kubectl get fp,ij,nodes,jobs; kubectl get pods -o wide")
             print("    kubectl describe ij digits; kubectl logs <a pod of job digits>")
             print(f"    logs of each process: {stack.logs}")
+            print("    stop it all with: make demo-down")
+        else:
+            print("\n==> stopping everything the demo started")
+            stack.stop()
+            devcluster.stop(cluster)
+    return 0 if ok else 1
+
+
+def _run_sample_job(kubeconfig: Path, timeout: float) -> dict[str, Any]:
+    """Applies the sample FleetPool, waits for its cars, runs the sample job to its end."""
+    print("==> kubectl apply -f crds/samples/fleetpool-demo.yaml")
+    _kubectl(kubeconfig, "apply", "-f", str(REPO / "crds" / "samples" / "fleetpool-demo.yaml"))
+    _wait_for_pool(kubeconfig)
+    print("==> kubectl apply -f crds/samples/inferencejob-digits.yaml")
+    _kubectl(kubeconfig, "apply", "-f", str(REPO / "crds" / "samples" / "inferencejob-digits.yaml"))
+    return _follow(kubeconfig, timeout)
+
+
+def run_helm_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float) -> int:
+    """The same job on parkfleet installed by its chart (``make demo-helm``): the local
+    cluster with its real node runs the chart's pods from the images ``make images``
+    built; the simulated cars dial the gateway's NodePort. Root only (the real node)."""
+    if os.geteuid() != 0:
+        print("!! make demo-helm needs root: the real node makes network namespaces and mounts")
+        return 2
+    try:
+        archives = image_archives()
+    except HelmError as e:
+        print(f"!! {e}")
+        return 2
+    root = _fresh_root()
+    kubeconfig = root / "kubeconfig"
+    print("==> starting the local control plane and its real node (containerd, kubelet)")
+    cluster = devcluster.start(root / "cluster", kubeconfig=kubeconfig, detach=keep, node=True)
+    assert cluster.node is not None
+    print(
+        f"    ready in {cluster.ready_seconds:.1f}s at {cluster.server}; "
+        f"node {cluster.node.name} at {cluster.node.ip}"
+    )
+    chart = ChartInstall(cluster, root, detach=keep)
+    stack = chart.stack
+    ok = False
+    try:
+        print(f"==> importing {', '.join(a.name for a in archives)} into the node's containerd")
+        model = chart.prepare(archives)
+        inputs_path, labels = _demo_inputs(model, chart.area())
+        chart.chown_volume()
+        print(
+            f"==> helm install {chart.release} helm/parkfleet -n {chart.namespace} "
+            f"(restricted Pod Security; cars' Service: NodePort {chart.node_port})"
+        )
+        seconds = chart.install()
+        print(f"    every pod Ready in {seconds:.1f}s:")
+        pods = _kubectl(kubeconfig, "get", "pods", "-n", chart.namespace, "-o", "wide")
+        for line in pods.rstrip().splitlines():
+            print(f"    {line}")
+        _start_fleet(stack, cars, speed, rate)
+        status = _run_sample_job(kubeconfig, timeout)
+        ok = _report(chart.volume / "data", model, status, labels, inputs_path)
+    finally:
+        if keep:
+            print("\n==> still running (--keep). Look around:")
+            print(f"    export KUBECONFIG={kubeconfig}")
+            print(f"    kubectl -n {chart.namespace} get pods -o wide; kubectl get fp,ij,nodes")
+            print(f"    kubectl -n {chart.namespace} logs statefulset/{chart.fullname}-gateway")
             print("    stop it all with: make demo-down")
         else:
             print("\n==> stopping everything the demo started")
@@ -183,13 +259,13 @@ def _follow(kubeconfig: Path, timeout: float) -> dict[str, Any]:
 
 
 def _report(
-    stack: DevStack, kubeconfig: Path, st: dict[str, Any], labels: np.ndarray, inputs: Path
+    data: Path, model: DigitsModel, st: dict[str, Any], labels: np.ndarray, inputs: Path
 ) -> bool:
     conds = {c["type"]: c for c in st.get("conditions", [])}
     if conds.get("Failed", {}).get("status") == "True":
         print(f"!! the job failed: {conds['Failed']['reason']}: {conds['Failed']['message']}")
         return False
-    out = stack.data / st.get("resultLocation", "results/digits")
+    out = data / st.get("resultLocation", "results/digits")
     files = sorted(out.glob("unit-*.npz"))
     firsts, predicted = [], []
     for f in files:
@@ -200,8 +276,7 @@ def _report(
     items = np.concatenate([np.arange(firsts[i], firsts[i] + len(predicted[i])) for i in order])
     labels_pred = np.concatenate([predicted[i] for i in order])
     exactly_once = np.array_equal(items, np.arange(len(labels)))
-    assert stack.model is not None
-    session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model.model_path), providers=["CPUExecutionProvider"])
     local = session.run(["label"], {"input": np.load(inputs)})[0]
     same = int(np.sum(local == labels_pred)) if exactly_once else 0
     accuracy = float(np.mean(labels_pred == labels)) if exactly_once else 0.0
@@ -236,7 +311,8 @@ def _cmd(args: argparse.Namespace) -> int:
         stopped = down()
         print(f"demo stopped: {', '.join(stopped)}" if stopped else "no demo was running")
         return 0
-    return run_demo(
+    run = run_helm_demo if args.helm else run_demo
+    return run(
         keep=args.keep, cars=args.cars, speed=args.speed, rate=args.rate, timeout=args.timeout
     )
 
@@ -246,6 +322,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="run the main job end to end on this machine")
     p.add_argument("--keep", action="store_true", help="leave everything running afterwards")
     p.add_argument("--down", action="store_true", help="stop a demo left running with --keep")
+    p.add_argument(
+        "--helm",
+        action="store_true",
+        help="on parkfleet installed by its chart on the local cluster's real node (root)",
+    )
     p.add_argument("--cars", type=int, default=200)
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
     p.add_argument("--rate", type=float, default=25.0, help="modelled items/s per car")

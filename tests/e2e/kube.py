@@ -31,6 +31,7 @@ __all__ = [
     "pod_phase",
     "scrape",
     "token_kubeconfig",
+    "unit_results",
     "until",
 ]
 
@@ -138,6 +139,20 @@ spec:
     - {{name: PARKFLEET_OUTPUT, value: {output}}}
 {limits}
 """
+
+
+def unit_results(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Item numbers and labels over every unit file of a job's output, in item order."""
+    items, labels = [], []
+    for f in sorted(directory.glob("unit-*.npz")):
+        with np.load(f) as z:
+            first = int(z["first_item"][0])
+            items.append(np.arange(first, first + len(z["label"])))
+            labels.append(z["label"])
+    if not items:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort([i[0] for i in items])
+    return np.concatenate([items[i] for i in order]), np.concatenate([labels[i] for i in order])
 
 
 def local_labels(stack: DevStack, start: int, end: int) -> np.ndarray:

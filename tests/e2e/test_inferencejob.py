@@ -16,7 +16,7 @@ import pytest
 from parkfleet.devstack import DevStack, Proc
 
 from .conftest import REPO, Kubectl
-from .kube import get_json, until
+from .kube import get_json, unit_results, until
 
 pytestmark = pytest.mark.e2e
 
@@ -70,14 +70,7 @@ def wait_done(k: Kubectl, name: str, within: float = 180) -> dict[str, Any]:
 
 def results(stack: DevStack, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Item numbers and labels over every unit file, in item order."""
-    items, labels = [], []
-    for f in sorted((stack.area() / "results" / name).glob("unit-*.npz")):
-        with np.load(f) as z:
-            first = int(z["first_item"][0])
-            items.append(np.arange(first, first + len(z["label"])))
-            labels.append(z["label"])
-    order = np.argsort([i[0] for i in items])
-    return np.concatenate([items[i] for i in order]), np.concatenate([labels[i] for i in order])
+    return unit_results(stack.area() / "results" / name)
 
 
 def check_exactly_once_and_correct(stack: DevStack, name: str) -> None:
