@@ -164,6 +164,36 @@ def test_pods_meet_restricted_pod_security(helm: Helm) -> None:
             assert "/tmp" in mounts, f"{name}: a read-only root needs a writable /tmp"
 
 
+def test_probes_ask_whether_alive_and_whether_ready_apart(helm: Helm) -> None:
+    for name, spec in pod_specs(helm.template()).items():
+        (c,) = spec["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert f"--health-port={ports['health']}" in c["args"], name
+        for probe, path in (
+            ("startup", "/livez"),
+            ("liveness", "/livez"),
+            ("readiness", "/readyz"),
+        ):
+            assert c[f"{probe}Probe"]["httpGet"] == {"path": path, "port": "health"}, name
+        requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+        assert {"ephemeral-storage", "memory"} <= set(requests) & set(limits), name
+    # The health port is in no Service: probes come from the node's kubelet.
+    for svc in kinds(helm.template(), "Service"):
+        assert "health" not in [p.get("targetPort") for p in svc["spec"]["ports"]]
+
+
+def test_a_drain_takes_the_gateway_shards_one_at_a_time(helm: Helm) -> None:
+    objects = helm.template(f"--set=gateway.shards={SHARDS}")
+    (pdb,) = kinds(objects, "PodDisruptionBudget")
+    (sts,) = kinds(objects, "StatefulSet")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert not kinds(
+        helm.template("--set=gateway.podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
+    )
+
+
 def test_operator_is_recreate_with_peering_and_a_lower_priority_standby(helm: Helm) -> None:
     objects = helm.template()
     deployments = {d["metadata"]["name"]: d for d in kinds(objects, "Deployment")}
