@@ -17,6 +17,8 @@ CP_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitTreeState=clean
 HELM      := $(BIN)/helm
 HELM_SRC  := hack/helm/go.mod hack/helm/go.sum hack/helm/build.sh
+KUBE_SCORE := $(BIN)/kube-score
+KUBE_SCORE_SRC := hack/kube-score/go.mod hack/kube-score/go.sum
 # The real node of `make cluster-up NODE=1`: the pods' sandbox program and CoreDNS.
 PAUSE     := $(BIN)/pf-pause
 COREDNS   := $(BIN)/pf-coredns
@@ -47,6 +49,14 @@ $(HELM): $(HELM_SRC)
 	@echo "building Helm from its Go module (pinned in hack/helm/go.mod)"
 	time hack/helm/build.sh $(HELM)
 
+# -X main.version: what goreleaser stamps in kube-score's releases (`kube-score version`).
+$(KUBE_SCORE): $(KUBE_SCORE_SRC)
+	@mkdir -p $(BIN)
+	@echo "building kube-score from its Go module (pinned in hack/kube-score/go.mod)"
+	cd hack/kube-score && time CGO_ENABLED=0 go build -trimpath \
+		-ldflags="-s -w -X main.version=$$(go list -m -f '{{.Version}}' github.com/zegl/kube-score)" \
+		-o ../../$(KUBE_SCORE) github.com/zegl/kube-score/cmd/kube-score
+
 $(PAUSE): hack/controlplane/pause/main.go
 	@mkdir -p $(BIN)
 	cd hack/controlplane && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o ../../$(PAUSE) ./pause
@@ -65,6 +75,9 @@ node: $(CP) $(PAUSE) $(COREDNS) node-packages ## what `make cluster-up NODE=1` n
 
 .PHONY: helm
 helm: $(HELM) ## build Helm from its Go module into .cache/bin (nothing to do when up to date)
+
+.PHONY: kube-score
+kube-score: $(KUBE_SCORE) ## build kube-score (the chart's linter) from its Go module into .cache/bin
 
 .PHONY: controlplane
 controlplane: $(CP) ## build the local control plane into .cache/bin (nothing to do when up to date)
@@ -142,7 +155,7 @@ lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, p
 	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test
-test: $(VENV)/.installed $(CP) $(HELM) prometheus ## install what is needed, build the control plane if missing, lint, run every test
+test: $(VENV)/.installed $(CP) $(HELM) $(KUBE_SCORE) prometheus ## install what is needed, build the control plane if missing, lint, run every test
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e -m "not node" $(PYTEST_ARGS)
 

@@ -233,12 +233,12 @@ class DevStack:
         self.procs[name] = proc
         return proc
 
-    def start_operator(self, metrics_port: int | None = None) -> Proc:
+    def start_operator(self, metrics_port: int | None = None, extra: Sequence[str] = ()) -> Proc:
         """``parkfleet operator`` with its admission webhook (on the same port across
-        restarts), serving ``/metrics`` on ``metrics_port`` when given; waits until the
-        webhook is configured."""
+        restarts), serving ``/metrics`` on ``metrics_port`` when given, with ``extra``
+        arguments; waits until the webhook is configured."""
         self.admission_port = self.admission_port or free_port()
-        extra = [f"--metrics-port={metrics_port}"] if metrics_port is not None else []
+        extra = [*extra, *([f"--metrics-port={metrics_port}"] if metrics_port is not None else [])]
         proc = self._spawn(
             "operator",
             [

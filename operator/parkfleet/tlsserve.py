@@ -75,9 +75,10 @@ def server_context(host: str, purpose: str = "parkfleet") -> ssl.SSLContext:
 
 
 async def serve(
-    app: web.Application, host: str, port: int, ctx: ssl.SSLContext
+    app: web.Application, host: str, port: int, ctx: ssl.SSLContext | None
 ) -> tuple[web.AppRunner, int]:
-    """Serves ``app`` over TLS on ``host:port`` (0: a free port).
+    """Serves ``app`` over TLS on ``host:port`` (0: a free port); plain HTTP when ``ctx``
+    is None (the kubelet's probes, ``parkfleet.healthserver``).
 
     Returns:
         The runner (``await runner.cleanup()`` stops it) and the port it listens on.

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 HELM = REPO / ".cache" / "bin" / "helm"
+KUBE_SCORE = REPO / ".cache" / "bin" / "kube-score"
 CHART = REPO / "helm" / "parkfleet"
 RULES = CHART / "rules" / "parkfleet-rules.yaml"
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
@@ -42,6 +43,21 @@ CHART_CRDS = (
     "clusterkopfpeerings.kopf.dev",
 )
 SHARDS = 2
+# kube-score checks deprecations against the local control plane's Kubernetes minor.
+K8S_MINOR = re.search(
+    r"^\tk8s\.io/kubernetes (v\d+\.\d+)\.", (REPO / "hack/controlplane/go.mod").read_text(), re.M
+)
+# What kube-score calls critical and the chart chose otherwise: each skipped by its flag,
+# each documented with why in docs/chart-lint.md (and values.yaml). The findings it skips.
+KUBE_SCORE_EXCEPTIONS = {
+    # No CPU limits (operator.resources, gateway.resources): throttling stalls event loops.
+    "--ignore-container-cpu-limit": ("container-resources", "CPU limit is not set"),
+    # image.pullPolicy IfNotPresent: a pinned tag, and nodes without a registry.
+    "--ignore-test=container-image-pull-policy": (
+        "container-image-pull-policy",
+        "ImagePullPolicy is not set to Always",
+    ),
+}
 
 
 class Helm:
@@ -162,6 +178,103 @@ def test_pods_meet_restricted_pod_security(helm: Helm) -> None:
             assert {"requests", "limits"} <= set(c["resources"]), name
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
             assert "/tmp" in mounts, f"{name}: a read-only root needs a writable /tmp"
+
+
+def test_probes_ask_whether_alive_and_whether_ready_apart(helm: Helm) -> None:
+    for name, spec in pod_specs(helm.template()).items():
+        (c,) = spec["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert f"--health-port={ports['health']}" in c["args"], name
+        for probe, path in (
+            ("startup", "/livez"),
+            ("liveness", "/livez"),
+            ("readiness", "/readyz"),
+        ):
+            assert c[f"{probe}Probe"]["httpGet"] == {"path": path, "port": "health"}, name
+        requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+        assert {"ephemeral-storage", "memory"} <= set(requests) & set(limits), name
+    # The health port is in no Service: probes come from the node's kubelet.
+    for svc in kinds(helm.template(), "Service"):
+        assert "health" not in [p.get("targetPort") for p in svc["spec"]["ports"]]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One critical finding of kube-score."""
+
+    workload: str  # kind/group/version/namespace/name
+    check: str
+    container: str
+    summary: str
+
+    def __str__(self) -> str:
+        return f"{self.workload} ({self.container}): {self.check}: {self.summary}"
+
+
+def kube_score(rendered: str, *flags: str) -> tuple[int, list[Finding]]:
+    """Runs kube-score on rendered objects: its exit status and its critical findings."""
+    if not KUBE_SCORE.exists():
+        pytest.fail(
+            f"kube-score is not built: run `make kube-score` (make test does); {KUBE_SCORE}"
+        )
+    assert K8S_MINOR is not None
+    proc = subprocess.run(
+        [str(KUBE_SCORE), "score", f"--kubernetes-version={K8S_MINOR[1]}", *flags, "-o=json", "-"],
+        input=rendered,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a critical finding
+    critical = [
+        Finding(o["object_name"], c["check"]["id"], note["path"], note["summary"])
+        for o in json.loads(proc.stdout)
+        for c in o["checks"]
+        if c["grade"] == 1 and not c["skipped"]  # 1: kube-score's GradeCritical
+        for note in c["comments"]
+    ]
+    return proc.returncode, critical
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [f"--set=gateway.shards={SHARDS + 1}"],
+        ["--set=operator.standby.enabled=false"],
+        ["--set=operator.peering.enabled=false", "--set=operator.admission.enabled=false"],
+        ["--set=gateway.storage.existingClaim=parkfleet-data"],
+    ],
+    ids=["defaults", "shards", "no-standby", "standalone", "claim"],
+)
+def test_kube_score_finds_nothing_critical_but_the_documented_choices(
+    helm: Helm, values: list[str]
+) -> None:
+    rendered = helm("template", "t", str(CHART), "--namespace=pf", *values).stdout
+    status, critical = kube_score(rendered, *KUBE_SCORE_EXCEPTIONS)
+    assert not critical, "\n".join(map(str, critical))
+    assert status == 0
+    # Without the flags: exactly the documented findings, on every workload (a choice
+    # that changed leaves its exception stale, and this says so).
+    _, without = kube_score(rendered)
+    found = {(f.check, f.summary) for f in without}
+    assert found == set(KUBE_SCORE_EXCEPTIONS.values()), "\n".join(map(str, without))
+    workloads = pod_specs([d for d in yaml.safe_load_all(rendered) if d])
+    assert {f.workload.rpartition("/")[2] for f in without} == set(workloads)
+    docs = (REPO / "docs" / "chart-lint.md").read_text()
+    assert all(flag in docs for flag in KUBE_SCORE_EXCEPTIONS), "docs/chart-lint.md says why"
+
+
+def test_a_drain_takes_the_gateway_shards_one_at_a_time(helm: Helm) -> None:
+    objects = helm.template(f"--set=gateway.shards={SHARDS}")
+    (pdb,) = kinds(objects, "PodDisruptionBudget")
+    (sts,) = kinds(objects, "StatefulSet")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert not kinds(
+        helm.template("--set=gateway.podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
+    )
 
 
 def test_operator_is_recreate_with_peering_and_a_lower_priority_standby(helm: Helm) -> None:

@@ -13,10 +13,13 @@ import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
+from parkfleet import healthserver
 from parkfleet.controller import admission as _admission
 from parkfleet.controller import fleetpool, inferencejob
 from parkfleet.controller.admission import AdmissionConfig, webhook_server
+from parkfleet.controller.readiness import OperatorReadiness
 from parkfleet.controller.state import OperatorState
+from parkfleet.healthserver import HealthServer
 from parkfleet.kubeauth import NonResourceGuard
 from parkfleet.metricsserver import METRICS_AUTH_CHOICES, METRICS_AUTH_HELP, MetricsServer
 from parkfleet.stopping import STOP_GRACE_S, run_until_signalled
@@ -77,6 +80,8 @@ async def run(
     admission: AdmissionConfig | None = None,
     stop_grace_s: float = STOP_GRACE_S,
     metrics_auth: bool = False,
+    health_port: int | None = None,
+    health_addr: str = "127.0.0.1",
 ) -> None:
     """Runs the operator until ``stop`` is set, or SIGTERM or SIGINT (or forever).
 
@@ -93,8 +98,17 @@ async def run(
             left of it is cancelled (see ``parkfleet.stopping``).
         metrics_auth: Serve ``/metrics`` over HTTPS, only to bearer tokens allowed ``get``
             on it (``parkfleet.metricsserver``); else plain HTTP to anyone.
+        health_port: Serve the kubelet's probes on this port: ``/livez`` (the event loop
+            answers) and ``/readyz`` (``parkfleet.controller.readiness``).
+        health_addr: The address the probes' server listens on.
     """
     state = OperatorState()
+    stop_flag = stop or asyncio.Event()
+    readiness = OperatorReadiness(state, stop_flag, admission)
+    health: HealthServer | None = None
+    if health_port is not None:
+        health = HealthServer(readiness.reasons, health_addr, health_port)
+        await health.start()
     registry = kopf.OperatorRegistry()
     register_handlers(registry, state, admission)
     settings = operator_settings(admission)
@@ -105,7 +119,6 @@ async def run(
         await secure.start()
     elif metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_addr, registry=state.metrics.registry)
-    stop_flag = stop or asyncio.Event()
     existing = asyncio.all_tasks()
     try:
         tasks = await kopf.spawn_tasks(
@@ -118,6 +131,7 @@ async def run(
             peering_name=peering,
             priority=priority,
             stop_flag=stop_flag,
+            ready_flag=readiness.started,
         )
         # Kopf has just put its own signal handlers in place; these stop it the same way
         # (by its stop flag) and bound how long that may take.
@@ -136,6 +150,8 @@ async def run(
     finally:
         if secure is not None:
             await secure.stop()
+        if health is not None:
+            await health.stop()
         await state.close()
 
 
@@ -160,6 +176,8 @@ def _cmd(args: argparse.Namespace) -> int:
             priority=args.priority,
             admission=admission,
             metrics_auth=args.metrics_auth == "kubernetes",
+            health_port=args.health_port,
+            health_addr=args.health_addr,
         )
     )
     return 0
@@ -182,6 +200,9 @@ def register(subparsers: Any) -> None:
         choices=METRICS_AUTH_CHOICES,
         default="none",
         help=METRICS_AUTH_HELP,
+    )
+    healthserver.add_arguments(
+        p, "Kopf started, the webhook listening, the API server answering, not stopping"
     )
     a = p.add_argument_group(
         "admission webhook (refuses an InferenceJob whose pool is missing or does not allow"

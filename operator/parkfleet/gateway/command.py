@@ -12,11 +12,13 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from parkfleet import healthserver
 from parkfleet.contract import DEFAULT_CAR_WAIT_S
 from parkfleet.gateway.api import Gateway, GatewayConfig
 from parkfleet.gateway.modelfetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchConfig
 from parkfleet.gateway.reputation import ReputationRule
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
+from parkfleet.healthserver import HealthServer
 from parkfleet.kubeauth import NonResourceGuard
 from parkfleet.kubeclient import connect
 from parkfleet.kubemetrics import instrument
@@ -56,6 +58,33 @@ class SecureMetricsOptions:
     port: int
 
 
+@dataclass
+class GatewayReadiness:
+    """When a gateway shard is ready for cars (its ``/readyz``): its car link listens, its
+    node agent (when it runs one) has registered the shard's cells, and it is not stopping.
+
+    The API server is not asked: connected cars keep working through an outage, and a
+    shard that waits for the API server still takes cars and redirects those of other
+    shards.
+    """
+
+    node_agent: bool
+    listening: bool = False
+    registered: bool = False
+    stopping: bool = False
+
+    async def reasons(self) -> list[str]:
+        """What is not ready yet; empty: ready."""
+        out = []
+        if self.stopping:
+            out.append("stopping (new cars go to the other shards)")
+        if not self.listening:
+            out.append("the car link is not listening yet")
+        if self.node_agent and not self.registered:
+            out.append("the node agent has not registered this shard's cells yet")
+        return out
+
+
 async def run(
     config: GatewayConfig,
     streams_grace_s: float = 5.0,
@@ -64,19 +93,30 @@ async def run(
     task_manager: type[TaskManager] = TaskManager,
     stop_grace_s: float = STOP_GRACE_S,
     secure_metrics: SecureMetricsOptions | None = None,
+    health_port: int | None = None,
+    health_addr: str = "127.0.0.1",
 ) -> None:
     """Runs a gateway (and its node agent, when asked) until SIGTERM/SIGINT.
 
-    Prints ``listening on HOST:PORT`` once serving (scripts read the port from it), and
-    ``metrics on URL`` when ``secure_metrics`` serves them.
+    Prints ``listening on HOST:PORT`` once serving (scripts read the port from it),
+    ``metrics on URL`` when ``secure_metrics`` serves them, and ``probes on URL`` when
+    ``health_port`` is given (``/livez`` and ``/readyz``, see ``parkfleet.healthserver``).
     Open car streams get ``streams_grace_s`` to end; the whole stop ``stop_grace_s`` (see
     ``parkfleet.stopping``), even when the API server is gone.
     """
+    readiness = GatewayReadiness(node_agent=node_agent is not None)
+    health: HealthServer | None = None
+    if health_port is not None:
+        # First, so that the kubelet's startup probe sees the loop while the rest starts.
+        health = HealthServer(readiness.reasons, health_addr, health_port)
+        await health.start()
+        print(f"probes on {health.url}", flush=True)
     gateway = Gateway(config, task_manager=task_manager)
     for name, path in (models or {}).items():
         ref = gateway.models.add_file(path, name=name)
         log.info("model %s = %s", name, ref.sha256)
     await gateway.start()
+    readiness.listening = True
     print(f"listening on {gateway.address}", flush=True)
     agent: NodeAgent | None = None
     kubelet: KubeletServer | None = None
@@ -116,11 +156,13 @@ async def run(
         )
         kubelet.node_of = agent.node_of_pod
         await agent.start()
+        readiness.registered = True
         print(f"node agent: shard {node_agent.shard}, kubelet API port {kubelet.port}", flush=True)
     stop = asyncio.Event()
 
     async def serve_then_stop() -> None:
         await stop.wait()
+        readiness.stopping = True
         if agent is not None:
             await agent.stop()
         if kubelet is not None:
@@ -130,6 +172,8 @@ async def run(
         await gateway.stop(streams_grace_s)
         if api is not None:
             await api.close()
+        if health is not None:
+            await health.stop()
 
     await run_until_signalled(serve_then_stop(), stop, name="the gateway", grace_s=stop_grace_s)
 
@@ -205,6 +249,8 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
             node_agent=agent,
             task_manager=task_manager,
             secure_metrics=secure,
+            health_port=args.health_port,
+            health_addr=args.health_addr,
         )
     )
     return 0
@@ -224,6 +270,7 @@ def register(subparsers: Any) -> None:
         default="none",
         help=METRICS_AUTH_HELP,
     )
+    healthserver.add_arguments(p, "listening, the shard's cells registered, not stopping")
     p.add_argument("--telemetry-interval-s", type=float, default=10.0)
     p.add_argument("--telemetry-timeout-s", type=float, default=30.0)
     p.add_argument(
