@@ -360,8 +360,7 @@ func startNode(ctx context.Context, n *node, o upOptions, ca *authority, pki str
 		return err
 	}
 	n.others = append(n.others, proxy)
-	proxyHealthz := fmt.Sprintf("http://%s:%d/healthz", st.NodeIP, kubeProxyHealthz)
-	if err := waitFor(ctx, watch(), sigs, func() bool { return get(plainClient, proxyHealthz) == http.StatusOK }); err != nil {
+	if err := waitFor(ctx, watch(), sigs, st.kubeProxyReady); err != nil {
 		return fmt.Errorf("kube-proxy not healthy: %w (see %s)", err, filepath.Join(n.logs, "kube-proxy.log"))
 	}
 
@@ -373,14 +372,23 @@ func startNode(ctx context.Context, n *node, o upOptions, ca *authority, pki str
 		return err
 	}
 	n.others = append(n.others, dns)
-	ready := fmt.Sprintf("http://%s:%d/ready", st.NodeIP, corednsReadyPort)
-	if err := waitFor(ctx, watch(), sigs, func() bool { return get(plainClient, ready) == http.StatusOK }); err != nil {
+	if err := waitFor(ctx, watch(), sigs, st.corednsReady); err != nil {
 		return fmt.Errorf("CoreDNS not ready: %w (see %s)", err, filepath.Join(n.logs, "coredns.log"))
 	}
 	return nil
 }
 
 var plainClient = &http.Client{Timeout: 2 * time.Second}
+
+// kubeProxyReady says whether kube-proxy's healthz answers on the node IP.
+func (st *nodeState) kubeProxyReady() bool {
+	return get(plainClient, fmt.Sprintf("http://%s:%d/healthz", st.NodeIP, kubeProxyHealthz)) == http.StatusOK
+}
+
+// corednsReady says whether CoreDNS's ready endpoint answers on the node IP.
+func (st *nodeState) corednsReady() bool {
+	return get(plainClient, fmt.Sprintf("http://%s:%d/ready", st.NodeIP, corednsReadyPort)) == http.StatusOK
+}
 
 func mustSelf() string {
 	self, err := os.Executable()
