@@ -241,8 +241,13 @@ func (s *supervisor) readiness(name string, since time.Time) func() bool {
 	case "kube-apiserver":
 		return func() bool { return get(s.admin, s.server+"/readyz") == http.StatusOK }
 	case "kubelet":
-		// The Node stays Ready through a short outage: the new kubelet's Lease says it is back.
-		return func() bool { return leaseRenewedSince(s.admin, s.server, since) && nodeReady(s.admin, s.server) }
+		// The Node stays Ready through a short outage: the new kubelet's Lease says it
+		// is back, and it serves (through the API server, as logs and exec go) every pod
+		// bound to the node.
+		return func() bool {
+			return leaseRenewedSince(s.admin, s.server, since) && nodeReady(s.admin, s.server) &&
+				kubeletHasPods(s.admin, s.server)
+		}
 	case "kube-proxy":
 		return s.node.st.kubeProxyReady
 	case "coredns":
@@ -273,6 +278,47 @@ func leaseRenewedSince(admin *http.Client, server string, t time.Time) bool {
 	}
 	// renewTime has microseconds; t's sub-microsecond part must not hide a renewal.
 	return !l.Spec.RenewTime.Before(t.Truncate(time.Microsecond))
+}
+
+// kubeletHasPods says whether the kubelet's own list of pods (its /pods, through the
+// API server's node proxy) holds every pod the API server has bound to the node.
+func kubeletHasPods(admin *http.Client, server string) bool {
+	uids := func(path string) (map[string]bool, bool) {
+		resp, err := admin.Get(server + path)
+		if err != nil {
+			return nil, false
+		}
+		defer resp.Body.Close()
+		var list struct {
+			Items []struct {
+				Metadata struct {
+					UID string `json:"uid"`
+				} `json:"metadata"`
+			} `json:"items"`
+		}
+		if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&list) != nil {
+			return nil, false
+		}
+		set := map[string]bool{}
+		for _, p := range list.Items {
+			set[p.Metadata.UID] = true
+		}
+		return set, true
+	}
+	bound, ok := uids("/api/v1/pods?fieldSelector=spec.nodeName%3D" + nodeName)
+	if !ok {
+		return false
+	}
+	served, ok := uids("/api/v1/nodes/" + nodeName + "/proxy/pods")
+	if !ok {
+		return false
+	}
+	for uid := range bound {
+		if !served[uid] {
+			return false
+		}
+	}
+	return true
 }
 
 // writeStatus writes DIR/components.json.
