@@ -452,8 +452,10 @@ func cleanNode(dir string, st *nodeState) error {
 	}
 	// The host end goes with the namespace's end; a link left (namespace
 	// creation failed half way) is removed here.
+	// The kernel removes it once the namespace's last process is gone, which may be
+	// just now: a link gone meanwhile is no error.
 	if exists("/sys/class/net/" + st.HostLink) {
-		if err := run("ip", "link", "delete", st.HostLink); err != nil {
+		if err := run("ip", "link", "delete", st.HostLink); err != nil && exists("/sys/class/net/"+st.HostLink) {
 			errs = append(errs, err)
 		}
 	}
