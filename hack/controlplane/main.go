@@ -10,6 +10,8 @@
 //	pf-controlplane kube-scheduler ...       the real kube-scheduler
 //	pf-controlplane kubelet ...              the real kubelet (the node of `up --node`)
 //	pf-controlplane kube-proxy ...           the real kube-proxy (the node's Services)
+//	pf-controlplane restart --dir DIR NAME   restart one component of DIR's running
+//	                                         `up` (kube-apiserver, etcd, ...), which stays up
 //	pf-controlplane node-clean --dir DIR     remove what a killed `up --node` left
 //	pf-controlplane image ...                a one-layer OCI image archive of local files
 //	pf-controlplane import-image --dir DIR A import image archives into DIR's node
@@ -37,13 +39,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: pf-controlplane up|version|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|node-clean|image|import-image [flags]")
+		fmt.Fprintln(os.Stderr, "usage: pf-controlplane up|restart|version|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|node-clean|image|import-image [flags]")
 		os.Exit(2)
 	}
 	part, args := os.Args[1], os.Args[2:]
 	switch part {
 	case "up":
 		os.Exit(runUp(args))
+	case "restart":
+		os.Exit(runRestart(args))
 	case "node-clean":
 		os.Exit(runNodeClean(args))
 	case "image":

@@ -368,8 +368,7 @@ func startNode(ctx context.Context, n *node, o upOptions, ca *authority, pki str
 		return err
 	}
 	n.others = append(n.others, proxy)
-	proxyHealthz := fmt.Sprintf("http://%s:%d/healthz", st.NodeIP, kubeProxyHealthz)
-	if err := waitFor(ctx, watch(), sigs, func() bool { return get(plainClient, proxyHealthz) == http.StatusOK }); err != nil {
+	if err := waitFor(ctx, watch(), sigs, st.kubeProxyReady); err != nil {
 		return fmt.Errorf("kube-proxy not healthy: %w (see %s)", err, filepath.Join(n.logs, "kube-proxy.log"))
 	}
 
@@ -381,14 +380,23 @@ func startNode(ctx context.Context, n *node, o upOptions, ca *authority, pki str
 		return err
 	}
 	n.others = append(n.others, dns)
-	ready := fmt.Sprintf("http://%s:%d/ready", st.NodeIP, corednsReadyPort)
-	if err := waitFor(ctx, watch(), sigs, func() bool { return get(plainClient, ready) == http.StatusOK }); err != nil {
+	if err := waitFor(ctx, watch(), sigs, st.corednsReady); err != nil {
 		return fmt.Errorf("CoreDNS not ready: %w (see %s)", err, filepath.Join(n.logs, "coredns.log"))
 	}
 	return nil
 }
 
 var plainClient = &http.Client{Timeout: 2 * time.Second}
+
+// kubeProxyReady says whether kube-proxy's healthz answers on the node IP.
+func (st *nodeState) kubeProxyReady() bool {
+	return get(plainClient, fmt.Sprintf("http://%s:%d/healthz", st.NodeIP, kubeProxyHealthz)) == http.StatusOK
+}
+
+// corednsReady says whether CoreDNS's ready endpoint answers on the node IP.
+func (st *nodeState) corednsReady() bool {
+	return get(plainClient, fmt.Sprintf("http://%s:%d/ready", st.NodeIP, corednsReadyPort)) == http.StatusOK
+}
 
 func mustSelf() string {
 	self, err := os.Executable()
@@ -452,8 +460,10 @@ func cleanNode(dir string, st *nodeState) error {
 	}
 	// The host end goes with the namespace's end; a link left (namespace
 	// creation failed half way) is removed here.
+	// The kernel removes it once the namespace's last process is gone, which may be
+	// just now: a link gone meanwhile is no error.
 	if exists("/sys/class/net/" + st.HostLink) {
-		if err := run("ip", "link", "delete", st.HostLink); err != nil {
+		if err := run("ip", "link", "delete", st.HostLink); err != nil && exists("/sys/class/net/"+st.HostLink) {
 			errs = append(errs, err)
 		}
 	}

@@ -56,16 +56,24 @@ type upOptions struct {
 	pauseBinary              string
 }
 
-// child is one component process.
+// child is one component process. A restart on request replaces its process in
+// place (same name, argv and log), so every list that holds the child watches the new one.
 type child struct {
 	name string
+	argv []string
+	logs string
 	cmd  *exec.Cmd
 	// exited is closed once the process has been reaped; err is its Wait result.
 	exited chan struct{}
 	err    error
+	// started is when the current process started.
+	started time.Time
 }
 
-// stop sends SIGTERM and waits; a child that ignores it for 10s is killed.
+// stopGrace is how long a child may take to stop on SIGTERM before it is killed.
+const stopGrace = 10 * time.Second
+
+// stop sends SIGTERM and waits; a child that ignores it for stopGrace is killed.
 // It does nothing to a child that has already exited.
 func (c *child) stop() {
 	select {
@@ -76,10 +84,41 @@ func (c *child) stop() {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
-	case <-time.After(10 * time.Second):
+	case <-time.After(stopGrace):
 		_ = c.cmd.Process.Kill()
 		<-c.exited
 	}
+}
+
+// start starts the child's process, its output going to logs/NAME.log (flag:
+// os.O_TRUNC for a first start, os.O_APPEND for a restart, after a marker line).
+func (c *child) start(flag int) error {
+	f, err := os.OpenFile(filepath.Join(c.logs, c.name+".log"), os.O_CREATE|os.O_WRONLY|flag, 0o644)
+	if err != nil {
+		return err
+	}
+	if flag == os.O_APPEND {
+		fmt.Fprintf(f, "--- pf-controlplane: restarted on request at %s ---\n", time.Now().Format(time.RFC3339Nano))
+	}
+	cmd := exec.Command(c.argv[0], c.argv[1:]...)
+	cmd.Stdout = f
+	cmd.Stderr = f
+	// If the supervisor dies without cleaning up, the kernel kills the child.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start %s: %w", c.name, err)
+	}
+	// The goroutine owns its own channel: a later restart gives the child a new one.
+	exited := make(chan struct{})
+	c.cmd, c.exited, c.err, c.started = cmd, exited, nil, time.Now()
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		c.err = err
+		close(exited)
+	}()
+	return nil
 }
 
 func runUp(args []string) int {
@@ -159,6 +198,8 @@ func up(o upOptions) error {
 	_ = os.RemoveAll(filepath.Join(dir, "etcd"))
 	_ = os.Remove(o.kubeconfig)
 	_ = os.Remove(filepath.Join(dir, "ready.json"))
+	_ = os.Remove(filepath.Join(dir, "components.json"))
+	_ = os.RemoveAll(restartDir(dir))
 
 	started := time.Now()
 
@@ -271,6 +312,9 @@ func up(o upOptions) error {
 		"--default-not-ready-toleration-seconds=" + strconv.Itoa(o.notReadyTolerationSecs),
 		"--default-unreachable-toleration-seconds=" + strconv.Itoa(o.unreachableTolerationSec),
 		"--profiling=false",
+		// On SIGTERM, end open watches (their clients watch again) instead of
+		// waiting out the 60s drain: a restart on request or a stop takes seconds.
+		"--shutdown-watch-termination-grace-period=2s",
 		"--v=" + v,
 	}
 	if o.auditWrites {
@@ -383,17 +427,28 @@ func up(o upOptions) error {
 	}
 	info["ready_s"] = time.Since(started).Seconds()
 	ready, _ := json.Marshal(info)
-	if err := os.WriteFile(filepath.Join(dir, "ready.json"), ready, 0o644); err != nil {
+	if err := writeAtomic(filepath.Join(dir, "ready.json"), ready); err != nil {
 		return err
 	}
 	fmt.Printf("ready %s in %.1fs, kubeconfig %s\n", server, time.Since(started).Seconds(), o.kubeconfig)
 
-	// Serve until told to stop; a component that dies ends the cluster, loudly.
-	err = waitFor(context.Background(), append(children, nd.children()...), sigs, func() bool { return false })
-	if errors.Is(err, errStopped) {
-		return nil
+	// Serve until told to stop, restarting components on request; a component
+	// that dies on its own ends the cluster, loudly.
+	s := &supervisor{
+		dir:     dir,
+		admin:   client,
+		server:  server,
+		sigs:    sigs,
+		watched: func() []*child { return append(append([]*child{}, children...), nd.children()...) },
+		restartEtcd: func() error {
+			etcd.Close()
+			e, err := startEtcd(filepath.Join(dir, "etcd"), etcdPort, peerPort)
+			etcd = e // nil when it failed: the teardown has nothing left to close
+			return err
+		},
+		node: nd,
 	}
-	return err
+	return s.serve()
 }
 
 var errStopped = errors.New("stopped by signal")
@@ -429,25 +484,10 @@ func spawn(self, name string, args []string, logs string) (*child, error) {
 
 // spawnCommand starts argv as the component called name, logging to logs/NAME.log.
 func spawnCommand(name string, argv []string, logs string) (*child, error) {
-	f, err := os.OpenFile(filepath.Join(logs, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
+	c := &child{name: name, argv: argv, logs: logs}
+	if err := c.start(os.O_TRUNC); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout = f
-	cmd.Stderr = f
-	// If the supervisor dies without cleaning up, the kernel kills the child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	c := &child{name: name, cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		c.err = cmd.Wait()
-		f.Close()
-		close(c.exited)
-	}()
 	return c, nil
 }
 

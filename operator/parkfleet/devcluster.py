@@ -11,28 +11,41 @@ With ``node=True`` (``make cluster-up NODE=1``, ``parkfleet cluster up --node``)
 supervisor also starts one real worker node: Debian's containerd and runc, the
 kubelet and kube-proxy of the same binary and CoreDNS, in a network namespace of
 their own (root only). :func:`import_image` puts an image archive into its containerd.
+
+:func:`restart_component` (``parkfleet cluster restart NAME``) restarts one component
+of a running cluster, the supervisor staying up: the API server, etcd, the
+controller-manager, the scheduler, or one of the node's programs. A component that
+dies on its own still stops the whole cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
+import tempfile
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from parkfleet.pidfiles import PidFile, terminate
 
 __all__ = [
+    "RESTARTABLE",
     "ClusterError",
+    "ComponentRestart",
     "LocalCluster",
     "RealNode",
     "default_binary",
@@ -40,6 +53,7 @@ __all__ = [
     "import_image",
     "kubectl",
     "register",
+    "restart_component",
     "start",
     "stop",
 ]
@@ -50,6 +64,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1
 # How long a stopped control plane's process group may take to empty.
 _GROUP_GRACE_S = 5.0
+
+# The components restart_component knows; the node's (after etcd) only with a node.
+RESTARTABLE = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "etcd",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "coredns",
+)
+# The supervisor may take up to 10 s to stop a component, then the wait for ready.
+_RESTART_MARGIN_S = 30.0
 
 
 class ClusterError(RuntimeError):
@@ -109,6 +137,28 @@ class LocalCluster:
     def logs(self) -> Path:
         """Folder holding one log file per component."""
         return self.directory / "logs"
+
+
+@dataclass(frozen=True)
+class ComponentRestart:
+    """One component restarted on request (:func:`restart_component`).
+
+    Attributes:
+        component: Its name, one of :data:`RESTARTABLE`.
+        pid_before: Its process before the restart (for etcd, embedded in the
+            supervisor, the supervisor's).
+        pid: Its process now.
+        restarts: How many times it has been restarted on request so far.
+        stopped_seconds: From the request until the old process was gone.
+        ready_seconds: From the request until the new one was ready.
+    """
+
+    component: str
+    pid_before: int
+    pid: int
+    restarts: int
+    stopped_seconds: float
+    ready_seconds: float
 
 
 def default_binary() -> Path:
@@ -283,6 +333,104 @@ def import_image(cluster: LocalCluster, archive: Path, binary: Path | None = Non
         raise ClusterError(f"import {archive}: {proc.stderr.strip()}")
 
 
+def restart_component(
+    cluster_or_directory: LocalCluster | Path,
+    component: str,
+    *,
+    timeout: float = 120.0,
+    binary: Path | None = None,
+) -> ComponentRestart:
+    """Restart one component of a running cluster, its supervisor staying up.
+
+    The supervisor stops the component (SIGTERM, SIGKILL after 10 s), starts it again
+    with the same arguments and answers once it is ready: for the API server and
+    etcd, ``/readyz`` answers ok; for the kubelet, its Lease is renewed; for the
+    controller-manager and the scheduler (no health endpoint), the new process still
+    runs a second after it started. For the API server and etcd this also waits until
+    ``/readyz`` answers ``ok`` to the cluster's kubeconfig, as a client sees it. The
+    restart is logged in ``supervisor.log`` and counted in ``components.json`` (each
+    component's pid, restart count and last restart) in the cluster's folder.
+
+    Args:
+        cluster_or_directory: A cluster from :func:`start`, or its state folder.
+        component: One of :data:`RESTARTABLE`; the node's only when it has a node.
+        timeout: Seconds the restarted component may take to be ready.
+        binary: The ``pf-controlplane`` binary (default :func:`default_binary`).
+
+    Returns:
+        What was restarted, with the pids before and after.
+
+    Raises:
+        ClusterError: No cluster runs there, the component is unknown, or it was not
+            ready within ``timeout`` (the message says which, and where its log is).
+    """
+    if isinstance(cluster_or_directory, LocalCluster):
+        directory = cluster_or_directory.directory
+    else:
+        directory = cluster_or_directory.resolve()
+    binary = binary or default_binary()
+    if not binary.exists():
+        raise ClusterError(f"{binary} is missing: run `make controlplane` first")
+    started = time.monotonic()
+    argv = [str(binary), "restart", f"--dir={directory}", f"--timeout={timeout:g}s", component]
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout + _RESTART_MARGIN_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"restart {component}: no answer after {exc.timeout:.0f}s") from exc
+    if proc.returncode != 0:
+        raise ClusterError(
+            proc.stderr.strip() or f"restart {component}: pf-controlplane exited {proc.returncode}"
+        )
+    done: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if component in ("kube-apiserver", "etcd"):
+        info: dict[str, Any] = json.loads((directory / "ready.json").read_text())
+        kubeconfig = Path(info["kubeconfig"])
+        left = timeout - (time.monotonic() - started)
+        if not _await_readyz(kubeconfig, max(left, 5.0)):
+            raise ClusterError(
+                f"restart {component}: /readyz did not answer ok to {kubeconfig} "
+                f"(see {directory / 'logs' / 'kube-apiserver.log'})"
+            )
+    return ComponentRestart(
+        component=str(done["component"]),
+        pid_before=int(done.get("pid_before", 0)),
+        pid=int(done.get("pid", 0)),
+        restarts=int(done["restarts"]),
+        stopped_seconds=float(done["stopped_s"]),
+        ready_seconds=float(done["ready_s"]),
+    )
+
+
+def _await_readyz(kubeconfig: Path, timeout: float) -> bool:
+    """Polls the API server's ``/readyz`` with the kubeconfig's certificates."""
+    config: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    user = config["users"][0]["user"]
+    ctx = ssl.create_default_context(
+        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+    )
+    # ssl loads a client certificate only from files; they live as long as this call.
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = Path(d) / "c.pem", Path(d) / "k.pem"
+        cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+        key.write_bytes(base64.b64decode(user["client-key-data"]))
+        ctx.load_cert_chain(cert, key)
+    url = str(cluster["server"]) + "/readyz"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+                if resp.status == 200 and resp.read().strip() == b"ok":
+                    return True
+        except OSError:
+            pass  # not serving yet, or /readyz not ok (HTTPError 500 is an OSError)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def stop(cluster_or_directory: LocalCluster | Path, timeout: float = 30.0) -> bool:
     """Stop the control plane and every process it started.
 
@@ -405,8 +553,21 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_restart(args: argparse.Namespace) -> int:
+    try:
+        done = restart_component(Path(args.dir), args.component, timeout=args.timeout)
+    except ClusterError as exc:
+        print(f"cluster restart failed: {exc}")
+        return 1
+    print(
+        f"{done.component} restarted (restart {done.restarts}): pid {done.pid_before} -> "
+        f"{done.pid}, ready in {done.ready_seconds:.1f}s"
+    )
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Add ``parkfleet cluster up|down``."""
+    """Add ``parkfleet cluster up|down|restart``."""
     parser = subparsers.add_parser("cluster", help="start or stop the local control plane")
     sub = parser.add_subparsers(dest="action", required=True)
     up = sub.add_parser("up", help="start it in the background and wait for /readyz")
@@ -429,3 +590,10 @@ def register(subparsers: Any) -> None:
     down = sub.add_parser("down", help="stop it and everything it started")
     down.add_argument("--dir", default=str(REPO_ROOT / ".cache/cluster"))
     down.set_defaults(func=_cmd_down)
+    restart = sub.add_parser(
+        "restart", help="restart one component (e.g. kube-apiserver); the cluster stays up"
+    )
+    restart.add_argument("component", choices=RESTARTABLE)
+    restart.add_argument("--dir", default=str(REPO_ROOT / ".cache/cluster"))
+    restart.add_argument("--timeout", type=float, default=120.0)
+    restart.set_defaults(func=_cmd_restart)

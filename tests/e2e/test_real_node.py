@@ -288,6 +288,38 @@ class TestRealNode:
         k("delete", "service", "web")
         k("delete", "pod", "web", "--wait=false")
 
+    def test_running_pod_outlives_kubelet_and_containerd_restarts(
+        self, node_cluster: devcluster.LocalCluster, k: Kubectl
+    ) -> None:
+        cmdline = f"/bin/busybox sleep {46000 + os.getpid() % 10000}"
+        k("apply", "-f", "-", stdin=_pod("survivor", f"echo up; exec {cmdline}", "Always"))
+        k("wait", "--for=condition=Ready", "pod/survivor", "--timeout=60s")
+
+        def container() -> list[str]:
+            return [p for p in _left_processes(node_cluster, cmdline) if cmdline in p]
+
+        before = container()
+        assert len(before) == 1
+        for part in ("containerd", "kubelet"):
+            done = devcluster.restart_component(node_cluster, part, timeout=60)
+            assert done.pid != done.pid_before
+        # The same container process, adopted by the new kubelet and containerd.
+        assert container() == before
+        status = get_json(k, "pod", "survivor")["status"]
+        assert status["containerStatuses"][0]["restartCount"] == 0
+        k("wait", "--for=condition=Ready", "pod/survivor", "--timeout=60s")
+        # restart_component returned once the new kubelet listed the pod: it serves its logs.
+        logs = until(
+            lambda: (p := k("logs", "survivor", check=False)).returncode == 0 and p.stdout,
+            30,
+            "the new kubelet to serve the pod's logs",
+        )
+        assert "up" in logs
+        assert (
+            "exec-works" in k("exec", "survivor", "--", "/bin/busybox", "echo", "exec-works").stdout
+        )
+        k("delete", "pod", "survivor", "--wait=false")
+
     def test_real_node_is_ready_beside_virtual_cell_nodes(
         self, node_cluster: devcluster.LocalCluster, k: Kubectl
     ) -> None:
