@@ -73,6 +73,20 @@ node-packages: ## Debian's containerd, runc, CNI plugins, iptables and busybox-s
 .PHONY: node
 node: $(CP) $(PAUSE) $(COREDNS) node-packages ## what `make cluster-up NODE=1` needs: builds, and installs Debian's packages
 
+.PHONY: image-packages
+image-packages: ## Debian's mmdebstrap, which makes the images' base
+	hack/images/packages.sh
+
+# Each image is rebuilt only when its key changes (the package, its Dockerfile, the base's
+# packages, the dependencies' versions): hack/images/build.py decides, in well under a second.
+.PHONY: images
+images: $(VENV)/.installed image-packages ## the operator/gateway and agent images as OCI archives in .cache/images (root; cached)
+	$(PY) hack/images/build.py build parkfleet agent
+
+.PHONY: images-gpu
+images-gpu: $(VENV)/.installed image-packages ## the agent image with onnxruntime-gpu and NVIDIA's CUDA libraries (large; root; cached)
+	$(PY) hack/images/build.py build agent-gpu
+
 .PHONY: helm
 helm: $(HELM) ## build Helm from its Go module into .cache/bin (nothing to do when up to date)
 
@@ -149,9 +163,10 @@ prometheus: ## Debian's prometheus package (prometheus + promtool) for the obser
 
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, pyproject.toml)
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests hack/images
+	$(VENV)/bin/ruff format --check operator tests hack/images
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy hack/images
 	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test
@@ -165,4 +180,4 @@ test-node: $(VENV)/.installed node ## the real node's end-to-end tests (root): p
 
 .PHONY: clean
 clean: cluster-down ## remove build outputs (keeps .venv)
-	rm -rf .cache/bin .cache/bench
+	rm -rf .cache/bin .cache/bench .cache/images
