@@ -148,7 +148,7 @@ func writeImage(out string, spec imageSpec) error {
 // importImage imports an OCI or Docker image archive into the node's containerd,
 // in the namespace the CRI plugin serves, unpacked for its snapshotter.
 func importImage(socket, archive string) error {
-	return run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "import", "--snapshotter", "native", archive)
+	return run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "import", "--snapshotter", "overlayfs", archive)
 }
 
 type listFlag []string

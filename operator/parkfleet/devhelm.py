@@ -272,7 +272,12 @@ class ChartInstall:
                 "volumeName": pv["metadata"]["name"],  # type: ignore[index]
             },
         }
-        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(o) for o in (sc, pv, pvc)))
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [sc, pv, pvc]}),
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             got = json.loads(self.kubectl("get", "pvc", CLAIM, f"-n={self.namespace}", "-o=json"))

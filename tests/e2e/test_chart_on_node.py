@@ -128,7 +128,12 @@ def test_every_pod_ready_on_the_real_node_as_its_user(installed: Installed) -> N
     x = installed
     assert x.cluster.node is not None
     for component in ("operator", "operator-standby", "gateway"):
-        (pod,) = _pods(x, component)
+        pods = _pods(x, component)
+        assert len(pods) == 1, [
+            (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("reason"))
+            for p in pods
+        ]
+        pod = pods[0]
         assert _ready(pod), pod["status"]
         assert pod["spec"]["nodeName"] == x.cluster.node.name
         status = pod["status"]["containerStatuses"][0]
