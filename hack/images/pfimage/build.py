@@ -245,7 +245,7 @@ def build_image(image: ImageDef, version: str, force: bool, log: list[str]) -> B
     ref = f"docker.io/{image.repository}:{tag}"
     recipe = (ref, base.recipe.key, wheels.key, df.path.read_text(), json.dumps(args))
     key = digest("image-1", *recipe, _builder_hash())[:16]
-    archive = CACHE / f"{image.name}-{tag}.oci.tar"
+    archive = CACHE / f"{image.repository.rpartition('/')[2]}-{tag}.oci.tar"
     stamp = archive.with_name(archive.name + ".json")
     if not force and archive.exists() and stamp.exists():
         d = json.loads(stamp.read_text())
@@ -315,6 +315,10 @@ def build(names: Sequence[str], force: bool = False) -> list[Built]:
         index_path = CACHE / "images.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else {}
         for b in built:
+            old = index.get(b.name, {}).get("archive")
+            if old and old != b.archive.name:  # renamed: the old archive is nobody's
+                for p in (CACHE / old, CACHE / (old + ".json")):
+                    p.unlink(missing_ok=True)
             index[b.name] = {
                 "ref": b.ref,
                 "archive": b.archive.name,
@@ -355,8 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--user", help="instead of the image's USER")
     r.add_argument("--entrypoint", help="instead of the image's ENTRYPOINT")
     r.add_argument("--bind", action="append", default=[], help="SRC:DST, read-only (repeatable)")
-    r.add_argument("args", nargs=argparse.REMAINDER, help="-- ARGS: instead of the image's CMD")
-    ns = parser.parse_args(argv)
+    r.epilog = "run DIR [options] -- ARGS...: ARGS instead of the image's CMD"
+    words = list(sys.argv[1:] if argv is None else argv)
+    # What follows -- is the container's, whatever it looks like.
+    cut = words.index("--") if "--" in words else len(words)
+    ns = parser.parse_args(words[:cut])
+    cmd_args = words[cut + 1 :]
     try:
         if ns.command == "build":
             done = build(ns.names, ns.force)
@@ -370,9 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns.dir.with_name(ns.dir.name + ".json").write_text(json.dumps(config, indent=2))
         else:
             config = json.loads(ns.dir.with_name(ns.dir.name + ".json").read_text())
-            args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
             binds = [(Path(s), d) for s, _, d in (b.partition(":") for b in ns.bind)]
-            argv_ = chroot.image_argv(ns.dir, config, args or None, ns.user, ns.entrypoint, binds)
+            argv_ = chroot.image_argv(
+                ns.dir, config, cmd_args or None, ns.user, ns.entrypoint, binds
+            )
             with chroot.mountpoints(ns.dir, binds):
                 return subprocess.run(argv_).returncode
     except (BuildError, subprocess.CalledProcessError) as e:
