@@ -21,7 +21,7 @@ from typing import Any
 
 import pfimage
 from pfimage import CACHE, EPOCH, REPO, BuildError, chroot
-from pfimage.dockerfile import Dockerfile, exec_form, expand, parse, split_flags, words
+from pfimage.dockerfile import Dockerfile, Instruction, exec_form, expand, parse, split_flags, words
 from pfimage.layers import Layer, changes, snapshot, unpack, write_archive, write_layer
 from pfimage.stages import BASE_PATH, base_recipe, digest, make_base, make_wheels, wheels_for
 
@@ -109,6 +109,17 @@ def _wheels_bind(flags: Sequence[str], wheels: Path, where: str) -> list[chroot.
     return binds
 
 
+def _where(df: Dockerfile, ins: Instruction) -> str:
+    path = df.path.relative_to(REPO) if df.path.is_relative_to(REPO) else df.path
+    return f"{path}:{ins.line}"
+
+
+# What the last stage may say; RUN takes only the wheels stage's bind mount as a flag.
+SUPPORTED = frozenset(
+    {"ARG", "ENV", "RUN", "WORKDIR", "USER", "EXPOSE", "VOLUME", "LABEL", "ENTRYPOINT", "CMD"}
+)
+
+
 class LastStage:
     """Runs the last stage's instructions in ``rootfs`` (a copy of the base).
 
@@ -117,14 +128,26 @@ class LastStage:
     """
 
     def __init__(self, df: Dockerfile, rootfs: Path, wheels: Path, out: Path) -> None:
-        stage = df.stages[-1]
-        if stage.image != "base" or stage.name is not None:
-            raise BuildError(f"{df.path}: the last stage must be a plain FROM base")
-        self.df, self.stage, self.rootfs, self.wheels, self.out = df, stage, rootfs, wheels, out
+        self.check(df)
+        self.df, self.stage = df, df.stages[-1]
+        self.rootfs, self.wheels, self.out = rootfs, wheels, out
         self.config = ImageConfig(env={"PATH": BASE_PATH})
         self.layers: list[Layer] = []
         self.history: list[dict[str, Any]] = []
         self._files = snapshot(rootfs)
+
+    @staticmethod
+    def check(df: Dockerfile) -> None:
+        """Fails now, not after the base and the wheels, on what this builder does not do."""
+        stage = df.stages[-1]
+        if stage.image != "base" or stage.name is not None:
+            raise BuildError(f"{df.path}: the last stage must be a plain FROM base")
+        for ins in stage.body:
+            where = _where(df, ins)
+            if ins.keyword not in SUPPORTED:
+                raise BuildError(f"{where}: {ins.keyword} is not supported by this builder")
+            if ins.keyword == "RUN":
+                _wheels_bind(split_flags(ins.text)[0], Path("/wheels"), where)
 
     def _commit(self, created_by: str) -> None:
         now = snapshot(self.rootfs)
@@ -144,7 +167,7 @@ class LastStage:
         cmd_set = False
         for ins in self.stage.body:
             scope = stage_args | config.env  # ENV wins over ARG, as in docker
-            where = f"{self.df.path.relative_to(REPO)}:{ins.line}"
+            where = _where(self.df, ins)
             created_by = f"{ins.keyword} {ins.normalized()[1]}"
             if ins.keyword == "RUN":
                 self._run(ins.text, stage_args, where)
@@ -177,10 +200,8 @@ class LastStage:
                 config.entrypoint = exec_form(ins.text)
                 if not cmd_set:
                     config.cmd = None  # a new ENTRYPOINT drops the base's CMD
-            elif ins.keyword == "CMD":
+            else:  # CMD: check() let nothing else through
                 config.cmd, cmd_set = exec_form(ins.text), True
-            else:
-                raise BuildError(f"{where}: {ins.keyword} is not supported by this builder")
             self.history.append({"created_by": created_by, "empty_layer": True})
 
     def _run(self, text: str, stage_args: Mapping[str, str], where: str) -> None:
@@ -238,6 +259,7 @@ def build_image(image: ImageDef, version: str, force: bool, log: list[str]) -> B
     """Builds one image, unless its archive is there with the same key."""
     started = time.monotonic()
     df = parse(REPO / image.dockerfile)
+    LastStage.check(df)
     args = dict(image.args)
     base = make_base(base_recipe(df, args), log)
     wheels = wheels_for(df, base, args)
