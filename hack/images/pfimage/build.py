@@ -21,7 +21,7 @@ from typing import Any
 
 import pfimage
 from pfimage import CACHE, EPOCH, REPO, BuildError, chroot
-from pfimage.dockerfile import Dockerfile, exec_form, expand, parse, split_flags, words
+from pfimage.dockerfile import Dockerfile, Instruction, exec_form, expand, parse, split_flags, words
 from pfimage.layers import Layer, changes, snapshot, unpack, write_archive, write_layer
 from pfimage.stages import BASE_PATH, base_recipe, digest, make_base, make_wheels, wheels_for
 
@@ -109,6 +109,17 @@ def _wheels_bind(flags: Sequence[str], wheels: Path, where: str) -> list[chroot.
     return binds
 
 
+def _where(df: Dockerfile, ins: Instruction) -> str:
+    path = df.path.relative_to(REPO) if df.path.is_relative_to(REPO) else df.path
+    return f"{path}:{ins.line}"
+
+
+# What the last stage may say; RUN takes only the wheels stage's bind mount as a flag.
+SUPPORTED = frozenset(
+    {"ARG", "ENV", "RUN", "WORKDIR", "USER", "EXPOSE", "VOLUME", "LABEL", "ENTRYPOINT", "CMD"}
+)
+
+
 class LastStage:
     """Runs the last stage's instructions in ``rootfs`` (a copy of the base).
 
@@ -117,14 +128,26 @@ class LastStage:
     """
 
     def __init__(self, df: Dockerfile, rootfs: Path, wheels: Path, out: Path) -> None:
-        stage = df.stages[-1]
-        if stage.image != "base" or stage.name is not None:
-            raise BuildError(f"{df.path}: the last stage must be a plain FROM base")
-        self.df, self.stage, self.rootfs, self.wheels, self.out = df, stage, rootfs, wheels, out
+        self.check(df)
+        self.df, self.stage = df, df.stages[-1]
+        self.rootfs, self.wheels, self.out = rootfs, wheels, out
         self.config = ImageConfig(env={"PATH": BASE_PATH})
         self.layers: list[Layer] = []
         self.history: list[dict[str, Any]] = []
         self._files = snapshot(rootfs)
+
+    @staticmethod
+    def check(df: Dockerfile) -> None:
+        """Fails now, not after the base and the wheels, on what this builder does not do."""
+        stage = df.stages[-1]
+        if stage.image != "base" or stage.name is not None:
+            raise BuildError(f"{df.path}: the last stage must be a plain FROM base")
+        for ins in stage.body:
+            where = _where(df, ins)
+            if ins.keyword not in SUPPORTED:
+                raise BuildError(f"{where}: {ins.keyword} is not supported by this builder")
+            if ins.keyword == "RUN":
+                _wheels_bind(split_flags(ins.text)[0], Path("/wheels"), where)
 
     def _commit(self, created_by: str) -> None:
         now = snapshot(self.rootfs)
@@ -144,7 +167,7 @@ class LastStage:
         cmd_set = False
         for ins in self.stage.body:
             scope = stage_args | config.env  # ENV wins over ARG, as in docker
-            where = f"{self.df.path.relative_to(REPO)}:{ins.line}"
+            where = _where(self.df, ins)
             created_by = f"{ins.keyword} {ins.normalized()[1]}"
             if ins.keyword == "RUN":
                 self._run(ins.text, stage_args, where)
@@ -177,10 +200,8 @@ class LastStage:
                 config.entrypoint = exec_form(ins.text)
                 if not cmd_set:
                     config.cmd = None  # a new ENTRYPOINT drops the base's CMD
-            elif ins.keyword == "CMD":
+            else:  # CMD: check() let nothing else through
                 config.cmd, cmd_set = exec_form(ins.text), True
-            else:
-                raise BuildError(f"{where}: {ins.keyword} is not supported by this builder")
             self.history.append({"created_by": created_by, "empty_layer": True})
 
     def _run(self, text: str, stage_args: Mapping[str, str], where: str) -> None:
@@ -238,6 +259,7 @@ def build_image(image: ImageDef, version: str, force: bool, log: list[str]) -> B
     """Builds one image, unless its archive is there with the same key."""
     started = time.monotonic()
     df = parse(REPO / image.dockerfile)
+    LastStage.check(df)
     args = dict(image.args)
     base = make_base(base_recipe(df, args), log)
     wheels = wheels_for(df, base, args)
@@ -245,7 +267,7 @@ def build_image(image: ImageDef, version: str, force: bool, log: list[str]) -> B
     ref = f"docker.io/{image.repository}:{tag}"
     recipe = (ref, base.recipe.key, wheels.key, df.path.read_text(), json.dumps(args))
     key = digest("image-1", *recipe, _builder_hash())[:16]
-    archive = CACHE / f"{image.name}-{tag}.oci.tar"
+    archive = CACHE / f"{image.repository.rpartition('/')[2]}-{tag}.oci.tar"
     stamp = archive.with_name(archive.name + ".json")
     if not force and archive.exists() and stamp.exists():
         d = json.loads(stamp.read_text())
@@ -315,6 +337,10 @@ def build(names: Sequence[str], force: bool = False) -> list[Built]:
         index_path = CACHE / "images.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else {}
         for b in built:
+            old = index.get(b.name, {}).get("archive")
+            if old and old != b.archive.name:  # renamed: the old archive is nobody's
+                for p in (CACHE / old, CACHE / (old + ".json")):
+                    p.unlink(missing_ok=True)
             index[b.name] = {
                 "ref": b.ref,
                 "archive": b.archive.name,
@@ -355,8 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--user", help="instead of the image's USER")
     r.add_argument("--entrypoint", help="instead of the image's ENTRYPOINT")
     r.add_argument("--bind", action="append", default=[], help="SRC:DST, read-only (repeatable)")
-    r.add_argument("args", nargs=argparse.REMAINDER, help="-- ARGS: instead of the image's CMD")
-    ns = parser.parse_args(argv)
+    r.epilog = "run DIR [options] -- ARGS...: ARGS instead of the image's CMD"
+    words = list(sys.argv[1:] if argv is None else argv)
+    # What follows -- is the container's, whatever it looks like.
+    cut = words.index("--") if "--" in words else len(words)
+    ns = parser.parse_args(words[:cut])
+    cmd_args = words[cut + 1 :]
     try:
         if ns.command == "build":
             done = build(ns.names, ns.force)
@@ -370,9 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns.dir.with_name(ns.dir.name + ".json").write_text(json.dumps(config, indent=2))
         else:
             config = json.loads(ns.dir.with_name(ns.dir.name + ".json").read_text())
-            args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
             binds = [(Path(s), d) for s, _, d in (b.partition(":") for b in ns.bind)]
-            argv_ = chroot.image_argv(ns.dir, config, args or None, ns.user, ns.entrypoint, binds)
+            argv_ = chroot.image_argv(
+                ns.dir, config, cmd_args or None, ns.user, ns.entrypoint, binds
+            )
             with chroot.mountpoints(ns.dir, binds):
                 return subprocess.run(argv_).returncode
     except (BuildError, subprocess.CalledProcessError) as e:

@@ -41,6 +41,7 @@ __all__ = [
     "make_base",
     "make_wheels",
     "runtime_pins",
+    "wheels_context",
     "wheels_for",
 ]
 
@@ -308,8 +309,8 @@ class Wheels:
         return CACHE / "wheels" / self.key
 
 
-def wheels_for(df: Dockerfile, base: Base, args: Mapping[str, str]) -> Wheels:
-    """Checks the wheels stage against :data:`WHEELS_STAGE`; names what it would make."""
+def wheels_context(df: Dockerfile) -> list[str]:
+    """Checks the wheels stage against :data:`WHEELS_STAGE`; returns its context's files."""
     stage = df.stage("wheels")
     got = tuple(ins.normalized() for ins in stage.body)
     if stage.image != "base" or got != WHEELS_STAGE:
@@ -319,7 +320,12 @@ def wheels_for(df: Dockerfile, base: Base, args: Mapping[str, str]) -> Wheels:
             f"  got:      {got}"
         )
     sources = [w for ins in stage.body if ins.keyword == "COPY" for w in ins.text.split()[:-1]]
-    files = context_files(df.path, sources)
+    return context_files(df.path, sources)
+
+
+def wheels_for(df: Dockerfile, base: Base, args: Mapping[str, str]) -> Wheels:
+    """The wheels stage for ``base`` and the build arguments: its key and its inputs."""
+    files = wheels_context(df)
     pins = runtime_pins()
     onnxruntime = args.get("ONNXRUNTIME", "onnxruntime")
     # README.md only becomes the wheel's long description: editing it rebuilds nothing.
