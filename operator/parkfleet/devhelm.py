@@ -57,14 +57,19 @@ class HelmError(RuntimeError):
 
 def image_archives(directory: Path = IMAGES_DIR) -> list[Path]:
     """The CPU images ``make images`` built (the operator's, also the gateway's, and the
-    agent's), as OCI archives.
+    agent's), as OCI archives, from the builder's ``images.json``.
 
     Raises:
         HelmError: They are not built.
     """
-    found = sorted(p for p in directory.glob("*.tar") if "gpu" not in p.name)
-    if len(found) < 2:
-        raise HelmError(f"the images are not built in {directory}: run `make images`")
+    try:
+        built = json.loads((directory / "images.json").read_text())
+        found = [directory / built[name]["archive"] for name in ("parkfleet", "agent")]
+    except (OSError, ValueError, KeyError) as e:
+        raise HelmError(f"the images are not built in {directory}: run `make images` ({e})") from e
+    missing = [p.name for p in found if not p.exists()]
+    if missing:
+        raise HelmError(f"{', '.join(missing)} missing in {directory}: run `make images`")
     return found
 
 
