@@ -137,8 +137,10 @@ def test_every_pod_ready_on_the_real_node_as_its_user(installed: Installed) -> N
         assert _ready(pod), pod["status"]
         assert pod["spec"]["nodeName"] == x.cluster.node.name
         status = pod["status"]["containerStatuses"][0]
-        assert status["restartCount"] == 0, status
         name = pod["metadata"]["name"]
+        if status["restartCount"]:
+            before = x.k("logs", name, f"-n={NS}", "--previous", check=False)
+            pytest.fail(f"{name} restarted: {status.get('lastState')}\n{before.stdout[-3000:]}")
         ids = x.k("exec", name, f"-n={NS}", "--", "id", "-u").stdout.strip()
         assert ids == str(IMAGE_UID)
         # The root filesystem is read-only; /tmp is the pod's scratch volume.
