@@ -227,3 +227,45 @@ async def test_operator_without_an_api_server_is_alive_and_not_ready(tmp_path: P
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_gateway_without_an_api_server_is_alive_and_not_ready(tmp_path: Path) -> None:
+    # A shard that starts while the API server is away (down, restarting, or answering
+    # 429 while its storage initialises) waits, not ready, instead of exiting.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: gone, cluster: {{server: 'https://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: none}}]\n"
+        "contexts: [{name: c, context: {cluster: gone, user: u}}]\n"
+    )
+    certs = tmp_path / "certs"
+    assert cli.main(["certs", "init", "--dir", str(certs)]) == 0
+    assert cli.main(["certs", "gateway", "--dir", str(certs), "--host", "127.0.0.1"]) == 0
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "parkfleet.cli", "gateway",
+        "--listen", "127.0.0.1:0", "--certs", str(certs), "--models", str(tmp_path / "models"),
+        "--kubeconfig", str(kubeconfig), "--kubelet-port", "0",
+        "--data-dir", str(tmp_path / "data"),
+        "--health-port", str(port), "--health-addr", "127.0.0.1",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        body = await until_status(f"{url}/readyz", 503, timeout_s=30)
+        assert "the node agent has not registered this shard's cells yet" in body
+        # Several retries later: still alive, still not ready.
+        await asyncio.sleep(4)
+        assert await get(f"{url}/livez") == (200, "ok\n")
+        assert (await get(f"{url}/readyz"))[0] == 503
+        assert proc.returncode is None
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -36,7 +36,7 @@ from parkfleet.nodeagent.nodes import node_object, node_status
 from parkfleet.nodeagent.pods import PodDriver
 from parkfleet.nodeagent.posting import EventPoster
 from parkfleet.nodeagent.taskspecs import TaskSpecs
-from parkfleet.nodeagent.watchloop import EXPECTED_API_ERRORS, keep_watching
+from parkfleet.nodeagent.watchloop import EXPECTED_API_ERRORS, RETRY_MAX_S, RETRY_S, keep_watching
 from parkfleet.shards import shard_of
 from parkfleet.taskport import TaskPort
 
@@ -152,8 +152,20 @@ class NodeAgent:
         return c.pool if c is not None else None
 
     async def start(self) -> None:
-        """Lists the pools, registers their Nodes, and starts every loop."""
-        await self._resync_pools()
+        """Lists the pools, registers their Nodes, and starts every loop.
+
+        While the API server cannot answer (down, restarting, its storage initialising:
+        429) the first list is retried with a backoff: a shard that starts during an
+        outage waits it out, not ready, instead of exiting.
+        """
+        retry = Backoff(base_s=RETRY_S, cap_s=RETRY_MAX_S, floor_s=RETRY_S / 4)
+        while True:
+            try:
+                await self._resync_pools()
+                break
+            except EXPECTED_API_ERRORS as exc:
+                log.warning("listing the pools at start: %s; retrying", _short(exc))
+                await retry.wait()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._watch_pools(), name="nodeagent-pools"),
@@ -485,3 +497,10 @@ class NodeAgent:
                     log.warning("status of %s not written: %s", c.node, exc)
                 except Exception:
                     log.exception("status of %s not written", c.node)
+
+
+def _short(exc: BaseException) -> str:
+    """An API error in one line (an ApiException's text carries its headers and body)."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return str(exc) or type(exc).__name__
