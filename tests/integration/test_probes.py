@@ -191,7 +191,8 @@ async def test_gateway_process_is_ready_once_listening_and_not_while_stopping(
             await proc.wait()
 
 
-async def test_operator_without_an_api_server_is_alive_and_not_ready(tmp_path: Path) -> None:
+def dead_kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig whose API server is a loopback port nothing listens on."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
@@ -199,6 +200,22 @@ async def test_operator_without_an_api_server_is_alive_and_not_ready(tmp_path: P
         "users: [{name: u, user: {token: none}}]\n"
         "contexts: [{name: c, context: {cluster: gone, user: u}}]\n"
     )
+    return kubeconfig
+
+
+async def terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 30 s, unless it has already exited."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_operator_without_an_api_server_is_alive_and_not_ready(tmp_path: Path) -> None:
+    kubeconfig = dead_kubeconfig(tmp_path)
     port = free_port()
     env = {"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
@@ -220,25 +237,13 @@ async def test_operator_without_an_api_server_is_alive_and_not_ready(tmp_path: P
         assert await get(f"{url}/livez") == (200, "ok\n")
         assert proc.returncode is None
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc)
 
 
 async def test_gateway_without_an_api_server_is_alive_and_not_ready(tmp_path: Path) -> None:
     # A shard that starts while the API server is away (down, restarting, or answering
     # 429 while its storage initialises) waits, not ready, instead of exiting.
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: gone, cluster: {{server: 'https://127.0.0.1:{free_port()}'}}}}]\n"
-        "users: [{name: u, user: {token: none}}]\n"
-        "contexts: [{name: c, context: {cluster: gone, user: u}}]\n"
-    )
+    kubeconfig = dead_kubeconfig(tmp_path)
     certs = tmp_path / "certs"
     assert cli.main(["certs", "init", "--dir", str(certs)]) == 0
     assert cli.main(["certs", "gateway", "--dir", str(certs), "--host", "127.0.0.1"]) == 0
@@ -262,10 +267,4 @@ async def test_gateway_without_an_api_server_is_alive_and_not_ready(tmp_path: Pa
         assert (await get(f"{url}/readyz"))[0] == 503
         assert proc.returncode is None
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc)
