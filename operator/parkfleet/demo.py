@@ -175,8 +175,8 @@ def run_helm_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: 
     cluster = devcluster.start(root / "cluster", kubeconfig=kubeconfig, detach=keep, node=True)
     assert cluster.node is not None
     print(
-        f"    ready in {cluster.ready_seconds:.1f}s at {cluster.server}; "
-        f"node {cluster.node.name} at {cluster.node.ip}"
+        f"    ready in {cluster.ready_seconds:.1f}s at {cluster.server}; node {cluster.node.name} "
+        f"at {cluster.node.ip} (Ready {cluster.node.ready_seconds:.1f}s after it started)"
     )
     chart = ChartInstall(cluster, root, detach=keep)
     stack = chart.stack
