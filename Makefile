@@ -19,6 +19,9 @@ HELM      := $(BIN)/helm
 HELM_SRC  := hack/helm/go.mod hack/helm/go.sum hack/helm/build.sh
 KUBE_SCORE := $(BIN)/kube-score
 KUBE_SCORE_SRC := hack/kube-score/go.mod hack/kube-score/go.sum
+# The S3 server the object-storage tests run on loopback (parkfleet.devs3).
+VERSITYGW := $(BIN)/versitygw
+VERSITYGW_SRC := hack/versitygw/go.mod hack/versitygw/go.sum
 # The real node of `make cluster-up NODE=1`: the pods' sandbox program and CoreDNS.
 PAUSE     := $(BIN)/pf-pause
 COREDNS   := $(BIN)/pf-coredns
@@ -56,6 +59,15 @@ $(KUBE_SCORE): $(KUBE_SCORE_SRC)
 	cd hack/kube-score && time CGO_ENABLED=0 go build -trimpath \
 		-ldflags="-s -w -X main.version=$$(go list -m -f '{{.Version}}' github.com/zegl/kube-score)" \
 		-o ../../$(KUBE_SCORE) github.com/zegl/kube-score/cmd/kube-score
+
+$(VERSITYGW): $(VERSITYGW_SRC)
+	@mkdir -p $(BIN)
+	@echo "building versitygw from its Go module (pinned in hack/versitygw/go.mod)"
+	cd hack/versitygw && time CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' \
+		-o ../../$(VERSITYGW) github.com/versity/versitygw/cmd/versitygw
+
+.PHONY: versitygw
+versitygw: $(VERSITYGW) ## build versitygw (the tests' S3 server) from its Go module into .cache/bin
 
 $(PAUSE): hack/controlplane/pause/main.go
 	@mkdir -p $(BIN)
@@ -177,7 +189,7 @@ lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, p
 # chart installed for real); without root those tests skip, saying so.
 AS_ROOT := $(filter 0,$(shell id -u))
 .PHONY: test
-test: $(VENV)/.installed $(CP) $(HELM) $(KUBE_SCORE) prometheus $(if $(AS_ROOT),node images images-gpu) ## install what is needed, build what is missing, lint, run every test
+test: $(VENV)/.installed $(CP) $(HELM) $(KUBE_SCORE) $(VERSITYGW) prometheus $(if $(AS_ROOT),node images images-gpu) ## install what is needed, build what is missing, lint, run every test
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
