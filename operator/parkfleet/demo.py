@@ -133,18 +133,29 @@ def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float
         status = _run_sample_job(kubeconfig, timeout)
         ok = _report(stack.data, model, status, labels, inputs_path)
     finally:
-        if keep:
-            print("\n==> still running (--keep). Look around:")
-            print(f"    export KUBECONFIG={kubeconfig}")
-            print("    kubectl get fp,ij,nodes,jobs; kubectl get pods -o wide")
-            print("    kubectl describe ij digits; kubectl logs <a pod of job digits>")
-            print(f"    logs of each process: {stack.logs}")
-            print("    stop it all with: make demo-down")
-        else:
-            print("\n==> stopping everything the demo started")
-            stack.stop()
-            devcluster.stop(cluster)
+        _end(
+            keep,
+            stack,
+            cluster,
+            "kubectl get fp,ij,nodes,jobs; kubectl get pods -o wide",
+            "kubectl describe ij digits; kubectl logs <a pod of job digits>",
+            f"logs of each process: {stack.logs}",
+        )
     return 0 if ok else 1
+
+
+def _end(keep: bool, stack: DevStack, cluster: devcluster.LocalCluster, *look_around: str) -> None:
+    """Stops what the demo started, or with ``keep`` says how to look around and stop it."""
+    if keep:
+        print("\n==> still running (--keep). Look around:")
+        print(f"    export KUBECONFIG={cluster.kubeconfig}")
+        for line in look_around:
+            print(f"    {line}")
+        print("    stop it all with: make demo-down")
+    else:
+        print("\n==> stopping everything the demo started")
+        stack.stop()
+        devcluster.stop(cluster)
 
 
 def _run_sample_job(kubeconfig: Path, timeout: float) -> dict[str, Any]:
@@ -199,16 +210,13 @@ def run_helm_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: 
         status = _run_sample_job(kubeconfig, timeout)
         ok = _report(chart.volume / "data", model, status, labels, inputs_path)
     finally:
-        if keep:
-            print("\n==> still running (--keep). Look around:")
-            print(f"    export KUBECONFIG={kubeconfig}")
-            print(f"    kubectl -n {chart.namespace} get pods -o wide; kubectl get fp,ij,nodes")
-            print(f"    kubectl -n {chart.namespace} logs statefulset/{chart.fullname}-gateway")
-            print("    stop it all with: make demo-down")
-        else:
-            print("\n==> stopping everything the demo started")
-            stack.stop()
-            devcluster.stop(cluster)
+        _end(
+            keep,
+            stack,
+            cluster,
+            f"kubectl -n {chart.namespace} get pods -o wide; kubectl get fp,ij,nodes",
+            f"kubectl -n {chart.namespace} logs statefulset/{chart.fullname}-gateway",
+        )
     return 0 if ok else 1
 
 

@@ -33,6 +33,7 @@ from parkfleet.devstack import DevStack
 from .conftest import E2E_FLAGS, Kubectl
 from .kube import get_json, onnx_labels, unit_results, until
 from .test_helm import exists
+from .test_inferencejob import wait_done, wait_gpus
 from .test_real_node import node_requirements
 
 # Install, a job through four faults, uninstall: minutes each on 2 cores.
@@ -175,12 +176,8 @@ spec:
     x.stack.start_fleet(CARS, 1, POOL, extra=["--compute=modelled", f"--modelled-rate={CAR_RATE}"])
     node = f"pf-{POOL}-0"
 
-    def cars_on_the_cell() -> bool:
-        obj = get_json(k, "node", node) if _node_exists(k, node) else {}
-        gpus = obj.get("status", {}).get("allocatable", {}).get("nvidia.com/gpu", "0")
-        return int(gpus) == CARS
-
-    until(cars_on_the_cell, 120, f"{CARS} cars on {node} through the NodePort")
+    # A car offers its GPU once connected through the NodePort.
+    wait_gpus(k, node, CARS, within=120)
     k(
         "apply",
         "-f",
@@ -238,7 +235,7 @@ spec:
         180,
         "the gateway's pod to be recreated and ready",
     )
-    until(cars_on_the_cell, 120, "the cars to reconnect")
+    wait_gpus(k, node, CARS, within=120)  # the cars reconnected
     done = _more_units(x, done, "the gateway's deletion")
 
     # 3. helm upgrade with a changed value rolls the gateway and the operators.
@@ -256,18 +253,13 @@ spec:
         180,
         "the gateway to roll",
     )
-    until(cars_on_the_cell, 120, "the cars to reconnect after the upgrade")
+    wait_gpus(k, node, CARS, within=120)  # and again after the upgrade
     done = _more_units(x, done, "the upgrade")
 
     # 4. The API server restarts: the operator and the gateway ride out the outage.
     devcluster.restart_component(x.cluster, "kube-apiserver")
 
-    def ended() -> dict[str, Any] | None:
-        st: dict[str, Any] = get_json(k, "ij", JOB).get("status", {})
-        conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
-        return st if "True" in (conds.get("Complete"), conds.get("Failed")) else None
-
-    st = until(ended, 600, f"InferenceJob {JOB} to end")
+    st = wait_done(k, JOB, 600)
     conds = {c["type"]: c["status"] for c in st["conditions"]}
     assert conds.get("Complete") == "True", st
     assert st["units"]["succeeded"] == UNITS
@@ -279,10 +271,6 @@ spec:
     for pod in (*_pods(x, "operator"), *_pods(x, "gateway")):
         # Nothing crashed: the restarts were the ones the test asked for.
         assert pod["status"]["containerStatuses"][0]["restartCount"] == 0, pod["status"]
-
-
-def _node_exists(k: Kubectl, name: str) -> bool:
-    return k("get", "node", name, "-o=name", check=False).returncode == 0
 
 
 def test_uninstall_leaves_no_parkfleet_object(installed: Installed) -> None:

@@ -175,7 +175,7 @@ def pool(name: str, cells: int = 1, grace: int = 30) -> str:
     )
 
 
-def wait_gpus(k: Kubectl, node: str, n: int) -> None:
+def wait_gpus(k: Kubectl, node: str, n: int, within: float = 60) -> None:
     def gpus() -> bool:
         got = k(
             "get",
@@ -187,7 +187,7 @@ def wait_gpus(k: Kubectl, node: str, n: int) -> None:
         ).stdout
         return got == str(n)
 
-    until(gpus, 60, f"{node} to offer {n} GPUs")
+    until(gpus, within, f"{node} to offer {n} GPUs")
 
 
 def test_thirty_percent_of_cars_leave_at_once(jobs: DevStack, kubectl: Kubectl) -> None:
