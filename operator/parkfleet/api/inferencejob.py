@@ -45,7 +45,8 @@ class InferenceJobSpec:
         runtime: The runtime (image) the pods ask for.
         input_name: The model input ("" = the model's first).
         output_names: Outputs to keep (empty = all).
-        input_path: The ``.npy`` input on the data volume ("" with a ConfigMap).
+        input_path: The input: a path in the namespace's area of the data volume, or an
+            ``s3://`` URI in the job's object store ("" with a ConfigMap).
         input_configmap: ``NAME/KEY`` of a ConfigMap with the items as JSON ("" if none).
         items: Items to run.
         items_per_unit: Items per work unit.
@@ -58,7 +59,16 @@ class InferenceJobSpec:
             (``redundancy.spotCheckFraction``); None takes the pool's.
         deadline_s: Seconds until ``DeadlineExceeded`` (None: none).
         retries: Retries per unit.
-        output_path: The result directory on the data volume.
+        output_path: The results: a directory in the namespace's area of the data volume,
+            or an ``s3://bucket/prefix`` in the job's object store.
+        object_store_secret: The ``parkfleet.io/object-store`` Secret (in the job's
+            namespace) its ``s3://`` URIs are read and written with ("" for none).
+        text_tokenizer: The input is a ``.jsonl`` of texts tokenised with this
+            ``tokenizer.json`` (a volume path or an ``s3://`` URI); "" when the input is
+            tensors.
+        text_tokenizer_sha256: The tokenizer's sha256 when the job pins it ("").
+        text_field: The key of the text in a line that is a JSON object.
+        max_tokens: Texts are truncated to this many tokens.
     """
 
     name: str
@@ -83,6 +93,11 @@ class InferenceJobSpec:
     deadline_s: int | None
     retries: int
     output_path: str
+    object_store_secret: str = ""
+    text_tokenizer: str = ""
+    text_tokenizer_sha256: str = ""
+    text_field: str = "text"
+    max_tokens: int = 256
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> InferenceJobSpec:
@@ -97,6 +112,8 @@ class InferenceJobSpec:
         if cmp:
             compare = f"{cmp['mode']}:{cmp['output']}:{cmp.get('tolerance', 0.0001)}"
         deadline = spec.get("deadlineSeconds")
+        text: Mapping[str, Any] = inp.get("text") or {}
+        out: Mapping[str, Any] = spec["output"]
         spot = red.get("spotCheckFraction")
         return cls(
             name=str(meta["name"]),
@@ -108,7 +125,7 @@ class InferenceJobSpec:
             runtime=str(model.get("runtime", "onnxruntime")),
             input_name=str(model.get("inputName", "")),
             output_names=tuple(model.get("outputNames") or ()),
-            input_path=str(inp.get("path", "")),
+            input_path=str(inp.get("path") or inp.get("uri") or ""),
             input_configmap=(
                 f"{inp['configMap']['name']}/{inp['configMap']['key']}"
                 if inp.get("configMap")
@@ -124,7 +141,12 @@ class InferenceJobSpec:
             spot_check_fraction=float(spot) if spot is not None else None,
             deadline_s=int(deadline) if deadline is not None else None,
             retries=int(spec.get("retriesPerUnit", 3)),
-            output_path=str(spec["output"]["path"]),
+            output_path=str(out.get("path") or out.get("uri") or ""),
+            object_store_secret=str((spec.get("objectStore") or {}).get("secretName", "")),
+            text_tokenizer=str(text.get("tokenizer", "")),
+            text_tokenizer_sha256=str(text.get("tokenizerSha256", "")),
+            text_field=str(text.get("field", "text")),
+            max_tokens=int(text.get("maxTokens", 256)),
         )
 
     @property

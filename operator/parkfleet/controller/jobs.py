@@ -64,6 +64,14 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
     uri = check_model_uri(job.model_uri)
     if uri:
         env.append({"name": "PARKFLEET_MODEL_URI", "value": uri})
+    if job.object_store_secret:
+        env.append({"name": "PARKFLEET_OBJECT_STORE_SECRET", "value": job.object_store_secret})
+    if job.text_tokenizer:
+        env.append({"name": "PARKFLEET_TOKENIZER", "value": job.text_tokenizer})
+        env.append({"name": "PARKFLEET_TEXT_FIELD", "value": job.text_field})
+        env.append({"name": "PARKFLEET_MAX_TOKENS", "value": str(job.max_tokens)})
+        if job.text_tokenizer_sha256:
+            env.append({"name": "PARKFLEET_TOKENIZER_SHA256", "value": job.text_tokenizer_sha256})
     if job.input_name:
         env.append({"name": "PARKFLEET_INPUT_NAME", "value": job.input_name})
     if job.output_names:

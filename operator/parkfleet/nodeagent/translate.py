@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parkfleet.contract import LABEL_JOB_UID, check_model_uri
+from parkfleet.objectstore import is_s3_uri, parse_s3_uri
 
 __all__ = [
     "ENV_BATCH_SIZE",
@@ -24,11 +25,16 @@ __all__ = [
     "ENV_INPUT_CONFIGMAP",
     "ENV_INPUT_NAME",
     "ENV_ITEMS",
+    "ENV_MAX_TOKENS",
     "ENV_MODEL",
     "ENV_MODEL_SHA256",
     "ENV_MODEL_URI",
+    "ENV_OBJECT_STORE_SECRET",
     "ENV_OUTPUT",
     "ENV_OUTPUT_NAMES",
+    "ENV_TEXT_FIELD",
+    "ENV_TOKENIZER",
+    "ENV_TOKENIZER_SHA256",
     "PodTask",
     "Unsupported",
     "runtime_of",
@@ -48,6 +54,15 @@ ENV_ITEMS = "PARKFLEET_ITEMS"  # "START-END" (END exclusive) or "COUNT"
 ENV_BATCH_SIZE = "PARKFLEET_BATCH_SIZE"
 ENV_OUTPUT = "PARKFLEET_OUTPUT"  # result directory in the namespace's area of the data root
 ENV_GPU_MEMORY_MIB = "PARKFLEET_GPU_MEMORY_MIB"
+# The parkfleet.io/object-store Secret (the pod's namespace) s3:// inputs, outputs and
+# models are read and written with.
+ENV_OBJECT_STORE_SECRET = "PARKFLEET_OBJECT_STORE_SECRET"
+# Text inputs: a .jsonl of texts, tokenised on the gateway with this tokenizer.json (a path
+# in the namespace's area or an s3:// URI), optionally pinned by sha256.
+ENV_TOKENIZER = "PARKFLEET_TOKENIZER"
+ENV_TOKENIZER_SHA256 = "PARKFLEET_TOKENIZER_SHA256"
+ENV_TEXT_FIELD = "PARKFLEET_TEXT_FIELD"  # the text's key in a line that is a JSON object
+ENV_MAX_TOKENS = "PARKFLEET_MAX_TOKENS"  # texts are truncated to this many tokens
 # Work units of an InferenceJob: the pod's Job completion index picks its items.
 ENV_UNIT_ITEMS = "PARKFLEET_UNIT_ITEMS"
 ENV_TOTAL_ITEMS = "PARKFLEET_TOTAL_ITEMS"
@@ -63,6 +78,7 @@ _RUNTIME_IMAGE = re.compile(
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _MAX_ITEMS = 100_000_000
 # A Kubernetes uid (the operator's label on a job's pods carries the InferenceJob's).
 _UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z\-]{0,63}$")
@@ -99,8 +115,9 @@ class PodTask:
         model_uri: An ``https://`` URI the gateway downloads the model from when its
             store lacks ``model_sha256`` ("" for none). Cars never see it: they get
             every model from their gateway, by hash.
-        input_path: The ``.npy`` input, relative to the namespace's area of the data
-            root ("" when the input is a ConfigMap).
+        input_path: The input: a ``.npy``/``.jsonl`` file or a directory of them,
+            relative to the namespace's area of the data root, or an ``s3://`` URI of an
+            object or a prefix ("" when the input is a ConfigMap).
         input_configmap: ``(name, key)`` of a ConfigMap holding the items as a JSON list
             (tiny inputs), or None.
         input_name: The model input fed with the items.
@@ -108,13 +125,21 @@ class PodTask:
         item_start: First item.
         item_end: One past the last item (None: to the end of the input).
         batch_size: Items per inference call.
-        output_dir: Result directory, relative to the namespace's area ("" for none).
+        output_dir: Result directory, relative to the namespace's area, or an ``s3://``
+            prefix ("" for none).
         gpu_memory_mib: GPU memory the task needs.
         unit: The work unit (Job completion index) or None for a plain pod.
         job_uid: The uid of the InferenceJob whose unit this is ("" for a plain pod).
         copies: Distinct cars each item runs on (2+: results are cross-checked).
         compare: How copies are compared: (mode, output, tolerance).
         spot_check: The job's spot-check fraction (None: the pool's).
+        object_store_secret: The object-store Secret of the pod's namespace ("" for none;
+            required by any ``s3://`` location).
+        tokenizer: A text input's ``tokenizer.json`` (a path in the area or an ``s3://``
+            URI); "" when the input is tensors.
+        tokenizer_sha256: The sha256 the tokenizer must have ("" when not pinned).
+        text_field: The text's key in a line that is a JSON object.
+        max_tokens: Texts are truncated to this many tokens.
     """
 
     runtime: str
@@ -136,6 +161,11 @@ class PodTask:
     copies: int = 1
     compare: tuple[str, str, float] = ("argmax", "", 0.0)
     spot_check: float | None = None
+    object_store_secret: str = ""
+    tokenizer: str = ""
+    tokenizer_sha256: str = ""
+    text_field: str = "text"
+    max_tokens: int = 256
 
     @property
     def result_name(self) -> str:
@@ -163,6 +193,24 @@ def _relative_path(value: str, field: str) -> str:
     if any(p.startswith(".") for p in parts):
         raise Unsupported(field, f"{value!r}: names starting with '.' are parkfleet's own")
     return "/".join(parts)
+
+
+def _location(value: str, field: str, secret: str) -> str:
+    """A volume path (checked as :func:`_relative_path`) or an ``s3://`` URI, which needs
+    the pod's object-store Secret."""
+    if not is_s3_uri(value):
+        return _relative_path(value, field)
+    try:
+        parse_s3_uri(value)
+    except ValueError as exc:
+        raise Unsupported(field, str(exc)) from None
+    if not secret:
+        raise Unsupported(
+            field,
+            f"an s3:// location needs {ENV_OBJECT_STORE_SECRET}: the object-store Secret "
+            "of the pod's namespace it is read and written with",
+        )
+    return value
 
 
 def _job_of(pod: Mapping[str, Any]) -> str:
@@ -311,6 +359,11 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         raise Unsupported(f"{at}.env[{ENV_MODEL}]", f"{model_name!r} is not a model name")
     if sha and not _SHA256.match(sha):
         raise Unsupported(f"{at}.env[{ENV_MODEL_SHA256}]", "must be 64 hex digits")
+    secret = env.get(ENV_OBJECT_STORE_SECRET, "")
+    if secret and not _SECRET_NAME.match(secret):
+        raise Unsupported(
+            f"{at}.env[{ENV_OBJECT_STORE_SECRET}]", f"{secret!r} is not a Secret name"
+        )
     input_path = env.get(ENV_INPUT, "")
     configmap = env.get(ENV_INPUT_CONFIGMAP, "")
     if bool(input_path) == bool(configmap):
@@ -326,10 +379,24 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
             raise Unsupported(f"{at}.env[{ENV_INPUT_CONFIGMAP}]", f"{configmap!r} is not NAME/KEY")
         input_cm = (name, cm_key)
     else:
-        input_path = _relative_path(input_path, f"{at}.env[{ENV_INPUT}]")
+        input_path = _location(input_path, f"{at}.env[{ENV_INPUT}]", secret)
     output_dir = env.get(ENV_OUTPUT, "")
     if output_dir:
-        output_dir = _relative_path(output_dir, f"{at}.env[{ENV_OUTPUT}]")
+        output_dir = _location(output_dir, f"{at}.env[{ENV_OUTPUT}]", secret)
+    tokenizer = env.get(ENV_TOKENIZER, "")
+    if tokenizer:
+        if input_cm is not None:
+            raise Unsupported(
+                f"{at}.env[{ENV_TOKENIZER}]",
+                f"text inputs are a .jsonl in {ENV_INPUT}, not a ConfigMap",
+            )
+        tokenizer = _location(tokenizer, f"{at}.env[{ENV_TOKENIZER}]", secret)
+    tokenizer_sha = env.get(ENV_TOKENIZER_SHA256, "").lower()
+    if tokenizer_sha and not _SHA256.match(tokenizer_sha):
+        raise Unsupported(f"{at}.env[{ENV_TOKENIZER_SHA256}]", "must be 64 hex digits")
+    text_field = env.get(ENV_TEXT_FIELD, "text")
+    if not 0 < len(text_field) <= 128:
+        raise Unsupported(f"{at}.env[{ENV_TEXT_FIELD}]", "1 to 128 characters")
     start, end = _items(env.get(ENV_ITEMS, ""), f"{at}.env[{ENV_ITEMS}]")
     unit = None
     job_uid = _job_of(pod)
@@ -371,6 +438,11 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
         copies=_int(env.get(ENV_REDUNDANCY, "1"), f"{at}.env[{ENV_REDUNDANCY}]", 1, 5),
         compare=_compare(env.get(ENV_COMPARE, ""), f"{at}.env[{ENV_COMPARE}]"),
         spot_check=_fraction(env.get(ENV_SPOT_CHECK), f"{at}.env[{ENV_SPOT_CHECK}]"),
+        object_store_secret=secret,
+        tokenizer=tokenizer,
+        tokenizer_sha256=tokenizer_sha,
+        text_field=text_field,
+        max_tokens=_int(env.get(ENV_MAX_TOKENS, "256"), f"{at}.env[{ENV_MAX_TOKENS}]", 2, 8192),
     )
 
 
