@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "parkfleet.models.digits",
     "parkfleet.controller.run",
     "parkfleet.demo",
+    "parkfleet.results",
 )
 
 

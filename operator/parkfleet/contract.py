@@ -47,6 +47,8 @@ __all__ = [
     "node_name",
     "parse_cars_condition",
     "parse_cell_id",
+    "parse_results_location",
+    "results_location",
     "volume_location",
 ]
 
@@ -115,6 +117,36 @@ def data_area(namespace: str) -> str:
 def volume_location(namespace: str, path: str) -> str:
     """Where ``path`` of a namespace's area is, relative to the data volume's root."""
     return f"{data_area(namespace)}/{path}"
+
+
+# Where a job's results are, as its status names them and ``parkfleet results`` reads them:
+# ``volume:<namespace>/<path>/`` (its area of the data volume) or ``s3://bucket/prefix/<uid>/``.
+VOLUME_SCHEME = "volume:"
+
+
+def results_location(namespace: str, output: str, job_uid: str) -> str:
+    """A job's results: its output (a volume path or an ``s3://`` prefix) and its uid."""
+    if output.lower().startswith("s3://"):
+        return f"{output.rstrip('/')}/{job_uid}/"
+    return f"{VOLUME_SCHEME}{volume_location(namespace, output.strip('/'))}/"
+
+
+def parse_results_location(text: str) -> tuple[str, str]:
+    """``("volume", path relative to the volume)`` or ``("s3", "s3://bucket/prefix/")``.
+
+    Raises:
+        ValueError: Neither form.
+    """
+    if text.lower().startswith("s3://"):
+        return "s3", text if text.endswith("/") else text + "/"
+    if text.startswith(VOLUME_SCHEME):
+        path = text[len(VOLUME_SCHEME) :].strip("/")
+        parts = path.split("/")
+        if not path or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{text!r}: not a path inside the data volume")
+        data_area(parts[0])
+        return "volume", path
+    raise ValueError(f"{text!r} is neither volume:<namespace>/<path> nor s3://bucket/prefix/")
 
 
 # ---- defaults ----------------------------------------------------------------------------

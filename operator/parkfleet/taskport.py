@@ -56,13 +56,17 @@ EventKind = Literal[
 ]
 
 
+Items = np.ndarray | Mapping[str, np.ndarray]
+
+
 class InputSource(Protocol):
     """Where a task's inputs come from."""
 
-    def read(self, start: int, end: int) -> np.ndarray | Awaitable[np.ndarray]:
-        """Items ``[start, end)`` as one array whose first dimension is the item.
+    def read(self, start: int, end: int) -> Items | Awaitable[Items]:
+        """Items ``[start, end)`` as one array whose first dimension is the item, or for a
+        model of several inputs, one such array per input name.
 
-        May return the array or an awaitable of it (do slow I/O asynchronously).
+        May return them or an awaitable of them (do slow I/O asynchronously).
         """
         ...
 

@@ -19,7 +19,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import GROUP, VERSION, InferenceJobSpec
-from parkfleet.contract import volume_location
+from parkfleet.contract import results_location, volume_location
 from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
 from parkfleet.controller.state import OperatorState
@@ -184,6 +184,9 @@ async def reconcile(
     if job is not None:
         pods = await _job_pods(api, spec.namespace, spec.name)
     new = job_status(spec, generation, job, pods, problem)
+    new["results"] = results_location(
+        spec.namespace, spec.output_path, str(body["metadata"]["uid"])
+    )
     state.metrics.observe_job(spec.namespace, spec.name, spec.pool, new)
     new["conditions"] = merge_conditions(status.get("conditions"), new["conditions"])
     _post_transitions(body, status, new)

@@ -32,7 +32,7 @@ from parkfleet.nodeagent.namespaces import NamespaceLabels
 from parkfleet.nodeagent.posting import EventPoster, write_unread
 from parkfleet.nodeagent.redo import Redoer, Unchecked
 from parkfleet.nodeagent.resultspool import ResultSpool
-from parkfleet.nodeagent.taskio import finished_items
+from parkfleet.nodeagent.taskio import ResultFile
 from parkfleet.nodeagent.taskspecs import BadInput, Prepared, TaskSpecs, check_gpu_memory
 from parkfleet.nodeagent.translate import PodTask, Unsupported, translate
 from parkfleet.nodeagent.watchloop import EXPECTED_API_ERRORS
@@ -226,12 +226,12 @@ class PodDriver:
     async def _already_done(self, facts: lc.Pod, task: PodTask, prepared: Prepared) -> bool:
         if prepared.result is None or task.unit is None:
             return False
-        items = await finished_items(prepared.result)
+        items = await prepared.result.finished_items()
         if items is None:
             return False
         # The unit's file exists and names this job: it is done. Running it again
         # changes nothing. (A file naming no job or another runs the unit, replaced.)
-        self._start(lc.already_done(facts, items, prepared.result.path.name, _now()))
+        self._start(lc.already_done(facts, items, prepared.result.name, _now()))
         return True
 
     def _retry_later(self, pod: Mapping[str, Any], cell: str) -> None:
@@ -417,7 +417,9 @@ class PodDriver:
             # nothing (its results are only logged).
             spool = None
             if result is not None or not single:
-                root = result.path.parent if result is not None else self.specs.data_root
+                root = (
+                    result.path.parent if isinstance(result, ResultFile) else self.specs.data_root
+                )
                 spool = root / SPOOL_DIR / effect.task_id
             first = not t.sinks
             sink = ResultSpool(

@@ -30,13 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from parkfleet.nodeagent.compare import agree
 from parkfleet.nodeagent.lifecycle import Pod
 from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.posting import EventPoster
+from parkfleet.nodeagent.resultobject import ResultObject
 from parkfleet.nodeagent.resultspool import ResultSpool
 from parkfleet.nodeagent.taskio import ResultFile
 from parkfleet.taskport import TaskEvent, TaskPort, TaskSpec
@@ -67,7 +65,7 @@ class Unchecked:
 
     pod: Pod
     spec: TaskSpec
-    result: ResultFile
+    result: ResultFile | ResultObject
     cars: tuple[str, ...]
     runs: int = 0
 
@@ -221,7 +219,7 @@ class Redoer:
         mode, output, tolerance = unit.pod.compare
         new = await run.sink.arrays()
         name = output or next(iter(new), "")
-        old = await asyncio.to_thread(_read_output, unit.result.path, name)
+        old = await unit.result.read_output(name)
         fresh = new.get(name)
         cars = ", ".join(run.cars) or "another car"
         if old is not None and fresh is not None and agree(fresh, old, mode, tolerance):
@@ -263,12 +261,3 @@ class Redoer:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _read_output(path: Path, name: str) -> npt.NDArray[np.generic] | None:
-    """One output of a unit's result file (None when the file or the output is missing)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return np.asarray(z[name]) if name in z.files else None
-    except (OSError, ValueError):
-        return None

@@ -27,10 +27,12 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
+from parkfleet.nodeagent.resultobject import ResultObject
 from parkfleet.nodeagent.taskio import ENTRY_FIRST_ITEM, ENTRY_JOB_UID, ResultFile
 
 __all__ = ["ResultSpool"]
@@ -61,7 +63,7 @@ class ResultSpool:
 
     def __init__(
         self,
-        path: ResultFile | None,
+        path: ResultFile | ResultObject | None,
         spool: Path | None,
         on_chunk: Callable[[int, Mapping[str, npt.NDArray[np.generic]]], None] | None = None,
     ) -> None:
@@ -142,11 +144,42 @@ class ResultSpool:
             )
         return out
 
-    async def save(self, target: ResultFile) -> None:
+    async def save(self, target: ResultFile | ResultObject) -> None:
         """Writes the results to ``target`` atomically (with their first item number and,
-        for a unit of a job, the job's uid)."""
+        for a unit of a job, the job's uid): a file renamed into place, or an object put
+        whole from a temporary file in the spool."""
         await self._flush()
-        await asyncio.to_thread(self._save, target)
+        if isinstance(target, ResultFile):
+            await asyncio.to_thread(self._save, target)
+            return
+        scratch = self.spool.parent if self.spool is not None else Path(tempfile.gettempdir())
+        tmp = await asyncio.to_thread(self._zip_to_temp, scratch, target.job_uid)
+        try:
+            await target.upload(tmp, self.items, self.first_item or 0)
+        finally:
+            await asyncio.to_thread(tmp.unlink, True)
+
+    def _zip_to_temp(self, folder: Path, job_uid: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload.", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                self._write_zip(f, job_uid)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Path(tmp)
+
+    def _write_zip(self, f: BinaryIO, job_uid: str) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for i, o in enumerate(self._outputs):
+                self._copy_into(zf, o, self.spool / f"{i}.bin" if self.spool else None)
+            first = np.array([self.first_item or 0], dtype=np.int64)
+            with zf.open(f"{ENTRY_FIRST_ITEM}.npy", "w") as entry:
+                np.lib.format.write_array(entry, first, allow_pickle=False)
+            if job_uid:
+                with zf.open(f"{ENTRY_JOB_UID}.npy", "w") as entry:
+                    np.lib.format.write_array(entry, np.array(job_uid), allow_pickle=False)
 
     def _save(self, target: ResultFile) -> None:
         path = target.path
@@ -154,17 +187,7 @@ class ResultSpool:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "wb") as f:
-                with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                    for i, o in enumerate(self._outputs):
-                        self._copy_into(zf, o, self.spool / f"{i}.bin" if self.spool else None)
-                    first = np.array([self.first_item or 0], dtype=np.int64)
-                    with zf.open(f"{ENTRY_FIRST_ITEM}.npy", "w") as entry:
-                        np.lib.format.write_array(entry, first, allow_pickle=False)
-                    if target.job_uid:
-                        with zf.open(f"{ENTRY_JOB_UID}.npy", "w") as entry:
-                            np.lib.format.write_array(
-                                entry, np.array(target.job_uid), allow_pickle=False
-                            )
+                self._write_zip(f, target.job_uid)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

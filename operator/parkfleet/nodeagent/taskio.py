@@ -93,6 +93,19 @@ class ResultFile:
     path: Path
     job_uid: str = ""
 
+    @property
+    def name(self) -> str:
+        """The file's name (``unit-000042.npz``)."""
+        return self.path.name
+
+    async def finished_items(self) -> int | None:
+        """As :func:`finished_items`."""
+        return await finished_items(self)
+
+    async def read_output(self, name: str) -> npt.NDArray[np.generic] | None:
+        """One output of the file (None when the file or the output is missing)."""
+        return await asyncio.to_thread(_read_output, self.path, name)
+
 
 class VolumeInput:
     """Items from the data volume: a ``.npy`` or ``.jsonl`` file, or a directory of them.
@@ -212,6 +225,14 @@ def _count_items(result: ResultFile) -> int | None:
                 return None
             return len(next(done[k] for k in done.files if k not in RESERVED_ENTRIES))
     except (OSError, ValueError, StopIteration, AttributeError):
+        return None
+
+
+def _read_output(path: Path, name: str) -> npt.NDArray[np.generic] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z[name]) if name in z.files else None
+    except (OSError, ValueError):
         return None
 
 

@@ -25,6 +25,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import FleetPoolSpec
 from parkfleet.contract import REASON_INVALID_INPUT, REASON_MODEL_LOAD_FAILED
+from parkfleet.nodeagent.objectinput import list_objects
+from parkfleet.nodeagent.openinputs import ObjectInputs, Tokenizers, file_readers
+from parkfleet.nodeagent.ranged import Parts, RangeReader
+from parkfleet.nodeagent.resultobject import ResultObject, unit_prefix
+from parkfleet.nodeagent.storesecrets import StoreSecrets
 from parkfleet.nodeagent.taskio import (
     RESERVED_ENTRIES,
     ConfigMapInput,
@@ -32,7 +37,16 @@ from parkfleet.nodeagent.taskio import (
     ResultFile,
     resolve_in_area,
 )
-from parkfleet.nodeagent.translate import ENV_MODEL_URI, PodTask, Unsupported
+from parkfleet.nodeagent.textinput import TextInput
+from parkfleet.nodeagent.translate import (
+    ENV_INPUT,
+    ENV_MODEL_URI,
+    ENV_OBJECT_STORE_SECRET,
+    ENV_TOKENIZER,
+    PodTask,
+    Unsupported,
+)
+from parkfleet.objectstore import BadSecret, S3Credentials, is_s3_uri, parse_s3_uri, s3_store
 from parkfleet.taskport import (
     InputSource,
     ModelFetchFailed,
@@ -75,12 +89,12 @@ class Prepared:
 
     Attributes:
         spec: The task (its ``task_id``, ``sink`` and ``group`` are set per copy).
-        result: The unit's result file (with its job's uid for a unit of a job), or None
-            when the pod keeps no result.
+        result: The unit's result file or object (with its job's uid for a unit of a
+            job), or None when the pod keeps no result.
     """
 
     spec: TaskSpec
-    result: ResultFile | None
+    result: ResultFile | ResultObject | None
 
 
 class TaskSpecs:
@@ -97,6 +111,9 @@ class TaskSpecs:
         self.port = port
         self.data_root = data_root
         self.inputs = InputCache()
+        self.secrets = StoreSecrets(self.core)
+        self.objects = ObjectInputs()
+        self.tokenizers = Tokenizers()
 
     async def prepare(
         self, pod: Mapping[str, Any], cell: str, task: PodTask, pool: FleetPoolSpec
@@ -108,7 +125,8 @@ class TaskSpecs:
             ApiException: The API failed otherwise than "no such ConfigMap" (retry).
         """
         model = await self._model(task)
-        source, items, where = await self._input(pod, task)
+        credentials = await self._credentials(pod, task)
+        source, items, where = await self._input(pod, task, credentials)
         end = task.item_end if task.item_end is not None else items
         if end > items:
             raise BadInput(
@@ -116,11 +134,18 @@ class TaskSpecs:
                 f"spec.containers[0].env[PARKFLEET_ITEMS]: asks for items up to {end - 1} "
                 f"but {where} holds {items}",
             )
-        result: ResultFile | None = None
+        result: ResultFile | ResultObject | None = None
         if task.output_dir:
-            out_dir = self._in_area(pod, task.output_dir, "PARKFLEET_OUTPUT")
             name = task.result_name or f"{pod['metadata']['name']}.npz"
-            result = ResultFile(out_dir / name, task.job_uid)
+            if is_s3_uri(task.output_dir):
+                assert credentials is not None  # translate requires the Secret with s3://
+                prefix = parse_s3_uri(task.output_dir)
+                if task.job_uid:
+                    prefix = unit_prefix(prefix, task.job_uid)
+                result = ResultObject(prefix.child(name), credentials, task.job_uid)
+            else:
+                out_dir = self._in_area(pod, task.output_dir, "PARKFLEET_OUTPUT")
+                result = ResultFile(out_dir / name, task.job_uid)
         names = task.output_names or model.output_names
         declared = {o.name: o for o in model.outputs}
         unknown = [n for n in names if n not in declared]
@@ -168,7 +193,71 @@ class TaskSpecs:
         except ModelFetchFailed as exc:  # the gateway's own download, not a car's
             raise BadInput(exc.reason, f"spec.containers[0].env[{ENV_MODEL_URI}]: {exc}") from None
 
-    async def _input(self, pod: Mapping[str, Any], task: PodTask) -> tuple[InputSource, int, str]:
+    async def _credentials(self, pod: Mapping[str, Any], task: PodTask) -> S3Credentials | None:
+        if not task.object_store_secret:
+            return None
+        try:
+            return await self.secrets.get(pod["metadata"]["namespace"], task.object_store_secret)
+        except BadSecret as exc:
+            raise BadInput(
+                REASON_INVALID_INPUT, f"spec.containers[0].env[{ENV_OBJECT_STORE_SECRET}]: {exc}"
+            ) from None
+
+    async def _readers(
+        self, pod: Mapping[str, Any], where: str, env: str, credentials: S3Credentials | None
+    ) -> list[RangeReader]:
+        """The files or objects an input or a tokenizer names, to be read by range."""
+        field = f"spec.containers[0].env[{env}]"
+        try:
+            if is_s3_uri(where):
+                assert credentials is not None  # translate requires the Secret with s3://
+                loc = parse_s3_uri(where)
+                return list(await list_objects(s3_store(credentials, loc.bucket), loc))
+            path = self._in_area(pod, where, env)
+            return await asyncio.to_thread(file_readers, path)
+        except BadInput:
+            raise
+        except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+            raise BadInput(REASON_INVALID_INPUT, f"{field}: {_why(exc)}") from None
+        except PermissionError as exc:
+            raise BadInput(REASON_INVALID_INPUT, f"{field}: access denied ({_why(exc)})") from None
+
+    async def _text_input(
+        self, pod: Mapping[str, Any], task: PodTask, credentials: S3Credentials | None
+    ) -> TextInput:
+        field = f"spec.containers[0].env[{ENV_TOKENIZER}]"
+        readers = await self._readers(pod, task.tokenizer, ENV_TOKENIZER, credentials)
+        if len(readers) != 1:
+            raise BadInput(REASON_INVALID_INPUT, f"{field}: names {len(readers)} files, not one")
+        try:
+            tokenizer = await self.tokenizers.open(
+                readers[0], task.max_tokens, task.tokenizer_sha256
+            )
+        except ValueError as exc:
+            raise BadInput(REASON_INVALID_INPUT, f"{field}: {exc}") from None
+        parts = await self._parts(pod, task, credentials)
+        return TextInput(parts, tokenizer, task.text_field)
+
+    async def _parts(
+        self, pod: Mapping[str, Any], task: PodTask, credentials: S3Credentials | None
+    ) -> Parts:
+        readers = await self._readers(pod, task.input_path, ENV_INPUT, credentials)
+        try:
+            return await self.objects.open(readers)
+        except (ValueError, OSError) as exc:
+            raise BadInput(
+                REASON_INVALID_INPUT, f"spec.containers[0].env[{ENV_INPUT}]: {_why(exc)}"
+            ) from None
+
+    async def _input(
+        self, pod: Mapping[str, Any], task: PodTask, credentials: S3Credentials | None
+    ) -> tuple[InputSource, int, str]:
+        if task.tokenizer:
+            texts = await self._text_input(pod, task, credentials)
+            return texts, texts.items, task.input_path
+        if is_s3_uri(task.input_path):
+            parts = await self._parts(pod, task, credentials)
+            return parts, parts.items, task.input_path
         if task.input_configmap is not None:
             name, key = task.input_configmap
             namespace = pod["metadata"]["namespace"]
@@ -231,3 +320,10 @@ def check_gpu_memory(task: PodTask, cell: str, port: TaskPort) -> None:
             f"{task.gpu_memory_mib} MiB is more GPU memory than any car of cell "
             f"{cell} has ({cap.max_gpu_memory_mib} MiB)",
         )
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, without the gateway's own paths (an OSError's filename)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

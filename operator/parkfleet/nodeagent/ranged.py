@@ -1,0 +1,358 @@
+"""Inputs read by byte range: ``.npy`` and ``.jsonl`` files and objects, a block at a time.
+
+An input may live in object storage (``s3://``) or on the data volume; either way the
+gateway never downloads it whole for a unit. It reads a file's header (``.npy``) or scans
+it once for where its lines start (``.jsonl``, streamed), then reads the items a task
+asks for as byte ranges. Ranges are read in blocks of about :data:`BLOCK_BYTES`, aligned
+on items, and the last few blocks are kept: the batches of one task, and the copies of
+a redundant unit, share one request instead of one each.
+
+:class:`RangeReader` is what a part is read through: :class:`FileReader` (``pread`` in a
+thread) or :class:`ObjectReader` (obstore's ranged GET, async in Rust).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import obstore
+from obstore.store import S3Store
+
+__all__ = [
+    "BLOCK_BYTES",
+    "FileReader",
+    "JsonlPart",
+    "NpyPart",
+    "ObjectReader",
+    "Parts",
+    "RangeReader",
+    "open_part",
+]
+
+BLOCK_BYTES = 4 * 1024 * 1024
+# Blocks kept per input (a few tasks' worth; ``BLOCK_BYTES`` each).
+BLOCKS_KEPT = 16
+_SCAN_BYTES = 8 * 1024 * 1024  # a .jsonl is scanned for its lines this much at a time
+_MAX_NPY_HEADER = 64 * 1024
+_NEWLINE = 10
+_CR = 13
+
+
+class RangeReader(Protocol):
+    """Bytes of one file or object, by range."""
+
+    name: str
+    size: int
+
+    async def read(self, start: int, end: int) -> bytes | memoryview:
+        """Bytes ``[start, end)``."""
+        ...
+
+    def scan(self) -> AsyncIterator[bytes | memoryview]:
+        """All of it, in order, in pieces (read once, streamed, never held whole)."""
+        ...
+
+
+class FileReader:
+    """A file on the data volume, read with ``pread`` in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.name
+        self.size = path.stat().st_size
+
+    def _pread(self, start: int, end: int) -> bytes:
+        with self.path.open("rb") as f:
+            return os.pread(f.fileno(), end - start, start)
+
+    async def read(self, start: int, end: int) -> bytes:
+        data = await asyncio.to_thread(self._pread, start, end)
+        if len(data) != end - start:
+            raise ValueError(f"{self.name}: shorter than when it was opened (changed?)")
+        return data
+
+    async def scan(self) -> AsyncIterator[bytes]:
+        pos = 0
+        while pos < self.size:
+            end = min(pos + _SCAN_BYTES, self.size)
+            yield await self.read(pos, end)
+            pos = end
+
+
+class ObjectReader:
+    """An object in object storage, read with ranged GETs (async; no thread)."""
+
+    def __init__(self, store: S3Store, key: str, size: int, etag: str = "") -> None:
+        self.store = store
+        self.key = key
+        self.name = key.rsplit("/", 1)[-1]
+        self.size = size
+        self.etag = etag
+
+    async def read(self, start: int, end: int) -> memoryview:
+        data = await obstore.get_range_async(self.store, self.key, start=start, end=end)
+        view = memoryview(data)
+        if len(view) != end - start:
+            raise ValueError(f"{self.name}: shorter than when it was listed (changed?)")
+        return view
+
+    async def scan(self) -> AsyncIterator[memoryview]:
+        result = await obstore.get_async(self.store, self.key)
+        async for piece in result.stream(min_chunk_size=_SCAN_BYTES):
+            yield memoryview(piece)
+
+
+class _Part:
+    """A part of an input: ``items`` items, read a block of ``per_block`` items at a time."""
+
+    def __init__(self, reader: RangeReader, items: int, per_block: int) -> None:
+        self.reader = reader
+        self.items = items
+        self.per_block = max(1, per_block)
+        self._blocks: OrderedDict[int, asyncio.Task[bytes | memoryview]] = OrderedDict()
+
+    def _span(self, first: int, end: int) -> tuple[int, int]:
+        """Bytes of items ``[first, end)``."""
+        raise NotImplementedError
+
+    async def _block(self, index: int) -> tuple[int, bytes | memoryview]:
+        """Block ``index``: the byte offset of its first item and its bytes."""
+        first = index * self.per_block
+        end = min(first + self.per_block, self.items)
+        start, stop = self._span(first, end)
+        task = self._blocks.get(index)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.ensure_future(self.reader.read(start, stop))
+            self._blocks[index] = task
+            while len(self._blocks) > BLOCKS_KEPT:
+                self._blocks.popitem(last=False)
+        self._blocks.move_to_end(index)
+        return start, await asyncio.shield(task)
+
+    async def _bytes(self, first: int, end: int) -> list[tuple[int, int, bytes | memoryview, int]]:
+        """For items ``[first, end)``: (first item, end item, block bytes, block offset) of
+        each block they lie in."""
+        out = []
+        item = first
+        while item < end:
+            index = item // self.per_block
+            stop = min(end, (index + 1) * self.per_block)
+            offset, data = await self._block(index)
+            out.append((item, stop, data, offset))
+            item = stop
+        return out
+
+
+class NpyPart(_Part):
+    """A ``.npy`` file or object: its header read once, then items as byte ranges.
+
+    Raises:
+        ValueError: It is not a ``.npy`` array this reads (C order, no objects).
+    """
+
+    def __init__(
+        self, reader: RangeReader, dtype: np.dtype[np.generic], shape: tuple[int, ...], offset: int
+    ) -> None:
+        self.dtype = dtype
+        self.item_shape = shape[1:]
+        self.item_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+        self.offset = offset
+        super().__init__(reader, shape[0], BLOCK_BYTES // max(1, self.item_bytes))
+
+    @classmethod
+    async def open(cls, reader: RangeReader) -> NpyPart:
+        head = bytes(await reader.read(0, min(reader.size, _MAX_NPY_HEADER)))
+        if head[:6] != b"\x93NUMPY":
+            raise ValueError(f"{reader.name}: not a .npy file")
+        major = head[6]
+        if major == 1:
+            length, start = int.from_bytes(head[8:10], "little"), 10
+        elif major in (2, 3):
+            length, start = int.from_bytes(head[8:12], "little"), 12
+        else:
+            raise ValueError(f"{reader.name}: .npy format version {major} is not one this reads")
+        if start + length > len(head):
+            raise ValueError(f"{reader.name}: .npy header longer than {_MAX_NPY_HEADER} bytes")
+        try:
+            header = ast.literal_eval(head[start : start + length].decode("latin1"))
+            dtype = np.dtype(header["descr"])
+            shape = tuple(int(d) for d in header["shape"])
+            fortran = bool(header["fortran_order"])
+        except (ValueError, SyntaxError, KeyError, TypeError):
+            raise ValueError(f"{reader.name}: unreadable .npy header") from None
+        if fortran or dtype.hasobject or not shape or shape[0] == 0:
+            raise ValueError(f"{reader.name}: holds no items this reads (C order, no objects)")
+        offset = start + length
+        expected = offset + shape[0] * dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        if reader.size != expected:
+            raise ValueError(f"{reader.name}: {reader.size} bytes, its header says {expected}")
+        return cls(reader, dtype, shape, offset)
+
+    def _span(self, first: int, end: int) -> tuple[int, int]:
+        return self.offset + first * self.item_bytes, self.offset + end * self.item_bytes
+
+    async def read(self, first: int, end: int) -> npt.NDArray[np.generic]:
+        """Items ``[first, end)`` of this part."""
+        pieces = []
+        for a, b, data, offset in await self._bytes(first, end):
+            lo = self.offset + a * self.item_bytes - offset
+            raw = memoryview(data)[lo : lo + (b - a) * self.item_bytes]
+            pieces.append(np.frombuffer(raw, dtype=self.dtype).reshape((b - a, *self.item_shape)))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+class JsonlPart(_Part):
+    """A ``.jsonl`` file or object: scanned once for where its lines are, then lines read
+    as byte ranges. Blank lines are no items."""
+
+    def __init__(
+        self, reader: RangeReader, starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]
+    ) -> None:
+        self.starts = starts
+        self.ends = ends
+        items = len(starts)
+        mean = int(ends[-1] - starts[0]) // items if items else 1
+        super().__init__(reader, items, BLOCK_BYTES // max(1, mean))
+
+    @classmethod
+    async def open(cls, reader: RangeReader) -> JsonlPart:
+        starts: list[npt.NDArray[np.int64]] = []
+        ends: list[npt.NDArray[np.int64]] = []
+        pos = 0
+        line_start = 0
+        last_byte = -1
+        async for piece in reader.scan():
+            arr = np.frombuffer(piece, dtype=np.uint8)
+            if len(arr) == 0:
+                continue
+            nl = np.flatnonzero(arr == _NEWLINE).astype(np.int64)
+            if len(nl):
+                line_ends = nl + pos
+                line_starts = np.concatenate(([line_start], line_ends[:-1] + 1))
+                # A line's end without its \r (a file written on Windows).
+                before = nl - 1
+                cr = np.zeros(len(nl), dtype=bool)
+                inside = before >= 0
+                cr[inside] = arr[before[inside]] == _CR
+                if not inside[0] and last_byte == _CR:
+                    cr[0] = True
+                line_ends = line_ends - cr
+                starts.append(line_starts)
+                ends.append(line_ends)
+                line_start = int(nl[-1]) + pos + 1
+            last_byte = int(arr[-1])
+            pos += len(arr)
+        if line_start < pos:  # a last line with no newline
+            end = pos - (1 if last_byte == _CR else 0)
+            starts.append(np.array([line_start], dtype=np.int64))
+            ends.append(np.array([end], dtype=np.int64))
+        if pos != reader.size:
+            raise ValueError(f"{reader.name}: read {pos} bytes of {reader.size} (changed?)")
+        s = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        e = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+        keep = e > s
+        s, e = s[keep], e[keep]
+        if len(s) == 0:
+            raise ValueError(f"{reader.name} holds no items")
+        return cls(reader, s, e)
+
+    def _span(self, first: int, end: int) -> tuple[int, int]:
+        return int(self.starts[first]), int(self.ends[end - 1])
+
+    async def lines(self, first: int, end: int) -> list[bytes]:
+        """Lines ``[first, end)`` of this part, without their line ends."""
+        out: list[bytes] = []
+        for a, b, data, offset in await self._bytes(first, end):
+            view = memoryview(data)
+            for i in range(a, b):
+                out.append(bytes(view[int(self.starts[i]) - offset : int(self.ends[i]) - offset]))
+        return out
+
+    async def read(self, first: int, end: int, dtype: str = "float32") -> npt.NDArray[np.generic]:
+        """Lines ``[first, end)`` as JSON lists of numbers, one array of items."""
+        lines = await self.lines(first, end)
+        return await asyncio.to_thread(_json_items, lines, dtype, self.reader.name, first)
+
+
+def _json_items(
+    lines: Sequence[bytes], dtype: str, name: str, first: int
+) -> npt.NDArray[np.generic]:
+    try:
+        return np.asarray([json.loads(line) for line in lines], dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}: items from {first}: not JSON lists of numbers ({exc})") from None
+
+
+async def open_part(reader: RangeReader) -> NpyPart | JsonlPart:
+    """A ``.npy`` or ``.jsonl`` part, by its name.
+
+    Raises:
+        ValueError: Neither, or not readable as one.
+    """
+    if reader.name.endswith(".npy"):
+        return await NpyPart.open(reader)
+    if reader.name.endswith(".jsonl"):
+        return await JsonlPart.open(reader)
+    raise ValueError(f"{reader.name}: not a .npy or .jsonl file")
+
+
+class Parts:
+    """Parts numbered on end to end: items of a file or a folder (or prefix) of them.
+
+    Args:
+        parts: In order (a folder's or a prefix's in name order).
+        dtype: Element type of items of ``.jsonl`` parts holding numbers.
+    """
+
+    def __init__(self, parts: Sequence[NpyPart | JsonlPart], dtype: str = "float32") -> None:
+        if not parts:
+            raise ValueError("holds no .npy or .jsonl files")
+        self.parts = list(parts)
+        self.dtype = dtype
+        self.starts = np.cumsum([0] + [p.items for p in self.parts]).tolist()
+
+    @property
+    def items(self) -> int:
+        """How many items the input holds."""
+        return int(self.starts[-1])
+
+    def _pieces(self, start: int, end: int) -> list[tuple[NpyPart | JsonlPart, int, int]]:
+        out = []
+        for i, part in enumerate(self.parts):
+            lo, hi = self.starts[i], self.starts[i + 1]
+            if hi <= start or lo >= end:
+                continue
+            out.append((part, max(start, lo) - lo, min(end, hi) - lo))
+        return out
+
+    async def read(self, start: int, end: int) -> npt.NDArray[np.generic]:
+        """Items ``[start, end)`` as one array (tensor inputs)."""
+        arrays = []
+        for part, a, b in self._pieces(start, end):
+            if isinstance(part, NpyPart):
+                arrays.append(await part.read(a, b))
+            else:
+                arrays.append(await part.read(a, b, self.dtype))
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    async def lines(self, start: int, end: int) -> list[bytes]:
+        """Lines ``[start, end)`` (text inputs: every part must be a ``.jsonl``).
+
+        Raises:
+            ValueError: A part is not a ``.jsonl``.
+        """
+        out: list[bytes] = []
+        for part, a, b in self._pieces(start, end):
+            if not isinstance(part, JsonlPart):
+                raise ValueError(f"{part.reader.name}: a text input is .jsonl, not .npy")
+            out += await part.lines(a, b)
+        return out
