@@ -585,6 +585,43 @@ def test_network_policies_render_rule_by_rule(helm: Helm) -> None:
     assert not kinds(helm.template("--set=networkPolicy.enabled=false"), "NetworkPolicy")
 
 
+def test_object_store_secrets_are_readable_only_by_name_where_listed(helm: Helm) -> None:
+    def grants(objects: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+        return [
+            (o["metadata"]["name"], o["metadata"].get("namespace", ""), rule)
+            for o in objects
+            if o["kind"] in ("ClusterRole", "Role")
+            for rule in o["rules"]
+            if "secrets" in rule.get("resources", ())
+        ]
+
+    assert grants(helm.template()) == []  # by default: no Secret at all
+    objects = helm.template(
+        "--set=gateway.objectStore.secrets[0].namespace=team-a",
+        "--set=gateway.objectStore.secrets[0].name=store",
+        "--set=gateway.objectStore.secrets[1].namespace=team-b",
+        "--set=gateway.objectStore.secrets[1].name=s3",
+    )
+    assert grants(objects) == [
+        (
+            f"t-parkfleet-gateway-object-store-{name}",
+            ns,
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [name],
+                "verbs": ["get"],
+            },
+        )
+        for ns, name in (("team-a", "store"), ("team-b", "s3"))
+    ]
+    bindings = [o for o in kinds(objects, "RoleBinding") if "object-store" in o["metadata"]["name"]]
+    assert [(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in bindings] == [
+        ("team-a", "t-parkfleet-gateway"),
+        ("team-b", "t-parkfleet-gateway"),
+    ]
+
+
 def test_configmap_inputs_are_readable_only_in_the_namespaces_listed(helm: Helm) -> None:
     role_name = "t-parkfleet-gateway-configmap-inputs"
     for listed in ([], ["team-a", "team-b"]):

@@ -96,6 +96,8 @@ def chart(
             str(CHART),
             f"--namespace={ns}",
             f"--set=gateway.configMapInputs.namespaces={{{tenant}}}",
+            f"--set=gateway.objectStore.secrets[0].namespace={tenant}",
+            "--set=gateway.objectStore.secrets[0].name=store",
             "--set=monitoring.metricsReaders[0].kind=ServiceAccount",
             "--set=monitoring.metricsReaders[0].name=scraper",
             f"--set=monitoring.metricsReaders[0].namespace={ns}",
@@ -244,6 +246,36 @@ async def denied(call: Awaitable[Any], verb: str, resource: str) -> None:
 
 
 # ---- the gateway's token -------------------------------------------------------------
+
+
+def test_the_gateways_token_gets_only_the_object_store_secrets_listed(chart: Chart) -> None:
+    k, ns = chart.admin, chart.tenant
+    for name in ("store", "other"):
+        k(
+            "create",
+            "secret",
+            "generic",
+            name,
+            f"-n={ns}",
+            "--type=parkfleet.io/object-store",
+            "--from-literal=endpoint=http://127.0.0.1:9",
+            "--from-literal=accessKeyId=a",
+            "--from-literal=secretAccessKey=b",
+        )
+    try:
+        got = chart.gateway("get", "secret", "store", f"-n={ns}", "-o=jsonpath={.type}")
+        assert got.stdout == "parkfleet.io/object-store"
+        for args in (
+            ("secret", "other", f"-n={ns}"),
+            ("secrets", f"-n={ns}"),
+            ("secret", "store", f"-n={chart.namespace}"),
+            ("secrets", "-A"),
+        ):
+            refused = chart.gateway("get", *args, check=False)
+            assert refused.returncode != 0, args
+            assert "forbidden" in refused.stderr.lower(), refused.stderr
+    finally:
+        k("delete", "secret", "store", "other", f"-n={ns}", check=False)
 
 
 async def test_the_gateways_token_writes_its_cell_nodes_and_their_leases_and_no_other(
