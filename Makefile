@@ -165,8 +165,12 @@ bench-jobs: $(VENV)/.installed $(CP) model ## InferenceJob efficiency on 500 sim
 bench-revocation: $(VENV)/.installed $(CP) model ## revocation written -> the revoked car's stream closed (p50, p99 over 25)
 	$(PY) tests/bench/bench_revocation.py
 
+.PHONY: bench-s3
+bench-s3: $(VENV)/.installed $(VERSITYGW) ## object-storage inputs: the gateway's streaming MB/s vs the S3 client's raw MB/s, same server
+	$(PY) tests/bench/bench_s3.py
+
 .PHONY: bench
-bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation ## every benchmark; tables printed, JSON under .cache/bench/
+bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation bench-s3 ## every benchmark; tables printed, JSON under .cache/bench/
 
 FUZZ_RUNS ?= 1000000
 .PHONY: fuzz

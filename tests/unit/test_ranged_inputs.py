@@ -79,7 +79,9 @@ async def test_npy_items_by_offset_and_parts_numbered_on(
         (b"\x93NUMPY\x01\x00\x10\x00{'descr': 'zz'}   ", "unreadable .npy header"),
     ],
 )
-async def test_a_bad_npy_is_refused_saying_why(tmp_path: Path, content: bytes, message: str) -> None:
+async def test_a_bad_npy_is_refused_saying_why(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
     f = tmp_path / "bad.npy"
     f.write_bytes(content)
     with pytest.raises(ValueError, match=message):

@@ -4,8 +4,8 @@ An input may live in object storage (``s3://``) or on the data volume; either wa
 gateway never downloads it whole for a unit. It reads a file's header (``.npy``) or scans
 it once for where its lines start (``.jsonl``, streamed), then reads the items a task
 asks for as byte ranges. Ranges are read in blocks of about :data:`BLOCK_BYTES`, aligned
-on items, and the last few blocks are kept: the batches of one task, and the copies of
-a redundant unit, share one request instead of one each.
+on items, the next block read ahead, and the last few blocks are kept: the batches of one
+task, and the copies of a redundant unit, share one request instead of one each.
 
 :class:`RangeReader` is what a part is read through: :class:`FileReader` (``pread`` in a
 thread) or :class:`ObjectReader` (obstore's ranged GET, async in Rust).
@@ -38,9 +38,10 @@ __all__ = [
     "open_part",
 ]
 
-BLOCK_BYTES = 4 * 1024 * 1024
-# Blocks kept per input (a few tasks' worth; ``BLOCK_BYTES`` each).
-BLOCKS_KEPT = 16
+BLOCK_BYTES = 2 * 1024 * 1024
+# Blocks kept per input part (a few tasks' worth, each read ahead by one; at most
+# ``BLOCK_BYTES`` each): 64 MiB at most.
+BLOCKS_KEPT = 32
 _SCAN_BYTES = 8 * 1024 * 1024  # a .jsonl is scanned for its lines this much at a time
 _MAX_NPY_HEADER = 64 * 1024
 _NEWLINE = 10
@@ -111,6 +112,12 @@ class ObjectReader:
             yield memoryview(piece)
 
 
+def _consume(task: asyncio.Task[bytes | memoryview]) -> None:
+    """Reads a read-ahead's error, if any (a later read of the block retries it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Part:
     """A part of an input: ``items`` items, read a block of ``per_block`` items at a time."""
 
@@ -124,18 +131,32 @@ class _Part:
         """Bytes of items ``[first, end)``."""
         raise NotImplementedError
 
-    async def _block(self, index: int) -> tuple[int, bytes | memoryview]:
-        """Block ``index``: the byte offset of its first item and its bytes."""
-        first = index * self.per_block
-        end = min(first + self.per_block, self.items)
-        start, stop = self._span(first, end)
+    def _fetch(self, index: int) -> asyncio.Task[bytes | memoryview]:
+        """Block ``index``'s read, started unless one is under way or done."""
         task = self._blocks.get(index)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            first = index * self.per_block
+            start, stop = self._span(first, min(first + self.per_block, self.items))
             task = asyncio.ensure_future(self.reader.read(start, stop))
             self._blocks[index] = task
-            while len(self._blocks) > BLOCKS_KEPT:
-                self._blocks.popitem(last=False)
         self._blocks.move_to_end(index)
+        if len(self._blocks) > BLOCKS_KEPT:
+            # The least recently used blocks go, those read already (not a read under way).
+            for old in [k for k, t in self._blocks.items() if t.done()]:
+                if len(self._blocks) <= BLOCKS_KEPT:
+                    break
+                del self._blocks[old]
+        return task
+
+    async def _block(self, index: int) -> tuple[int, bytes | memoryview]:
+        """Block ``index``: the byte offset of its first item and its bytes. The next
+        block is read ahead meanwhile (a task's items are read in order)."""
+        task = self._fetch(index)
+        if (index + 1) * self.per_block < self.items and index + 1 not in self._blocks:
+            ahead = self._fetch(index + 1)
+            ahead.add_done_callback(_consume)
+        first = index * self.per_block
+        start, _ = self._span(first, min(first + self.per_block, self.items))
         return start, await asyncio.shield(task)
 
     async def _bytes(self, first: int, end: int) -> list[tuple[int, int, bytes | memoryview, int]]:
@@ -272,9 +293,12 @@ class JsonlPart(_Part):
         """Lines ``[first, end)`` of this part, without their line ends."""
         out: list[bytes] = []
         for a, b, data, offset in await self._bytes(first, end):
-            view = memoryview(data)
-            for i in range(a, b):
-                out.append(bytes(view[int(self.starts[i]) - offset : int(self.ends[i]) - offset]))
+            lo = int(self.starts[a]) - offset
+            blob = bytes(memoryview(data)[lo : int(self.ends[b - 1]) - offset])
+            base = offset + lo
+            starts = (self.starts[a:b] - base).tolist()
+            ends = (self.ends[a:b] - base).tolist()
+            out += [blob[s:e] for s, e in zip(starts, ends, strict=True)]
         return out
 
     async def read(self, first: int, end: int, dtype: str = "float32") -> npt.NDArray[np.generic]:
