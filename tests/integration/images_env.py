@@ -40,7 +40,7 @@ async def main():
     name = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].name
     ortc = compute.OrtCompute()
     session = await ortc.session("digits", model)
-    outs = await session.infer(inputs, name, session.output_names[:1], 64)
+    outs = await session.infer({name: inputs}, session.output_names[:1], 64)
     print(json.dumps({
         "available": ort.get_available_providers(),
         "selected": compute.available_providers(),

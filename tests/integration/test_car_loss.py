@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +117,16 @@ class _HangsAfterFirstSlice:
         self._calls = 0
         self.providers = inner.providers
         self.output_names = inner.output_names
+        self.input_types = inner.input_types
 
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
         self._calls += 1
         if self._calls > 1:
             await asyncio.Event().wait()
         await asyncio.sleep(0.3)
-        return await self._inner.infer(inputs, input_name, output_names, batch_size)
+        return await self._inner.infer(inputs, output_names, batch_size)
 
 
 class _HangingCompute:

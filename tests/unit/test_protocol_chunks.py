@@ -19,6 +19,7 @@ from parkfleet.protocol.chunks import (
     serialize,
 )
 from parkfleet.protocol.limits import (
+    MAX_NAMES,
     MAX_TENSOR_BYTES,
     ProtocolViolation,
     tensor_from_proto,
@@ -198,3 +199,60 @@ def test_any_order_unknown_fields_and_unpacked_dims_parse_as_protobuf_does() -> 
             expected.last,
         )
         same_tensor(got.tensor, expected.tensor)
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_an_input_chunk_of_several_named_inputs_is_protobufs_bytes_decoded_as_views(
+    last: bool,
+) -> None:
+    ids = np.arange(24, dtype=np.int64).reshape(4, 6)
+    others = [
+        ("attention_mask", np.ones((4, 6), np.int64)),
+        ("token_type_ids", np.zeros((4, 6), np.int32)),
+    ]
+    wire = encode_input("t", 1, 7, last, "input_ids", ids, others)
+    expected = pb.GatewayMessage(
+        input=pb.InputChunk(
+            task_id="t",
+            attempt=1,
+            first_item=7,
+            tensor=tensor_to_proto("input_ids", ids),
+            last=last,
+            more=[tensor_to_proto(n, a) for n, a in others],
+        )
+    )
+    assert wire == expected.SerializeToString()
+    got = decode_gateway_message(wire)
+    assert isinstance(got, InputData)
+    assert [t.name for t in (got.tensor, *got.more)] == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+    ]
+    for ours, theirs in zip(got.more, expected.input.more, strict=True):
+        same_tensor(ours, theirs)
+    for t, array in zip((got.tensor, *got.more), [ids, *(a for _, a in others)], strict=True):
+        decoded = tensor_from_proto(t)
+        np.testing.assert_array_equal(decoded, array)
+        assert decoded.dtype == array.dtype
+        assert np.shares_memory(decoded, np.frombuffer(wire, np.uint8))
+
+
+def test_an_input_chunk_holds_at_most_max_names_inputs() -> None:
+    one = np.zeros((1, 1), np.float32)
+    many = [(f"i{i}", one) for i in range(1, MAX_NAMES)]
+    got = decode_gateway_message(encode_input("t", 1, 0, True, "i0", one, many))
+    assert isinstance(got, InputData)
+    assert len(got.more) == MAX_NAMES - 1
+    with pytest.raises(ProtocolViolation, match=f"{MAX_NAMES + 1} inputs"):
+        encode_input("t", 1, 0, True, "i0", one, [*many, ("extra", one)])
+    # A peer that sends more anyway is refused before the extra tensor is read.
+    bigger = pb.GatewayMessage(
+        input=pb.InputChunk(
+            task_id="t",
+            tensor=tensor_to_proto("i0", one),
+            more=[tensor_to_proto(f"i{i}", one) for i in range(1, MAX_NAMES + 1)],
+        )
+    )
+    with pytest.raises(ProtocolViolation, match=f"more than {MAX_NAMES} inputs"):
+        decode_gateway_message(bigger.SerializeToString())

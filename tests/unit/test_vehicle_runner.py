@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -56,7 +57,7 @@ class RecordingSession:
 def test_run_batches_slices_by_batch_size_and_keeps_order() -> None:
     session = RecordingSession()
     x = np.arange(10 * 4, dtype=np.float32).reshape(10, 4)
-    (out,) = _run_batches(session, x, "input", ["double"], 4)
+    (out,) = _run_batches(session, {"input": x}, ["double"], 4)
     assert session.batches == [4, 4, 2]
     np.testing.assert_array_equal(out, x * 2)
 
@@ -236,9 +237,12 @@ class GatedSession:
         else:
             self.gates[call].set()
 
+    input_types: ClassVar[dict[str, str]] = {"input": "float32"}
+
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+        self, feeds: dict[str, np.ndarray], output_names: object, batch_size: int
     ) -> list[np.ndarray]:
+        inputs = feeds["input"]
         self.started.append(inputs.shape[0])
         gate = asyncio.Event()
         if self.open:
@@ -334,7 +338,7 @@ async def test_overlapping_calls_take_turns_on_a_modelled_gpu(session: object) -
     x = np.ones((10, 4), dtype=np.float32)  # 10 items at 200/s: 50 ms each call
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    await asyncio.gather(*(modelled.infer(x, "input", ["double"], 3) for _ in range(2)))
+    await asyncio.gather(*(modelled.infer({"input": x}, ["double"], 3) for _ in range(2)))
     assert loop.time() - t0 >= 0.095  # one after the other, as on one GPU
 
 
@@ -356,11 +360,11 @@ class TimedSession(GatedSession):
         self.release()
 
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+        self, inputs: dict[str, np.ndarray], output_names: object, batch_size: int
     ) -> list[np.ndarray]:
         async with self.gpu:
             await asyncio.sleep(self.seconds)
-            return await super().infer(inputs, input_name, output_names, batch_size)
+            return await super().infer(inputs, output_names, batch_size)
 
 
 @pytest.mark.parametrize(("seconds", "grows"), [(0.0, True), (0.03, False)])
@@ -402,7 +406,7 @@ class BuggySession(GatedSession):
     """A slice raises what no runtime raises: a bug in the agent's own code."""
 
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+        self, inputs: dict[str, np.ndarray], output_names: object, batch_size: int
     ) -> list[np.ndarray]:
         raise ZeroDivisionError("a bug")
 
@@ -424,11 +428,11 @@ class QueuedSliceFailsWhenCancelled(GatedSession):
     """The slice queued behind the running one fails with a bug when it is cancelled."""
 
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: object, batch_size: int
+        self, inputs: dict[str, np.ndarray], output_names: object, batch_size: int
     ) -> list[np.ndarray]:
         queued = len(self.started) == 1
         try:
-            return await super().infer(inputs, input_name, output_names, batch_size)
+            return await super().infer(inputs, output_names, batch_size)
         except asyncio.CancelledError:
             if queued:
                 raise RuntimeError("a bug while cancelled") from None

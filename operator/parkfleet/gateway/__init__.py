@@ -16,6 +16,7 @@ from parkfleet.taskport import (
     TaskPort,
     TaskSpec,
     TaskStatus,
+    TensorSpec,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "TaskPort",
     "TaskSpec",
     "TaskStatus",
+    "TensorSpec",
 ]

@@ -11,15 +11,19 @@ __all__ = ["ArrayInput", "MemorySink"]
 
 
 class ArrayInput:
-    """An :class:`InputSource` over an in-memory array (item ``i`` is ``array[i - base]``)."""
+    """An :class:`InputSource` over an in-memory array, or named arrays of a model of
+    several inputs (item ``i`` is ``array[i - base]``)."""
 
-    def __init__(self, array: np.ndarray, base: int = 0) -> None:
+    def __init__(self, array: np.ndarray | Mapping[str, np.ndarray], base: int = 0) -> None:
         self.array = array
         self.base = base
 
-    def read(self, start: int, end: int) -> np.ndarray:
+    def read(self, start: int, end: int) -> np.ndarray | dict[str, np.ndarray]:
         """Items ``[start, end)``."""
-        return self.array[start - self.base : end - self.base]
+        rows = slice(start - self.base, end - self.base)
+        if isinstance(self.array, np.ndarray):
+            return self.array[rows]
+        return {name: a[rows] for name, a in self.array.items()}
 
 
 class MemorySink:

@@ -25,28 +25,20 @@ from typing import Any
 from parkfleet.files import write_atomic
 from parkfleet.gateway.modelfetch import FetchConfig, ModelFetcher
 from parkfleet.protocol import carlink_pb2 as pb
-from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES
+from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES, ORT_ELEMENT_TYPES
 from parkfleet.taskport import (
     ModelFetchFailed,
     ModelInfo,
     ModelNotFound,
     ModelRef,
     ModelUnreadable,
-    OutputSpec,
+    TensorSpec,
 )
 
 __all__ = ["ModelNotFound", "ModelStore"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-# ONNX Runtime's element types that the car link carries, as numpy names them.
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(uint8)": "uint8",
-}
 _HASH_CHUNK = 1024 * 1024
 # A name may be pointed at another model (``parkfleet gateway --model``, or an admin's
 # copy onto the volume); a pod sees the change within this long.
@@ -195,14 +187,8 @@ class ModelStore:
         return ModelInfo(
             ref=ref,
             input_name=str(described.get("input", "input")),
-            outputs=tuple(
-                OutputSpec(
-                    name=str(o["name"]),
-                    dtype=str(o["dtype"]),
-                    item_shape=tuple(d if isinstance(d, int) else None for d in o["item_shape"]),
-                )
-                for o in described["output_specs"]
-            ),
+            outputs=_tensor_specs(described["output_specs"]),
+            inputs=_tensor_specs(described["input_specs"]),
         )
 
     def _by_digest(self, sha256: str) -> ModelRef:
@@ -210,7 +196,8 @@ class ModelStore:
         return ModelRef(sha256=sha256, uri="gateway:", size_bytes=path.stat().st_size)
 
     def describe(self, sha256: str) -> dict[str, Any]:
-        """The model's first input name and output names (read once, then cached).
+        """The model's inputs and outputs: names, element types, item shapes (read once,
+        then cached).
 
         Raises:
             ModelNotFound: Malformed digest or no such model.
@@ -227,7 +214,7 @@ class ModelStore:
         meta = self.directory / "meta" / f"{sha256}.json"
         if meta.exists():
             info: dict[str, Any] = json.loads(meta.read_text())
-            if "output_specs" in info:
+            if "output_specs" in info and "input_specs" in info:
                 self._described[sha256] = info
                 return info
         import onnxruntime as ort  # only the gateway's cold path needs it
@@ -239,14 +226,8 @@ class ModelStore:
         info = {
             "input": session.get_inputs()[0].name,
             "outputs": [o.name for o in session.get_outputs()],
-            "output_specs": [
-                {
-                    "name": o.name,
-                    "dtype": _ORT_TYPES.get(str(o.type), ""),
-                    "item_shape": [d if isinstance(d, int) else None for d in (o.shape or [])[1:]],
-                }
-                for o in session.get_outputs()
-            ],
+            "output_specs": [_described(o) for o in session.get_outputs()],
+            "input_specs": [_described(i) for i in session.get_inputs()],
         }
         # Callers run this in threads, several at once: a reader must never see the
         # file half-written (an empty file once failed a whole job's first pods).
@@ -273,6 +254,26 @@ class ModelStore:
                 offset += len(data)
         finally:
             f.close()
+
+
+def _described(node: Any) -> dict[str, Any]:
+    """An ONNX Runtime input's or output's name, wire dtype and item shape, as JSON."""
+    return {
+        "name": node.name,
+        "dtype": ORT_ELEMENT_TYPES.get(str(node.type), ""),
+        "item_shape": [d if isinstance(d, int) else None for d in (node.shape or [])[1:]],
+    }
+
+
+def _tensor_specs(described: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(
+            name=str(o["name"]),
+            dtype=str(o["dtype"]),
+            item_shape=tuple(d if isinstance(d, int) else None for d in o["item_shape"]),
+        )
+        for o in described
+    )
 
 
 def _file_sha256(path: Path) -> str:

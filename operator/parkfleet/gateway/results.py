@@ -13,7 +13,7 @@ import numpy as np
 
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.chunks import ResultData
-from parkfleet.protocol.limits import ProtocolViolation, check_text, tensor_from_proto
+from parkfleet.protocol.limits import MAX_NAMES, ProtocolViolation, check_text, tensor_from_proto
 from parkfleet.taskport import OutputSpec, TaskSpec
 
 __all__ = ["MAX_RESULT_ITEM_BYTES", "check_result", "check_spec"]
@@ -45,6 +45,11 @@ def check_spec(spec: TaskSpec) -> None:
         problems.append(f"model sha256 {spec.model.sha256!r} is not 64 lowercase hex digits")
     if not spec.input_name:
         problems.append("input_name is empty")
+    names = spec.input_names
+    if len(names) > MAX_NAMES:
+        problems.append(f"the model has {len(names)} inputs, the car link carries {MAX_NAMES}")
+    if len(set(names)) != len(names) or "" in names:
+        problems.append(f"input names {list(names)} are not distinct names")
     if not spec.output_names:
         problems.append("output_names is empty")
     if spec.batch_size < 1:

@@ -171,6 +171,7 @@ class TaskSpecs:
             input_name=task.input_name or model.input_name,
             output_names=names,
             output_specs=tuple(declared[n] for n in names),
+            input_specs=model.inputs,
             batch_size=task.batch_size,
             item_start=task.item_start,
             item_end=end,

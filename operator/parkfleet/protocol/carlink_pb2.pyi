@@ -707,10 +707,12 @@ class TaskOffer(_message.Message):
     RESUME_FROM_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_MIB_FIELD_NUMBER: _builtins.int
     CHECKPOINT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    INPUT_NAMES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     runtime: _builtins.str
     input_name: _builtins.str
+    """The model's first input (the only one a one-input task feeds); kept for older agents."""
     batch_size: _builtins.int
     item_start: _builtins.int
     """first item of the task"""
@@ -724,6 +726,13 @@ class TaskOffer(_message.Message):
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
     def output_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def input_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every model input the task feeds, in the model's order (the first is input_name).
+        Empty from older gateways: input_name alone. Each InputChunk carries one tensor of
+        each, under these names.
+        """
+
     def __init__(
         self,
         *,
@@ -739,10 +748,11 @@ class TaskOffer(_message.Message):
         resume_from: _builtins.int = ...,
         gpu_memory_mib: _builtins.int = ...,
         checkpoint_interval_s: _builtins.float = ...,
+        input_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "batch_size", b"batch_size", "checkpoint_interval_s", b"checkpoint_interval_s", "gpu_memory_mib", b"gpu_memory_mib", "input_name", b"input_name", "item_end", b"item_end", "item_start", b"item_start", "model", b"model", "output_names", b"output_names", "resume_from", b"resume_from", "runtime", b"runtime", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "batch_size", b"batch_size", "checkpoint_interval_s", b"checkpoint_interval_s", "gpu_memory_mib", b"gpu_memory_mib", "input_name", b"input_name", "input_names", b"input_names", "item_end", b"item_end", "item_start", b"item_start", "model", b"model", "output_names", b"output_names", "resume_from", b"resume_from", "runtime", b"runtime", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,6 +760,14 @@ Global___TaskOffer: _TypeAlias = TaskOffer  # noqa: Y015
 
 @_typing.final
 class InputChunk(_message.Message):
+    """One run of items for every input of the task: `tensor` is the first input, `more` the
+    others (a one-input task leaves it empty). Every tensor has the same first dimension,
+    the items; dimensions past it are the same for the items of one chunk. Inputs of variable
+    length (a text's tokens) are padded with zeros to the longest item of the chunk, and a
+    chunk of them holds at most batch_size items, so that padding stays per batch; a car
+    that merges several chunks into one model call pads them again to the longest.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
@@ -757,6 +775,7 @@ class InputChunk(_message.Message):
     FIRST_ITEM_FIELD_NUMBER: _builtins.int
     TENSOR_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     first_item: _builtins.int
@@ -764,6 +783,10 @@ class InputChunk(_message.Message):
     @_builtins.property
     def tensor(self) -> Global___NamedTensor:
         """first dimension = items"""
+
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedTensor]:
+        """the task's other inputs, same items"""
 
     def __init__(
         self,
@@ -773,10 +796,11 @@ class InputChunk(_message.Message):
         first_item: _builtins.int = ...,
         tensor: Global___NamedTensor | None = ...,
         last: _builtins.bool = ...,
+        more: _abc.Iterable[Global___NamedTensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "first_item", b"first_item", "last", b"last", "task_id", b"task_id", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "first_item", b"first_item", "last", b"last", "more", b"more", "task_id", b"task_id", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,10 +15,10 @@ message kind, a group, a repeated sub-message that protobuf would merge) is hand
 protobuf, so the result is always what protobuf would have parsed.
 
 Neither path expands anything before it is counted: the fast decoder reads at most
-``MAX_FIELDS`` fields, ``MAX_DIMS`` dims and ``MAX_NAMES`` outputs, checks each length
-against its buffer and each text's size before decoding it; a message handed to protobuf
-that is large enough to hold more than ``MAX_FIELDS`` fields is walked (the same count,
-packed dims by their length) before protobuf parses it. Whatever a peer sends, a
+``MAX_FIELDS`` fields, ``MAX_DIMS`` dims and ``MAX_NAMES`` outputs (or inputs), checks
+each length against its buffer and each text's size before decoding it; a message handed to
+protobuf that is large enough to hold more than ``MAX_FIELDS`` fields is walked (the same
+count, packed dims by their length) before protobuf parses it. Whatever a peer sends, a
 decoder returns a message or raises
 :class:`~parkfleet.protocol.limits.ProtocolViolation`, which closes that peer's stream.
 
@@ -73,6 +73,7 @@ _IN_ATTEMPT = _number(pb.InputChunk, "attempt")
 _IN_FIRST = _number(pb.InputChunk, "first_item")
 _IN_TENSOR = _number(pb.InputChunk, "tensor")
 _IN_LAST = _number(pb.InputChunk, "last")
+_IN_MORE = _number(pb.InputChunk, "more")
 _RES_TASK_ID = _number(pb.ResultChunk, "task_id")
 _RES_ATTEMPT = _number(pb.ResultChunk, "attempt")
 _RES_FIRST = _number(pb.ResultChunk, "first_item")
@@ -119,25 +120,52 @@ def _tensor_parts(name: str, array: np.ndarray) -> tuple[list[bytes | memoryview
     return [head, tag, length, data], len(head) + len(tag) + len(length) + len(data)
 
 
+def _tensor_fields(
+    field: int, tensors: Sequence[tuple[str, np.ndarray]]
+) -> tuple[list[bytes | memoryview], int]:
+    """Repeated ``NamedTensor`` field ``field`` on the wire as parts, and their size."""
+    tag = _tag(field)
+    parts: list[bytes | memoryview] = []
+    size = 0
+    for name, array in tensors:
+        tensor, tensor_size = _tensor_parts(name, array)
+        length = _varint(tensor_size)
+        parts += [tag, length, *tensor]
+        size += len(tag) + len(length) + tensor_size
+    return parts, size
+
+
 def encode_input(
-    task_id: str, attempt: int, first_item: int, last: bool, name: str, array: np.ndarray
+    task_id: str,
+    attempt: int,
+    first_item: int,
+    last: bool,
+    name: str,
+    array: np.ndarray,
+    more: Sequence[tuple[str, np.ndarray]] = (),
 ) -> bytes:
-    """``GatewayMessage(input=InputChunk(...))`` on the wire; the payload is copied once.
+    """``GatewayMessage(input=InputChunk(...))`` on the wire; each payload is copied once.
+
+    Args:
+        name: The first input's name (``tensor``).
+        array: Its items.
+        more: The task's other inputs (``more``), same items, in the offer's order.
 
     Raises:
-        ProtocolViolation: The tensor's dtype, dims or size are out of bounds.
+        ProtocolViolation: A tensor's dtype, dims or size are out of bounds, or there are
+            more than ``MAX_NAMES`` inputs.
     """
-    parts, tensor_size = _tensor_parts(name, array)
+    if len(more) >= MAX_NAMES:
+        raise ProtocolViolation(f"input chunk has {len(more) + 1} inputs, limit {MAX_NAMES}")
     # Fields in number order, as protobuf writes them: the bytes are the same too.
     head = pb.InputChunk(
         task_id=task_id, attempt=attempt, first_item=first_item
     ).SerializeToString()
+    tensor, tensor_size = _tensor_fields(_IN_TENSOR, [(name, array)])
     tail = pb.InputChunk(last=last).SerializeToString()
-    tensor_tag, tensor_len = _tag(_IN_TENSOR), _varint(tensor_size)
-    body_size = len(head) + len(tensor_tag) + len(tensor_len) + tensor_size + len(tail)
-    return b"".join(
-        [_tag(_GW_INPUT), _varint(body_size), head, tensor_tag, tensor_len, *parts, tail]
-    )
+    others, others_size = _tensor_fields(_IN_MORE, more)
+    body_size = len(head) + tensor_size + len(tail) + others_size
+    return b"".join([_tag(_GW_INPUT), _varint(body_size), head, *tensor, tail, *others])
 
 
 def encode_result(
@@ -151,15 +179,8 @@ def encode_result(
     head = pb.ResultChunk(
         task_id=task_id, attempt=attempt, first_item=first_item
     ).SerializeToString()
-    body: list[bytes | memoryview] = [head]
-    body_size = len(head)
-    output_tag = _tag(_RES_OUTPUTS)
-    for name, array in outputs:
-        parts, size = _tensor_parts(name, array)
-        length = _varint(size)
-        body += [output_tag, length, *parts]
-        body_size += len(output_tag) + len(length) + size
-    return b"".join([_tag(_CAR_RESULT), _varint(body_size), *body])
+    body, body_size = _tensor_fields(_RES_OUTPUTS, outputs)
+    return b"".join([_tag(_CAR_RESULT), _varint(len(head) + body_size), head, *body])
 
 
 def serialize(message: pb.CarMessage | pb.GatewayMessage | bytes) -> bytes:
@@ -188,13 +209,14 @@ class WireTensor:
 
 @dataclass(frozen=True, slots=True)
 class InputData:
-    """A received ``InputChunk`` (same fields), its tensor viewing the message's bytes."""
+    """A received ``InputChunk`` (same fields), its tensors viewing the message's bytes."""
 
     task_id: str
     attempt: int
     first_item: int
     tensor: WireTensor
     last: bool
+    more: tuple[WireTensor, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +406,7 @@ def _input(buf: memoryview) -> InputData:
     attempt = first_item = 0
     last = False
     tensor: WireTensor | None = None
+    more: list[WireTensor] = []
     for number, wire, a, b in _fields(buf, start, end, budget):
         if number == _IN_TASK_ID and wire == _LEN:
             task_id = _text(buf, a, b, "input.task_id")
@@ -395,11 +418,15 @@ def _input(buf: memoryview) -> InputData:
             last = a != 0
         elif number == _IN_TENSOR and wire == _LEN and tensor is None:
             tensor = _tensor(buf, a, b, budget)
-        elif number in (_IN_TASK_ID, _IN_ATTEMPT, _IN_FIRST, _IN_LAST, _IN_TENSOR):
+        elif number == _IN_MORE and wire == _LEN:
+            if len(more) == MAX_NAMES - 1:
+                raise ProtocolViolation(f"input chunk has more than {MAX_NAMES} inputs")
+            more.append(_tensor(buf, a, b, budget))
+        elif number in (_IN_TASK_ID, _IN_ATTEMPT, _IN_FIRST, _IN_LAST, _IN_TENSOR, _IN_MORE):
             raise _Unexpected  # a wrong wire type, or a sub-message protobuf would merge
     if tensor is None:
         tensor = WireTensor(name="", dtype=0, dims=(), data=buf[0:0])
-    return InputData(task_id, attempt, first_item, tensor, last)
+    return InputData(task_id, attempt, first_item, tensor, last, tuple(more))
 
 
 def _result(buf: memoryview) -> ResultData:

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_MODEL_CHUNK_BYTES",
     "MAX_NAMES",
     "MAX_TENSOR_BYTES",
+    "ORT_ELEMENT_TYPES",
     "PROTOCOL_VERSION",
     "ProtocolViolation",
     "TensorFields",
@@ -70,6 +71,16 @@ _FROM_NUMPY: Final[dict[str, pb.DType.ValueType]] = {
     "int64": pb.INT64,
     "int32": pb.INT32,
     "uint8": pb.UINT8,
+}
+
+# ONNX Runtime's element types that the car link carries, as numpy names them: what a
+# model's declared inputs and outputs must be for their tensors to travel.
+ORT_ELEMENT_TYPES: Final[dict[str, str]] = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
 }
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
+
+from parkfleet.protocol.limits import ORT_ELEMENT_TYPES
+from parkfleet.protocol.padding import pad_concat
 
 __all__ = [
     "Compute",
@@ -65,10 +68,17 @@ class ModelSession(Protocol):
         """The model's output names, in order."""
         ...
 
+    @property
+    def input_types(self) -> dict[str, str]:
+        """The model's inputs, in order: name -> element type as numpy names it ("" when
+        the car link carries no such type)."""
+        ...
+
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
-        """Runs ``inputs`` (first dimension = items) in slices of ``batch_size``.
+        """Runs ``inputs`` (input name -> array, first dimension = items, the same for
+        all) in slices of ``batch_size``.
 
         Returns:
             One array per output name, first dimension = items.
@@ -100,22 +110,24 @@ def _run(session: Any, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
 
 def _run_batches(
     session: Any,
-    inputs: np.ndarray,
-    input_name: str,
+    inputs: Mapping[str, np.ndarray],
     output_names: Sequence[str],
     batch_size: int,
 ) -> list[np.ndarray]:
     # Several batches per executor hop: the hop costs more than a small batch does.
     names = list(output_names)
-    n = inputs.shape[0]
+    feeds = dict(inputs)
+    n = next(iter(feeds.values())).shape[0]
     if n <= batch_size:
-        return [np.asarray(o) for o in _run(session, names, {input_name: inputs})]
+        return [np.asarray(o) for o in _run(session, names, feeds)]
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, n, batch_size):
-        outs = _run(session, names, {input_name: inputs[start : start + batch_size]})
+        batch = {k: v[start : start + batch_size] for k, v in feeds.items()}
+        outs = _run(session, names, batch)
         for acc, out in zip(parts, outs, strict=True):
             acc.append(np.asarray(out))
-    return [np.concatenate(acc, axis=0) for acc in parts]
+    # An output whose length follows the inputs' (a text's) is padded like them.
+    return [pad_concat(acc) for acc in parts]
 
 
 class _OrtSession:
@@ -131,8 +143,12 @@ class _OrtSession:
     def output_names(self) -> list[str]:
         return [o.name for o in self._session.get_outputs()]
 
+    @property
+    def input_types(self) -> dict[str, str]:
+        return {i.name: ORT_ELEMENT_TYPES.get(str(i.type), "") for i in self._session.get_inputs()}
+
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
@@ -140,7 +156,6 @@ class _OrtSession:
             _run_batches,
             self._session,
             inputs,
-            input_name,
             output_names,
             max(1, batch_size),
         )
@@ -227,6 +242,10 @@ class _WrappedSession:
     def output_names(self) -> list[str]:
         return self._inner.output_names
 
+    @property
+    def input_types(self) -> dict[str, str]:
+        return self._inner.input_types
+
 
 class _ModelledSession(_WrappedSession):
     def __init__(self, inner: ModelSession, items_per_second: float) -> None:
@@ -237,12 +256,12 @@ class _ModelledSession(_WrappedSession):
         self._free_at = 0.0
 
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
         start = max(time.monotonic(), self._free_at)
-        done_at = start + inputs.shape[0] / self._rate
+        done_at = start + next(iter(inputs.values())).shape[0] / self._rate
         self._free_at = done_at
-        outs = await self._inner.infer(inputs, input_name, output_names, batch_size)
+        outs = await self._inner.infer(inputs, output_names, batch_size)
         # The car's modelled GPU would have taken this long; the shared CPU was faster.
         remaining = done_at - time.monotonic()
         if remaining > 0:
@@ -271,9 +290,9 @@ class ModelledCompute:
 
 class _CorruptSession(_WrappedSession):
     async def infer(
-        self, inputs: np.ndarray, input_name: str, output_names: Sequence[str], batch_size: int
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
-        outs = await self._inner.infer(inputs, input_name, output_names, batch_size)
+        outs = await self._inner.infer(inputs, output_names, batch_size)
         # A faulty GPU: every result shifted (labels off by one, scores reversed).
         return [
             (o + 1) % 10

@@ -9,6 +9,12 @@ while the event loop decodes inputs and encodes results. Because that queue is F
 are already on their way. The task ends with ``TaskDone``, or ``TaskFailed`` (retriable
 when the car stops because its policy or its link says so). Inputs and outputs live in
 memory only.
+
+A chunk carries one tensor per model input (the offer names them); each is checked (names,
+items, dtypes as the model declares) before it runs. Small chunks are merged into larger
+slices; chunks whose inputs differ in length past the first dimension (a text's tokens,
+padded per chunk by the gateway) are merged only up to one batch, padded with zeros to the
+longest, so that padding stays per batch.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import limits
 from parkfleet.protocol.chunks import InputData, encode_result
+from parkfleet.protocol.padding import pad_concat, same_item_shape
 from parkfleet.vehicle.compute import InferenceFailed, ModelSession
 from parkfleet.vehicle.energy import EnergyMeter
 
@@ -63,6 +71,26 @@ INPUT_QUEUE_CHUNKS = 8
 Send = Callable[[pb.CarMessage | bytes], Awaitable[None]]
 # An input chunk: as protobuf parsed it, or with its tensor viewing the received bytes.
 Input = pb.InputChunk | InputData
+# A chunk's inputs, decoded and checked: input name -> items (in the offer's order).
+Inputs = dict[str, np.ndarray]
+
+
+def _items(inputs: Inputs) -> int:
+    return int(next(iter(inputs.values())).shape[0])
+
+
+def _merged(parts: list[Inputs]) -> Inputs:
+    """Chunks' inputs one after the other, padded with zeros to the longest where they differ."""
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return {name: pad_concat([p[name] for p in parts]) for name in parts[0]}
+    except ValueError as e:  # another dtype or number of dims than the chunk before
+        raise InputError(f"input chunks do not fit together: {e}") from None
+
+
+def _same_shapes(a: Inputs, b: Inputs) -> bool:
+    return all(same_item_shape([a[name], b[name]]) for name in a)
 
 
 class InputError(Exception):
@@ -155,8 +183,14 @@ class TaskRunner:
         self._next_input = offer.resume_from
         # Inputs taken from the queue: the chunk being sliced and where its next slice starts.
         self._held: Input | None = None
-        self._chunk: np.ndarray | None = None
+        # A chunk decoded but not merged (its inputs' lengths differ), and whether it is last.
+        self._spilled: tuple[Inputs, bool] | None = None
+        self._chunk: Inputs | None = None
+        self._chunk_items = 0
         self._pos = 0
+        # Set when the run starts: the inputs fed, and their types as the model declares.
+        self._names: list[str] = list(offer.input_names) or [offer.input_name]
+        self._types: dict[str, str] = {}
         self._taken_last = False
         self.sent_upto = offer.resume_from
         self.items_done = 0
@@ -223,71 +257,110 @@ class TaskRunner:
 
     # ---- the run -----------------------------------------------------------------
 
-    def _take_inputs(self, first: Input) -> None:
-        """Decodes ``first`` plus whatever small chunks are already queued, concatenated."""
-        arrays = [self._decode(first)]
-        last = first.last
-        count = arrays[0].shape[0]
-        while (
-            not last
-            and count < min(MERGE_BELOW_ITEMS, MAX_ITEMS_PER_HOP)
-            and not self._inputs.empty()
-        ):
+    def _take_inputs(self, first: Inputs, last: bool) -> None:
+        """Takes ``first`` plus whatever small chunks are already queued, merged: while
+        their inputs agree in shape, up to ``MERGE_BELOW_ITEMS``; padded to the longest,
+        up to one batch (a chunk that would pass it waits for the next round)."""
+        parts = [first]
+        count = _items(first)
+        limit = min(MERGE_BELOW_ITEMS, MAX_ITEMS_PER_HOP)
+        batch = self.offer.batch_size or 1
+        while not last and count < limit and not self._inputs.empty():
             chunk = self._inputs.get_nowait()
             if chunk is None:
                 self._inputs.put_nowait(None)  # keep the wake-up for the next round
                 break
-            arr = self._decode(chunk)
-            arrays.append(arr)
-            count += arr.shape[0]
+            inputs = self._decode(chunk)
+            n = _items(inputs)
+            if not _same_shapes(first, inputs):
+                if count + n > batch:
+                    self._spilled = (inputs, chunk.last)
+                    break
+                limit = batch  # padded together: one model call at most
+            parts.append(inputs)
+            count += n
             last = chunk.last
-        self._chunk = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        self._chunk = _merged(parts)
+        self._chunk_items = count
         self._pos = 0
         self._taken_last = last
 
-    def _slice_ready(self, step: int) -> np.ndarray | None:
+    def _next_chunk(self) -> tuple[Inputs, bool] | None:
+        """The next chunk's inputs (and whether it is the last) from what is already here."""
+        if self._spilled is not None:
+            spilled, self._spilled = self._spilled, None
+            return spilled
+        first = self._held
+        self._held = None
+        if first is None:
+            if self._inputs.empty():
+                return None
+            first = self._inputs.get_nowait()
+        if first is None:  # the stop's wake-up
+            return None
+        return self._decode(first), first.last
+
+    def _slice_ready(self, step: int) -> Inputs | None:
         """The next slice of at most ``step`` items from inputs already here, else None."""
         chunk = self._chunk
-        if chunk is None or self._pos >= chunk.shape[0]:
+        if chunk is None or self._pos >= self._chunk_items:
             if self._taken_last:
                 return None
-            first = self._held
-            self._held = None
-            if first is None:
-                if self._inputs.empty():
-                    return None
-                first = self._inputs.get_nowait()
-            if first is None:  # the stop's wake-up
+            taken = self._next_chunk()
+            if taken is None:
                 return None
-            self._take_inputs(first)
+            self._take_inputs(*taken)
             chunk = self._chunk
             assert chunk is not None
-        x = chunk[self._pos : self._pos + step]
-        self._pos += x.shape[0]
+        end = min(self._pos + step, self._chunk_items)
+        x = {name: a[self._pos : end] for name, a in chunk.items()}
+        self._pos = end
         return x
 
     async def _wait_inputs(self) -> None:
         """Waits until an input chunk (or a stop's wake-up) has arrived."""
-        if self._held is None:
+        if self._held is None and self._spilled is None:
             self._held = await self._inputs.get()
 
-    def _decode(self, chunk: Input) -> np.ndarray:
+    def _decode(self, chunk: Input) -> Inputs:
+        """A chunk's inputs, checked: the offer's names, one item count, the model's types."""
         if chunk.first_item != self._next_input:
             raise InputError(
                 f"input chunk starts at item {chunk.first_item}, expected {self._next_input}"
             )
-        try:
-            arr = limits.tensor_from_proto(chunk.tensor)
-        except limits.ProtocolViolation as e:
-            raise InputError(str(e)) from None
-        if arr.ndim < 1 or arr.shape[0] == 0:
-            raise InputError("input chunk carries no items")
-        if self.offer.input_name and chunk.tensor.name not in ("", self.offer.input_name):
+        names = self._names
+        tensors = list(chain((chunk.tensor,), chunk.more))
+        if len(tensors) != len(names):
             raise InputError(
-                f"input chunk names tensor {chunk.tensor.name!r}, "
-                f"the offer's input is {self.offer.input_name!r}"
+                f"input chunk carries {len(tensors)} input(s), the offer's are "
+                f"{', '.join(map(repr, names))}"
             )
-        self._next_input += arr.shape[0]
+        got: Inputs = {}
+        for t in tensors:
+            # A one-input chunk may leave its tensor unnamed (older gateways).
+            name = t.name or (names[0] if len(names) == 1 else "")
+            if name not in names or name in got:
+                raise InputError(
+                    f"input chunk names tensor {t.name!r}"
+                    + (" twice" if name in got else "")
+                    + f", the offer's inputs are {', '.join(map(repr, names))}"
+                )
+            try:
+                arr = limits.tensor_from_proto(t)
+            except limits.ProtocolViolation as e:
+                raise InputError(str(e)) from None
+            if arr.ndim < 1 or arr.shape[0] == 0:
+                raise InputError(f"input chunk carries no items of {name!r}")
+            want = self._types.get(name, "")
+            if want and arr.dtype != np.dtype(want):
+                raise InputError(f"input {name!r} is {arr.dtype.name}; the model takes {want}")
+            got[name] = arr
+        inputs = {name: got[name] for name in names}
+        counts = {name: a.shape[0] for name, a in inputs.items()}
+        n = counts[names[0]]
+        if any(c != n for c in counts.values()):
+            raise InputError(f"input chunk's inputs disagree on the number of items: {counts}")
+        self._next_input += n
         if self._next_input > self.offer.item_end:
             raise InputError(
                 f"inputs run to item {self._next_input}, past the task's end {self.offer.item_end}"
@@ -297,7 +370,7 @@ class TaskRunner:
                 f"last input chunk ends at item {self._next_input}, "
                 f"the task ends at {self.offer.item_end}"
             )
-        return arr
+        return inputs
 
     async def run(self, session: ModelSession, output_names: Sequence[str]) -> TaskOutcome:
         """Runs the task to its end or until stopped.
@@ -311,6 +384,9 @@ class TaskRunner:
         """
         offer = self.offer
         names = list(output_names)
+        self._types = session.input_types
+        if self._names == [""] and self._types:
+            self._names = [next(iter(self._types))]  # the offer names none: the model's first
         started = self._clock()
         interval = offer.checkpoint_interval_s if offer.checkpoint_interval_s > 0 else 5.0
         next_checkpoint = started + interval
@@ -327,7 +403,8 @@ class TaskRunner:
             nonlocal pending, pending_items
             if pending_items == 0:
                 return
-            outs = [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in pending]
+            # Outputs whose length follows a text's are padded like its inputs.
+            outs = [pad_concat(p) for p in pending]
             per_message = max(1, RESULT_CHUNK_BYTES // max(1, per_item_bytes))
             for start in range(0, pending_items, per_message):
                 end = min(pending_items, start + per_message)
@@ -430,8 +507,8 @@ class TaskRunner:
                     x = self._slice_ready(step)
                     if x is None:
                         break
-                    hop = asyncio.ensure_future(session.infer(x, offer.input_name, names, batch))
-                    inflight.append((hop, x.shape[0], self._clock()))
+                    hop = asyncio.ensure_future(session.infer(x, names, batch))
+                    inflight.append((hop, _items(x), self._clock()))
                 if inflight:
                     await collect()
                     continue
