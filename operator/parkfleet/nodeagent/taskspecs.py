@@ -1,8 +1,9 @@
 """A pod's task spec: its model resolved by the gateway, its input opened, its result file.
 
 The model is resolved in the cluster (by name, by sha256, or downloaded by the gateway
-from an ``https://`` URI and checked against the sha256); the task names it by hash only,
-so that cars get it from their gateway and from nowhere else.
+from an ``https://`` URI, or an ``s3://`` one with the pod's object-store Secret, and
+checked against the sha256); the task names it by hash only, so that cars get it from
+their gateway and from nowhere else.
 
 The I/O a pod needs before its task can be submitted, none of it on the event loop:
 the model through :meth:`TaskPort.resolve_model` (cached), a ConfigMap read from the
@@ -25,6 +26,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import FleetPoolSpec
 from parkfleet.contract import REASON_INVALID_INPUT, REASON_MODEL_LOAD_FAILED
+from parkfleet.nodeagent.storesecrets import StoreSecrets
 from parkfleet.nodeagent.taskio import (
     RESERVED_ENTRIES,
     ConfigMapInput,
@@ -32,7 +34,13 @@ from parkfleet.nodeagent.taskio import (
     ResultFile,
     resolve_in_area,
 )
-from parkfleet.nodeagent.translate import ENV_MODEL_URI, PodTask, Unsupported
+from parkfleet.nodeagent.translate import (
+    ENV_MODEL_URI,
+    ENV_OBJECT_STORE_SECRET,
+    PodTask,
+    Unsupported,
+)
+from parkfleet.objectstore import BadSecret, S3Credentials, is_s3_uri
 from parkfleet.taskport import (
     InputSource,
     ModelFetchFailed,
@@ -87,7 +95,7 @@ class TaskSpecs:
     """Builds pods' task specs.
 
     Args:
-        api: Kubernetes API client (ConfigMap inputs).
+        api: Kubernetes API client (ConfigMap inputs, object-store Secrets).
         port: The gateway (models).
         data_root: Where volume inputs and results live, one area per namespace.
     """
@@ -97,6 +105,7 @@ class TaskSpecs:
         self.port = port
         self.data_root = data_root
         self.inputs = InputCache()
+        self.secrets = StoreSecrets(self.core)
 
     async def prepare(
         self, pod: Mapping[str, Any], cell: str, task: PodTask, pool: FleetPoolSpec
@@ -107,7 +116,7 @@ class TaskSpecs:
             BadInput: The model or the input cannot be used (the pod's fault).
             ApiException: The API failed otherwise than "no such ConfigMap" (retry).
         """
-        model = await self._model(task)
+        model = await self._model(pod, task)
         source, items, where = await self._input(pod, task)
         end = task.item_end if task.item_end is not None else items
         if end > items:
@@ -156,10 +165,15 @@ class TaskSpecs:
         )
         return Prepared(spec, result)
 
-    async def _model(self, task: PodTask) -> ModelInfo:
+    async def _model(self, pod: Mapping[str, Any], task: PodTask) -> ModelInfo:
+        credentials: S3Credentials | None = None
+        if is_s3_uri(task.model_uri):
+            credentials = await self._store_credentials(pod, task)
         try:
             if task.model_sha256:
-                return await self.port.resolve_model(sha256=task.model_sha256, uri=task.model_uri)
+                return await self.port.resolve_model(
+                    sha256=task.model_sha256, uri=task.model_uri, credentials=credentials
+                )
             return await self.port.resolve_model(name=task.model_name)
         except ModelNotFound as exc:
             raise BadInput(REASON_INVALID_INPUT, str(exc)) from None
@@ -167,6 +181,20 @@ class TaskSpecs:
             raise BadInput(REASON_MODEL_LOAD_FAILED, str(exc)) from None
         except ModelFetchFailed as exc:  # the gateway's own download, not a car's
             raise BadInput(exc.reason, f"spec.containers[0].env[{ENV_MODEL_URI}]: {exc}") from None
+
+    async def _store_credentials(self, pod: Mapping[str, Any], task: PodTask) -> S3Credentials:
+        """The pod's object-store Secret, read in the pod's own namespace (never another).
+
+        Raises:
+            BadInput: No such Secret, the gateway may not read it, or it is not one.
+            ApiException: The API failed otherwise (retry).
+        """
+        try:
+            return await self.secrets.get(pod["metadata"]["namespace"], task.object_store_secret)
+        except BadSecret as exc:  # its message names the Secret and the key, never a value
+            raise BadInput(
+                REASON_INVALID_INPUT, f"spec.containers[0].env[{ENV_OBJECT_STORE_SECRET}]: {exc}"
+            ) from None
 
     async def _input(self, pod: Mapping[str, Any], task: PodTask) -> tuple[InputSource, int, str]:
         if task.input_configmap is not None:
