@@ -152,7 +152,7 @@ async def test_wrong_keys_and_missing_objects_are_refused_saying_which(
     wrong_secret = S3Credentials(s3.endpoint, s3.access_key, "not-the-secret-key")
     wrong_id = S3Credentials(s3.endpoint, "nobody-here", "not-the-secret-key")
     cases = [
-        (wrong_secret, URI, "the object store refused the Secret's keys"),
+        (wrong_secret, URI, "the object store refused the keys"),
         (wrong_id, URI, "the object store knows no such access key"),
         (creds, f"s3://{BUCKET}/digits/v0.onnx", "no such object"),
         (creds, "s3://no-such-bucket/m.onnx", "no such bucket"),

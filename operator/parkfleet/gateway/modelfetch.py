@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
@@ -33,12 +32,19 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import obstore
-from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+from obstore.exceptions import BaseError
 from yarl import URL
 
 from parkfleet.contract import check_model_uri
 from parkfleet.gateway.metrics import GatewayMetrics
-from parkfleet.objectstore import S3Credentials, S3Location, is_s3_uri, parse_s3_uri, s3_store
+from parkfleet.objectstore import (
+    S3Credentials,
+    S3Location,
+    explain_error,
+    is_s3_uri,
+    parse_s3_uri,
+    s3_store,
+)
 from parkfleet.taskport import ModelDigestMismatch, ModelFetchFailed
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "FetchConfig", "ModelFetcher"]
@@ -52,20 +58,6 @@ CONNECT_TIMEOUT_S = 30.0
 # Received bytes are handed to the writing thread in batches of about this much.
 _BATCH_BYTES = 4 * 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# The error code of an S3 server's XML answer: the one part of it a message may show.
-_S3_CODE = re.compile(r"<Code>([A-Za-z.]{1,64})</Code>")
-# What the codes an S3 server answers a GET with mean to the author of the Secret.
-_S3_CODES = {
-    "NoSuchKey": "no such object",
-    "NoSuchBucket": "no such bucket",
-    "InvalidAccessKeyId": "the object store knows no such access key (the Secret's accessKeyId)",
-    "XAdminUserNotFound": "the object store knows no such access key (the Secret's accessKeyId)",
-    "SignatureDoesNotMatch": (
-        "the object store refused the Secret's keys (the signature does not match: "
-        "check secretAccessKey)"
-    ),
-    "AccessDenied": "access denied with the Secret's keys",
-}
 
 
 @dataclass(frozen=True)
@@ -315,7 +307,7 @@ class ModelFetcher:
         except (BaseError, FileNotFoundError) as exc:
             # obstore's NotFoundError is a FileNotFoundError; its text (never shown) holds
             # the server's answer, of which only the error code is.
-            raise ModelFetchFailed(f"{shown}: {_s3_failure(exc, credentials)}") from None
+            raise ModelFetchFailed(f"{shown}: {explain_error(exc, credentials)}") from None
 
     async def _spool(self, blocks: AsyncIterator[bytes], shown: str, target: Path) -> _Spool:
         spool = await asyncio.to_thread(_Spool, target)
@@ -338,21 +330,3 @@ class ModelFetcher:
             await asyncio.to_thread(spool.discard)
             raise
         return spool
-
-
-def _s3_failure(exc: BaseException, credentials: S3Credentials) -> str:
-    """Why an object-store GET failed, in words that hold no key and none of the library's
-    text (only the S3 error code the server answered, when it is one)."""
-    text = str(exc)
-    found = _S3_CODE.search(text)
-    code = found.group(1) if found else ""
-    if code in _S3_CODES:
-        return _S3_CODES[code]
-    if isinstance(exc, FileNotFoundError):
-        return "no such object"
-    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-        return f"access denied with the Secret's keys{f' ({code})' if code else ''}"
-    host = urlsplit(credentials.endpoint).hostname
-    if "error sending request" in text or "Connect" in text:
-        return f"cannot connect to the object store at {host}"
-    return f"the download from {host} failed ({type(exc).__name__}{f', {code}' if code else ''})"
