@@ -21,7 +21,7 @@ SUBCOMMAND_MODULES = (
     "parkfleet.gateway.command",
     "parkfleet.vehicle.command",
     "parkfleet.sim.command",
-    "parkfleet.models.digits",
+    "parkfleet.models.command",
     "parkfleet.controller.run",
     "parkfleet.demo",
     "parkfleet.results",

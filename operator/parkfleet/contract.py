@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from parkfleet.objectstore import is_s3_uri, parse_s3_uri
+
 __all__ = [
     "CARS_CONDITION",
     "DEFAULT_CAR_WAIT_S",
@@ -411,13 +413,13 @@ def parse_cars_condition(conditions: Sequence[Mapping[str, Any]] | None) -> CarC
 MAX_MODEL_URI = 2048  # the CRD's spec.model.uri maxLength
 # What older pods and jobs wrote for "the gateways' store": the same as no URI.
 _STORE_URI = "gateway:"
-_NOT_YET = {"s3": "object storage"}
 
 
 def check_model_uri(uri: str) -> str:
     """A model URI a pod (``PARKFLEET_MODEL_URI``) or a job (``spec.model.uri``) gives,
-    checked: ``""`` for none, or an ``https://`` URI the gateway itself fetches and
-    checks against the model's sha256.
+    checked: ``""`` for none, or an ``https://`` or ``s3://bucket/key`` URI the gateway
+    itself fetches (an ``s3://`` one with the pod's object-store Secret) and checks
+    against the model's sha256.
 
     Cars get models only from their gateway, by hash (decision 5): a location for a car
     to fetch (``file://``, ``http://``, a path, ...) would let any cluster user reach into
@@ -432,19 +434,19 @@ def check_model_uri(uri: str) -> str:
         raise ValueError(f"longer than {MAX_MODEL_URI} characters")
     if not uri.isprintable() or any(c.isspace() for c in uri):
         raise ValueError("holds spaces or control characters")
+    if is_s3_uri(uri):
+        location = parse_s3_uri(uri)  # its ValueError says what is wrong
+        if not location.key or location.key.endswith("/"):
+            raise ValueError("an s3:// model URI names one object: s3://bucket/key")
+        return uri
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
-    if scheme in _NOT_YET:
-        raise ValueError(
-            f"{scheme}:// model URIs are not supported yet (they come with "
-            f"{_NOT_YET[scheme]}); give an https:// URI, or a model of the gateways' store"
-        )
     if scheme != "https":
         what = f"{scheme}://" if scheme else "a path (not a URI)"
         raise ValueError(
             f"{what} is not a model source: a model comes from the gateways' store (by name "
-            "or sha256) or from an https:// URI the gateway fetches and checks; cars never "
-            "fetch from a location a pod or a job names"
+            "or sha256) or from an https:// or s3:// URI the gateway fetches and checks; "
+            "cars never fetch from a location a pod or a job names"
         )
     if not parts.hostname:
         raise ValueError("an https:// URI needs a host")

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "S3Credentials",
     "S3Location",
     "credentials_from_secret",
+    "explain_error",
     "is_s3_uri",
     "parse_s3_uri",
     "s3_store",
@@ -201,3 +204,42 @@ def s3_store(credentials: S3Credentials, bucket: str) -> S3Store:
         virtual_hosted_style_request=False,
         client_options={"allow_http": credentials.endpoint.startswith("http://")},
     )
+
+
+# The error code of an S3 server's XML answer: the one part of it a message may show.
+_S3_CODE = re.compile(r"<Code>([A-Za-z.]{1,64})</Code>")
+# What the codes an S3 server answers with mean to whoever wrote the keys.
+_S3_CODES = {
+    "NoSuchKey": "no such object",
+    "NoSuchBucket": "no such bucket",
+    "InvalidAccessKeyId": "the object store knows no such access key (accessKeyId)",
+    "XAdminUserNotFound": "the object store knows no such access key (accessKeyId)",
+    "SignatureDoesNotMatch": (
+        "the object store refused the keys (the signature does not match: check secretAccessKey)"
+    ),
+    "AccessDenied": "access denied with these keys",
+}
+
+
+def explain_error(exc: BaseException, credentials: S3Credentials) -> str:
+    """Why an obstore call failed, in words that hold no key and none of the client's own
+    text (which quotes the server's whole answer): of that answer, only the S3 error code.
+
+    Args:
+        exc: What obstore raised (its ``BaseError``s, or its ``NotFoundError``, a
+            ``FileNotFoundError``).
+        credentials: The object store it talked to (its endpoint's host is named).
+    """
+    text = str(exc)
+    found = _S3_CODE.search(text)
+    code = found.group(1) if found else ""
+    if code in _S3_CODES:
+        return _S3_CODES[code]
+    if isinstance(exc, FileNotFoundError):
+        return "no such object"
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+        return f"access denied with these keys{f' ({code})' if code else ''}"
+    host = urlsplit(credentials.endpoint).hostname
+    if isinstance(exc, BaseError) and "error sending request" in text:
+        return f"cannot connect to the object store at {host}"
+    return f"the object store at {host} failed ({type(exc).__name__}{f', {code}' if code else ''})"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from parkfleet.contract import CarCounts
+from parkfleet.objectstore import S3Credentials
 
 if TYPE_CHECKING:
     from parkfleet.api.fleetpool import FleetPoolSpec
@@ -137,7 +138,7 @@ class ModelUnreadable(ValueError):
 
 
 class ModelFetchFailed(Exception):
-    """The gateway could not fetch a model from the https:// URI a pod named.
+    """The gateway could not fetch a model from the https:// or s3:// URI a pod named.
 
     Attributes:
         reason: The pod's failure reason.
@@ -359,18 +360,27 @@ class TaskPort(Protocol):
         """One cell's cars now (zeros for a cell with no car)."""
         ...
 
-    async def resolve_model(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
+    async def resolve_model(
+        self,
+        name: str = "",
+        sha256: str = "",
+        uri: str = "",
+        credentials: S3Credentials | None = None,
+    ) -> ModelInfo:
         """A model of the gateway's store, by name or by digest (cached; no blocking I/O
         on the caller's loop).
 
         Args:
             name: A name of the store.
             sha256: A digest (wins over ``name``).
-            uri: An ``https://`` URI (see :func:`parkfleet.contract.check_model_uri`) the
-                gateway downloads the model from when its store lacks ``sha256``
-                (required with it); the download is checked against ``sha256`` and
-                stored, and cars then get the model by hash as any other. Concurrent
-                calls for one digest share one download.
+            uri: An ``https://`` or ``s3://bucket/key`` URI (see
+                :func:`parkfleet.contract.check_model_uri`) the gateway downloads the
+                model from when its store lacks ``sha256`` (required with it); the
+                download is checked against ``sha256`` and stored, and cars then get the
+                model by hash as any other. Concurrent calls for one digest from one
+                location share one download.
+            credentials: The object store an ``s3://`` URI is in and its keys (the pod's
+                object-store Secret); required for one.
 
         Raises:
             ModelNotFound: No such model, or a malformed name or digest.

@@ -170,7 +170,7 @@ def model_env(obj: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in env if e["name"].startswith("PARKFLEET_MODEL")}
 
 
-def test_a_job_passes_only_an_https_model_uri_on() -> None:
+def test_a_job_passes_only_an_https_or_s3_model_uri_on() -> None:
     sha = "ab" * 32
     assert model_env(OBJ) == {"PARKFLEET_MODEL": "digits"}  # the store: no URI at all
     assert model_env(with_model(name="digits", uri="gateway:")) == {"PARKFLEET_MODEL": "digits"}
@@ -180,6 +180,14 @@ def test_a_job_passes_only_an_https_model_uri_on() -> None:
         "PARKFLEET_MODEL_URI": uri,
     }
     assert InferenceJobSpec.from_k8s(with_model(sha256=sha, uri=uri)).model_problem is None
+    obj = with_model(sha256=sha, uri="s3://models/digits/v2.onnx")
+    obj["spec"]["objectStore"] = {"secretName": "store"}
+    job = batch_job(InferenceJobSpec.from_k8s(obj), "u-1")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PARKFLEET_MODEL_URI"] == "s3://models/digits/v2.onnx"
+    assert env["PARKFLEET_MODEL_SHA256"] == sha
+    assert env["PARKFLEET_OBJECT_STORE_SECRET"] == "store"  # the gateway fetches with it
+    assert InferenceJobSpec.from_k8s(obj).model_problem is None
 
 
 @pytest.mark.parametrize(
@@ -187,7 +195,8 @@ def test_a_job_passes_only_an_https_model_uri_on() -> None:
     [
         ({"sha256": "ab" * 32, "uri": "file:///etc/hostname"}, "file:// is not a model source"),
         ({"sha256": "ab" * 32, "uri": "http://10.0.0.1/m.onnx"}, "http:// is not a model source"),
-        ({"sha256": "ab" * 32, "uri": "s3://bucket/m.onnx"}, "not supported yet"),
+        ({"sha256": "ab" * 32, "uri": "s3://models/digits/"}, "names one object"),
+        ({"sha256": "ab" * 32, "uri": "s3://Models/m.onnx"}, "is not a bucket name"),
         ({"name": "digits", "uri": "https://models.invalid/m.onnx"}, "needs spec.model.sha256"),
     ],
 )
@@ -201,7 +210,7 @@ def test_a_job_stored_with_a_model_location_is_never_passed_on(
     assert says in spec.model_problem
     if model["uri"].startswith("https://"):
         return  # the URI itself is fine: the node agent refuses it without the digest
-    with pytest.raises(ValueError, match=r"is not a model source|not supported yet"):
+    with pytest.raises(ValueError, match=r"is not a model source|one object|bucket name"):
         batch_job(spec, "u-1")
 
 

@@ -14,6 +14,7 @@ from parkfleet.api import FleetPoolSpec
 from parkfleet.nodeagent.taskio import ResultFile
 from parkfleet.nodeagent.taskspecs import BadInput, TaskSpecs
 from parkfleet.nodeagent.translate import translate
+from parkfleet.objectstore import BadSecret, S3Credentials
 from parkfleet.taskport import ModelInfo, ModelRef, OutputSpec, TaskPort
 
 POOL = FleetPoolSpec(name="eu")
@@ -25,10 +26,31 @@ class FakeStore:
 
     def __init__(self, *outputs: str) -> None:
         self.outputs = outputs
+        self.asked: list[tuple[str, str, str, S3Credentials | None]] = []
 
-    async def resolve_model(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
+    async def resolve_model(
+        self,
+        name: str = "",
+        sha256: str = "",
+        uri: str = "",
+        credentials: S3Credentials | None = None,
+    ) -> ModelInfo:
+        self.asked.append((name, sha256, uri, credentials))
         specs = tuple(OutputSpec(o, "float32", (10,)) for o in self.outputs)
         return ModelInfo(ModelRef("0" * 64), "input", specs)
+
+
+class FakeSecrets:
+    """Plain fake of the object-store Secrets: namespace a holds Secret store."""
+
+    def __init__(self) -> None:
+        self.read: list[tuple[str, str]] = []
+
+    async def get(self, namespace: str, name: str) -> S3Credentials:
+        self.read.append((namespace, name))
+        if (namespace, name) != ("a", "store"):
+            raise BadSecret(f"Secret {name}: no such Secret in namespace {namespace}")
+        return S3Credentials("http://s3.invalid:9000", "id", "key")
 
 
 @pytest.fixture
@@ -111,3 +133,55 @@ async def test_a_model_output_cannot_pass_for_the_files_own_entries(
             await specs.prepare(pod, "eu-0", translate(pod, POOL.runtimes), POOL)
         assert err.value.message.startswith("spec.containers[0].env[PARKFLEET_OUTPUT_NAMES]:")
         assert f"output {reserved!r} has a name result files reserve" in err.value.message
+
+
+def s3_model_pod(namespace: str) -> dict[str, Any]:
+    """A job's pod whose model is an s3:// object read with Secret store."""
+    pod = job_pod(namespace)
+    env = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] != "PARKFLEET_MODEL"]
+    env += [
+        {"name": "PARKFLEET_MODEL_URI", "value": "s3://models/digits/v2.onnx"},
+        {"name": "PARKFLEET_MODEL_SHA256", "value": "ab" * 32},
+        {"name": "PARKFLEET_OBJECT_STORE_SECRET", "value": "store"},
+    ]
+    pod["spec"]["containers"][0]["env"] = env
+    return pod
+
+
+async def test_an_s3_model_is_resolved_with_the_secret_of_the_pods_own_namespace(
+    api: client.ApiClient, root: Path
+) -> None:
+    port = FakeStore("label")
+    specs = TaskSpecs(api, cast(TaskPort, port), root)
+    secrets = FakeSecrets()
+    specs.secrets = secrets  # type: ignore[assignment]
+    pod = s3_model_pod("a")
+    await specs.prepare(pod, "eu-0", translate(pod, POOL.runtimes), POOL)
+    assert secrets.read == [("a", "store")]
+    assert port.asked == [
+        (
+            "",
+            "ab" * 32,
+            "s3://models/digits/v2.onnx",
+            S3Credentials("http://s3.invalid:9000", "id", "key"),
+        )
+    ]
+    # The same pod in namespace b names b's Secret store, which b does not have.
+    pod = s3_model_pod("b")
+    with pytest.raises(BadInput) as err:
+        await specs.prepare(pod, "eu-0", translate(pod, POOL.runtimes), POOL)
+    assert err.value.reason == "InvalidTaskInput"
+    assert err.value.message == (
+        "spec.containers[0].env[PARKFLEET_OBJECT_STORE_SECRET]: "
+        "Secret store: no such Secret in namespace b"
+    )
+    assert len(port.asked) == 1  # nothing asked of the gateway without credentials
+
+
+async def test_a_model_by_name_or_https_reads_no_secret(api: client.ApiClient, root: Path) -> None:
+    specs = TaskSpecs(api, cast(TaskPort, FakeStore("label")), root)
+    secrets = FakeSecrets()
+    specs.secrets = secrets  # type: ignore[assignment]
+    pod = job_pod("a")
+    await specs.prepare(pod, "eu-0", translate(pod, POOL.runtimes), POOL)
+    assert secrets.read == []

@@ -191,7 +191,11 @@ def model_pod(uri: str | None, sha: str | None = SHA, name: str | None = None) -
         ("ftp://models.invalid/m.onnx", "ftp:// is not a model source"),
         ("/etc/hostname", "a path (not a URI)"),
         ("models/digits.onnx", "a path (not a URI)"),
-        ("s3://bucket/digits.onnx", "s3:// model URIs are not supported yet"),
+        ("s3://bucket/models/", "names one object: s3://bucket/key"),
+        ("s3://bucket", "names one object: s3://bucket/key"),
+        ("s3://My_Bucket/digits.onnx", "is not a bucket name"),
+        ("s3://bucket/a/../digits.onnx", "'.' or '..' part"),
+        ("s3://bucket/digits.onnx?versionId=1", "no query or fragment"),
         ("https:///digits.onnx", "needs a host"),
         ("https://user:secret@models.invalid/digits.onnx", "credentials"),
         ("https://models.invalid/a b.onnx", "spaces"),
@@ -225,6 +229,26 @@ def test_an_https_uri_with_its_sha256_is_taken() -> None:
     uri = "https://models.invalid/digits.onnx?X-Signature=abc"
     task = translate(model_pod(uri, sha=SHA.upper()), RUNTIMES)
     assert (task.model_uri, task.model_sha256, task.model_name) == (uri, SHA, "")
+
+
+def test_an_s3_uri_is_taken_with_the_pods_object_store_secret() -> None:
+    uri = "s3://models/digits/v2.onnx"
+    p = model_pod(uri)
+    p["spec"]["containers"][0]["env"].append(
+        {"name": "PARKFLEET_OBJECT_STORE_SECRET", "value": "store"}
+    )
+    task = translate(p, RUNTIMES)
+    assert (task.model_uri, task.model_sha256, task.object_store_secret) == (uri, SHA, "store")
+
+
+def test_an_s3_uri_without_an_object_store_secret_is_refused_naming_the_field() -> None:
+    with pytest.raises(Unsupported) as err:
+        translate(model_pod("s3://models/digits/v2.onnx"), RUNTIMES)
+    assert err.value.field == URI_FIELD
+    assert "an s3:// model needs PARKFLEET_OBJECT_STORE_SECRET" in err.value.detail
+    with pytest.raises(Unsupported) as err:
+        translate(model_pod("s3://models/digits/v2.onnx", sha=None), RUNTIMES)
+    assert err.value.field == "spec.containers[0].env[PARKFLEET_MODEL_SHA256]"
 
 
 def test_an_https_uri_without_its_sha256_is_refused() -> None:

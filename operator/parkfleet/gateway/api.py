@@ -31,6 +31,7 @@ from parkfleet.gateway.server import (
     add_carlink_service,
 )
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
+from parkfleet.objectstore import S3Credentials
 from parkfleet.policy import Policy
 from parkfleet.protocol.limits import server_options
 from parkfleet.revocations import Revocations
@@ -137,7 +138,7 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics(registry)
         self.registry = Registry(self.metrics)
-        self.models = ModelStore(config.models_dir, config.model_fetch)
+        self.models = ModelStore(config.models_dir, config.model_fetch, self.metrics)
         self._bus = EventBus()
         self._tasks = task_manager(
             self.registry,
@@ -272,17 +273,24 @@ class Gateway:
         """A new subscription to task events, from now until the gateway stops."""
         return self._bus.subscribe()
 
-    async def resolve_model(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
+    async def resolve_model(
+        self,
+        name: str = "",
+        sha256: str = "",
+        uri: str = "",
+        credentials: S3Credentials | None = None,
+    ) -> ModelInfo:
         """A model of the store by name or digest, with its input and output names; with
-        an ``https://`` URI, downloaded into the store first when it lacks ``sha256``
-        (see :meth:`parkfleet.taskport.TaskPort.resolve_model`).
+        an ``https://`` or ``s3://`` URI (the latter read with ``credentials``),
+        downloaded into the store first when it lacks ``sha256`` (see
+        :meth:`parkfleet.taskport.TaskPort.resolve_model`).
 
         Raises:
             ModelNotFound: No such model, or a malformed name or digest.
             ModelUnreadable: The file is not a model the runtime loads.
             ModelFetchFailed: The URI is refused or its download failed.
         """
-        return await self.models.resolve(name=name, sha256=sha256, uri=uri)
+        return await self.models.resolve(name=name, sha256=sha256, uri=uri, credentials=credentials)
 
     def release(self, task_id: str) -> None:
         """Drops an ended task's record (the caller has taken its outcome)."""

@@ -349,7 +349,10 @@ def register(subparsers: Any) -> None:
         metavar="NAME=PATH",
         help="add an ONNX model to the store under a name pods can use (repeatable)",
     )
-    f = p.add_argument_group("models pods name by https:// URI (the gateway fetches them)")
+    f = p.add_argument_group(
+        "models pods name by https:// or s3:// URI (the gateway fetches them; s3:// with "
+        "the pod's object-store Secret)"
+    )
     f.add_argument(
         "--model-fetch-max-bytes",
         type=int,
@@ -366,7 +369,8 @@ def register(subparsers: Any) -> None:
         "--model-fetch-ca-bundle",
         type=Path,
         default=None,
-        help="PEM CA bundle servers must chain to (default: the system CAs)",
+        help="PEM CA bundle https:// model servers must chain to (default: the system CAs; "
+        "not applied to s3:// endpoints, which the S3 client checks against its default roots)",
     )
     f.add_argument(
         "--model-fetch-allow-host",
@@ -374,7 +378,8 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="HOST",
         help="a host models may be fetched from: a name, or *.domain (repeatable; checked "
-        "before connecting and at each redirect); none given: any host",
+        "before connecting and at each redirect; for s3:// the Secret's endpoint); none "
+        "given: any host",
     )
     k = p.add_argument_group("node agent (virtual kubelet)")
     k.add_argument("--node-agent", action="store_true", help="register cells as Nodes")

@@ -175,6 +175,19 @@ class GatewayMetrics:
         self.model_bytes = Counter(
             "parkfleet_gateway_model_bytes_sent_total", "Model bytes served.", registry=r
         )
+        self.model_fetches = Counter(
+            "parkfleet_gateway_model_fetches_total",
+            "The gateway's own downloads of models pods name by URI, by source (https, s3) "
+            "and outcome (Fetched, ModelHashMismatch, ModelFetchFailed).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.model_fetched_bytes = Counter(
+            "parkfleet_gateway_model_fetched_bytes_total",
+            "Bytes of the models the gateway downloaded and kept, by source (https, s3).",
+            ["source"],
+            registry=r,
+        )
         self._message_children: dict[str, Counter] = {}
 
     def task_started(self, pool: str) -> float:

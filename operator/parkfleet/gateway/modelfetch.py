@@ -1,15 +1,21 @@
-"""The gateway's own download of a model a pod names by ``https://`` URI.
+"""The gateway's own download of a model a pod names by ``https://`` or ``s3://`` URI.
 
 Cars never fetch from a location a pod names (decision 5): the gateway does, once, and
 keeps the model in its store, from where cars get it by hash as any other. The download
-is bounded in size and in time, TLS is verified (against the system CAs, or a configured
-bundle), redirects are followed only to ``https://``, and the bytes are hashed as they
-are spooled to a temporary file beside the store's files: only a file whose sha256 is the
-one the pod named is renamed into the store. File writes and hashing run in a thread, so
-nothing of it blocks the event loop.
+is bounded in size and in time, and the bytes are hashed as they are spooled to a
+temporary file beside the store's files: only a file whose sha256 is the one the pod named
+is renamed into the store. File writes and hashing run in a thread, so nothing of it
+blocks the event loop.
+
+- ``https://``: TLS is verified (against the system CAs, or a configured bundle) and
+  redirects are followed only to ``https://``.
+- ``s3://bucket/key``: one streaming GET (obstore) from the endpoint of the pod's
+  object-store Secret, signed with its keys; the endpoint's host must pass the same
+  allow-list.
 
 Messages say what failed in terms of the URI's host and path (never its query, which may
-hold a signed token), and never echo the library's own text or the bytes' actual digest.
+hold a signed token), and never echo the library's own text, a key, or the bytes' actual
+digest (of an S3 server's answer, only its error code).
 """
 
 from __future__ import annotations
@@ -19,14 +25,26 @@ import hashlib
 import os
 import ssl
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import obstore
+from obstore.exceptions import BaseError
 from yarl import URL
 
 from parkfleet.contract import check_model_uri
+from parkfleet.gateway.metrics import GatewayMetrics
+from parkfleet.objectstore import (
+    S3Credentials,
+    S3Location,
+    explain_error,
+    is_s3_uri,
+    parse_s3_uri,
+    s3_store,
+)
 from parkfleet.taskport import ModelDigestMismatch, ModelFetchFailed
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "FetchConfig", "ModelFetcher"]
@@ -114,20 +132,28 @@ class _Spool:
 
 
 class ModelFetcher:
-    """Downloads models over https into a store's folder, verified.
+    """Downloads models over https or from object storage into a store's folder, verified.
 
     Args:
         config: Limits and trust.
+        metrics: Where downloads are counted, by source and outcome (none: not counted).
     """
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig, metrics: GatewayMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self._context: ssl.SSLContext | None = None
         self.downloads = 0  # downloads started (tests check that pods share one)
 
-    async def download(self, uri: str, sha256: str, target: Path) -> int:
+    async def download(
+        self, uri: str, sha256: str, target: Path, credentials: S3Credentials | None = None
+    ) -> int:
         """Fetches ``uri`` into ``target`` (renamed into place) if its bytes hash to
         ``sha256``.
+
+        Args:
+            credentials: The object store an ``s3://`` URI is read from, and its keys
+                (the pod's object-store Secret); required for one, unused otherwise.
 
         Returns:
             The model's size in bytes.
@@ -139,18 +165,46 @@ class ModelFetcher:
             OSError: The gateway could not write its store, or read its CA bundle (not
                 the pod's fault).
         """
+        source = "s3" if is_s3_uri(uri) else "https"
+        try:
+            size = await self._download(uri, sha256, target, credentials)
+        except ModelFetchFailed as exc:
+            if self.metrics is not None:
+                self.metrics.model_fetches.labels(source, exc.reason).inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.model_fetches.labels(source, "Fetched").inc()
+            self.metrics.model_fetched_bytes.labels(source).inc(size)
+        return size
+
+    async def _download(
+        self, uri: str, sha256: str, target: Path, credentials: S3Credentials | None
+    ) -> int:
         try:
             if not check_model_uri(uri):
                 raise ValueError("no URI to fetch")
         except ValueError as exc:
             raise ModelFetchFailed(f"model URI: {exc}") from None
         shown = _shown(uri)
-        self._check_host(uri, shown)
+        s3 = is_s3_uri(uri)
+        if s3:
+            if credentials is None:
+                raise ModelFetchFailed(
+                    f"{shown}: an s3:// model is fetched with the pod's object-store "
+                    "Secret, and the pod names none"
+                )
+            self._check_host(credentials.endpoint, shown, "the object store's endpoint ")
+        else:
+            self._check_host(uri, shown)
         self.downloads += 1
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                context = await self._ssl()
-                spool = await self._fetch(uri, shown, context, target)
+                if s3:
+                    assert credentials is not None
+                    spool = await self._fetch_s3(parse_s3_uri(uri), credentials, shown, target)
+                else:
+                    context = await self._ssl()
+                    spool = await self._fetch(uri, shown, context, target)
         except TimeoutError:
             raise ModelFetchFailed(
                 f"{shown}: not fetched within {self.config.timeout_s:g} s (the gateway's limit)"
@@ -195,7 +249,9 @@ class ModelFetcher:
                         length = resp.content_length
                         if length is not None and length > self.config.max_bytes:
                             raise self._too_large(shown)
-                        return await self._spool(resp, shown, target)
+                        return await self._spool(
+                            resp.content.iter_chunked(1024 * 1024), shown, target
+                        )
                 raise ModelFetchFailed(f"{shown}: more than {MAX_REDIRECTS} redirects")
         except aiohttp.ClientConnectorCertificateError:
             raise ModelFetchFailed(
@@ -226,11 +282,11 @@ class ModelFetcher:
         self._check_host(target, shown)
         return target
 
-    def _check_host(self, uri: str, shown: str) -> None:
+    def _check_host(self, uri: str, shown: str, what: str = "") -> None:
         host = urlsplit(uri).hostname
         if not self.config.allows(host):
             raise ModelFetchFailed(
-                f"{shown}: host {host!r} is not one the gateway fetches models from "
+                f"{shown}: {what}host {host!r} is not one the gateway fetches models from "
                 "(--model-fetch-allow-host)"
             )
 
@@ -239,13 +295,27 @@ class ModelFetcher:
             f"{shown}: larger than {self.config.max_bytes} bytes (the gateway's limit); not kept"
         )
 
-    async def _spool(self, resp: aiohttp.ClientResponse, shown: str, target: Path) -> _Spool:
+    async def _fetch_s3(
+        self, location: S3Location, credentials: S3Credentials, shown: str, target: Path
+    ) -> _Spool:
+        store = s3_store(credentials, location.bucket)
+        try:
+            resp = await obstore.get_async(store, location.key)
+            if int(resp.meta["size"]) > self.config.max_bytes:
+                raise self._too_large(shown)  # before a byte of the body is read
+            return await self._spool(resp.stream(min_chunk_size=_BATCH_BYTES), shown, target)
+        except (BaseError, FileNotFoundError) as exc:
+            # obstore's NotFoundError is a FileNotFoundError; its text (never shown) holds
+            # the server's answer, of which only the error code is.
+            raise ModelFetchFailed(f"{shown}: {explain_error(exc, credentials)}") from None
+
+    async def _spool(self, blocks: AsyncIterator[bytes], shown: str, target: Path) -> _Spool:
         spool = await asyncio.to_thread(_Spool, target)
         try:
             received = 0
             batch: list[bytes] = []
             batched = 0
-            async for block in resp.content.iter_chunked(1024 * 1024):
+            async for block in blocks:
                 received += len(block)
                 if received > self.config.max_bytes:
                     raise self._too_large(shown)  # cut here: the rest is never read

@@ -1,9 +1,10 @@
 """The gateway's model store: a directory of files named by their sha256 hex digest.
 
 Names (``names/<name>`` holds a digest) let pods say ``PARKFLEET_MODEL=digits``. A
-pod may also name an ``https://`` URI with the model's sha256: the store downloads it
-itself (:mod:`parkfleet.gateway.modelfetch`: bounded, verified, one download for
-concurrent pods) and keeps it by hash. It serves ``FetchModel`` in chunks of at most
+pod may also name an ``https://`` or ``s3://`` URI with the model's sha256: the store
+downloads it itself (:mod:`parkfleet.gateway.modelfetch`: bounded, verified, one
+download for concurrent pods; an ``s3://`` one with the pod's object-store credentials)
+and keeps it by hash. It serves ``FetchModel`` in chunks of at most
 ``MAX_MODEL_CHUNK_BYTES``; that is the only way a car gets a model. It does not re-hash
 what it serves: the car verifies the digest before loading (decision 5), so a corrupted
 store file is caught where it matters.
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from parkfleet.files import write_atomic
+from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.modelfetch import FetchConfig, ModelFetcher
+from parkfleet.objectstore import S3Credentials
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.limits import MAX_MODEL_CHUNK_BYTES, ORT_ELEMENT_TYPES
 from parkfleet.taskport import (
@@ -40,6 +43,10 @@ __all__ = ["ModelNotFound", "ModelStore"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 _HASH_CHUNK = 1024 * 1024
+# (name, sha256, uri, credentials): what one resolve asks for. Downloads are shared by
+# those asking for one digest from one location with one set of keys: a pod naming a
+# wrong location or keys fails alone, never another's download of the same model.
+_Key = tuple[str, str, str, S3Credentials | None]
 # A name may be pointed at another model (``parkfleet gateway --model``, or an admin's
 # copy onto the volume); a pod sees the change within this long.
 NAME_TTL_S = 10.0
@@ -52,16 +59,22 @@ class ModelStore:
         directory: Where the files live; created if missing.
         fetch: How models named by URI are downloaded (defaults: 2 GiB, 900 s, the
             system CAs).
+        metrics: Where downloads are counted (none: not counted).
     """
 
-    def __init__(self, directory: Path, fetch: FetchConfig | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fetch: FetchConfig | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.fetcher = ModelFetcher(fetch or FetchConfig())
+        self.fetcher = ModelFetcher(fetch or FetchConfig(), metrics)
         self._described: dict[str, dict[str, Any]] = {}
-        self._resolved: dict[tuple[str, str, str], tuple[float, ModelInfo]] = {}
-        self._resolving: dict[tuple[str, str, str], asyncio.Future[ModelInfo]] = {}
-        self._downloading: dict[str, asyncio.Future[int]] = {}
+        self._resolved: dict[_Key, tuple[float, ModelInfo]] = {}
+        self._resolving: dict[_Key, asyncio.Future[ModelInfo]] = {}
+        self._downloading: dict[_Key, asyncio.Future[int]] = {}
 
     def path(self, sha256: str) -> Path:
         """The file of a model.
@@ -115,7 +128,13 @@ class ModelStore:
         path = self.path(sha)
         return ModelRef(sha256=sha, uri="gateway:", size_bytes=path.stat().st_size)
 
-    async def resolve(self, name: str = "", sha256: str = "", uri: str = "") -> ModelInfo:
+    async def resolve(
+        self,
+        name: str = "",
+        sha256: str = "",
+        uri: str = "",
+        credentials: S3Credentials | None = None,
+    ) -> ModelInfo:
         """A model by name or digest with its input and output names.
 
         Served from memory once known (a name for ``NAME_TTL_S``, a digest for good: its
@@ -125,9 +144,11 @@ class ModelStore:
         Args:
             name: A name of the store.
             sha256: A digest (wins over ``name``).
-            uri: An ``https://`` URI to download the model from when the store lacks
-                ``sha256`` (which it then needs); a model the store has is never
-                downloaded again.
+            uri: An ``https://`` or ``s3://`` URI to download the model from when the
+                store lacks ``sha256`` (which it then needs); a model the store has is
+                never downloaded again.
+            credentials: The object store of an ``s3://`` URI and its keys (the pod's
+                object-store Secret).
 
         Raises:
             ModelNotFound: No such model, or a malformed name or digest.
@@ -135,20 +156,21 @@ class ModelStore:
             ModelFetchFailed: The URI is refused or its download failed (or, as
                 ``ModelDigestMismatch``, brought other bytes).
         """
-        key = (name, sha256, uri)
+        key = (name, sha256, uri, credentials)
         known = self._resolved.get(key)
         if known is not None and (not name or time.monotonic() - known[0] < NAME_TTL_S):
             return known[1]
         pending = self._resolving.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._resolve_or_fetch(name, sha256, uri))
+            pending = asyncio.ensure_future(self._resolve_or_fetch(key))
             self._resolving[key] = pending
             pending.add_done_callback(lambda _: self._resolving.pop(key, None))
         info = await asyncio.shield(pending)
         self._resolved[key] = (time.monotonic(), info)
         return info
 
-    async def _resolve_or_fetch(self, name: str, sha256: str, uri: str) -> ModelInfo:
+    async def _resolve_or_fetch(self, key: _Key) -> ModelInfo:
+        name, sha256, uri, _ = key
         if not uri:
             return await asyncio.to_thread(self._resolve, name, sha256)
         if not _SHA256.match(sha256):
@@ -160,24 +182,26 @@ class ModelStore:
             return await asyncio.to_thread(self._resolve, "", sha256)
         except ModelNotFound:
             pass  # not in the store yet: fetch it
-        await self._download(uri, sha256)
+        await self._download(key)
         return await asyncio.to_thread(self._resolve, "", sha256)
 
-    async def _download(self, uri: str, sha256: str) -> None:
-        """Downloads a model into the store; callers asking for one digest at once share
-        one download (every pod of a job starts together)."""
-        pending = self._downloading.get(sha256)
+    async def _download(self, key: _Key) -> None:
+        """Downloads a model into the store; callers asking for one digest from one
+        location with one set of keys at once share one download (every pod of a job
+        starts together)."""
+        _, sha256, uri, credentials = key
+        pending = self._downloading.get(key)
         if pending is None:
             pending = asyncio.ensure_future(
-                self.fetcher.download(uri, sha256, self.directory / sha256)
+                self.fetcher.download(uri, sha256, self.directory / sha256, credentials)
             )
-            self._downloading[sha256] = pending
-            pending.add_done_callback(functools.partial(self._downloaded, sha256))
+            self._downloading[key] = pending
+            pending.add_done_callback(functools.partial(self._downloaded, key))
         await asyncio.shield(pending)
 
-    def _downloaded(self, sha256: str, done: asyncio.Future[int]) -> None:
-        if self._downloading.get(sha256) is done:
-            del self._downloading[sha256]
+    def _downloaded(self, key: _Key, done: asyncio.Future[int]) -> None:
+        if self._downloading.get(key) is done:
+            del self._downloading[key]
         if not done.cancelled():
             done.exception()  # retrieved: every caller may have gone (cancelled) meanwhile
 

@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from parkfleet.files import write_atomic
-from parkfleet.models import pooling
 from parkfleet.models.builds import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -39,9 +38,9 @@ __all__ = [
     "MODEL_FILE",
     "OUTPUT_NAMES",
     "DigitsModel",
+    "add_parser",
     "build_digits",
     "load_digits_model",
-    "register",
 ]
 
 # Bump when the training recipe changes, so cached builds are redone.
@@ -172,13 +171,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def add_parser(sub: Any) -> None:
     """Adds ``parkfleet model build --out DIR``."""
-    parser = subparsers.add_parser("model", help="build the models parkfleet ships, pool encoders")
-    sub = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     build = sub.add_parser("build", help="build the digits ONNX model (cached)")
     build.add_argument("--out", required=True, help="output folder, e.g. .cache/models")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(func=_cmd_build)
-    pooling.register(sub)

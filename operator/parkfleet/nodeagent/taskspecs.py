@@ -1,8 +1,9 @@
 """A pod's task spec: its model resolved by the gateway, its input opened, its result file.
 
 The model is resolved in the cluster (by name, by sha256, or downloaded by the gateway
-from an ``https://`` URI and checked against the sha256); the task names it by hash only,
-so that cars get it from their gateway and from nowhere else.
+from an ``https://`` URI, or an ``s3://`` one with the pod's object-store Secret, and
+checked against the sha256); the task names it by hash only, so that cars get it from
+their gateway and from nowhere else.
 
 The I/O a pod needs before its task can be submitted, none of it on the event loop:
 the model through :meth:`TaskPort.resolve_model` (cached), a ConfigMap read from the
@@ -101,7 +102,7 @@ class TaskSpecs:
     """Builds pods' task specs.
 
     Args:
-        api: Kubernetes API client (ConfigMap inputs).
+        api: Kubernetes API client (ConfigMap inputs, object-store Secrets).
         port: The gateway (models).
         data_root: Where volume inputs and results live, one area per namespace.
     """
@@ -124,8 +125,8 @@ class TaskSpecs:
             BadInput: The model or the input cannot be used (the pod's fault).
             ApiException: The API failed otherwise than "no such ConfigMap" (retry).
         """
-        model = await self._model(task)
         credentials = await self._credentials(pod, task)
+        model = await self._model(task, credentials)
         source, items, where = await self._input(pod, task, credentials)
         end = task.item_end if task.item_end is not None else items
         if end > items:
@@ -182,10 +183,14 @@ class TaskSpecs:
         )
         return Prepared(spec, result)
 
-    async def _model(self, task: PodTask) -> ModelInfo:
+    async def _model(self, task: PodTask, credentials: S3Credentials | None) -> ModelInfo:
+        if not is_s3_uri(task.model_uri):
+            credentials = None  # the keys go only where the pod's own Secret names
         try:
             if task.model_sha256:
-                return await self.port.resolve_model(sha256=task.model_sha256, uri=task.model_uri)
+                return await self.port.resolve_model(
+                    sha256=task.model_sha256, uri=task.model_uri, credentials=credentials
+                )
             return await self.port.resolve_model(name=task.model_name)
         except ModelNotFound as exc:
             raise BadInput(REASON_INVALID_INPUT, str(exc)) from None
@@ -195,11 +200,18 @@ class TaskSpecs:
             raise BadInput(exc.reason, f"spec.containers[0].env[{ENV_MODEL_URI}]: {exc}") from None
 
     async def _credentials(self, pod: Mapping[str, Any], task: PodTask) -> S3Credentials | None:
+        """The pod's object-store Secret, read in the pod's own namespace (never another);
+        None when it names none.
+
+        Raises:
+            BadInput: No such Secret, the gateway may not read it, or it is not one.
+            ApiException: The API failed otherwise (retry).
+        """
         if not task.object_store_secret:
             return None
         try:
             return await self.secrets.get(pod["metadata"]["namespace"], task.object_store_secret)
-        except BadSecret as exc:
+        except BadSecret as exc:  # its message names the Secret and the key, never a value
             raise BadInput(
                 REASON_INVALID_INPUT, f"spec.containers[0].env[{ENV_OBJECT_STORE_SECRET}]: {exc}"
             ) from None

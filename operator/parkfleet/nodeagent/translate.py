@@ -43,7 +43,8 @@ __all__ = [
 
 ENV_MODEL = "PARKFLEET_MODEL"  # a model name the gateway's model store knows
 ENV_MODEL_SHA256 = "PARKFLEET_MODEL_SHA256"  # or a content hash
-# or an https:// URI the gateway downloads it from (with the sha256); cars never fetch
+# or an https:// or s3:// URI the gateway downloads it from (with the sha256; an s3:// one
+# with the pod's object-store Secret); cars never fetch
 ENV_MODEL_URI = "PARKFLEET_MODEL_URI"
 # a .npy/.jsonl file or a directory of them, in the pod's namespace's area of the data root
 ENV_INPUT = "PARKFLEET_INPUT"
@@ -112,9 +113,10 @@ class PodTask:
         container: The container's name (for status and logs).
         model_name: A model name the gateway's store resolves ("" when by hash).
         model_sha256: The model's content hash ("" when by name).
-        model_uri: An ``https://`` URI the gateway downloads the model from when its
-            store lacks ``model_sha256`` ("" for none). Cars never see it: they get
-            every model from their gateway, by hash.
+        model_uri: An ``https://`` or ``s3://bucket/key`` URI (the latter read with
+            ``object_store_secret``) the gateway downloads the model from when its store
+            lacks ``model_sha256`` ("" for none). Cars never see it: they get every model
+            from their gateway, by hash.
         input_path: The input: a ``.npy``/``.jsonl`` file or a directory of them,
             relative to the namespace's area of the data root, or an ``s3://`` URI of an
             object or a prefix ("" when the input is a ConfigMap).
@@ -363,6 +365,12 @@ def translate(pod: Mapping[str, Any], known_runtimes: Sequence[str]) -> PodTask:
     if secret and not _SECRET_NAME.match(secret):
         raise Unsupported(
             f"{at}.env[{ENV_OBJECT_STORE_SECRET}]", f"{secret!r} is not a Secret name"
+        )
+    if is_s3_uri(uri) and not secret:
+        raise Unsupported(
+            f"{at}.env[{ENV_MODEL_URI}]",
+            f"an s3:// model needs {ENV_OBJECT_STORE_SECRET}: the object-store Secret of "
+            "the pod's namespace the gateway fetches it with",
         )
     input_path = env.get(ENV_INPUT, "")
     configmap = env.get(ENV_INPUT_CONFIGMAP, "")
