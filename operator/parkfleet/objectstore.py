@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 
 __all__ = [
     "SECRET_TYPE",
@@ -193,8 +197,18 @@ def secret_manifest(name: str, namespace: str, credentials: S3Credentials) -> di
     }
 
 
-def s3_store(credentials: S3Credentials, bucket: str) -> S3Store:
-    """An obstore client for one bucket (path-style requests: any S3 server)."""
+def s3_store(
+    credentials: S3Credentials, bucket: str, request_timeout_s: float | None = None
+) -> S3Store:
+    """An obstore client for one bucket (path-style requests: any S3 server).
+
+    Args:
+        request_timeout_s: How long one request may take, body included (obstore's default
+            is 30 s: too short for streaming a large model over a slow link).
+    """
+    options: ClientConfig = {"allow_http": credentials.endpoint.startswith("http://")}
+    if request_timeout_s is not None:
+        options["timeout"] = f"{max(1, math.ceil(request_timeout_s))}s"
     return S3Store(
         bucket,
         endpoint=credentials.endpoint.rstrip("/"),
@@ -202,7 +216,7 @@ def s3_store(credentials: S3Credentials, bucket: str) -> S3Store:
         secret_access_key=credentials.secret_access_key,
         region=credentials.region,
         virtual_hosted_style_request=False,
-        client_options={"allow_http": credentials.endpoint.startswith("http://")},
+        client_options=options,
     )
 
 

@@ -50,6 +50,8 @@ def gateway_registry() -> CollectorRegistry:
     gw.energy_used("eu", 0.5)
     gw.tasks_queued.set(4)
     gw.model_bytes.inc(1024)
+    gw.model_fetches.labels("s3", "Fetched").inc()
+    gw.model_fetched_bytes.labels("s3").inc(2048)
     gw.pool_refusals.inc(2)
     gw.cars_by_reputation.labels("eu", "quarantined").set(1)
     gw.car_strikes.labels("eu").inc(2)

@@ -298,7 +298,8 @@ class ModelFetcher:
     async def _fetch_s3(
         self, location: S3Location, credentials: S3Credentials, shown: str, target: Path
     ) -> _Spool:
-        store = s3_store(credentials, location.bucket)
+        # One GET streams the whole model: it may take as long as the whole download.
+        store = s3_store(credentials, location.bucket, request_timeout_s=self.config.timeout_s)
         try:
             resp = await obstore.get_async(store, location.key)
             if int(resp.meta["size"]) > self.config.max_bytes:
