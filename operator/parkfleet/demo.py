@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from parkfleet import devcluster
+from parkfleet.demoembed import run_embeddings_demo
 from parkfleet.devhelm import ChartInstall, HelmError, image_archives
 from parkfleet.devstack import DevStack, stop_recorded
 from parkfleet.models.digits import DigitsModel
@@ -101,8 +102,10 @@ def _start_fleet(stack: DevStack, cars: int, speed: float, rate: float) -> None:
     )
 
 
-def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float) -> int:
-    """Runs the demo; returns a process exit code."""
+def run_demo(
+    *, keep: bool, cars: int, speed: float, rate: float, timeout: float, workload: str = "digits"
+) -> int:
+    """Runs the demo (``workload`` digits or embeddings); returns a process exit code."""
     root = _fresh_root()
     kubeconfig = root / "kubeconfig"
     print("==> starting the local control plane (etcd, kube-apiserver, scheduler, controllers)")
@@ -121,6 +124,12 @@ def run_demo(*, keep: bool, cars: int, speed: float, rate: float, timeout: float
                 "--timeout=60s",
             )
         model = stack.prepare()
+        if workload == "embeddings":
+            print("==> starting the operator and a gateway (with its node agent)")
+            stack.start_operator()
+            stack.start_gateway()
+            ok = run_embeddings_demo(stack, kubeconfig, root, cars, timeout, keep)
+            return 0 if ok else 1
         inputs_path, labels = _demo_inputs(model, stack.area())
         print(
             f"==> digits model {model.sha256[:12]}… "
@@ -234,12 +243,12 @@ def _wait_for_pool(kubeconfig: Path) -> None:
     raise RuntimeError("no car connected to pool demo within 120 s")
 
 
-def _follow(kubeconfig: Path, timeout: float) -> dict[str, Any]:
+def _follow(kubeconfig: Path, timeout: float, job: str = "digits") -> dict[str, Any]:
     tty = sys.stdout.isatty()
     deadline = time.monotonic() + timeout
     last_line = ""
     while time.monotonic() < deadline:
-        st: dict[str, Any] = _get(kubeconfig, "ij", "digits").get("status", {})
+        st: dict[str, Any] = _get(kubeconfig, "ij", job).get("status", {})
         pool = _get(kubeconfig, "fp", "demo").get("status", {})
         units = st.get("units", {})
         line = (
@@ -319,9 +328,25 @@ def _cmd(args: argparse.Namespace) -> int:
         stopped = down()
         print(f"demo stopped: {', '.join(stopped)}" if stopped else "no demo was running")
         return 0
-    run = run_helm_demo if args.helm else run_demo
-    return run(
-        keep=args.keep, cars=args.cars, speed=args.speed, rate=args.rate, timeout=args.timeout
+    if args.helm:
+        if args.workload != "digits":
+            print("!! --helm runs the digits workload only")
+            return 2
+        return run_helm_demo(
+            keep=args.keep,
+            cars=args.cars or 200,
+            speed=args.speed,
+            rate=args.rate,
+            timeout=args.timeout,
+        )
+    cars = args.cars or (200 if args.workload == "digits" else 20)
+    return run_demo(
+        keep=args.keep,
+        cars=cars,
+        speed=args.speed,
+        rate=args.rate,
+        timeout=args.timeout,
+        workload=args.workload,
     )
 
 
@@ -335,7 +360,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="on parkfleet installed by its chart on the local cluster's real node (root)",
     )
-    p.add_argument("--cars", type=int, default=200)
+    p.add_argument(
+        "--workload",
+        choices=("digits", "embeddings"),
+        default="digits",
+        help="digits (the default, quick) or embeddings: 10,000 sentences with "
+        "all-MiniLM-L6-v2, object storage to object storage",
+    )
+    p.add_argument("--cars", type=int, default=0, help="default 200 (digits), 20 (embeddings)")
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
     p.add_argument("--rate", type=float, default=25.0, help="modelled items/s per car")
     p.add_argument("--timeout", type=float, default=600.0)

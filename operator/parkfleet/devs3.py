@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parkfleet.devcluster import die_with_parent
+from parkfleet.pidfiles import PidFile
 
 __all__ = ["S3Error", "S3Server", "default_binary", "start"]
 
@@ -73,8 +74,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(root: Path, binary: Path | None = None, timeout: float = 30.0) -> S3Server:
+def start(
+    root: Path,
+    binary: Path | None = None,
+    timeout: float = 30.0,
+    *,
+    detach: bool = False,
+    pid_file: Path | None = None,
+) -> S3Server:
     """Starts versitygw on a free loopback port over ``root/buckets``.
+
+    Args:
+        detach: Outlive this process (``parkfleet demo --keep``), in a session of its own.
+        pid_file: Record its pid there (a stack's pid folder: ``make demo-down`` stops it).
 
     Raises:
         S3Error: The binary is missing (run ``make versitygw``), or the server exited or
@@ -95,8 +107,11 @@ def start(root: Path, binary: Path | None = None, timeout: float = 30.0) -> S3Se
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            start_new_session=detach,
+            preexec_fn=None if detach else die_with_parent,
         )
+    if pid_file is not None:
+        PidFile.write(pid_file, proc.pid)
     server = S3Server(f"http://127.0.0.1:{port}", access, secret, buckets, proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
