@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client, config
 
-from parkfleet import devcluster
+from parkfleet import devcluster, devs3
 from parkfleet.devstack import DevStack
+from parkfleet.objectstore import S3Credentials
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +80,23 @@ class Kubectl:
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devs3.S3Server]:
+    """A real S3 server (versitygw from its Go module) on loopback, for the session."""
+    if not devs3.default_binary().exists():
+        pytest.fail("versitygw is not built: run `make versitygw` (make test does)")
+    server = devs3.start(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def creds(s3: devs3.S3Server) -> S3Credentials:
+    """The server's root keys as a job's object-store credentials."""
+    return S3Credentials(s3.endpoint, s3.access_key, s3.secret_key)
 
 
 @pytest.fixture(scope="session")

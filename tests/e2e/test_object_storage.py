@@ -12,7 +12,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ import pytest
 
 from parkfleet import devs3
 from parkfleet.devstack import DevStack
-from parkfleet.objectstore import S3Credentials, s3_store, secret_manifest
+from parkfleet.objectstore import s3_store, secret_manifest
 
-from .conftest import Kubectl
+from .conftest import Kubectl, creds
 from .kube import get_json, until
 from .test_inferencejob import ITEMS, condition, local_labels_of, pool, wait_done, wait_gpus
 
@@ -36,28 +35,13 @@ SECRET = "jobs-store"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devs3.S3Server]:
-    if not devs3.default_binary().exists():
-        pytest.fail("versitygw is not built: run `make versitygw` (make test does)")
-    server = devs3.start(tmp_path_factory.mktemp("s3"))
-    try:
-        server.bucket(BUCKET)
-        yield server
-    finally:
-        server.stop()
-
-
-def creds(s3: devs3.S3Server) -> S3Credentials:
-    return S3Credentials(s3.endpoint, s3.access_key, s3.secret_key)
-
-
-@pytest.fixture(scope="module")
 def stored(stack: DevStack, kubectl: Kubectl, s3: devs3.S3Server) -> DevStack:
     """The InferenceJob CRD, the digits input as an object, and the job namespace's Secret."""
     from .conftest import REPO
 
     kubectl("apply", "-f", str(REPO / "crds" / "inferencejobs.parkfleet.io.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/inferencejobs.parkfleet.io")
+    s3.bucket(BUCKET)
     x = np.load(stack.area() / "digits" / "inputs.npy")
     big = np.tile(x, (-(-ITEMS // len(x)), 1))[:ITEMS]
     buf = io.BytesIO()
