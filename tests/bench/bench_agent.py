@@ -258,6 +258,18 @@ def raw_minilm(case: TextCase, threads: int) -> tuple[float, np.ndarray]:
 Measured = tuple[float, Checksum, dict[str, Any]]
 
 
+async def timed(gateway: Gateway, events: Any, spec: TaskSpec) -> float:
+    """Seconds from submitting a task to its ``succeeded`` event."""
+    t0 = time.perf_counter()
+    await gateway.submit(spec)
+    async for e in events:
+        if e.task_id == spec.task_id and e.kind in ("succeeded", "failed", "cancelled"):
+            if e.kind != "succeeded":
+                raise RuntimeError(f"task {spec.task_id} {e.kind}: {e.reason} {e.message}")
+            break
+    return time.perf_counter() - t0
+
+
 async def measure(
     cases: list[Case], threads: int, text: TextCase | None = None
 ) -> tuple[dict[tuple[str, int], tuple[tuple[float, Checksum], Measured]], dict[str, Any]]:
@@ -337,14 +349,7 @@ async def measure(
                     sink=sink,
                     checkpoint_interval_s=5.0,
                 )
-                t0 = time.perf_counter()
-                await gateway.submit(spec)
-                async for e in events:
-                    if e.task_id == task_id and e.kind in ("succeeded", "failed", "cancelled"):
-                        if e.kind != "succeeded":
-                            raise RuntimeError(f"task {task_id} {e.kind}: {e.reason} {e.message}")
-                        break
-                return time.perf_counter() - t0, sink
+                return await timed(gateway, events, spec), sink
 
             out: dict[tuple[str, int], tuple[tuple[float, Checksum], Measured]] = {}
             for case in cases:
@@ -415,14 +420,7 @@ async def measure_text(
             sink=sink,
             checkpoint_interval_s=5.0,
         )
-        t0 = time.perf_counter()
-        await gateway.submit(spec)
-        async for e in events:
-            if e.task_id == task_id and e.kind in ("succeeded", "failed", "cancelled"):
-                if e.kind != "succeeded":
-                    raise RuntimeError(f"task {task_id} {e.kind}: {e.reason} {e.message}")
-                break
-        return time.perf_counter() - t0, sink
+        return await timed(gateway, events, spec), sink
 
     await run("warm-up-minilm", case.batch_size)
     best_raw, best, raw_out, sink = 0.0, 0.0, np.empty(0), None
