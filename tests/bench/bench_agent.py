@@ -21,6 +21,12 @@ Two models, in the same run:
   ``agent_vs_raw_ratio``, at ``--batch-size`` and the ``--sweep`` batch sizes.
 - ``convnet`` (a 3x32x32 image CNN, ~1 ms per item; ``parkfleet.models.convnet``): a cost
   per item like a car's real vision or language workloads, at ``--batch-size``.
+- ``minilm``: all-MiniLM-L6-v2 (int8) with mean pooling and L2 norm appended
+  (``make model-minilm``), over texts tokenised beforehand and padded per batch (three
+  int64 inputs of variable length, one chunk per batch; an embedding of 384 floats back).
+  Raw runs the same batches. Its ratio is ``agent_vs_raw_ratio_minilm``, with the bytes
+  per item each way on the link (``link_bytes_per_item_in_minilm``, ``..._out_minilm``:
+  the encoded InputChunk and ResultChunk messages, before gRPC's and TLS's framing).
 
 ``overhead_us_per_item`` is what the link adds per item (agent minus raw, in µs of wall
 time), ``overhead_ns_per_input_byte`` the same per input byte (the link's work grows with
@@ -54,6 +60,9 @@ from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, TaskSpec  # no
 from parkfleet.gateway import ModelRef as GatewayModelRef  # noqa: E402
 from parkfleet.models.convnet import build_convnet  # noqa: E402
 from parkfleet.models.digits import build_digits  # noqa: E402
+from parkfleet.models.minilm import load_minilm  # noqa: E402
+from parkfleet.protocol.chunks import encode_input, encode_result  # noqa: E402
+from parkfleet.protocol.padding import pad_concat  # noqa: E402
 
 
 def _own_cpu_s() -> float:
@@ -154,13 +163,118 @@ class Raw:
         return len(x) / seconds, (labels, probs)
 
 
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TextCase:
+    """The pooled MiniLM over texts tokenised beforehand, one padded array set per batch.
+
+    Attributes:
+        path: The pooled ONNX file.
+        batches: The token inputs of each batch, padded to its longest text.
+        batch_size: Items per batch.
+        repeats: Runs each side, the best one counts.
+    """
+
+    path: Path
+    batches: list[Feeds]
+    batch_size: int
+    repeats: int
+
+    @property
+    def items(self) -> int:
+        return sum(len(b["input_ids"]) for b in self.batches)
+
+    def input_bytes(self, task_id: str) -> int:
+        """The InputChunk messages the gateway sends for them (one per batch), in bytes."""
+        total, first = 0, 0
+        for b in self.batches:
+            (name, array), *more = b.items()
+            n = len(array)
+            total += len(
+                encode_input(task_id, 1, first, first + n == self.items, name, array, more)
+            )
+            first += n
+        return total
+
+
+class BatchedTokens:
+    """An input source over ``TextCase.batches``: a read of one batch is that batch."""
+
+    padded = True
+
+    def __init__(self, case: TextCase) -> None:
+        self.case = case
+
+    def read(self, start: int, end: int) -> Feeds:
+        size = self.case.batch_size
+        if start % size == 0 and end - start <= size:
+            batch = self.case.batches[start // size]
+            if end - start == len(batch["input_ids"]):
+                return batch
+        # Not one batch (the gateway split it): those items, padded to their longest.
+        rows = [
+            {k: v[i - (i // size) * size][None] for k, v in self.case.batches[i // size].items()}
+            for i in range(start, end)
+        ]
+        merged = {k: pad_concat([r[k] for r in rows]) for k in rows[0]}
+        longest = int(merged["attention_mask"].sum(axis=1).max())
+        return {k: v[:, :longest] for k, v in merged.items()}
+
+
+class EmbeddingSink:
+    """Keeps the embeddings (small), and the bytes of the result chunks that carried them."""
+
+    def __init__(self, items: int, task_id: str) -> None:
+        self.embeddings = np.zeros((items, 384), np.float32)
+        self.items = 0
+        self.result_bytes = 0
+        self.task_id = task_id
+
+    async def write(self, first_item: int, outputs: Mapping[str, np.ndarray]) -> None:
+        e = outputs["embedding"]
+        self.embeddings[first_item : first_item + len(e)] = e
+        self.items += len(e)
+        # The chunk as the car encoded it (the encoder is the car's own, deterministic).
+        self.result_bytes += len(encode_result(self.task_id, 1, first_item, [("embedding", e)]))
+
+    async def complete(self) -> None:
+        pass
+
+
+def raw_minilm(case: TextCase, threads: int) -> tuple[float, np.ndarray]:
+    """One pass of ONNX Runtime alone over the batches (after a warm-up): items/s, outputs."""
+    run = Raw(case.path, threads).session.run
+    run(["embedding"], case.batches[0])
+    outs = []
+    t0 = time.perf_counter()
+    for feeds in case.batches:
+        outs.append(run(["embedding"], feeds)[0])
+    seconds = time.perf_counter() - t0
+    return case.items / seconds, np.concatenate(outs)
+
+
 Measured = tuple[float, Checksum, dict[str, Any]]
 
 
+async def timed(gateway: Gateway, events: Any, spec: TaskSpec) -> float:
+    """Seconds from submitting a task to its ``succeeded`` event."""
+    t0 = time.perf_counter()
+    await gateway.submit(spec)
+    async for e in events:
+        if e.task_id == spec.task_id and e.kind in ("succeeded", "failed", "cancelled"):
+            if e.kind != "succeeded":
+                raise RuntimeError(f"task {spec.task_id} {e.kind}: {e.reason} {e.message}")
+            break
+    return time.perf_counter() - t0
+
+
 async def measure(
-    cases: list[Case], threads: int
-) -> dict[tuple[str, int], tuple[tuple[float, Checksum], Measured]]:
-    """Raw and agent items/s per (model, batch size), best of the case's repeats each.
+    cases: list[Case], threads: int, text: TextCase | None = None
+) -> tuple[dict[tuple[str, int], tuple[tuple[float, Checksum], Measured]], dict[str, Any]]:
+    """Raw and agent items/s per (model, batch size), best of the case's repeats each, and
+    the pooled MiniLM's figures (empty without ``text``).
 
     Raw and agent runs alternate, so that a neighbour's load on a shared machine
     falls on both alike.
@@ -183,6 +297,10 @@ async def measure(
         )
         await gateway.start()
         refs = {case.name: gateway.models.add_file(case.path) for case in cases}
+        text_info = None
+        if text is not None:
+            text_ref = gateway.models.add_file(text.path)
+            text_info = await gateway.resolve_model(sha256=text_ref.sha256)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -231,14 +349,7 @@ async def measure(
                     sink=sink,
                     checkpoint_interval_s=5.0,
                 )
-                t0 = time.perf_counter()
-                await gateway.submit(spec)
-                async for e in events:
-                    if e.task_id == task_id and e.kind in ("succeeded", "failed", "cancelled"):
-                        if e.kind != "succeeded":
-                            raise RuntimeError(f"task {task_id} {e.kind}: {e.reason} {e.message}")
-                        break
-                return time.perf_counter() - t0, sink
+                return await timed(gateway, events, spec), sink
 
             out: dict[tuple[str, int], tuple[tuple[float, Checksum], Measured]] = {}
             for case in cases:
@@ -276,11 +387,96 @@ async def measure(
                         best_raw,
                         (best, sums, {"energy_modelled": modelled, **cpu}),
                     )
-            return out
+            texts: dict[str, Any] = {}
+            if text is not None and text_info is not None:
+                texts = await measure_text(gateway, events, text, text_info, threads, proc.pid)
+            return out, texts
         finally:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 10)
             await gateway.stop(0)
+
+
+async def measure_text(
+    gateway: Gateway, events: Any, case: TextCase, info: Any, threads: int, agent_pid: int
+) -> dict[str, Any]:
+    """The pooled MiniLM: raw and agent runs alternating, best of ``case.repeats`` each."""
+
+    async def run(task_id: str, items: int) -> tuple[float, EmbeddingSink]:
+        sink = EmbeddingSink(items, task_id)
+        spec = TaskSpec(
+            task_id=task_id,
+            cell="bench-0",
+            runtime="onnxruntime",
+            model=info.ref,
+            input_name=info.input_name,
+            input_specs=info.inputs,
+            output_names=("embedding",),
+            output_specs=info.outputs,
+            batch_size=case.batch_size,
+            item_start=0,
+            item_end=items,
+            inputs=BatchedTokens(case),
+            sink=sink,
+            checkpoint_interval_s=5.0,
+        )
+        return await timed(gateway, events, spec), sink
+
+    await run("warm-up-minilm", case.batch_size)
+    best_raw, best, raw_out, sink = 0.0, 0.0, np.empty(0), None
+    cpu: dict[str, float] = {}
+    for i in range(case.repeats):
+        rate, outs = await asyncio.to_thread(raw_minilm, case, threads)
+        if rate > best_raw:
+            best_raw, raw_out = rate, outs
+        g0, a0 = _own_cpu_s(), _proc_cpu_s(agent_pid)
+        seconds, got = await run(f"bench-minilm-{i}", case.items)
+        g1, a1 = _own_cpu_s(), _proc_cpu_s(agent_pid)
+        assert got.items == case.items
+        if case.items / seconds > best:
+            best, sink = case.items / seconds, got
+            cpu = {
+                "gateway_cpu_us_per_item_minilm": round((g1 - g0) / case.items * 1e6, 1),
+                "agent_cpu_us_per_item_minilm": round((a1 - a0) / case.items * 1e6, 1),
+                "agent_wall_us_per_item_minilm": round(seconds / case.items * 1e6, 1),
+            }
+    assert sink is not None
+    cos = np.sum(sink.embeddings * raw_out, axis=1) / (
+        np.linalg.norm(sink.embeddings, axis=1) * np.linalg.norm(raw_out, axis=1)
+    )
+    tokens = sum(int(b["attention_mask"].sum()) for b in case.batches)
+    return {
+        "agent_vs_raw_ratio_minilm": round(best / best_raw, 4),
+        "raw_items_per_second_minilm": round(best_raw, 1),
+        "agent_items_per_second_minilm": round(best, 1),
+        "link_bytes_per_item_in_minilm": round(case.input_bytes("bench-minilm-0") / case.items, 1),
+        "link_bytes_per_item_out_minilm": round(sink.result_bytes / case.items, 1),
+        # What the unpooled encoder would send back at least: last_hidden_state, float32,
+        # per real token (padding would add more).
+        "unpooled_bytes_per_item_out_minilm": round(tokens * 384 * 4 / case.items, 1),
+        "tokens_per_item_minilm": round(tokens / case.items, 2),
+        "min_cosine_vs_raw_minilm": round(float(cos.min()), 6),
+        "items_minilm": case.items,
+        "batch_size_minilm": case.batch_size,
+        "repeats_minilm": case.repeats,
+        "raw_wall_us_per_item_minilm": round(1e6 / best_raw, 1),
+        **cpu,
+    }
+
+
+def text_case(items: int, batch_size: int, repeats: int) -> TextCase | None:
+    """The pooled MiniLM's case over ``items`` varied sentences, or None without its files."""
+    model = load_minilm(REPO / ".cache" / "models" / "minilm")
+    if model is None:
+        print("no MiniLM files in .cache/models/minilm (make model-minilm): minilm skipped")
+        return None
+    sys.path.insert(0, str(REPO))
+    from tests.minilm import TextTokens, texts
+
+    tokens = TextTokens(model.tokenizer_path)
+    batch = texts(items, seed=11)
+    batches = [tokens.encode(batch[i : i + batch_size]) for i in range(0, items, batch_size)]
+    return TextCase(model.pooled_path, batches, batch_size, repeats)
 
 
 def _row(
@@ -327,6 +523,13 @@ def main() -> int:
     parser.add_argument(
         "--convnet-items", type=int, default=2048, help="convnet items (~1 ms each; 0 = skip)"
     )
+    parser.add_argument(
+        "--minilm-items", type=int, default=1024, help="pooled MiniLM texts (0 = skip)"
+    )
+    parser.add_argument("--minilm-batch-size", type=int, default=32, help="MiniLM batch size")
+    parser.add_argument(
+        "--minilm-repeats", type=int, default=2, help="best of N MiniLM runs, each side"
+    )
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     parser.add_argument("--repeats", type=int, default=2, help="best of N runs, each side")
     parser.add_argument(
@@ -353,7 +556,12 @@ def main() -> int:
                 args.convnet_repeats,
             )
         )
-    measured = asyncio.run(measure(cases, args.threads))
+    text = (
+        text_case(args.minilm_items, args.minilm_batch_size, args.minilm_repeats)
+        if args.minilm_items > 0
+        else None
+    )
+    measured, minilm = asyncio.run(measure(cases, args.threads, text))
     rows = []
     for c in cases:
         item_bytes = c.x[0].nbytes
@@ -397,6 +605,7 @@ def main() -> int:
         "convnet_sha256": convnet.sha256 if convnet is not None else None,
         "sweep": [r for r in rows if r["model"] == "digits"],
         "rows": rows,
+        **minilm,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -419,6 +628,22 @@ def main() -> int:
         f"(goal >= 0.95; digits, {args.items} items, {args.threads} intra-op thread(s)); "
         + ", ".join(f"{name} {r['ratio']:.3f}" for name, r in by_model.items())
     )
+    if minilm:
+        print(
+            f"{'minilm':>8}{args.minilm_batch_size:>6}"
+            f"{minilm['raw_items_per_second_minilm']:>14,.0f}"
+            f"{minilm['agent_items_per_second_minilm']:>15,.0f}"
+            f"{minilm['agent_vs_raw_ratio_minilm']:>8.3f}"
+        )
+        print(
+            f"agent_vs_raw_ratio_minilm = {minilm['agent_vs_raw_ratio_minilm']:.3f} "
+            f"(goal >= 0.95; pooled all-MiniLM-L6-v2 int8, {minilm['items_minilm']} texts, "
+            f"{minilm['tokens_per_item_minilm']} tokens each on average); on the link per "
+            f"item: {minilm['link_bytes_per_item_in_minilm']:.0f} B in, "
+            f"{minilm['link_bytes_per_item_out_minilm']:.0f} B out (unpooled it would be "
+            f"{minilm['unpooled_bytes_per_item_out_minilm']:.0f} B out); min cosine vs raw "
+            f"{minilm['min_cosine_vs_raw_minilm']:.6f}"
+        )
     per_item, item_bytes = main_row["overhead_us_per_item"], main_row["input_bytes_per_item"]
     per_byte = main_row["overhead_ns_per_input_byte"]
     print(
