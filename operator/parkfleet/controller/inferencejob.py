@@ -265,7 +265,7 @@ async def _ensure_job(
     )
     if spec.suspend:
         message += "; suspended (spec.suspend): nothing starts until it is false"
-    kopf.info(body, reason="JobCreated", message=message)
+    _tell(body, "JobCreated", message)
     return cast(dict[str, Any], api.sanitize_for_serialization(created))
 
 
@@ -301,7 +301,7 @@ async def _follow_spec(
             )
             continue
         for reason, message in edit_events(spec, job, edits):
-            kopf.info(body, reason=reason, message=message)
+            _tell(body, reason, message)
         return cast(dict[str, Any], api.sanitize_for_serialization(patched))
     return job
 
@@ -335,12 +335,18 @@ def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "itemsPerSecond"}
 
 
+def _tell(body: kopf.Body, reason: str, message: str) -> None:
+    """Posts a Normal Event on the job. Not ``kopf.info``: the operator's posting level
+    (WARNING, to keep Kopf's own handler logs out of Events) drops those."""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 def _post_transitions(body: kopf.Body, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     before = {c.get("type"): c.get("status") for c in old.get("conditions") or ()}
     for c in new["conditions"]:
         if c["status"] == "True" and before.get(c["type"]) != "True":
             if c["type"] == "Complete":
-                kopf.info(body, reason="Complete", message=c["message"])
+                _tell(body, "Complete", c["message"])
             elif c["type"] == "Failed":
                 kopf.warn(body, reason=c["reason"], message=c["message"])
     if new["conditions"][0]["reason"] == "UnknownPool" and before.get("Progressing") != "False":
