@@ -30,6 +30,7 @@ from parkfleet.controller.jobs import (
     edit_events,
     elapsed_s,
     job_condition,
+    job_ended,
     job_spec_edits,
     parse_indexes,
     tally,
@@ -191,7 +192,7 @@ def _suspended_condition(
             "done stay done"
         )
         return _cond("Suspended", True, "Suspended", msg, gen)
-    if job_condition(job, "Complete") is not None or job_condition(job, "Failed") is not None:
+    if job_ended(job):
         return _cond("Suspended", False, "JobEnded", "the job has ended", gen)
     # The Job controller keeps its own Suspended condition (False) once a Job resumed.
     if any(c.get("type") == "Suspended" for c in (job.get("status") or {}).get("conditions") or ()):
