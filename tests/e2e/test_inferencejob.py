@@ -479,13 +479,17 @@ def test_suspend_mid_job_then_resume_runs_every_item_exactly_once(
         30,
         "the cars to be free",
     )
-    obj = until(lambda: applied(kubectl, "pausable"), 30, "the suspension in the status")
+
+    def settled() -> dict[str, Any] | None:
+        obj = applied(kubectl, "pausable")
+        return obj if obj and obj["status"]["units"]["running"] == 0 else None
+
+    obj = until(settled, 30, "the status to show the suspension, nothing running")
     suspended = condition(kubectl, "pausable", "Suspended")
     assert (suspended["status"], suspended["reason"]) == ("True", "Suspended"), suspended
     assert condition(kubectl, "pausable", "Progressing")["status"] == "False"
     done = obj["status"]["units"]["succeeded"]
     assert 1 <= done < 12, obj["status"]  # suspended mid-job
-    assert obj["status"]["units"]["running"] == 0
     assert len(ij_events(kubectl, "pausable", "Suspended")) == 1
     out = jobs.area() / "results" / "pausable"
     before = {f.name: f.stat().st_mtime_ns for f in out.glob("unit-*.npz")}
