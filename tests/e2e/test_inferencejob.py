@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.devstack import DevStack, Proc
 
@@ -122,7 +125,7 @@ def test_digits_job_matches_local_onnx_item_for_item(jobs: DevStack, kubectl: Ku
         ({"model": "{sha256: not-a-hash}"}, "spec.model.sha256"),
         ({"parallelism": 0}, "spec.parallelism"),
         ({"itemsPerUnit": ITEMS + 1}, "spec.itemsPerUnit must not exceed spec.input.items"),
-        ({"input": "{items: 5}"}, "spec.input needs exactly one of path and configMap"),
+        ({"input": "{items: 5}"}, "spec.input needs exactly one of path, configMap and uri"),
         ({"output": "{path: /etc}"}, "spec.output.path must be relative"),
         ({"model": "{name: digits, uri: 'ftp://x'}"}, "spec.model.uri must be"),
         ({"redundancy": "{copies: 2}"}, "spec.redundancy.compare is required"),
@@ -419,3 +422,208 @@ def test_tiny_input_from_a_configmap(jobs: DevStack, kubectl: Kubectl) -> None:
     assert np.array_equal(labels, local_labels_of(jobs, x))
     kubectl("delete", "ij", "tiny")
     kubectl("delete", "configmap", "six-digits")
+
+
+def ij_events(k: Kubectl, name: str, reason: str) -> list[str]:
+    """Messages of the InferenceJob's own Events with ``reason`` (its Job, of the same
+    name, has Events of its own: Suspended and Resumed among them)."""
+    selector = f"involvedObject.kind=InferenceJob,involvedObject.name={name}"
+    events = get_json(k, "events", "--field-selector", selector)["items"]
+    return [e["message"] for e in events if e["reason"] == reason]
+
+
+def patch_spec(k: Kubectl, name: str, spec: str, check: bool = True) -> Any:
+    return k("patch", "ij", name, "--type", "merge", "-p", f'{{"spec": {spec}}}', check=check)
+
+
+def applied(k: Kubectl, name: str) -> dict[str, Any] | None:
+    """The job, once its status answers its current generation (the Job follows it)."""
+    obj = get_json(k, "ij", name)
+    st = obj.get("status", {})
+    return obj if st.get("observedGeneration") == obj["metadata"]["generation"] else None
+
+
+def batch_spec(k: Kubectl, name: str) -> dict[str, Any]:
+    return dict(get_json(k, "job", name)["spec"])
+
+
+def live_pods(k: Kubectl, name: str) -> list[dict[str, Any]]:
+    pods = get_json(k, "pods", "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+    return [p for p in pods if p["status"].get("phase") not in ("Failed", "Succeeded")]
+
+
+def test_suspend_mid_job_then_resume_runs_every_item_exactly_once(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    kubectl("apply", "-f", "-", stdin=pool("paused"))
+    fleet = jobs.start_fleet(
+        3, 1, "paused", prefix="paused-", name="paused",
+        extra=["--compute=modelled", "--modelled-rate=40"],
+    )  # fmt: skip
+    wait_gpus(kubectl, "pf-paused-0", 3)
+    kubectl("apply", "-f", "-", stdin=job("pausable", pool="paused", parallelism=3))
+    until(
+        lambda: (
+            condition(kubectl, "pausable", "Progressing").get("reason") == "UnitsRunning"
+            and get_json(kubectl, "ij", "pausable")["status"]["units"]["succeeded"] >= 1
+        ),
+        120,
+        "a unit done and others running",
+    )
+    patch_spec(kubectl, "pausable", '{"suspend": true}')
+    until(lambda: batch_spec(kubectl, "pausable")["suspend"], 30, "the Job to be suspended")
+    # The Job controller deletes the running pods; their tasks are cancelled on the cars.
+    until(lambda: not live_pods(kubectl, "pausable"), 60, "the running units to stop")
+    until(
+        lambda: get_json(kubectl, "fp", "paused").get("status", {}).get("carsBusy") == 0,
+        30,
+        "the cars to be free",
+    )
+
+    def settled() -> dict[str, Any] | None:
+        obj = applied(kubectl, "pausable")
+        return obj if obj and obj["status"]["units"]["running"] == 0 else None
+
+    obj = until(settled, 30, "the status to show the suspension, nothing running")
+    suspended = condition(kubectl, "pausable", "Suspended")
+    assert (suspended["status"], suspended["reason"]) == ("True", "Suspended"), suspended
+    assert condition(kubectl, "pausable", "Progressing")["status"] == "False"
+    done = obj["status"]["units"]["succeeded"]
+    assert 1 <= done < 12, obj["status"]  # suspended mid-job
+    assert len(ij_events(kubectl, "pausable", "Suspended")) == 1
+    out = jobs.area() / "results" / "pausable"
+    before = {f.name: f.stat().st_mtime_ns for f in out.glob("unit-*.npz")}
+    assert len(before) >= done
+
+    # Resumed while the operator is down: nothing happens until it is back (level-based).
+    operator: Proc = jobs.procs["operator"]
+    operator.kill()
+    patch_spec(kubectl, "pausable", '{"suspend": false}')
+    lagging = get_json(kubectl, "ij", "pausable")
+    assert lagging["status"]["observedGeneration"] < lagging["metadata"]["generation"]
+    assert batch_spec(kubectl, "pausable")["suspend"] is True
+    assert not live_pods(kubectl, "pausable")
+    jobs.start_operator()
+
+    st = wait_done(kubectl, "pausable", 240)
+    assert condition(kubectl, "pausable", "Complete")["status"] == "True", st
+    assert (st["units"]["succeeded"], st["units"]["failed"]) == (12, 0)
+    resumed = condition(kubectl, "pausable", "Suspended")
+    assert (resumed["status"], resumed["reason"]) == ("False", "JobEnded")
+    assert len(ij_events(kubectl, "pausable", "Resumed")) == 1
+    check_exactly_once_and_correct(jobs, "pausable")
+    # Units done before the pause were not run again: their files are the same files.
+    after = {f.name: f.stat().st_mtime_ns for f in out.glob("unit-*.npz")}
+    assert {n: after[n] for n in before} == before
+    fleet.stop()
+    kubectl("delete", "ij", "pausable")
+    kubectl("delete", "fp", "paused", "--wait=false")
+
+
+def test_a_job_created_suspended_starts_when_resumed_and_parallelism_follows_edits(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    kubectl("apply", "-f", "-", stdin=job("held", suspend="true", parallelism=2))
+    # The Job controller saw the Job and keeps it suspended: no pod, no start.
+    until(
+        lambda: "True" in kubectl(
+            "get", "job", "held", "-o",
+            'jsonpath={.status.conditions[?(@.type=="Suspended")].status}', check=False,
+        ).stdout,
+        60,
+        "the Job controller to hold the Job",
+    )  # fmt: skip
+    obj = until(lambda: applied(kubectl, "held"), 30, "the job's status")
+    assert condition(kubectl, "held", "Suspended")["status"] == "True"
+    assert condition(kubectl, "held", "Progressing")["reason"] == "Suspended"
+    assert obj["status"]["units"]["succeeded"] == 0
+    assert "startTime" not in obj["status"]
+    assert not get_json(kubectl, "pods", "-l", "batch.kubernetes.io/job-name=held")["items"]
+    until(
+        lambda: any("suspended" in m for m in ij_events(kubectl, "held", "JobCreated")),
+        30,
+        "the JobCreated Event to say the job is suspended",
+    )
+    assert "True" in kubectl("get", "ij", "held").stdout  # the Suspended column
+
+    # parallelism follows edits, bounded by the job's 12 units.
+    assert batch_spec(kubectl, "held")["parallelism"] == 2
+    patch_spec(kubectl, "held", '{"parallelism": 4}')
+    until(lambda: applied(kubectl, "held"), 30, "the parallelism edit to be applied")
+    assert batch_spec(kubectl, "held")["parallelism"] == 4
+    patch_spec(kubectl, "held", '{"parallelism": 100}')
+    until(lambda: applied(kubectl, "held"), 30, "the parallelism edit to be applied")
+    assert batch_spec(kubectl, "held")["parallelism"] == 12
+    changed = ij_events(kubectl, "held", "ParallelismChanged")
+    assert sorted(changed) == [
+        "Job held: 12 units at once (was 4)",
+        "Job held: 4 units at once (was 2)",
+    ]
+
+    patch_spec(kubectl, "held", '{"suspend": false}')
+    st = wait_done(kubectl, "held")
+    assert condition(kubectl, "held", "Complete")["status"] == "True", st
+    assert ij_events(kubectl, "held", "Resumed") == [
+        "spec.suspend is false: Job held runs its 12 units left"
+    ]
+    check_exactly_once_and_correct(jobs, "held")
+    kubectl("delete", "ij", "held")
+
+
+@pytest.fixture(scope="module")
+def fixed(jobs: DevStack, kubectl: Kubectl) -> Iterator[str]:
+    """A suspended job (nothing needs to run) for edits to be refused on."""
+    kubectl("apply", "-f", "-", stdin=job("fixed", suspend="true"))
+    yield "fixed"
+    kubectl("delete", "ij", "fixed")
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ('{"batchSize": 7}', "spec.batchSize"),
+        ('{"input": {"items": 100}}', "spec.input"),
+        ('{"model": {"name": "other"}}', "spec.model"),
+        ('{"output": {"path": "elsewhere"}}', "spec.output"),
+        ('{"pool": "solo"}', "spec.pool"),
+        ('{"deadlineSeconds": 60}', "spec.deadlineSeconds"),  # a field the job did not set
+        ('{"suspend": false, "itemsPerUnit": 100}', "spec.itemsPerUnit"),  # with an allowed one
+    ],
+)
+def test_other_edits_are_refused_naming_what_may_change(
+    fixed: str, kubectl: Kubectl, spec: str, field: str
+) -> None:
+    proc = patch_spec(kubectl, fixed, spec, check=False)
+    assert proc.returncode != 0
+    assert (
+        f"{field} cannot change after creation: only spec.suspend and spec.parallelism may"
+        in proc.stderr
+    ), proc.stderr
+    obj = get_json(kubectl, "ij", fixed)
+    assert (obj["metadata"]["generation"], obj["spec"]["suspend"]) == (1, True)  # nothing stored
+
+
+async def test_a_refused_edit_is_a_422_from_the_api_server(
+    fixed: str, kubectl: Kubectl, api: client.ApiClient
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    with pytest.raises(ApiException) as refused:
+        await custom.patch_namespaced_custom_object(
+            "parkfleet.io", "v1alpha1", "default", "inferencejobs", fixed,
+            {"spec": {"retriesPerUnit": 9}}, _content_type="application/merge-patch+json",
+        )  # fmt: skip
+    assert refused.value.status == 422
+    body = json.loads(refused.value.body)
+    assert body["reason"] == "Invalid"
+    (cause,) = body["details"]["causes"]
+    assert cause["field"] == "spec"
+    assert "spec.retriesPerUnit cannot change after creation" in cause["message"]
+    # Applying the same manifest again changes nothing; labels and parallelism may change.
+    again = kubectl("apply", "-f", "-", stdin=job(fixed, suspend="true"))
+    assert "unchanged" in again.stdout
+    await custom.patch_namespaced_custom_object(
+        "parkfleet.io", "v1alpha1", "default", "inferencejobs", fixed,
+        {"spec": {"parallelism": 3}, "metadata": {"labels": {"team": "a"}}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+    assert get_json(kubectl, "ij", fixed)["spec"]["parallelism"] == 3

@@ -378,17 +378,19 @@ async def test_the_gateways_token_deletes_and_writes_status_only_of_pods_bound_t
 # ---- the operator's token ------------------------------------------------------------
 
 
+def inference_job_spec(name: str) -> dict[str, Any]:
+    """A small InferenceJob's spec, its results under ``results/NAME``."""
+    return {
+        "pool": "demo",
+        "model": {"name": "digits"},
+        "input": {"path": "digits/inputs.npy", "items": 100},
+        "output": {"path": f"results/{name}"},
+    }
+
+
 def inference_job_job(name: str, namespace: str) -> dict[str, Any]:
     """The Job the operator makes of an InferenceJob (controller/jobs.py)."""
-    obj = {
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "pool": "demo",
-            "model": {"name": "digits"},
-            "input": {"path": "digits/inputs.npy", "items": 100},
-            "output": {"path": f"results/{name}"},
-        },
-    }
+    obj = {"metadata": {"name": name, "namespace": namespace}, "spec": inference_job_spec(name)}
     return batch_job(InferenceJobSpec.from_k8s(obj), str(uuid.uuid4()))
 
 
@@ -441,6 +443,46 @@ async def test_the_operators_token_creates_only_its_inferencejobs_jobs_running_o
         risky = copy.deepcopy(own)
         risky["spec"]["template"]["spec"].update(change)
         await refused(create(risky), chart, "operator-jobs", says)
+
+
+async def test_the_operators_token_suspends_and_resizes_its_inferencejobs_jobs_only(
+    chart: Chart, operator_api: client.ApiClient
+) -> None:
+    ns, k = chart.tenant, chart.admin
+    # A real owner, suspended: no pod runs (an operator of the session, if one runs, may
+    # create the Job first; it is the same Job).
+    ij = {
+        "apiVersion": "parkfleet.io/v1alpha1",
+        "kind": "InferenceJob",
+        "metadata": {"name": "resized", "namespace": ns},
+        "spec": {**inference_job_spec("resized"), "itemsPerUnit": 50, "suspend": True},
+    }
+    apply(k, ij)
+    owner = get_json(k, "ij", "resized", f"-n={ns}")
+    batch = client.BatchV1Api(operator_api)
+    try:
+        job = batch_job(InferenceJobSpec.from_k8s(owner), owner["metadata"]["uid"])
+        try:
+            await batch.create_namespaced_job(ns, cast(Any, job))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        # What inferencejob.py patches: spec.suspend and spec.parallelism.
+        patched = await batch.patch_namespaced_job(
+            "resized", ns, {"spec": {"suspend": True, "parallelism": 1}}
+        )
+        assert (patched.spec.suspend, patched.spec.parallelism) == (True, 1)
+        # A patch may not make it a Job of no InferenceJob.
+        says = (
+            f"the parkfleet operator may create only the Jobs of its InferenceJobs: Job "
+            f"{ns}/resized has no controller ownerReference"
+        )
+        orphaned = {"metadata": {"ownerReferences": None}}
+        await refused(
+            batch.patch_namespaced_job("resized", ns, orphaned), chart, "operator-jobs", says
+        )
+    finally:
+        k("delete", "ij", "resized", f"-n={ns}", "--wait=false", check=False)
 
 
 async def test_the_operators_token_deletes_only_cell_nodes_and_their_leases(

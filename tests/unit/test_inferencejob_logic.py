@@ -243,11 +243,12 @@ def test_status_sums_units_items_cars_and_energy() -> None:
         pod(2, "Running"),
     ]
     job = {
+        **batch_job(spec, "u-1"),
         "status": {
             "completedIndexes": "0-1",
             "startTime": "2026-01-01T00:00:00Z",
             "conditions": [],
-        }
+        },
     }
     st = job_status(spec, 3, job, pods)
     assert st["units"] == {"total": 5, "running": 1, "succeeded": 2, "failed": 0}

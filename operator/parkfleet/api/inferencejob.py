@@ -50,7 +50,8 @@ class InferenceJobSpec:
         input_configmap: ``NAME/KEY`` of a ConfigMap with the items as JSON ("" if none).
         items: Items to run.
         items_per_unit: Items per work unit.
-        parallelism: Units at once.
+        parallelism: Units at once (``spec.parallelism``; may change after creation).
+        suspend: Whether the job is paused (``spec.suspend``; may change after creation).
         batch_size: Items per inference call.
         gpu_memory_mib: GPU memory per task.
         copies: Cars each unit runs on (redundancy).
@@ -85,6 +86,7 @@ class InferenceJobSpec:
     items: int
     items_per_unit: int
     parallelism: int
+    suspend: bool
     batch_size: int
     gpu_memory_mib: int
     copies: int
@@ -134,6 +136,7 @@ class InferenceJobSpec:
             items=int(inp["items"]),
             items_per_unit=int(spec.get("itemsPerUnit", 1000)),
             parallelism=int(spec.get("parallelism", 10)),
+            suspend=bool(spec.get("suspend", False)),
             batch_size=int(spec.get("batchSize", 32)),
             gpu_memory_mib=int(spec.get("gpuMemoryMiB", 0)),
             copies=int(red.get("copies", 1)),
@@ -165,6 +168,11 @@ class InferenceJobSpec:
     def unit_count(self) -> int:
         """How many work units the items make."""
         return math.ceil(self.items / self.items_per_unit)
+
+    @property
+    def parallel_units(self) -> int:
+        """Units the Job runs at once: ``parallelism``, at most the unit count."""
+        return min(self.parallelism, self.unit_count)
 
     def unit(self, index: int) -> Unit:
         """Work unit ``index``."""

@@ -1,8 +1,12 @@
-"""InferenceJob handlers: create the Indexed Job, and tell the truth about its progress.
+"""InferenceJob handlers: create the Indexed Job, keep it following the two fields that may
+change (``spec.suspend``, ``spec.parallelism``), and tell the truth about its progress.
 
-Level-based: the timer recomputes the status from the Job and its pods every few
-seconds, so an operator restart mid-job loses nothing (the Job controller kept running
-the units meanwhile, and finished units' result files stay where they are).
+Level-based: the timer compares the Job with the InferenceJob and recomputes the status
+from the Job and its pods every few seconds, so an operator restart mid-job loses nothing
+(the Job controller kept running the units meanwhile, and finished units' result files
+stay where they are) and an edit made while the operator was down is applied when it is
+back. ``status.observedGeneration`` names the generation whose suspend and parallelism
+the Job has.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from parkfleet.api import GROUP, VERSION, InferenceJobSpec
 from parkfleet.contract import results_location, volume_location
 from parkfleet.controller.conditions import merge_conditions
-from parkfleet.controller.jobs import batch_job, elapsed_s, parse_indexes, tally
+from parkfleet.controller.jobs import (
+    batch_job,
+    edit_events,
+    elapsed_s,
+    job_condition,
+    job_ended,
+    job_spec_edits,
+    parse_indexes,
+    tally,
+)
 from parkfleet.controller.state import OperatorState
 
 __all__ = ["job_status", "register"]
@@ -29,6 +42,7 @@ __all__ = ["job_status", "register"]
 log = logging.getLogger(__name__)
 
 RESYNC_S = 2.0
+_EDIT_TRIES = 3
 
 
 def _cond(kind: str, status: bool, reason: str, message: str, gen: int) -> dict[str, Any]:
@@ -41,32 +55,34 @@ def _cond(kind: str, status: bool, reason: str, message: str, gen: int) -> dict[
     }
 
 
-def _job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    for c in (job.get("status") or {}).get("conditions") or ():
-        if c.get("type") == kind and c.get("status") == "True":
-            return cast(Mapping[str, Any], c)
-    return None
-
-
 def job_status(
     spec: InferenceJobSpec,
     generation: int,
     job: Mapping[str, Any] | None,
     pods: list[Mapping[str, Any]],
     problem: tuple[str, str] | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status an InferenceJob should show, from its Job and the Job's pods.
 
     Args:
         spec: The job.
-        generation: ``metadata.generation`` answered.
+        generation: ``metadata.generation`` now.
         job: The batch Job (None before it exists).
         pods: The Job's pods.
         problem: (reason, message) that keeps the job from starting, if any.
+        previous: The status the job shows now (its first start time and the generation
+            last applied are kept from it).
 
     Returns:
-        The ``status`` object (conditions without transition times).
+        The ``status`` object (conditions without transition times). Its
+        ``observedGeneration`` is ``generation`` once the Job follows the spec's suspend
+        and parallelism, else the one it showed before.
     """
+    previous = previous or {}
+    applied = job is None or not job_spec_edits(spec, job)
+    if not applied:
+        generation = int(previous.get("observedGeneration") or 0)
     total_units = spec.unit_count
     js: Mapping[str, Any] = (job or {}).get("status") or {}
     done = parse_indexes(js.get("completedIndexes"))
@@ -74,11 +90,16 @@ def job_status(
     t = tally(pods)
     running = t.running_units - done - failed
     done_items = spec.unit_items(done)
-    start, end = js.get("startTime"), js.get("completionTime")
+    # The Job controller restarts its startTime at each resume; the job's is its first.
+    start, end = previous.get("startTime") or js.get("startTime"), js.get("completionTime")
+    complete = job_condition(job or {}, "Complete") is not None
+    failed_cond = job_condition(job or {}, "Failed")
+    suspended = bool(((job or {}).get("spec") or {}).get("suspend")) and not (
+        complete or failed_cond
+    )
     seconds = elapsed_s(start, end)
-    rate = round(done_items / seconds, 1) if seconds > 0 else 0.0
-    complete = _job_condition(job or {}, "Complete") is not None
-    failed_cond = _job_condition(job or {}, "Failed")
+    # Averaged since the first start, pauses included; nothing runs while suspended.
+    rate = round(done_items / seconds, 1) if seconds > 0 and not suspended else 0.0
     conditions = []
     if problem is not None:
         conditions.append(_cond("Progressing", False, problem[0], problem[1], generation))
@@ -99,12 +120,20 @@ def job_status(
         conditions.append(_cond("Progressing", False, "Complete", msg, generation))
         conditions.append(_cond("Complete", True, "AllUnitsDone", msg, generation))
         conditions.append(_cond("Failed", False, "AllUnitsDone", msg, generation))
+    elif suspended:
+        msg = f"suspended: {len(done)}/{total_units} units done"
+        if running:
+            msg += f", {len(running)} stopping"
+        conditions.append(_cond("Progressing", False, "Suspended", msg, generation))
+        conditions.append(_cond("Complete", False, "Suspended", msg, generation))
+        conditions.append(_cond("Failed", False, "Suspended", msg, generation))
     else:
         waiting = "UnitsRunning" if running else "WaitingForCars"
         msg = f"{len(done)}/{total_units} units done, {len(running)} running"
         conditions.append(_cond("Progressing", True, waiting, msg, generation))
         conditions.append(_cond("Complete", False, waiting, msg, generation))
         conditions.append(_cond("Failed", False, waiting, msg, generation))
+    conditions.append(_suspended_condition(spec, job, suspended, len(done), generation))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "job": spec.name if job else "",
@@ -138,14 +167,47 @@ def job_status(
     return status
 
 
+def _suspended_condition(
+    spec: InferenceJobSpec,
+    job: Mapping[str, Any] | None,
+    suspended: bool,
+    done: int,
+    gen: int,
+) -> dict[str, Any]:
+    """``Suspended``: whether the Job is paused (``spec.suspend``), as it is now."""
+    total = spec.unit_count
+    if job is None:
+        if spec.suspend:
+            return _cond(
+                "Suspended",
+                True,
+                "Suspended",
+                "spec.suspend is true: nothing starts until it is false",
+                gen,
+            )
+        return _cond("Suspended", False, "NotSuspended", "spec.suspend is false", gen)
+    if suspended:
+        msg = (
+            f"spec.suspend is true: no unit runs until it is false; {done}/{total} units "
+            "done stay done"
+        )
+        return _cond("Suspended", True, "Suspended", msg, gen)
+    if job_ended(job):
+        return _cond("Suspended", False, "JobEnded", "the job has ended", gen)
+    # The Job controller keeps its own Suspended condition (False) once a Job resumed.
+    if any(c.get("type") == "Suspended" for c in (job.get("status") or {}).get("conditions") or ()):
+        return _cond("Suspended", False, "Resumed", "spec.suspend is false: resumed", gen)
+    return _cond("Suspended", False, "NotSuspended", "spec.suspend is false", gen)
+
+
 async def reconcile(
     state: OperatorState, body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch
 ) -> None:
-    """Creates the Job if missing and recomputes the status."""
+    """Creates the Job if missing, makes it follow spec.suspend and spec.parallelism,
+    and recomputes the status."""
     spec = InferenceJobSpec.from_k8s(body)
     generation = int(body["metadata"].get("generation", 0))
     api = await state.api()
-    batch = client.BatchV1Api(api)
     problem: tuple[str, str] | None = None
     job: dict[str, Any] | None = None
     try:
@@ -159,31 +221,13 @@ async def reconcile(
     if spec.model_problem is not None:  # stored before the CRD refused it: never passed on
         problem = ("UnsupportedModelSource", spec.model_problem)
     if problem is None:
-        try:
-            job = api.sanitize_for_serialization(
-                await batch.read_namespaced_job(spec.name, spec.namespace)
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            body_job = batch_job(spec, str(body["metadata"]["uid"]))
-            try:
-                created = await batch.create_namespaced_job(spec.namespace, cast(Any, body_job))
-            except ApiException as create_exc:
-                if create_exc.status != 409:
-                    raise
-            else:
-                job = api.sanitize_for_serialization(created)
-                kopf.info(
-                    body,
-                    reason="JobCreated",
-                    message=f"Indexed Job {spec.name}: {spec.unit_count} units of up to "
-                    f"{spec.items_per_unit} items, {spec.parallelism} at once",
-                )
+        job = await _ensure_job(api, body, spec)
+    if job is not None:
+        job = await _follow_spec(api, body, spec, job)
     pods: list[Mapping[str, Any]] = []
     if job is not None:
         pods = await _job_pods(api, spec.namespace, spec.name)
-    new = job_status(spec, generation, job, pods, problem)
+    new = job_status(spec, generation, job, pods, problem, status)
     new["results"] = results_location(
         spec.namespace, spec.output_path, str(body["metadata"]["uid"])
     )
@@ -193,6 +237,77 @@ async def reconcile(
     if _comparable(status) != _comparable(new):
         for key, value in new.items():
             patch.status[key] = value
+
+
+async def _ensure_job(
+    api: client.ApiClient, body: kopf.Body, spec: InferenceJobSpec
+) -> dict[str, Any] | None:
+    """The job's Indexed Job, created when missing (None: created meanwhile by another
+    reconcile; the next one reads it)."""
+    batch = client.BatchV1Api(api)
+    try:
+        return cast(
+            dict[str, Any],
+            api.sanitize_for_serialization(
+                await batch.read_namespaced_job(spec.name, spec.namespace)
+            ),
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    try:
+        created = await batch.create_namespaced_job(
+            spec.namespace, cast(Any, batch_job(spec, str(body["metadata"]["uid"])))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return None
+    message = (
+        f"Indexed Job {spec.name}: {spec.unit_count} units of up to "
+        f"{spec.items_per_unit} items, {spec.parallel_units} at once"
+    )
+    if spec.suspend:
+        message += "; suspended (spec.suspend): nothing starts until it is false"
+    _tell(body, "JobCreated", message)
+    return cast(dict[str, Any], api.sanitize_for_serialization(created))
+
+
+async def _follow_spec(
+    api: client.ApiClient, body: kopf.Body, spec: InferenceJobSpec, job: dict[str, Any]
+) -> dict[str, Any]:
+    """The Job after applying the InferenceJob's suspend and parallelism to it.
+
+    The patch names the resourceVersion it was computed from, so of two reconciles racing
+    (an edit's handler and the timer) only one applies it and posts its Events; the other
+    reads the Job again. After a few conflicts the Job is returned as read, and the status
+    says the edit is not applied yet (``observedGeneration``); the next tick tries again.
+    """
+    batch = client.BatchV1Api(api)
+    for _ in range(_EDIT_TRIES):
+        edits = job_spec_edits(spec, job)
+        if not edits:
+            return job
+        change = {
+            "metadata": {"resourceVersion": job["metadata"]["resourceVersion"]},
+            "spec": edits,
+        }
+        try:
+            patched = await batch.patch_namespaced_job(spec.name, spec.namespace, change)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            job = cast(
+                dict[str, Any],
+                api.sanitize_for_serialization(
+                    await batch.read_namespaced_job(spec.name, spec.namespace)
+                ),
+            )
+            continue
+        for reason, message in edit_events(spec, job, edits):
+            _tell(body, reason, message)
+        return cast(dict[str, Any], api.sanitize_for_serialization(patched))
+    return job
 
 
 async def _job_pods(api: client.ApiClient, namespace: str, job: str) -> list[Mapping[str, Any]]:
@@ -224,12 +339,18 @@ def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "itemsPerSecond"}
 
 
+def _tell(body: kopf.Body, reason: str, message: str) -> None:
+    """Posts a Normal Event on the job. Not ``kopf.info``: the operator's posting level
+    (WARNING, to keep Kopf's own handler logs out of Events) drops those."""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 def _post_transitions(body: kopf.Body, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     before = {c.get("type"): c.get("status") for c in old.get("conditions") or ()}
     for c in new["conditions"]:
         if c["status"] == "True" and before.get(c["type"]) != "True":
             if c["type"] == "Complete":
-                kopf.info(body, reason="Complete", message=c["message"])
+                _tell(body, "Complete", c["message"])
             elif c["type"] == "Failed":
                 kopf.warn(body, reason=c["reason"], message=c["message"])
     if new["conditions"][0]["reason"] == "UnknownPool" and before.get("Progressing") != "False":

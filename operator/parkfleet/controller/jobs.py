@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from parkfleet.api import FLEET_TAINT_KEY, LABEL_POOL, InferenceJobSpec
 from parkfleet.contract import (
@@ -30,6 +30,10 @@ __all__ = [
     "LABEL_JOB",
     "JobTally",
     "batch_job",
+    "edit_events",
+    "job_condition",
+    "job_ended",
+    "job_spec_edits",
     "parse_indexes",
     "tally",
 ]
@@ -86,7 +90,8 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
     labels = {LABEL_JOB: job.name}
     spec: dict[str, Any] = {
         "completions": job.unit_count,
-        "parallelism": min(job.parallelism, job.unit_count),
+        "parallelism": job.parallel_units,
+        "suspend": job.suspend,
         "completionMode": "Indexed",
         "backoffLimitPerIndex": job.retries,
         "maxFailedIndexes": 0,  # one unit out of retries fails the job
@@ -157,6 +162,69 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
         },
         "spec": spec,
     }
+
+
+def job_condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The Job's condition ``kind`` when its status is True, else None."""
+    for c in (job.get("status") or {}).get("conditions") or ():
+        if c.get("type") == kind and c.get("status") == "True":
+            return cast(Mapping[str, Any], c)
+    return None
+
+
+def job_ended(job: Mapping[str, Any]) -> bool:
+    """Whether a Job has finished (its ``Complete`` or ``Failed`` condition is True)."""
+    return job_condition(job, "Complete") is not None or job_condition(job, "Failed") is not None
+
+
+def job_spec_edits(job: InferenceJobSpec, current: Mapping[str, Any]) -> dict[str, Any]:
+    """What of the Job's ``spec`` must change for it to follow ``job``: ``suspend`` and
+    ``parallelism``, the two fields an InferenceJob lets change after creation (its CRD
+    refuses any other edit). Empty when the Job follows it, or has ended (an edit then has
+    nothing left to act on).
+
+    Args:
+        job: The InferenceJob as it is now.
+        current: The Job as the API server has it.
+    """
+    if job_ended(current):
+        return {}
+    spec: Mapping[str, Any] = current.get("spec") or {}
+    want = {"suspend": job.suspend, "parallelism": job.parallel_units}
+    # The API server defaults both (suspend false, parallelism 1).
+    have = {"suspend": bool(spec.get("suspend", False)), "parallelism": spec.get("parallelism", 1)}
+    return {k: v for k, v in want.items() if have[k] != v}
+
+
+def edit_events(
+    job: InferenceJobSpec, before: Mapping[str, Any], edits: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """(reason, message) of the Events that tell what applying ``edits`` (from
+    :func:`job_spec_edits`) to the Job ``before`` did."""
+    done = len(parse_indexes((before.get("status") or {}).get("completedIndexes")))
+    total = job.unit_count
+    out = []
+    if edits.get("suspend") is True:
+        out.append(
+            (
+                "Suspended",
+                f"spec.suspend is true: Job {job.name}'s running units stop and none start; "
+                f"{done}/{total} units done stay done",
+            )
+        )
+    elif edits.get("suspend") is False:
+        out.append(
+            ("Resumed", f"spec.suspend is false: Job {job.name} runs its {total - done} units left")
+        )
+    if "parallelism" in edits:
+        was = (before.get("spec") or {}).get("parallelism")
+        out.append(
+            (
+                "ParallelismChanged",
+                f"Job {job.name}: {edits['parallelism']} units at once (was {was})",
+            )
+        )
+    return out
 
 
 def parse_indexes(text: str | None) -> set[int]:

@@ -23,7 +23,7 @@ __all__ = ["JOB_CONDITIONS", "OperatorMetrics"]
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _JOULES_PER_WH = 3600.0
-JOB_CONDITIONS = ("Progressing", "Complete", "Failed")
+JOB_CONDITIONS = ("Progressing", "Complete", "Failed", "Suspended")
 _JOB_LABELS = ["namespace", "inferencejob", "pool"]
 
 
@@ -105,7 +105,8 @@ class OperatorMetrics:
         )
         self.job_condition = Gauge(
             "parkfleet_inferencejob_condition",
-            "1 when the job's condition (Progressing, Complete, Failed) is True, else 0.",
+            "1 when the job's condition (Progressing, Complete, Failed, Suspended) is True, "
+            "else 0.",
             [*_JOB_LABELS, "condition"],
             registry=r,
         )
