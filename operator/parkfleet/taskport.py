@@ -26,6 +26,7 @@ __all__ = [
     "GATEWAY_URI",
     "EventKind",
     "InputSource",
+    "InvalidItems",
     "ModelDigestMismatch",
     "ModelFetchFailed",
     "ModelInfo",
@@ -127,6 +128,11 @@ class ModelRef:
     def __post_init__(self) -> None:
         if self.uri != GATEWAY_URI:
             raise ValueError("a task's model comes from the gateway, by sha256, or not at all")
+
+
+class InvalidItems(ValueError):
+    """An input source's items are wrong (a line that is not a text, not a list of
+    numbers): the task fails for its input, and running it again cannot help."""
 
 
 class ModelNotFound(LookupError):

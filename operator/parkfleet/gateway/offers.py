@@ -18,13 +18,22 @@ from parkfleet.gateway.registry import CarState
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.chunks import encode_input
 from parkfleet.protocol.limits import MAX_TENSOR_BYTES
-from parkfleet.taskport import TaskSpec
+from parkfleet.taskport import InvalidItems, TaskSpec
 
 __all__ = ["InputError", "offer_message", "read_items", "stream_inputs"]
 
 
 class InputError(Exception):
-    """The task's input source failed or returned something that is not its items."""
+    """The task's input source failed or returned something that is not its items.
+
+    Attributes:
+        invalid: The items themselves are wrong (:class:`~parkfleet.taskport.InvalidItems`):
+            no retry can help. Otherwise the source may succeed later (storage away).
+    """
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid
 
 
 def offer_message(spec: TaskSpec, attempt: int, resume_from: int) -> pb.GatewayMessage:
@@ -60,7 +69,9 @@ async def read_items(spec: TaskSpec, start: int, end: int) -> dict[str, np.ndarr
     try:
         got = spec.inputs.read(start, end)
         items = await got if inspect.isawaitable(got) else got
-    except Exception as e:  # a source's own errors (a file gone, a bad format) are the input's
+    except InvalidItems as e:  # a line that is no text, no list of numbers: the input's fault
+        raise InputError(str(e), invalid=True) from e
+    except Exception as e:  # a source's own errors (a file gone, storage away) are the input's
         raise InputError(str(e) or repr(e)) from e
     names = spec.input_names
     if isinstance(items, np.ndarray):

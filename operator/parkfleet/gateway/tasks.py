@@ -15,7 +15,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from parkfleet.contract import DEFAULT_CAR_WAIT_S, parse_cell_id
+from parkfleet.contract import DEFAULT_CAR_WAIT_S, REASON_INVALID_INPUT, parse_cell_id
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.offers import InputError, stream_inputs
@@ -321,7 +321,10 @@ class TaskManager:
             if current():
                 self._cancel_on_car(task, car, REASON_INPUT_ERROR)
                 self._release(task)
-                self._finish_failed(task, REASON_INPUT_ERROR, str(e))
+                # Items that are wrong fail the pod for its input (no retry helps);
+                # a source that failed (storage away) may work again on a retry.
+                reason = REASON_INVALID_INPUT if e.invalid else REASON_INPUT_ERROR
+                self._finish_failed(task, reason, str(e))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the car's stream went away: its handler re-queues

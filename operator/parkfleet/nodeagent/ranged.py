@@ -27,6 +27,8 @@ import numpy.typing as npt
 import obstore
 from obstore.store import S3Store
 
+from parkfleet.taskport import InvalidItems
+
 __all__ = [
     "BLOCK_BYTES",
     "FileReader",
@@ -313,7 +315,9 @@ def _json_items(
     try:
         return np.asarray([json.loads(line) for line in lines], dtype=dtype)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name}: items from {first}: not JSON lists of numbers ({exc})") from None
+        raise InvalidItems(
+            f"{name}: items from {first}: not JSON lists of numbers ({exc})"
+        ) from None
 
 
 async def open_part(reader: RangeReader) -> NpyPart | JsonlPart:

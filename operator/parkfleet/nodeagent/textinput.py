@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from parkfleet.nodeagent.ranged import Parts
 from parkfleet.nodeagent.tokenize import TextTokenizer
+from parkfleet.taskport import InvalidItems
 
 __all__ = ["TextInput", "texts_of"]
 
@@ -25,7 +26,7 @@ def texts_of(lines: Sequence[bytes], field: str, first: int) -> list[str]:
     """The texts of ``lines`` (items from number ``first``).
 
     Raises:
-        ValueError: A line is neither a JSON string nor an object with a string ``field``
+        InvalidItems: A line is neither a JSON string nor an object with a string ``field``
             (the message names the item).
     """
     out = []
@@ -33,13 +34,13 @@ def texts_of(lines: Sequence[bytes], field: str, first: int) -> list[str]:
         try:
             doc = json.loads(line)
         except ValueError:
-            raise ValueError(f"item {first + i}: not a line of JSON") from None
+            raise InvalidItems(f"item {first + i}: not a line of JSON") from None
         if isinstance(doc, dict):
             doc = doc.get(field)
             if not isinstance(doc, str):
-                raise ValueError(f"item {first + i}: no string {field!r} in the object")
+                raise InvalidItems(f"item {first + i}: no string {field!r} in the object")
         elif not isinstance(doc, str):
-            raise ValueError(f"item {first + i}: neither a JSON string nor an object")
+            raise InvalidItems(f"item {first + i}: neither a JSON string nor an object")
         out.append(doc)
     return out
 
