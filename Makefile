@@ -113,6 +113,10 @@ DEMO_ARGS ?=
 demo: $(VENV)/.installed $(CP) ## the main job end to end: control plane, operator, gateway, 200 simulated cars, an InferenceJob
 	$(VENV)/bin/parkfleet demo $(DEMO_ARGS)
 
+.PHONY: demo-embeddings
+demo-embeddings: $(VENV)/.installed $(CP) $(VERSITYGW) model-minilm ## 10,000 sentences embedded with all-MiniLM-L6-v2 on the fleet, S3 to S3, checked against local ONNX Runtime
+	$(VENV)/bin/parkfleet demo --workload embeddings $(DEMO_ARGS)
+
 .PHONY: demo-helm
 demo-helm: $(VENV)/.installed $(HELM) node images ## the same job on parkfleet installed by its chart on the local cluster's real node (root)
 	$(VENV)/bin/parkfleet demo --helm $(DEMO_ARGS)
