@@ -178,7 +178,7 @@ bench-nodes: $(VENV)/.installed $(CP) model ## pod start latency, apiserver writ
 .PHONY: bench-jobs
 bench-jobs: $(VENV)/.installed $(CP) $(VERSITYGW) model model-minilm ## InferenceJob efficiency on 500 simulated cars (no churn, 30 % churn, naive baseline); embeddings items/s vs one car's raw x cars busy
 	$(PY) tests/bench/bench_jobs.py --cp-flag kube-api-qps=200 --cp-flag kube-api-burst=400
-	cd tests/bench && ../../$(PY) bench_embeddings.py
+	$(PY) tests/bench/bench_embeddings.py
 
 .PHONY: bench-revocation
 bench-revocation: $(VENV)/.installed $(CP) model ## revocation written -> the revoked car's stream closed (p50, p99 over 25)
