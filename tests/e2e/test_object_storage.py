@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parkfleet import devs3
-from parkfleet.devstack import DevStack
+from parkfleet.devstack import DevStack, free_port
 from parkfleet.objectstore import s3_store, secret_manifest
 
 from .conftest import Kubectl, creds
@@ -166,16 +167,32 @@ def test_gateway_restart_keeps_completed_unit_objects(
     until(lambda: len(unit_objects(s3, prefix)) >= 2, 120, "a few unit objects")
     stored.procs["gateway"].stop()
     before = unit_objects(s3, prefix)
-    stored.start_gateway()
+    port = free_port()
+    stored.start_gateway(f"--metrics-port={port}")
     st = wait_done(kubectl, "s3-restarted", 240)
     assert condition(kubectl, "s3-restarted", "Complete")["status"] == "True", st
     after = unit_objects(s3, prefix)
     assert sorted(after) == [f"{prefix}unit-{i:06d}.npz" for i in range(12)]
     # Every unit completed before the restart is the object written then: not redone.
     assert {k: after[k] for k in before} == before
+    # What the restarted gateway did shows on its /metrics: the rest of the units put as
+    # objects, their inputs read by range from object storage.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    put = sample(text, 'parkfleet_result_objects_total{result="ok"}')
+    assert 12 - len(before) <= put <= 12
+    assert sample(text, "parkfleet_result_object_bytes_total") > 0
+    assert sample(text, 'parkfleet_input_bytes_read_total{source="s3"}') > 0
     fleet.stop()
     kubectl("delete", "ij", "s3-restarted")
     kubectl("delete", "fp", "s3steady", "--wait=false")
+
+
+def sample(text: str, name: str) -> float:
+    """The value of one sample of a /metrics page (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def pod_messages(k: Kubectl, job_name: str) -> str:

@@ -129,7 +129,7 @@ class NodeAgent:
             api,
             port,
             self._pool_of,
-            TaskSpecs(api, port, config.data_root),
+            TaskSpecs(api, port, config.data_root, self.metrics),
             self.logs,
             self.poster,
             self.metrics,

@@ -5,6 +5,8 @@ Labels are bounded: pool, namespace, phase, reason, result - never a pod or car 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from parkfleet.kubemetrics import KubeApiMetrics
@@ -72,7 +74,36 @@ class NodeAgentMetrics:
             ["pool", "outcome"],
             registry=r,
         )
+        self.input_bytes = Counter(
+            "parkfleet_input_bytes_read_total",
+            "Bytes of tasks' inputs read by range (.npy and .jsonl files and objects, "
+            "tokenizers), by source (volume, s3).",
+            ["source"],
+            registry=r,
+        )
+        self.result_objects = Counter(
+            "parkfleet_result_objects_total",
+            "Unit results put in object storage, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.result_object_bytes = Counter(
+            "parkfleet_result_object_bytes_total",
+            "Bytes of the unit results put in object storage.",
+            registry=r,
+        )
         self.kube_api = KubeApiMetrics.of(r)
+
+    def read_bytes(self, source: str) -> Callable[[int], None]:
+        """A counter of input bytes read from ``source`` (volume, s3)."""
+        counter = self.input_bytes.labels(source)
+        return counter.inc
+
+    def result_uploaded(self, size: int, ok: bool) -> None:
+        """Counts a result put in object storage (``size`` bytes), or a failed put."""
+        self.result_objects.labels("ok" if ok else "error").inc()
+        if ok:
+            self.result_object_bytes.inc(size)
 
     def pod_ended(self, pool: str, namespace: str, phase: str, reason: str, wh: float) -> None:
         """Counts a pod that ended and the energy (Wh) its tasks used."""

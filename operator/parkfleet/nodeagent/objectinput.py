@@ -4,6 +4,8 @@ object under a prefix, in key order, read by range (:mod:`parkfleet.nodeagent.ra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import obstore
 from obstore.store import S3Store
 
@@ -16,7 +18,9 @@ MAX_PARTS = 100_000  # objects of one input prefix
 _SUFFIXES = (".npy", ".jsonl")
 
 
-async def list_objects(store: S3Store, where: S3Location) -> list[ObjectReader]:
+async def list_objects(
+    store: S3Store, where: S3Location, on_read: Callable[[int], None] | None = None
+) -> list[ObjectReader]:
     """The object ``where`` names, or else the ``.npy``/``.jsonl`` objects under it as a
     prefix (``where.key`` + ``/``), in key order.
 
@@ -31,7 +35,8 @@ async def list_objects(store: S3Store, where: S3Location) -> list[ObjectReader]:
         except FileNotFoundError:
             pass
         else:
-            return [ObjectReader(store, key, int(meta["size"]), str(meta.get("e_tag") or ""))]
+            etag = str(meta.get("e_tag") or "")
+            return [ObjectReader(store, key, int(meta["size"]), etag, on_read)]
     prefix = key.rstrip("/") + "/" if key else ""
     found: list[ObjectReader] = []
     stream = obstore.list(store, prefix=prefix or None, chunk_size=1000)
@@ -40,7 +45,8 @@ async def list_objects(store: S3Store, where: S3Location) -> list[ObjectReader]:
             path = str(meta["path"])
             if not path.endswith(_SUFFIXES) or path.rsplit("/", 1)[-1].startswith("."):
                 continue
-            found.append(ObjectReader(store, path, int(meta["size"]), str(meta.get("e_tag") or "")))
+            etag = str(meta.get("e_tag") or "")
+            found.append(ObjectReader(store, path, int(meta["size"]), etag, on_read))
             if len(found) > MAX_PARTS:
                 raise ValueError(f"{where.uri}: more than {MAX_PARTS} objects")
     if not found:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from parkfleet.nodeagent.ranged import FileReader, ObjectReader, Parts, RangeReader, open_part
@@ -20,7 +20,7 @@ MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 _SUFFIXES = (".npy", ".jsonl")
 
 
-def file_readers(path: Path) -> list[RangeReader]:
+def file_readers(path: Path, on_read: Callable[[int], None] | None = None) -> list[RangeReader]:
     """A volume file, or the ``.npy``/``.jsonl`` files of a folder in name order (files
     whose names start with ``.`` are parkfleet's own and skipped). Blocking: in a thread.
 
@@ -29,13 +29,13 @@ def file_readers(path: Path) -> list[RangeReader]:
         OSError: It cannot be read.
     """
     if not path.is_dir():
-        return [FileReader(path)]
+        return [FileReader(path, on_read)]
     files = sorted(
         f for f in path.iterdir() if f.suffix in _SUFFIXES and not f.name.startswith(".")
     )
     if not files:
         raise ValueError(f"{path.name}/ holds no .npy or .jsonl files")
-    return [FileReader(f) for f in files]
+    return [FileReader(f, on_read) for f in files]
 
 
 def _signature(readers: Sequence[RangeReader]) -> tuple[tuple[str, int, str], ...]:

@@ -18,7 +18,7 @@ import asyncio
 import json
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -68,10 +68,11 @@ class RangeReader(Protocol):
 class FileReader:
     """A file on the data volume, read with ``pread`` in a thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_read: Callable[[int], None] | None = None) -> None:
         self.path = path
         self.name = path.name
         self.size = path.stat().st_size
+        self.on_read = on_read
 
     def _pread(self, start: int, end: int) -> bytes:
         with self.path.open("rb") as f:
@@ -79,6 +80,8 @@ class FileReader:
 
     async def read(self, start: int, end: int) -> bytes:
         data = await asyncio.to_thread(self._pread, start, end)
+        if self.on_read is not None:
+            self.on_read(len(data))
         if len(data) != end - start:
             raise ValueError(f"{self.name}: shorter than when it was opened (changed?)")
         return data
@@ -94,16 +97,26 @@ class FileReader:
 class ObjectReader:
     """An object in object storage, read with ranged GETs (async; no thread)."""
 
-    def __init__(self, store: S3Store, key: str, size: int, etag: str = "") -> None:
+    def __init__(
+        self,
+        store: S3Store,
+        key: str,
+        size: int,
+        etag: str = "",
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
         self.store = store
         self.key = key
         self.name = key.rsplit("/", 1)[-1]
         self.size = size
         self.etag = etag
+        self.on_read = on_read
 
     async def read(self, start: int, end: int) -> memoryview:
         data = await obstore.get_range_async(self.store, self.key, start=start, end=end)
         view = memoryview(data)
+        if self.on_read is not None:
+            self.on_read(len(view))
         if len(view) != end - start:
             raise ValueError(f"{self.name}: shorter than when it was listed (changed?)")
         return view
@@ -111,7 +124,10 @@ class ObjectReader:
     async def scan(self) -> AsyncIterator[memoryview]:
         result = await obstore.get_async(self.store, self.key)
         async for piece in result.stream(min_chunk_size=_SCAN_BYTES):
-            yield memoryview(piece)
+            view = memoryview(piece)
+            if self.on_read is not None:
+                self.on_read(len(view))
+            yield view
 
 
 def _consume(task: asyncio.Task[bytes | memoryview]) -> None:

@@ -9,8 +9,10 @@ no read of the object; one that names another job (or none) is not the unit done
 
 from __future__ import annotations
 
+import asyncio
 import io
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,7 @@ class ResultObject:
     location: S3Location
     credentials: S3Credentials
     job_uid: str = ""
+    on_upload: Callable[[int, bool], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -68,7 +71,14 @@ class ResultObject:
         }
         if self.job_uid:
             attributes[META_JOB_UID] = self.job_uid
-        await obstore.put_async(store, self.location.key, file, attributes=attributes)
+        try:
+            await obstore.put_async(store, self.location.key, file, attributes=attributes)
+        except Exception:
+            if self.on_upload is not None:
+                self.on_upload(0, False)
+            raise
+        if self.on_upload is not None:
+            self.on_upload((await asyncio.to_thread(file.stat)).st_size, True)
 
     async def finished_items(self) -> int | None:
         """How many items the object holds; None when there is none, or it is not this

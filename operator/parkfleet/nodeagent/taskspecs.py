@@ -26,6 +26,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from parkfleet.api import FleetPoolSpec
 from parkfleet.contract import REASON_INVALID_INPUT, REASON_MODEL_LOAD_FAILED
+from parkfleet.nodeagent.metrics import NodeAgentMetrics
 from parkfleet.nodeagent.objectinput import list_objects
 from parkfleet.nodeagent.openinputs import ObjectInputs, Tokenizers, file_readers
 from parkfleet.nodeagent.ranged import Parts, RangeReader
@@ -107,7 +108,13 @@ class TaskSpecs:
         data_root: Where volume inputs and results live, one area per namespace.
     """
 
-    def __init__(self, api: client.ApiClient, port: TaskPort, data_root: Path) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        port: TaskPort,
+        data_root: Path,
+        metrics: NodeAgentMetrics | None = None,
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.port = port
         self.data_root = data_root
@@ -115,6 +122,7 @@ class TaskSpecs:
         self.secrets = StoreSecrets(self.core)
         self.objects = ObjectInputs()
         self.tokenizers = Tokenizers()
+        self.metrics = metrics or NodeAgentMetrics()
 
     async def prepare(
         self, pod: Mapping[str, Any], cell: str, task: PodTask, pool: FleetPoolSpec
@@ -143,7 +151,9 @@ class TaskSpecs:
                 prefix = parse_s3_uri(task.output_dir)
                 if task.job_uid:
                     prefix = unit_prefix(prefix, task.job_uid)
-                result = ResultObject(prefix.child(name), credentials, task.job_uid)
+                result = ResultObject(
+                    prefix.child(name), credentials, task.job_uid, self.metrics.result_uploaded
+                )
             else:
                 out_dir = self._in_area(pod, task.output_dir, "PARKFLEET_OUTPUT")
                 result = ResultFile(out_dir / name, task.job_uid)
@@ -225,9 +235,10 @@ class TaskSpecs:
             if is_s3_uri(where):
                 assert credentials is not None  # translate requires the Secret with s3://
                 loc = parse_s3_uri(where)
-                return list(await list_objects(s3_store(credentials, loc.bucket), loc))
+                store = s3_store(credentials, loc.bucket)
+                return list(await list_objects(store, loc, self.metrics.read_bytes("s3")))
             path = self._in_area(pod, where, env)
-            return await asyncio.to_thread(file_readers, path)
+            return await asyncio.to_thread(file_readers, path, self.metrics.read_bytes("volume"))
         except BadInput:
             raise
         except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
