@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 in tests and benchmarks: the extracted files, texts, their tokens.
 
-The files come from ``make model-minilm`` (``parkfleet.models.minilm``); a test that needs
-them skips, saying so, when they are not there. Texts are tokenised here with the
+The files come from ``make model-minilm`` (``parkfleet.models.minilm``, a prerequisite of
+``make test``); a test that needs them fails, saying so, when they are not there. Texts are tokenised here with the
 ``tokenizers`` library and the model's own ``tokenizer.json``, padded to the longest text
 of each call (int64), as the gateway's text inputs are.
 """
@@ -50,7 +50,7 @@ def minilm() -> MiniLM:
     """The extracted model, or the test skips (``make model-minilm`` builds it)."""
     found = load_minilm(MINILM_DIR)
     if found is None:
-        pytest.skip(f"no MiniLM files in {MINILM_DIR}: run `make model-minilm`")
+        pytest.fail(f"no MiniLM files in {MINILM_DIR}: run `make model-minilm` (make test does)")
     return found
 
 
