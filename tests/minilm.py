@@ -47,7 +47,7 @@ _OBJECTS = [
 
 
 def minilm() -> MiniLM:
-    """The extracted model, or the test skips (``make model-minilm`` builds it)."""
+    """The extracted model, or the test fails (``make model-minilm`` builds it)."""
     found = load_minilm(MINILM_DIR)
     if found is None:
         pytest.fail(f"no MiniLM files in {MINILM_DIR}: run `make model-minilm` (make test does)")
