@@ -1,9 +1,9 @@
 """all-MiniLM-L6-v2 in tests and benchmarks: the extracted files, texts, their tokens.
 
 The files come from ``make model-minilm`` (``parkfleet.models.minilm``, a prerequisite of
-``make test``); a test that needs them fails, saying so, when they are not there. Texts are tokenised here with the
-``tokenizers`` library and the model's own ``tokenizer.json``, padded to the longest text
-of each call (int64), as the gateway's text inputs are.
+``make test``); a test that needs them fails, saying so, when they are not there. Texts are
+tokenised here with the ``tokenizers`` library and the model's own ``tokenizer.json``,
+padded to the longest text of each call (int64), as the gateway's text inputs are.
 """
 
 from __future__ import annotations
