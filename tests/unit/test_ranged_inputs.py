@@ -105,3 +105,42 @@ def test_texts_are_strings_or_a_field_of_objects() -> None:
         texts_of([b"[1, 2]"], "text", 5)
     with pytest.raises(ValueError, match="item 0: not a line of JSON"):
         texts_of([b"{oops"], "text", 0)
+
+
+async def test_blocks_are_bounded_in_bytes_however_line_lengths_vary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ranged, "BLOCK_BYTES", 1000)
+    # Mostly short lines, then a run of long ones: blocks of a fixed count of lines would
+    # reach far past BLOCK_BYTES there.
+    texts = ["x"] * 500 + ["y" * 900] * 50 + ["z"] * 500
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    part = await _part(f)
+    assert isinstance(part, JsonlPart)
+    longest = max(len(json.dumps(t)) for t in texts)
+    for index in range(len(part.firsts)):
+        first, end = part._items_of(index)
+        start, stop = part._span(first, end)
+        assert stop - start <= 1000 + longest
+    got = await part.lines(0, len(texts))
+    assert [json.loads(g) for g in got] == texts
+
+
+async def test_a_line_longer_than_the_bound_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ranged, "MAX_LINE_BYTES", 100)
+    f = tmp_path / "t.jsonl"
+    f.write_text('"short"\n' + json.dumps("w" * 200) + "\n")
+    with pytest.raises(ValueError, match=r"t\.jsonl: item 1 is a line of 202 bytes, more than 100"):
+        await _part(f)
+
+
+async def test_a_npy_item_larger_than_the_car_link_carries_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ranged, "MAX_ITEM_BYTES", 1024)
+    np.save(tmp_path / "big.npy", np.zeros((3, 512), dtype=np.float32))  # 2048 bytes an item
+    with pytest.raises(ValueError, match="an item is 2048 bytes, more than the car link carries"):
+        await _part(tmp_path / "big.npy")

@@ -27,6 +27,7 @@ import numpy.typing as npt
 import obstore
 from obstore.store import S3Store
 
+from parkfleet.protocol.limits import MAX_TENSOR_BYTES
 from parkfleet.taskport import InvalidItems
 
 __all__ = [
@@ -46,6 +47,12 @@ BLOCK_BYTES = 2 * 1024 * 1024
 BLOCKS_KEPT = 32
 _SCAN_BYTES = 8 * 1024 * 1024  # a .jsonl is scanned for its lines this much at a time
 _MAX_NPY_HEADER = 64 * 1024
+# One item per line: a line longer than this is refused (a block then holds at most
+# BLOCK_BYTES plus one line), and a part holds at most MAX_LINES lines (16 bytes kept each).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_LINES = 50_000_000
+# A .npy item must fit the car link's bound on one tensor (limits.MAX_TENSOR_BYTES).
+MAX_ITEM_BYTES = MAX_TENSOR_BYTES
 _NEWLINE = 10
 _CR = 13
 
@@ -137,24 +144,38 @@ def _consume(task: asyncio.Task[bytes | memoryview]) -> None:
 
 
 class _Part:
-    """A part of an input: ``items`` items, read a block of ``per_block`` items at a time."""
+    """A part of an input: ``items`` items, read a block at a time.
 
-    def __init__(self, reader: RangeReader, items: int, per_block: int) -> None:
+    Blocks are runs of whole items; ``firsts[i]`` is block ``i``'s first item (ascending,
+    starting at 0), so a block holds about ``BLOCK_BYTES`` and never more than that plus
+    one item.
+    """
+
+    def __init__(self, reader: RangeReader, items: int, firsts: npt.NDArray[np.int64]) -> None:
         self.reader = reader
         self.items = items
-        self.per_block = max(1, per_block)
+        self.firsts = firsts
         self._blocks: OrderedDict[int, asyncio.Task[bytes | memoryview]] = OrderedDict()
 
     def _span(self, first: int, end: int) -> tuple[int, int]:
         """Bytes of items ``[first, end)``."""
         raise NotImplementedError
 
+    def _index(self, item: int) -> int:
+        """The block that holds ``item``."""
+        return int(np.searchsorted(self.firsts, item, side="right")) - 1
+
+    def _items_of(self, index: int) -> tuple[int, int]:
+        """Block ``index``'s items ``[first, end)``."""
+        first = int(self.firsts[index])
+        end = int(self.firsts[index + 1]) if index + 1 < len(self.firsts) else self.items
+        return first, end
+
     def _fetch(self, index: int) -> asyncio.Task[bytes | memoryview]:
         """Block ``index``'s read, started unless one is under way or done."""
         task = self._blocks.get(index)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            first = index * self.per_block
-            start, stop = self._span(first, min(first + self.per_block, self.items))
+            start, stop = self._span(*self._items_of(index))
             task = asyncio.ensure_future(self.reader.read(start, stop))
             self._blocks[index] = task
         self._blocks.move_to_end(index)
@@ -170,11 +191,10 @@ class _Part:
         """Block ``index``: the byte offset of its first item and its bytes. The next
         block is read ahead meanwhile (a task's items are read in order)."""
         task = self._fetch(index)
-        if (index + 1) * self.per_block < self.items and index + 1 not in self._blocks:
+        if index + 1 < len(self.firsts) and index + 1 not in self._blocks:
             ahead = self._fetch(index + 1)
             ahead.add_done_callback(_consume)
-        first = index * self.per_block
-        start, _ = self._span(first, min(first + self.per_block, self.items))
+        start, _ = self._span(*self._items_of(index))
         return start, await asyncio.shield(task)
 
     async def _bytes(self, first: int, end: int) -> list[tuple[int, int, bytes | memoryview, int]]:
@@ -183,8 +203,8 @@ class _Part:
         out = []
         item = first
         while item < end:
-            index = item // self.per_block
-            stop = min(end, (index + 1) * self.per_block)
+            index = self._index(item)
+            stop = min(end, self._items_of(index)[1])
             offset, data = await self._block(index)
             out.append((item, stop, data, offset))
             item = stop
@@ -205,7 +225,9 @@ class NpyPart(_Part):
         self.item_shape = shape[1:]
         self.item_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
         self.offset = offset
-        super().__init__(reader, shape[0], BLOCK_BYTES // max(1, self.item_bytes))
+        per_block = max(1, BLOCK_BYTES // max(1, self.item_bytes))
+        firsts = np.arange(0, shape[0], per_block, dtype=np.int64)
+        super().__init__(reader, shape[0], firsts)
 
     @classmethod
     async def open(cls, reader: RangeReader) -> NpyPart:
@@ -231,6 +253,12 @@ class NpyPart(_Part):
         if fortran or dtype.hasobject or not shape or shape[0] == 0:
             raise ValueError(f"{reader.name}: holds no items this reads (C order, no objects)")
         offset = start + length
+        item_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        if item_bytes > MAX_ITEM_BYTES:
+            raise ValueError(
+                f"{reader.name}: an item is {item_bytes} bytes, more than the car link carries "
+                f"in one tensor ({MAX_ITEM_BYTES})"
+            )
         expected = offset + shape[0] * dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
         if reader.size != expected:
             raise ValueError(f"{reader.name}: {reader.size} bytes, its header says {expected}")
@@ -258,9 +286,14 @@ class JsonlPart(_Part):
     ) -> None:
         self.starts = starts
         self.ends = ends
-        items = len(starts)
-        mean = int(ends[-1] - starts[0]) // items if items else 1
-        super().__init__(reader, items, BLOCK_BYTES // max(1, mean))
+        # A block starts at the first line that starts past each multiple of BLOCK_BYTES:
+        # about BLOCK_BYTES of lines, however their lengths vary.
+        marks = np.arange(int(starts[0]), int(ends[-1]), BLOCK_BYTES, dtype=np.int64)
+        firsts = np.unique(np.searchsorted(starts, marks, side="left"))
+        firsts = firsts[firsts < len(starts)].astype(np.int64)
+        if len(firsts) == 0 or firsts[0] != 0:
+            firsts = np.concatenate(([0], firsts)).astype(np.int64)
+        super().__init__(reader, len(starts), firsts)
 
     @classmethod
     async def open(cls, reader: RangeReader) -> JsonlPart:
@@ -270,6 +303,8 @@ class JsonlPart(_Part):
         line_start = 0
         last_byte = -1
         async for piece in reader.scan():
+            if sum(len(x) for x in starts) > MAX_LINES:
+                raise ValueError(f"{reader.name}: more than {MAX_LINES} lines in one part")
             arr = np.frombuffer(piece, dtype=np.uint8)
             if len(arr) == 0:
                 continue
@@ -302,6 +337,12 @@ class JsonlPart(_Part):
         s, e = s[keep], e[keep]
         if len(s) == 0:
             raise ValueError(f"{reader.name} holds no items")
+        longest = int(np.argmax(e - s))
+        if e[longest] - s[longest] > MAX_LINE_BYTES:
+            raise ValueError(
+                f"{reader.name}: item {longest} is a line of {int(e[longest] - s[longest])} "
+                f"bytes, more than {MAX_LINE_BYTES} (one item per line)"
+            )
         return cls(reader, s, e)
 
     def _span(self, first: int, end: int) -> tuple[int, int]:
