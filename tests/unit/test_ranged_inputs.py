@@ -4,6 +4,7 @@ end to end, texts read from lines, and tokenised batches padded to their longest
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from parkfleet.nodeagent import ranged
-from parkfleet.nodeagent.openinputs import file_readers
+from parkfleet.nodeagent.openinputs import Tokenizers, file_readers
 from parkfleet.nodeagent.ranged import FileReader, JsonlPart, NpyPart, Parts, open_part
 from parkfleet.nodeagent.textinput import texts_of
 
@@ -144,3 +145,21 @@ async def test_a_npy_item_larger_than_the_car_link_carries_is_refused(
     np.save(tmp_path / "big.npy", np.zeros((3, 512), dtype=np.float32))  # 2048 bytes an item
     with pytest.raises(ValueError, match="an item is 2048 bytes, more than the car link carries"):
         await _part(tmp_path / "big.npy")
+
+
+async def test_a_tokenizer_is_read_once_for_every_unit_and_checked_each_time(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_tokenize import TOKENIZER
+
+    f = tmp_path / "tokenizer.json"
+    f.write_text(TOKENIZER)
+    reads: list[int] = []
+    tokenizers = Tokenizers()
+    digest = hashlib.sha256(TOKENIZER.encode()).hexdigest()
+    first = await tokenizers.open(FileReader(f, reads.append), 32, digest)
+    again = await tokenizers.open(FileReader(f, reads.append), 32, digest)
+    assert again is first
+    assert reads == [len(TOKENIZER.encode())]  # read once
+    with pytest.raises(ValueError, match="its sha256 is not the one the job names"):
+        await tokenizers.open(FileReader(f, reads.append), 32, "0" * 64)

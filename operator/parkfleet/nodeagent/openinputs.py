@@ -80,11 +80,13 @@ async def _open_parts(readers: Sequence[RangeReader]) -> Parts:
 
 
 class Tokenizers:
-    """Tokenizers by content (sha256) and truncation."""
+    """Tokenizers by content (sha256) and truncation; a file or object already read (same
+    name, size and ETag or mtime) is not read again for every unit of a job."""
 
     def __init__(self, size: int = KEPT) -> None:
         self._size = size
         self._open: OrderedDict[tuple[str, int], TextTokenizer] = OrderedDict()
+        self._digests: OrderedDict[tuple[tuple[str, int, str], ...], str] = OrderedDict()
 
     async def open(self, reader: RangeReader, max_tokens: int, sha256: str = "") -> TextTokenizer:
         """The tokenizer ``reader`` holds, checked against ``sha256`` when one is given.
@@ -94,8 +96,19 @@ class Tokenizers:
         """
         if reader.size > MAX_TOKENIZER_BYTES:
             raise ValueError(f"{reader.name}: larger than {MAX_TOKENIZER_BYTES} bytes")
+        signature = await asyncio.to_thread(_signature, [reader])
+        digest = self._digests.get(signature, "")
+        known = self._open.get((digest, max_tokens)) if digest else None
+        if known is not None:
+            if sha256 and digest != sha256:
+                raise ValueError(f"{reader.name}: its sha256 is not the one the job names")
+            self._open.move_to_end((digest, max_tokens))
+            return known
         data = bytes(await reader.read(0, reader.size))
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        self._digests[signature] = digest
+        while len(self._digests) > self._size:
+            self._digests.popitem(last=False)
         if sha256 and digest != sha256:
             raise ValueError(f"{reader.name}: its sha256 is not the one the job names")
         key = (digest, max_tokens)
