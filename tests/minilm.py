@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer
 
-from parkfleet.models.minilm import INPUT_NAMES, MiniLM, load_minilm
+from parkfleet.models import embeddings
+from parkfleet.models.embeddings import cosines, reference_embeddings
+from parkfleet.models.minilm import MiniLM, load_minilm
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM_DIR = REPO / ".cache" / "models" / "minilm"
@@ -67,26 +68,12 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-class TextTokens:
-    """The model's token inputs for texts, padded to the longest text of each call."""
+class TextTokens(embeddings.TextTokens):
+    """The model's token inputs for texts (``models.embeddings``), truncated at
+    :data:`MAX_TOKENS` unless told otherwise."""
 
     def __init__(self, tokenizer_path: Path, max_tokens: int = MAX_TOKENS) -> None:
-        tok = Tokenizer.from_file(str(tokenizer_path))
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest of each call
-        tok.enable_truncation(max_tokens)
-        self._tok = tok
-
-    def encode(self, batch: Sequence[str]) -> dict[str, np.ndarray]:
-        enc = self._tok.encode_batch(list(batch))
-        fields = {
-            "input_ids": "ids",
-            "attention_mask": "attention_mask",
-            "token_type_ids": "type_ids",
-        }
-        return {
-            name: np.array([getattr(e, fields[name]) for e in enc], dtype=np.int64)
-            for name in INPUT_NAMES
-        }
+        super().__init__(tokenizer_path, max_tokens)
 
 
 class TextInput:
@@ -102,23 +89,14 @@ class TextInput:
         return self.tokens.encode(self.texts[start:end])
 
 
-def reference_embeddings(
-    model_path: Path, tokens: TextTokens, batch: Sequence[str], batch_size: int = 32
-) -> np.ndarray:
-    """The encoder in local ONNX Runtime, then mean pooling by the mask and L2 norm in numpy."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    out = []
-    for i in range(0, len(batch), batch_size):
-        feeds = tokens.encode(batch[i : i + batch_size])
-        (hidden,) = session.run(["last_hidden_state"], feeds)
-        mask = feeds["attention_mask"][..., None].astype(np.float32)
-        mean = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        out.append(mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12))
-    return np.concatenate(out)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-row cosine similarity."""
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+__all__ = [
+    "MINILM_DIR",
+    "PARAPHRASES",
+    "UNRELATED",
+    "TextInput",
+    "TextTokens",
+    "cosines",
+    "minilm",
+    "reference_embeddings",
+    "texts",
+]

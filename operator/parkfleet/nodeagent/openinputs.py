@@ -97,18 +97,14 @@ class Tokenizers:
         if reader.size > MAX_TOKENIZER_BYTES:
             raise ValueError(f"{reader.name}: larger than {MAX_TOKENIZER_BYTES} bytes")
         signature = await asyncio.to_thread(_signature, [reader])
-        digest = self._digests.get(signature, "")
-        known = self._open.get((digest, max_tokens)) if digest else None
-        if known is not None:
-            if sha256 and digest != sha256:
-                raise ValueError(f"{reader.name}: its sha256 is not the one the job names")
-            self._open.move_to_end((digest, max_tokens))
-            return known
-        data = bytes(await reader.read(0, reader.size))
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        self._digests[signature] = digest
-        while len(self._digests) > self._size:
-            self._digests.popitem(last=False)
+        digest = self._digests.get(signature)
+        data = b""
+        if digest is None or (digest, max_tokens) not in self._open:
+            data = bytes(await reader.read(0, reader.size))
+            digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+            self._digests[signature] = digest
+            while len(self._digests) > self._size:
+                self._digests.popitem(last=False)
         if sha256 and digest != sha256:
             raise ValueError(f"{reader.name}: its sha256 is not the one the job names")
         key = (digest, max_tokens)
