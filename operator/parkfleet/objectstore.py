@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 __all__ = [
     "SECRET_TYPE",
     "BadSecret",
+    "MissingCredentials",
     "S3Credentials",
     "S3Location",
+    "credentials_from_env",
     "credentials_from_secret",
     "explain_error",
     "is_s3_uri",
@@ -157,6 +159,44 @@ def _value(data: Mapping[str, str], key: str, *, required: bool = True) -> str:
         return base64.b64decode(raw, validate=True).decode().strip()
     except (binascii.Error, UnicodeDecodeError):
         raise BadSecret(f"{key}: not base64 of UTF-8 text") from None
+
+
+class MissingCredentials(BadSecret):
+    """The environment names no object store (``missing``: the variables not set)."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"set {', '.join(missing)}")
+        self.missing = missing
+
+
+def credentials_from_env(environ: Mapping[str, str]) -> S3Credentials:
+    """The object store and keys the AWS variables of ``environ`` name:
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, and ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` (optional).
+
+    Raises:
+        MissingCredentials: Some are not set.
+        BadSecret: The endpoint is malformed (the message names ``AWS_ENDPOINT_URL``).
+    """
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL", "")
+    missing = [
+        name
+        for name, value in (
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", environ.get("AWS_ACCESS_KEY_ID", "")),
+            ("AWS_SECRET_ACCESS_KEY", environ.get("AWS_SECRET_ACCESS_KEY", "")),
+        )
+        if not value
+    ]
+    if missing:
+        raise MissingCredentials(missing)
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    try:
+        return S3Credentials(
+            endpoint, environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"], region
+        )
+    except BadSecret as exc:  # "endpoint: ..." (the keys are not empty): name the variable
+        raise BadSecret(f"AWS_ENDPOINT_URL{str(exc).removeprefix('endpoint')}") from None
 
 
 def credentials_from_secret(secret: Mapping[str, Any]) -> S3Credentials:

@@ -35,7 +35,9 @@ from parkfleet.api import GROUP, VERSION, InferenceJobSpec
 from parkfleet.contract import parse_results_location
 from parkfleet.kubeclient import connect
 from parkfleet.objectstore import (
+    BadSecret,
     S3Credentials,
+    credentials_from_env,
     credentials_from_secret,
     parse_s3_uri,
     s3_store,
@@ -240,18 +242,6 @@ async def assemble(source: UnitSource, out: Path, output: str = "") -> int:
     return total
 
 
-def _env_credentials() -> S3Credentials:
-    try:
-        return S3Credentials(
-            endpoint=os.environ["AWS_ENDPOINT_URL"],
-            access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-            secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-            region=os.environ.get("AWS_REGION", "us-east-1"),
-        )
-    except KeyError as exc:
-        raise ValueError(f"--credentials env: ${exc.args[0]} is not set") from None
-
-
 async def source_of(
     namespace: str,
     name: str,
@@ -295,7 +285,10 @@ async def source_of(
                 )
             return UnitSource(uid, units, folder=data_root / location)
         if env_credentials:
-            creds = _env_credentials()
+            try:
+                creds = credentials_from_env(os.environ)
+            except BadSecret as exc:
+                raise ValueError(f"--credentials env: {exc}") from None
         else:
             secret_name = spec.object_store_secret
             try:

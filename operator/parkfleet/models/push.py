@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from parkfleet.objectstore import (
-    DEFAULT_REGION,
     BadSecret,
+    MissingCredentials,
     S3Credentials,
     S3Location,
     credentials_from_secret,
@@ -37,6 +37,7 @@ from parkfleet.objectstore import (
     parse_s3_uri,
     s3_store,
 )
+from parkfleet.objectstore import credentials_from_env as objectstore_env
 
 __all__ = [
     "PushError",
@@ -89,32 +90,20 @@ def target_of(uri: str) -> S3Location:
 
 
 def credentials_from_env(environ: Mapping[str, str]) -> S3Credentials:
-    """The object store and keys the AWS variables of ``environ`` name.
+    """The object store and keys the AWS variables of ``environ`` name
+    (:func:`parkfleet.objectstore.credentials_from_env`).
 
     Raises:
         PushError: One is missing or malformed (the message names the variable).
     """
-    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL", "")
-    missing = [
-        name
-        for name, value in (
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_ACCESS_KEY_ID", environ.get("AWS_ACCESS_KEY_ID", "")),
-            ("AWS_SECRET_ACCESS_KEY", environ.get("AWS_SECRET_ACCESS_KEY", "")),
-        )
-        if not value
-    ]
-    if missing:
-        raise PushError(
-            f"no credentials: give --secret NAMESPACE/NAME, or set {', '.join(missing)}"
-        )
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     try:
-        return S3Credentials(
-            endpoint, environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"], region
-        )
-    except BadSecret as exc:  # "endpoint: ..." (the keys are not empty): name the variable
-        raise PushError(f"AWS_ENDPOINT_URL{str(exc).removeprefix('endpoint')}") from None
+        return objectstore_env(environ)
+    except MissingCredentials as exc:
+        raise PushError(
+            f"no credentials: give --secret NAMESPACE/NAME, or set {', '.join(exc.missing)}"
+        ) from None
+    except BadSecret as exc:
+        raise PushError(str(exc)) from None
 
 
 def _secret_ref(ref: str) -> tuple[str, str]:
