@@ -37,12 +37,12 @@ import platform
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import obstore
+from bench_jobs import gateway_counter
 from manifests import pool_doc
 
 from parkfleet import devcluster, devs3
@@ -114,17 +114,6 @@ def job_doc(name: str, items: int, per_unit: int, parallelism: int, batch: int, 
     )
 
 
-def metric(port: int, name: str) -> float:
-    """The sum of a metric's samples on the gateway's /metrics (every label set)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
     return devcluster.kubectl(kubeconfig, *args, stdin=stdin).stdout
 
@@ -188,12 +177,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "-",
             stdin=job_doc("embed", args.items, args.per_unit, args.cars, args.batch, sha),
         )
-        task_s_before = metric(port, "parkfleet_gateway_task_duration_seconds_sum")
+        task_s_before = gateway_counter(port, "parkfleet_gateway_task_duration_seconds_sum")
         busy: list[float] = []
         deadline = time.monotonic() + args.timeout_s
         next_poll = 0.0
         while True:
-            sample = metric(port, "parkfleet_gateway_cars_busy")
+            sample = gateway_counter(port, "parkfleet_gateway_cars_busy")
             if sample or busy:
                 busy.append(sample)
             if time.monotonic() >= next_poll:
@@ -212,7 +201,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         seconds = elapsed_s(st.get("startTime"), st.get("completionTime"))
         achieved = args.items / seconds
         mean_busy = float(np.mean(busy)) if busy else 0.0
-        task_s = metric(port, "parkfleet_gateway_task_duration_seconds_sum") - task_s_before
+        task_s = (
+            gateway_counter(port, "parkfleet_gateway_task_duration_seconds_sum") - task_s_before
+        )
         source = asyncio.run(source_of("default", "embed", str(kube), None, False))
         n = asyncio.run(assemble(source, work / "embeddings.npy", "embedding"))
         return {

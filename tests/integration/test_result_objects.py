@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import obstore
 import pytest
 
@@ -52,6 +53,19 @@ async def test_a_unit_is_done_only_when_its_object_names_the_job(
     obstore.put(s3_store(creds(s3), "jobs"), "out/uid-1/unit-000004.npz", b"planted")
     planted = ResultObject(S3Location("jobs", "out/uid-1/unit-000004.npz"), creds(s3), "uid-1")
     assert await planted.finished_items() is None
+
+
+async def test_an_output_is_read_back_from_the_object(s3: devs3.S3Server, tmp_path: Path) -> None:
+    file = tmp_path / "unit.npz"
+    np.savez(file, label=np.arange(5), first_item=np.array([0]))
+    result = ResultObject(S3Location("jobs", "out/uid-1/unit-000001.npz"), creds(s3), "uid-1")
+    await result.upload(file, 5, 0)
+    got = await result.read_output("label")
+    assert got is not None
+    assert got.tolist() == [0, 1, 2, 3, 4]
+    assert await result.read_output("probabilities") is None
+    gone = ResultObject(S3Location("jobs", "out/uid-1/unit-000009.npz"), creds(s3), "uid-1")
+    assert await gone.read_output("label") is None
 
 
 async def test_a_refused_upload_is_counted_and_leaves_no_object(

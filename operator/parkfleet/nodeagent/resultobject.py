@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import obstore
 
+from parkfleet.nodeagent.taskio import read_output
 from parkfleet.objectstore import S3Credentials, S3Location, s3_store
 
 __all__ = [
@@ -104,8 +105,4 @@ class ResultObject:
             data = await got.bytes_async()
         except FileNotFoundError:
             return None
-        try:
-            with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
-                return np.asarray(z[name]) if name in z.files else None
-        except (OSError, ValueError):
-            return None
+        return await asyncio.to_thread(read_output, io.BytesIO(bytes(data)), name)

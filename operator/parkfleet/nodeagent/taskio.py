@@ -19,6 +19,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,7 @@ __all__ = [
     "VolumeInput",
     "finished_items",
     "namespace_area",
+    "read_output",
     "resolve_in_area",
 ]
 
@@ -104,7 +106,7 @@ class ResultFile:
 
     async def read_output(self, name: str) -> npt.NDArray[np.generic] | None:
         """One output of the file (None when the file or the output is missing)."""
-        return await asyncio.to_thread(_read_output, self.path, name)
+        return await asyncio.to_thread(read_output, self.path, name)
 
 
 class VolumeInput:
@@ -228,9 +230,11 @@ def _count_items(result: ResultFile) -> int | None:
         return None
 
 
-def _read_output(path: Path, name: str) -> npt.NDArray[np.generic] | None:
+def read_output(file: Path | BinaryIO, name: str) -> npt.NDArray[np.generic] | None:
+    """One output of a result file (a path, or its bytes as a file); None when the file or
+    the output is missing or unreadable. Blocking: in a thread."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(file, allow_pickle=False) as z:
             return np.asarray(z[name]) if name in z.files else None
     except (OSError, ValueError):
         return None
