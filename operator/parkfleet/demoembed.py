@@ -24,7 +24,12 @@ import yaml
 from parkfleet import devs3
 from parkfleet.devstack import DevStack
 from parkfleet.models import minilm, sentences
-from parkfleet.models.embeddings import TextTokens, cosines, reference_embeddings
+from parkfleet.models.embeddings import (
+    TextTokens,
+    cosines,
+    pair_cosines,
+    reference_embeddings,
+)
 from parkfleet.models.push import push
 from parkfleet.objectstore import S3Credentials, parse_s3_uri, s3_store, secret_manifest
 from parkfleet.results import assemble, source_of
@@ -131,13 +136,8 @@ def _report(
     cos = cosines(fleet, local)
     worst = int(np.argmin(cos))
     ok = bool(np.all(cos >= COSINE_GOAL))
-    para = [
-        cosines(local[[texts.index(a)]], local[[texts.index(b)]])[0]
-        for a, b in sentences.PARAPHRASES
-    ]
-    unrel = [
-        cosines(local[[texts.index(a)]], local[[texts.index(b)]])[0] for a, b in sentences.UNRELATED
-    ]
+    para = pair_cosines(local, texts, sentences.PARAPHRASES)
+    unrel = pair_cosines(local, texts, sentences.UNRELATED)
     near = min(para) > max(unrel)
     print("==> done")
     print(

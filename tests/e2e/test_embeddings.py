@@ -26,7 +26,7 @@ import yaml
 from parkfleet import devs3
 from parkfleet.devstack import DevStack
 from parkfleet.models import minilm, sentences
-from parkfleet.models.embeddings import TextTokens, cosines, reference_embeddings
+from parkfleet.models.embeddings import TextTokens, cosines, pair_cosines, reference_embeddings
 from parkfleet.objectstore import s3_store, secret_manifest
 
 from .conftest import REPO, Kubectl, creds
@@ -146,9 +146,8 @@ def check_embeddings(corpus: Corpus, got: np.ndarray) -> None:
     cos = cosines(got, corpus.reference)
     assert float(cos.min()) >= 0.9999, f"item {int(np.argmin(cos))}: cosine {cos.min()}"
     # The fleet's own embeddings place paraphrases nearer than unrelated sentences.
-    at = {t: i for i, t in enumerate(corpus.texts)}
-    para = [cosines(got[[at[a]]], got[[at[b]]])[0] for a, b in sentences.PARAPHRASES]
-    unrelated = [cosines(got[[at[a]]], got[[at[b]]])[0] for a, b in sentences.UNRELATED]
+    para = pair_cosines(got, corpus.texts, sentences.PARAPHRASES)
+    unrelated = pair_cosines(got, corpus.texts, sentences.UNRELATED)
     assert min(para) > max(unrelated), (para, unrelated)
 
 

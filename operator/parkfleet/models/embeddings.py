@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-__all__ = ["TextTokens", "cosines", "reference_embeddings"]
+__all__ = ["TextTokens", "cosines", "pair_cosines", "reference_embeddings"]
 
 _FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
@@ -65,3 +65,13 @@ def cosines(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> npt.NDA
     """Per-row cosine similarity."""
     num = np.sum(a.astype(np.float64) * b, axis=1)
     return np.asarray(num / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+
+
+def pair_cosines(
+    embeddings: npt.NDArray[np.floating],
+    texts: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+) -> list[float]:
+    """The cosine of each pair of texts, by their rows of ``embeddings`` (one per text)."""
+    at = {t: i for i, t in enumerate(texts)}
+    return [float(cosines(embeddings[[at[a]]], embeddings[[at[b]]])[0]) for a, b in pairs]
