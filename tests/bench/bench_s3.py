@@ -33,6 +33,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +72,36 @@ async def raw(store: Any, key: str, size: int, readers: int) -> float:
     return time.perf_counter() - t0
 
 
+async def in_tasks(
+    items: int, tasks: int, step: int, read: Callable[[int, int], Awaitable[int]]
+) -> tuple[float, int]:
+    """Seconds for ``tasks`` tasks, each its share of ``items`` in order, ``step`` at a time,
+    to ``read`` them (which returns the bytes it delivered); and the bytes delivered."""
+    share = -(-items // tasks)
+    delivered = 0
+
+    async def one(lo: int, hi: int) -> None:
+        nonlocal delivered
+        for pos in range(lo, hi, step):
+            got = await read(pos, min(pos + step, hi))
+            delivered += got
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i * share, min(items, (i + 1) * share)) for i in range(tasks)))
+    return time.perf_counter() - t0, delivered
+
+
 async def gateway_npy(store: Any, uri: str, tasks: int) -> tuple[float, int]:
     """Seconds and item bytes for ``tasks`` tasks to read their items as stream_inputs does."""
     readers = await list_objects(store, parse_s3_uri(uri))
     part = await open_part(readers[0])
     assert isinstance(part, NpyPart)
-    per_item = part.item_bytes
-    step = max(BATCH, MAX_TENSOR_BYTES // per_item // BATCH * BATCH)
-    share = -(-part.items // tasks)
-    delivered = 0
+    step = max(BATCH, MAX_TENSOR_BYTES // part.item_bytes // BATCH * BATCH)
 
-    async def one(lo: int, hi: int) -> None:
-        nonlocal delivered
-        pos = lo
-        while pos < hi:
-            n = min(step, hi - pos)
-            arr = await part.read(pos, pos + n)
-            delivered += arr.nbytes
-            pos += n
+    async def read(first: int, end: int) -> int:
+        return int((await part.read(first, end)).nbytes)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(i * share, min(part.items, (i + 1) * share)) for i in range(tasks)))
-    return time.perf_counter() - t0, delivered
+    return await in_tasks(part.items, tasks, step, read)
 
 
 async def gateway_lines(store: Any, uri: str, tasks: int) -> tuple[float, int, float]:
@@ -103,21 +112,12 @@ async def gateway_lines(store: Any, uri: str, tasks: int) -> tuple[float, int, f
     part = await open_part(readers[0])
     scan = time.perf_counter() - t0
     assert isinstance(part, JsonlPart)
-    share = -(-part.items // tasks)
-    delivered = 0
 
-    async def one(lo: int, hi: int) -> None:
-        nonlocal delivered
-        pos = lo
-        while pos < hi:
-            n = min(BATCH, hi - pos)
-            lines = await part.lines(pos, pos + n)
-            delivered += sum(len(x) for x in lines)
-            pos += n
+    async def read(first: int, end: int) -> int:
+        return sum(len(x) for x in await part.lines(first, end))
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(i * share, min(part.items, (i + 1) * share)) for i in range(tasks)))
-    return time.perf_counter() - t0, delivered, scan
+    seconds, delivered = await in_tasks(part.items, tasks, BATCH, read)
+    return seconds, delivered, scan
 
 
 def make_inputs(folder: Path, mib: int) -> tuple[int, int]:
