@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -242,10 +243,18 @@ def s3_store(
 ) -> S3Store:
     """An obstore client for one bucket (path-style requests: any S3 server).
 
+    One client per (credentials, bucket, timeout) is kept, so the units of a job reuse its
+    connections (a TLS handshake per unit's result otherwise) instead of a new client each.
+
     Args:
         request_timeout_s: How long one request may take, body included (obstore's default
             is 30 s: too short for streaming a large model over a slow link).
     """
+    return _client(credentials, bucket, request_timeout_s)
+
+
+@functools.lru_cache(maxsize=64)
+def _client(credentials: S3Credentials, bucket: str, request_timeout_s: float | None) -> S3Store:
     options: ClientConfig = {"allow_http": credentials.endpoint.startswith("http://")}
     if request_timeout_s is not None:
         options["timeout"] = f"{max(1, math.ceil(request_timeout_s))}s"
