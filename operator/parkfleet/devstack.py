@@ -321,8 +321,16 @@ class DevStack:
         prefix: str = "sim-",
         name: str = "fleet",
         extra: Sequence[str] = (),
+        start_hour: float | None = 12.0,
     ) -> Proc:
-        """``parkfleet simulate``: ``cars`` simulated cars of ``pool`` over ``cells``."""
+        """``parkfleet simulate``: ``cars`` simulated cars of ``pool`` over ``cells``.
+
+        The simulated clock starts at ``start_hour`` (UTC, today), not at the wall clock's
+        hour: the simulated owners block some hours (07-09), so a fleet started at the
+        wall clock's time would offer fewer cars at some hours of the day than at others.
+        None starts at the wall clock's time.
+        """
+        when = [] if start_hour is None else [f"--start-hour={start_hour:g}"]
         return self._spawn(
             name,
             [
@@ -338,6 +346,7 @@ class DevStack:
                 f"--telemetry-interval={self.telemetry_interval_s}",
                 "--ramp=1",
                 "--report-every=5",
+                *when,
                 *extra,
             ],
         )
