@@ -1,8 +1,8 @@
 """Owner policy: when a car may take work, decided from its telemetry.
 
 Pure logic, no I/O. Both ends of the car link use it: the gateway before it offers
-work, the agent before it accepts or continues it (decision 6). Battery thresholds
-have hysteresis so a car hovering around the limit does not flap.
+work, the agent before it accepts or continues it (decision 6). The battery and the
+thermal limits have hysteresis so a car hovering around a limit does not flap.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = [
     "REASON_ENERGY_BUDGET_SPENT",
     "REASON_GPU_TOO_HOT",
     "REASON_NOT_PLUGGED_IN",
+    "THERMAL_RESUME_MARGIN_C",
     "Conditions",
     "Eligibility",
     "Policy",
@@ -31,6 +32,10 @@ REASON_BATTERY_LOW = "BatteryLow"
 REASON_BLOCKED_HOURS = "BlockedHours"
 REASON_ENERGY_BUDGET_SPENT = "EnergyBudgetSpent"
 REASON_GPU_TOO_HOT = "GpuTooHot"
+
+# After stopping at ``max_gpu_temp_c``, work starts again only this much cooler: a GPU that
+# cools as soon as its task stops would otherwise take and drop work every period.
+THERMAL_RESUME_MARGIN_C = 5.0
 
 
 def _min_nonzero(a: float, b: float) -> float:
@@ -54,7 +59,9 @@ class Policy:
         blocked_hours: Local ``[start, end)`` hour windows with no work; a window with
             ``start > end`` wraps midnight, ``start == end`` is empty.
         daily_energy_wh: Energy budget per local day; 0 means unlimited.
-        max_gpu_temp_c: No work at or above this GPU temperature; 0 means unlimited.
+        max_gpu_temp_c: No work at or above this GPU temperature; 0 means unlimited. After
+            a stop for heat, work resumes at or below ``max_gpu_temp_c -
+            THERMAL_RESUME_MARGIN_C``.
         utc_offset_minutes: The owner's local time offset, for ``blocked_hours``.
     """
 
@@ -191,17 +198,20 @@ _ELIGIBLE = Verdict(True, "", "")
 
 
 class Eligibility:
-    """Decides eligibility for one car over time, with battery hysteresis.
+    """Decides eligibility for one car over time, with battery and thermal hysteresis.
 
     Once the state of charge drops below ``min_soc_percent`` the car stays ineligible
-    until it reaches the effective resume threshold again.
+    until it reaches the effective resume threshold again; once the GPU reaches
+    ``max_gpu_temp_c`` it stays ineligible until it has cooled by
+    ``THERMAL_RESUME_MARGIN_C``.
     """
 
-    __slots__ = ("_battery_low", "policy")
+    __slots__ = ("_battery_low", "_too_hot", "policy")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._battery_low = False
+        self._too_hot = False
 
     def update(self, c: Conditions) -> Verdict:
         """Takes new conditions and returns the verdict for them.
@@ -221,6 +231,13 @@ class Eligibility:
                 self._battery_low = False
         elif c.soc_percent < p.min_soc_percent:
             self._battery_low = True
+        if p.max_gpu_temp_c <= 0:
+            self._too_hot = False
+        elif self._too_hot:
+            if c.gpu_temp_c <= p.max_gpu_temp_c - THERMAL_RESUME_MARGIN_C:
+                self._too_hot = False
+        elif c.gpu_temp_c >= p.max_gpu_temp_c:
+            self._too_hot = True
 
         if not c.parked:
             return Verdict(False, REASON_DRIVING, "the car is not parked")
@@ -246,10 +263,11 @@ class Eligibility:
                 REASON_ENERGY_BUDGET_SPENT,
                 f"used {c.energy_used_today_wh:.1f} Wh of a {p.daily_energy_wh:g} Wh daily budget",
             )
-        if p.max_gpu_temp_c > 0 and c.gpu_temp_c >= p.max_gpu_temp_c:
+        if self._too_hot:
             return Verdict(
                 False,
                 REASON_GPU_TOO_HOT,
-                f"GPU at {c.gpu_temp_c:.1f} C, limit {p.max_gpu_temp_c:g} C",
+                f"GPU at {c.gpu_temp_c:.1f} C: stopped at {p.max_gpu_temp_c:g} C, resumes at "
+                f"{p.max_gpu_temp_c - THERMAL_RESUME_MARGIN_C:g} C",
             )
         return _ELIGIBLE

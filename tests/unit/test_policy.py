@@ -51,6 +51,23 @@ def test_unplugged_allowed_when_policy_says_so() -> None:
     assert Eligibility(Policy(only_while_plugged_in=False)).update(cond(plugged_in=False)).eligible
 
 
+def test_thermal_hysteresis() -> None:
+    e = Eligibility(Policy(max_gpu_temp_c=80))
+    assert e.update(cond(gpu_temp_c=79.9)).eligible
+    hot = e.update(cond(gpu_temp_c=80))
+    assert hot.reason == "GpuTooHot"
+    assert "resumes at 75 C" in hot.message
+    # Cooler than the limit, but not by the margin: still stopped (no flapping).
+    assert e.update(cond(gpu_temp_c=79)).reason == "GpuTooHot"
+    assert e.update(cond(gpu_temp_c=75.1)).reason == "GpuTooHot"
+    # Tracked during a drive too, like the battery.
+    assert e.update(cond(parked=False, gpu_temp_c=90)).reason == "Driving"
+    assert e.update(cond(gpu_temp_c=76)).reason == "GpuTooHot"
+    assert e.update(cond(gpu_temp_c=75)).eligible
+    assert e.update(cond(gpu_temp_c=79)).eligible  # below the limit again: works
+    assert Eligibility(Policy()).update(cond(gpu_temp_c=120)).eligible  # 0: no limit
+
+
 def test_battery_hysteresis() -> None:
     e = Eligibility(Policy(min_soc_percent=60, resume_soc_percent=65))
     assert e.update(cond(soc_percent=61)).eligible

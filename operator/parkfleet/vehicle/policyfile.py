@@ -9,6 +9,9 @@ Example::
     daily_energy_wh: 2000
     max_gpu_temp_c: 85
     utc_offset_minutes: 60
+
+A car stopped for its battery resumes at ``resume_soc_percent``; one stopped for heat
+resumes 5 C below ``max_gpu_temp_c`` (``parkfleet.policy.THERMAL_RESUME_MARGIN_C``).
 """
 
 from __future__ import annotations
