@@ -309,9 +309,12 @@ def _report(
         f"    {st.get('carsUsed', 0)} cars used, {st.get('carsMoved', 0)} moves, "
         f"{seconds:.0f} s, {len(items) / max(seconds, 1e-9):.0f} items/s"
     )
+    energy = float(st.get("energyWh", 0))
+    per_item = energy / max(len(items), 1) * 1000.0
     print(
-        f"    energy: {st.get('energyWh', 0):.3f} Wh"
-        + (" (modelled: GPU power x time)" if st.get("energyModelled") else "")
+        f"    energy: {energy:.3f} Wh, {per_item:.4f} mWh per item, on the wall clock like "
+        "items/s (the simulator's speed-up moves only when cars park and drive)"
+        + ("; modelled: GPU power x time" if st.get("energyModelled") else "")
     )
     print(f"    results: {out}/unit-*.npz ({len(files)} files)")
     return exactly_once and same == len(labels)

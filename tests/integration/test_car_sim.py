@@ -80,3 +80,43 @@ async def test_fleet_connects_and_runs_a_task(env: CarEnv) -> None:
         await again.stop()
     finally:
         await fleet.stop()
+
+
+async def test_energy_runs_on_the_wall_clock_not_the_sped_up_one(env: CarEnv) -> None:
+    # An hour of traces per real second: a task's energy must still be counted on the wall
+    # clock, the one its items/s are counted on (one time base).
+    fleet = SimulatedFleet(
+        FleetConfig(
+            cars=1,
+            gateway=env.gateway.address,
+            certs_dir=env.certs,
+            seed=3,
+            pool="wall",
+            speed=3600.0,
+            compute="modelled",
+            modelled_items_per_second=200.0,
+            scenario="parked",
+            strict_owners=False,
+            ramp_s=0.0,
+            telemetry_interval_s=0.5,
+        )
+    )
+    try:
+        await fleet.start()
+        assert await fleet.wait_connected(timeout_s=30.0) == 1
+        model = digits()
+        ref = env.gateway.models.add_file(model.model_path)
+        x = model.test_inputs()[:100]  # half a second at 200 items/s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await env.gateway.submit(
+            digits_task("wall", ref, ArrayInput(x), len(x), MemorySink(), cell="wall-0")
+        )
+        assert (await env.events.ended("wall")).kind == "succeeded"
+        wall_s = loop.time() - started
+        (record,) = fleet.agents[0].outcomes
+        nominal_w = fleet.agents[0].config.capabilities.gpu_power_w
+        assert record.outcome.energy_modelled
+        assert 0 < record.outcome.energy_wh <= nominal_w * wall_s / 3600.0
+    finally:
+        await fleet.stop()

@@ -63,6 +63,5 @@ def test_sim_clock_and_sensors_speed_up_time() -> None:
     first = sensors.read()
     t[0] = 60.0  # one real minute = one simulated hour
     assert sensors.read().unix_time_ms - first.unix_time_ms == 3_600_000
-    assert clock.monotonic() == 3600.0
     busy = TraceSensors(trace, clock, busy=lambda: True).read()
     assert busy.gpu_temp_c > sensors.read().gpu_temp_c

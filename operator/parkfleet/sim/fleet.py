@@ -1,5 +1,9 @@
 """A simulated fleet: N cars in one process, each with its own certificate and stream.
 
+Time base: the sped-up clock moves only the traces (when cars park, drive, charge). A
+task's compute, its seconds and its energy run on the wall clock, the same clock its
+items/s are counted on, so energy per item means the same in the simulator as on a car.
+
 Every car runs the real agent (``parkfleet.vehicle.Agent``); only its sensors are
 simulated (``TraceSensors`` over a seeded availability trace and a sped-up clock) and,
 for large fleets, its compute rate (``ModelledCompute``: real outputs from one shared
@@ -241,7 +245,6 @@ class SimulatedFleet:
                 self.compute,
                 models=self.models,
                 metrics=self.metrics,
-                energy_clock=self.clock.monotonic,
                 rng=random.Random(f"{cfg.seed}:backoff:{i}"),
             )
             holder.append(agent)

@@ -40,10 +40,6 @@ class SimClock:
         """Simulated Unix time in milliseconds."""
         return self.start_unix_ms + int((self._monotonic() - self._t0) * self.speed * 1000.0)
 
-    def monotonic(self) -> float:
-        """Simulated monotonic seconds (for the energy model)."""
-        return (self._monotonic() - self._t0) * self.speed
-
 
 class TraceSensors:
     """Readings from a car's trace at the simulated time.

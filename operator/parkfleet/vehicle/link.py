@@ -232,8 +232,8 @@ class Agent:
         models: Model cache (a private in-memory one by default).
         metrics: Counters (a private registry by default).
         power_reader: Measured GPU power, when the car has a sensor for it.
-        energy_clock: Monotonic seconds for the energy model (the simulator's runs faster;
-            checkpoints always follow real time).
+        energy_clock: Monotonic seconds for the energy model (injectable for tests; the
+            simulator keeps the wall clock, the one its compute and items/s run on).
         rng: Random source for backoff jitter.
     """
 
