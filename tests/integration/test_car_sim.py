@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +23,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 NIGHT_MS = (5 * 86_400 + 3 * 3600) * 1000
 
 
+def sim_fleet(env: CarEnv, **kw: Any) -> SimulatedFleet:
+    """A fleet of lenient owners with modelled compute against the test's gateway."""
+    base: dict[str, Any] = {
+        "seed": 3,
+        "compute": "modelled",
+        "modelled_items_per_second": 50_000.0,
+        "strict_owners": False,
+        "ramp_s": 0.0,
+        "telemetry_interval_s": 0.5,
+    }
+    base.update(kw)
+    return SimulatedFleet(FleetConfig(gateway=env.gateway.address, certs_dir=env.certs, **base))
+
+
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
     e = await start_env(tmp_path, car_wait_s=30.0, telemetry_interval_s=0.5)
@@ -30,22 +45,7 @@ async def env(tmp_path: Path) -> AsyncIterator[CarEnv]:
 
 
 async def test_fleet_connects_and_runs_a_task(env: CarEnv) -> None:
-    fleet = SimulatedFleet(
-        FleetConfig(
-            cars=8,
-            gateway=env.gateway.address,
-            certs_dir=env.certs,
-            seed=3,
-            pool="sim",
-            cells=1,
-            compute="modelled",
-            modelled_items_per_second=50_000.0,
-            start_unix_ms=NIGHT_MS,
-            strict_owners=False,
-            ramp_s=0.0,
-            telemetry_interval_s=0.5,
-        )
-    )
+    fleet = sim_fleet(env, cars=8, pool="sim", cells=1, start_unix_ms=NIGHT_MS)
     try:
         await fleet.start()
         assert await fleet.wait_connected(timeout_s=30.0) == 8
@@ -85,21 +85,8 @@ async def test_fleet_connects_and_runs_a_task(env: CarEnv) -> None:
 async def test_energy_runs_on_the_wall_clock_not_the_sped_up_one(env: CarEnv) -> None:
     # An hour of traces per real second: a task's energy must still be counted on the wall
     # clock, the one its items/s are counted on (one time base).
-    fleet = SimulatedFleet(
-        FleetConfig(
-            cars=1,
-            gateway=env.gateway.address,
-            certs_dir=env.certs,
-            seed=3,
-            pool="wall",
-            speed=3600.0,
-            compute="modelled",
-            modelled_items_per_second=200.0,
-            scenario="parked",
-            strict_owners=False,
-            ramp_s=0.0,
-            telemetry_interval_s=0.5,
-        )
+    fleet = sim_fleet(
+        env, cars=1, pool="wall", speed=3600.0, modelled_items_per_second=200.0, scenario="parked"
     )
     try:
         await fleet.start()
