@@ -16,9 +16,8 @@ import contextlib
 import dataclasses
 import logging
 import random
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,8 +231,6 @@ class Agent:
         models: Model cache (a private in-memory one by default).
         metrics: Counters (a private registry by default).
         power_reader: Measured GPU power, when the car has a sensor for it.
-        energy_clock: Monotonic seconds for the energy model (injectable for tests; the
-            simulator keeps the wall clock, the one its compute and items/s run on).
         rng: Random source for backoff jitter.
     """
 
@@ -245,7 +242,6 @@ class Agent:
         models: ModelCache | None = None,
         metrics: AgentMetrics | None = None,
         power_reader: PowerReader | None = None,
-        energy_clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -255,7 +251,6 @@ class Agent:
         self.models = models if models is not None else ModelCache()
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self._power_reader = power_reader
-        self._energy_clock = energy_clock
         self._backoff = Backoff(
             base_s=config.backoff_base_s,
             cap_s=config.backoff_cap_s,
@@ -585,9 +580,8 @@ class Agent:
                 f"needs {offer.gpu_memory_mib} MiB, {reading.free_gpu_memory_mib} MiB free",
             )
             return
-        meter = EnergyMeter(
-            self.config.capabilities.gpu_power_w, self._power_reader, clock=self._energy_clock
-        )
+        # On the wall clock, like the task's items/s (the simulator's too: one time base).
+        meter = EnergyMeter(self.config.capabilities.gpu_power_w, self._power_reader)
         runner = TaskRunner(
             offer,
             self._send,
