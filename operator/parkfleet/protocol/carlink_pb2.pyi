@@ -57,6 +57,29 @@ PARKED: VehicleState.ValueType  # 1
 DRIVING: VehicleState.ValueType  # 2
 Global___VehicleState: _TypeAlias = VehicleState  # noqa: Y015
 
+class _Consent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_UNSPECIFIED: _Consent.ValueType  # 0
+    CONSENT_ACTIVE: _Consent.ValueType  # 1
+    CONSENT_PAUSED: _Consent.ValueType  # 2
+    CONSENT_WITHDRAWN: _Consent.ValueType  # 3
+
+class Consent(_Consent, metaclass=_ConsentEnumTypeWrapper):
+    """What the owner lets the car do, set in the car's own settings. UNSPECIFIED (older
+    agents) means ACTIVE. PAUSED: no work until the owner resumes. WITHDRAWN: the car
+    leaves the fleet for good; the gateway refuses its identity from then on.
+    """
+
+CONSENT_UNSPECIFIED: Consent.ValueType  # 0
+CONSENT_ACTIVE: Consent.ValueType  # 1
+CONSENT_PAUSED: Consent.ValueType  # 2
+CONSENT_WITHDRAWN: Consent.ValueType  # 3
+Global___Consent: _TypeAlias = Consent  # noqa: Y015
+
 class _DType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -193,11 +216,19 @@ class Capabilities(_message.Message):
     RUNTIMES_FIELD_NUMBER: _builtins.int
     EXECUTION_PROVIDERS_FIELD_NUMBER: _builtins.int
     GPU_POWER_W_FIELD_NUMBER: _builtins.int
+    AWAKE_BASE_W_FIELD_NUMBER: _builtins.int
+    CHARGING_EFFICIENCY_FIELD_NUMBER: _builtins.int
     gpu_model: _builtins.str
     gpu_count: _builtins.int
     gpu_memory_mib: _builtins.int
     gpu_power_w: _builtins.float
     """nominal draw under load, for the energy model"""
+    awake_base_w: _builtins.float
+    """The rest of the car kept awake for a task (computer, cooling, DC-DC), watts; the
+    energy model charges it to the task. 0 from older agents: the GPU's draw alone.
+    """
+    charging_efficiency: _builtins.float
+    """Share of grid energy that reaches the car while charging (0..1]; 0 = unknown (1)."""
     @_builtins.property
     def runtimes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """e.g. "onnxruntime" """
@@ -215,10 +246,12 @@ class Capabilities(_message.Message):
         runtimes: _abc.Iterable[_builtins.str] | None = ...,
         execution_providers: _abc.Iterable[_builtins.str] | None = ...,
         gpu_power_w: _builtins.float = ...,
+        awake_base_w: _builtins.float = ...,
+        charging_efficiency: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_providers", b"execution_providers", "gpu_count", b"gpu_count", "gpu_memory_mib", b"gpu_memory_mib", "gpu_model", b"gpu_model", "gpu_power_w", b"gpu_power_w", "runtimes", b"runtimes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awake_base_w", b"awake_base_w", "charging_efficiency", b"charging_efficiency", "execution_providers", b"execution_providers", "gpu_count", b"gpu_count", "gpu_memory_mib", b"gpu_memory_mib", "gpu_model", b"gpu_model", "gpu_power_w", b"gpu_power_w", "runtimes", b"runtimes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,6 +268,7 @@ class OwnerPolicy(_message.Message):
     DAILY_ENERGY_WH_FIELD_NUMBER: _builtins.int
     MAX_GPU_TEMP_C_FIELD_NUMBER: _builtins.int
     UTC_OFFSET_MINUTES_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     only_while_plugged_in: _builtins.bool
     min_soc_percent: _builtins.int
     """stop below this"""
@@ -245,7 +279,11 @@ class OwnerPolicy(_message.Message):
     max_gpu_temp_c: _builtins.float
     """0 = no limit"""
     utc_offset_minutes: _builtins.int
-    """the owner's local time"""
+    """the owner's local time (when time_zone is empty)"""
+    time_zone: _builtins.str
+    """The owner's IANA time zone, e.g. "Europe/Berlin": local time follows its summer
+    time. When set it wins over utc_offset_minutes.
+    """
     @_builtins.property
     def blocked_hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___HourWindow]:
         """local time, no work inside"""
@@ -260,10 +298,11 @@ class OwnerPolicy(_message.Message):
         daily_energy_wh: _builtins.float = ...,
         max_gpu_temp_c: _builtins.float = ...,
         utc_offset_minutes: _builtins.int = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_hours", b"blocked_hours", "daily_energy_wh", b"daily_energy_wh", "max_gpu_temp_c", b"max_gpu_temp_c", "min_soc_percent", b"min_soc_percent", "only_while_plugged_in", b"only_while_plugged_in", "resume_soc_percent", b"resume_soc_percent", "utc_offset_minutes", b"utc_offset_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_hours", b"blocked_hours", "daily_energy_wh", b"daily_energy_wh", "max_gpu_temp_c", b"max_gpu_temp_c", "min_soc_percent", b"min_soc_percent", "only_while_plugged_in", b"only_while_plugged_in", "resume_soc_percent", b"resume_soc_percent", "time_zone", b"time_zone", "utc_offset_minutes", b"utc_offset_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +344,7 @@ class Telemetry(_message.Message):
     LINK_QUALITY_FIELD_NUMBER: _builtins.int
     ENERGY_USED_TODAY_WH_FIELD_NUMBER: _builtins.int
     UNIX_TIME_MS_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
     state: Global___VehicleState.ValueType
     plugged_in: _builtins.bool
     soc_percent: _builtins.float
@@ -314,6 +354,8 @@ class Telemetry(_message.Message):
     """0..1"""
     energy_used_today_wh: _builtins.float
     unix_time_ms: _builtins.int
+    consent: Global___Consent.ValueType
+    """the owner's consent, from the car's own settings"""
     def __init__(
         self,
         *,
@@ -325,10 +367,11 @@ class Telemetry(_message.Message):
         link_quality: _builtins.float = ...,
         energy_used_today_wh: _builtins.float = ...,
         unix_time_ms: _builtins.int = ...,
+        consent: Global___Consent.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["energy_used_today_wh", b"energy_used_today_wh", "free_gpu_memory_mib", b"free_gpu_memory_mib", "gpu_temp_c", b"gpu_temp_c", "link_quality", b"link_quality", "plugged_in", b"plugged_in", "soc_percent", b"soc_percent", "state", b"state", "unix_time_ms", b"unix_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "energy_used_today_wh", b"energy_used_today_wh", "free_gpu_memory_mib", b"free_gpu_memory_mib", "gpu_temp_c", b"gpu_temp_c", "link_quality", b"link_quality", "plugged_in", b"plugged_in", "soc_percent", b"soc_percent", "state", b"state", "unix_time_ms", b"unix_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -621,11 +664,16 @@ class Welcome(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     TELEMETRY_INTERVAL_S_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    ENERGY_USED_TODAY_WH_FIELD_NUMBER: _builtins.int
     car_id: _builtins.str
     cell: _builtins.str
     protocol_version: _builtins.int
     telemetry_interval_s: _builtins.float
     max_message_bytes: _builtins.int
+    energy_used_today_wh: _builtins.float
+    """The energy the gateway's own ledger counts for the car on its owner's local day
+    (Wh): the daily budget starts from it, so a restarted agent does not start at 0.
+    """
     def __init__(
         self,
         *,
@@ -634,10 +682,11 @@ class Welcome(_message.Message):
         protocol_version: _builtins.int = ...,
         telemetry_interval_s: _builtins.float = ...,
         max_message_bytes: _builtins.int = ...,
+        energy_used_today_wh: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_id", b"car_id", "cell", b"cell", "max_message_bytes", b"max_message_bytes", "protocol_version", b"protocol_version", "telemetry_interval_s", b"telemetry_interval_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_id", b"car_id", "cell", b"cell", "energy_used_today_wh", b"energy_used_today_wh", "max_message_bytes", b"max_message_bytes", "protocol_version", b"protocol_version", "telemetry_interval_s", b"telemetry_interval_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
