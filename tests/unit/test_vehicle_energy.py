@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from parkfleet.energymodel import CarPower
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter
 
 
@@ -15,27 +16,45 @@ class FakeClock:
         return self.t
 
 
-def test_modelled_from_nominal_power_and_time() -> None:
+def test_modelled_from_the_awake_car_at_the_socket() -> None:
     clock = FakeClock()
-    meter = EnergyMeter(gpu_power_w=60.0, clock=clock)
+    # 60 W of GPU and 240 W of the rest of the car awake, charged at 80 %: 375 W.
+    power = CarPower(gpu_power_w=60.0, awake_base_w=240.0, charging_efficiency=0.8)
+    meter = EnergyMeter(power, clock=clock)
     clock.t += 3600.0
     reading = meter.reading()
     assert reading.modelled
-    assert reading.wh == pytest.approx(60.0)
+    assert reading.wh == pytest.approx(375.0)
     assert reading.seconds == pytest.approx(3600.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("gpu_power_w", -1.0),
+        ("awake_base_w", float("nan")),
+        ("charging_efficiency", 0.0),
+        ("charging_efficiency", 1.5),
+    ],
+)
+def test_a_power_model_out_of_range_is_refused_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        CarPower(**{field: value})
 
 
 def test_measured_integrates_samples() -> None:
     clock = FakeClock()
     watts = [100.0]
-    meter = EnergyMeter(gpu_power_w=60.0, reader=lambda: watts[0], clock=clock)
+    # Measured at the car; half of the socket's energy reaches it.
+    power = CarPower(gpu_power_w=60.0, charging_efficiency=0.5)
+    meter = EnergyMeter(power, reader=lambda: watts[0], clock=clock)
     clock.t += 1800.0
     watts[0] = 300.0
     meter.sample()  # trapezoid: (100 + 300) / 2 W for half an hour = 100 Wh
     clock.t += 1800.0
     reading = meter.reading()  # 300 W for half an hour = 150 Wh
     assert not reading.modelled
-    assert reading.wh == pytest.approx(250.0)
+    assert reading.wh == pytest.approx(500.0)  # 250 Wh at the car, twice that at the socket
 
 
 @pytest.mark.parametrize(("error", "traceback"), [(OSError, False), (AttributeError, True)])
@@ -47,7 +66,8 @@ def test_a_failing_sensor_falls_back_to_the_model_and_says_so_once(
     def broken() -> float | None:
         raise error("sensor gone")
 
-    meter = EnergyMeter(gpu_power_w=36.0, reader=broken, clock=clock)
+    power = CarPower(gpu_power_w=12.0, awake_base_w=24.0, charging_efficiency=1.0)
+    meter = EnergyMeter(power, reader=broken, clock=clock)
     clock.t += 100.0
     meter.sample()
     reading = meter.reading()

@@ -14,6 +14,8 @@ text is bounded and stripped of control characters: both are shown, never parsed
 | hello.capabilities.gpu_count | 0..``MAX_GPU_COUNT`` (a gateway may allow fewer) |
 | hello.capabilities.gpu_memory_mib | 0..``MAX_GPU_MEMORY_MIB`` (a gateway may allow less) |
 | hello.capabilities.gpu_power_w | 0..``MAX_POWER_W``, finite |
+| hello.capabilities.awake_base_w | 0..``MAX_POWER_W``, finite |
+| hello.capabilities.charging_efficiency | 0..1, finite (0: unknown, taken as 1) |
 | hello.policy.min_soc_percent, resume_soc_percent | 0..100 |
 | hello.policy.daily_energy_wh | 0..``MAX_ENERGY_WH``, finite |
 | hello.policy.max_gpu_temp_c | 0..``MAX_TEMP_C``, finite |
@@ -118,6 +120,8 @@ def check_hello_claims(
         min(max_gpu_memory_mib, MAX_GPU_MEMORY_MIB),
     )
     _number(caps.gpu_power_w, "hello.capabilities.gpu_power_w", 0, MAX_POWER_W)
+    _number(caps.awake_base_w, "hello.capabilities.awake_base_w", 0, MAX_POWER_W)
+    _number(caps.charging_efficiency, "hello.capabilities.charging_efficiency", 0, 1)
     p = h.policy
     _number(p.min_soc_percent, "hello.policy.min_soc_percent", 0, 100)
     _number(p.resume_soc_percent, "hello.policy.resume_soc_percent", 0, 100)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from parkfleet.certs import CA_CERT_FILE, OWNER_ATTRIBUTE, FleetCA, car_identity, car_paths
+from parkfleet.energymodel import CarPower
 from parkfleet.policy import Policy
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
@@ -236,7 +237,7 @@ class SimulatedFleet:
                     credentials=creds,
                     car_id=car_id,
                     policy=policy,
-                    capabilities=capabilities("sim-gpu", 8192, 60.0, providers),
+                    capabilities=capabilities("sim-gpu", 8192, CarPower(), providers),
                     telemetry_interval_s=cfg.telemetry_interval_s,
                     max_reconnects=cfg.max_reconnects,
                     server_name_override=cfg.server_name_override,
