@@ -20,6 +20,7 @@ import grpc
 
 from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CarIdentity, car_identity
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway.cells import DEFAULT_POOL, UNPOOLED, PoolCell, cell_of, pool_cell_of
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.modelstore import ModelStore
@@ -70,6 +71,15 @@ REASON_EXPIRED = "CertificateExpired"
 REASON_NOT_A_CAR = "NotACarCertificate"
 REASON_MAX_AGE = "MaxStreamAge"
 # How a car's stream breaks from its side (reset, closed while written to).
+# Messages that mean the car is still working on a task.
+_WORK_KINDS = frozenset({"progress", "checkpoint", "result", "done"})
+
+
+def _local_day(policy: Policy, unix_time_ms: int) -> int:
+    """The owner's local day (days since the epoch, local time) at ``unix_time_ms``."""
+    return (unix_time_ms // 60_000 + policy.utc_offset_minutes) // 1440
+
+
 _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 # grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
 # arrive as ResultData (their tensors viewing the received bytes), input chunks leave as
@@ -348,6 +358,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                         protocol_version=pb.PROTOCOL_VERSION,
                         telemetry_interval_s=self.telemetry_interval_s,
                         max_message_bytes=MAX_MESSAGE_BYTES,
+                        energy_used_today_wh=self._tasks.accounted_today_wh(car),
                     )
                 )
             )
@@ -443,6 +454,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             eligibility=Eligibility(self._registry.intern(policy)),
         )
         car.owner_policy = owner
+        car.power = CarPower.from_capabilities(caps)
+        car.local_day = _local_day(owner, int(time.time() * 1000))
         car.attributes = self._registry.intern(tuple(sorted(identity.attributes.items())))
         car.owner = self._registry.intern(identity.owner)
         car.cert_issued_at = identity.issued_at
@@ -473,6 +486,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 return
             if isinstance(msg, ResultData):  # most of a task's bytes: decoded without copies
                 count(msg.validate())
+                tasks.check_stopped(car, "result")
                 await tasks.on_result(car, msg)
                 continue
             assert isinstance(msg, pb.CarMessage)
@@ -480,8 +494,13 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             kind = validate_car_message(msg)
             count(kind)
             if kind == "telemetry":
-                check_telemetry_claims(msg.telemetry)
-                verdict = registry.update_telemetry(car, msg.telemetry)
+                t = msg.telemetry
+                check_telemetry_claims(t)
+                # The time since the last telemetry is accounted first (offered, its task's
+                # seconds and energy), so that the daily budget includes it.
+                tasks.on_telemetry(car, car.eligible)
+                car.local_day = _local_day(car.owner_policy, t.unix_time_ms or int(wall() * 1000))
+                verdict = registry.update_telemetry(car, t, tasks.accounted_today_wh(car))
                 if verdict is not None:
                     if verdict.eligible:
                         tasks.car_available()
@@ -495,6 +514,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 raise ProtocolViolation("Hello may be sent only once per stream")
             else:
                 check_report_claims(kind, msg)
+                if kind in _WORK_KINDS:
+                    tasks.check_stopped(car, kind)
                 await tasks.on_message(car, kind, msg)
 
     async def FetchModel(
