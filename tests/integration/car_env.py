@@ -24,7 +24,7 @@ from parkfleet.energymodel import CarPower
 from parkfleet.gateway import Gateway, MemorySink, ModelRef, TaskEvent, TaskSpec
 from parkfleet.models.digits import DigitsModel, build_digits
 from parkfleet.policy import Policy
-from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute
+from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute, Sensors
 from parkfleet.vehicle.link import capabilities
 
 from .gateway_env import start_gateway
@@ -109,7 +109,7 @@ class CarEnv:
         self,
         car_id: str,
         policy: Policy | None = None,
-        sensors: MutableSensors | None = None,
+        sensors: Sensors | None = None,
         compute: Any = None,
     ) -> Agent:
         """An in-process agent, running until the env stops."""

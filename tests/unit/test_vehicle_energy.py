@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from parkfleet.energymodel import CarPower
+from parkfleet.policy import Policy
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter
 
 
@@ -79,10 +80,23 @@ def test_a_failing_sensor_falls_back_to_the_model_and_says_so_once(
 
 def test_daily_energy_resets_at_local_midnight() -> None:
     day = 86_400_000
-    daily = DailyEnergy(utc_offset_minutes=60)
+    daily = DailyEnergy(Policy(utc_offset_minutes=60).local_day)
     # 22:30 UTC is 23:30 local; 23:30 UTC is already the next local day.
     daily.add(10.0, day + 22 * 3_600_000 + 1_800_000)
     assert daily.today(day + 22 * 3_600_000 + 1_900_000) == pytest.approx(10.0)
     assert daily.today(day + 23 * 3_600_000 + 1_800_000) == 0.0
     daily.add(5.0, day + 23 * 3_600_000 + 1_800_000)
     assert daily.today(day + 23 * 3_600_000 + 1_800_000) == pytest.approx(5.0)
+
+
+def test_daily_energy_day_follows_the_owner_zone() -> None:
+    # 2026-07-15 00:00 UTC; New York is at UTC-4 (summer time), so its day turns at 04:00 UTC.
+    jul = 1_784_073_600_000
+    hour = 3_600_000
+    daily = DailyEnergy(Policy(time_zone="America/New_York").local_day)
+    daily.add(10.0, jul + 2 * hour)  # 22:00 on the 14th in New York
+    assert daily.today(jul + 3 * hour + 59 * 60_000) == pytest.approx(10.0)  # 23:59
+    assert daily.today(jul + 4 * hour) == 0.0  # midnight in New York
+    utc = DailyEnergy()
+    utc.add(10.0, jul + 2 * hour)
+    assert utc.today(jul + 4 * hour) == pytest.approx(10.0)

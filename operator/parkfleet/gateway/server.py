@@ -75,11 +75,6 @@ REASON_MAX_AGE = "MaxStreamAge"
 _WORK_KINDS = frozenset({"progress", "checkpoint", "result", "done"})
 
 
-def _local_day(policy: Policy, unix_time_ms: int) -> int:
-    """The owner's local day (days since the epoch, local time) at ``unix_time_ms``."""
-    return (unix_time_ms // 60_000 + policy.utc_offset_minutes) // 1440
-
-
 _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 # grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
 # arrive as ResultData (their tensors viewing the received bytes), input chunks leave as
@@ -455,7 +450,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         )
         car.owner_policy = owner
         car.power = CarPower.from_capabilities(caps)
-        car.local_day = _local_day(owner, int(time.time() * 1000))
+        car.local_day = owner.local_day(int(time.time() * 1000))
         car.attributes = self._registry.intern(tuple(sorted(identity.attributes.items())))
         car.owner = self._registry.intern(identity.owner)
         car.cert_issued_at = identity.issued_at
@@ -499,7 +494,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 # The time since the last telemetry is accounted first (offered, its task's
                 # seconds and energy), so that the daily budget includes it.
                 tasks.on_telemetry(car, car.eligible)
-                car.local_day = _local_day(car.owner_policy, t.unix_time_ms or int(wall() * 1000))
+                car.local_day = car.owner_policy.local_day(t.unix_time_ms or int(wall() * 1000))
                 verdict = registry.update_telemetry(car, t, tasks.accounted_today_wh(car))
                 if verdict is not None:
                     if verdict.eligible:

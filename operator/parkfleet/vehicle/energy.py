@@ -100,16 +100,21 @@ class EnergyMeter:
         return EnergyReading(self._power.task_wh(elapsed), True, elapsed)
 
 
-class DailyEnergy:
-    """Energy the agent spent today (the owner's daily budget counts it), by local day."""
+def _utc_day(unix_time_ms: int) -> int:
+    return unix_time_ms // 86_400_000
 
-    def __init__(self, utc_offset_minutes: int = 0) -> None:
-        self._offset_ms = utc_offset_minutes * 60_000
+
+class DailyEnergy:
+    """Energy the agent spent today (the owner's daily budget counts it), by local day.
+
+    Args:
+        local_day: The owner's day at an instant (``Policy.local_day``: its time zone).
+    """
+
+    def __init__(self, local_day: Callable[[int], int] = _utc_day) -> None:
+        self._local_day = local_day
         self._day = -1
         self._wh = 0.0
-
-    def _local_day(self, unix_time_ms: int) -> int:
-        return (unix_time_ms + self._offset_ms) // 86_400_000
 
     def add(self, wh: float, unix_time_ms: int) -> None:
         """Adds energy spent at ``unix_time_ms``."""

@@ -264,7 +264,7 @@ class Agent:
         )
         self._credentials = config.credentials
         self._eligibility = Eligibility(config.policy)
-        self._daily = DailyEnergy(config.policy.utc_offset_minutes)
+        self._daily = DailyEnergy(config.policy.local_day)
         self._tasks: dict[str, TaskRunner] = {}
         self._task_handles: set[asyncio.Task[None]] = set()
         self._outbound: asyncio.Queue[pb.CarMessage | bytes] | None = None
