@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "parkfleet.controller.run",
     "parkfleet.demo",
     "parkfleet.results",
+    "parkfleet.gateway.ledgercommand",
 )
 
 

@@ -62,14 +62,14 @@ class CarPower:
     def from_capabilities(cls, caps: pb.Capabilities) -> CarPower:
         """The model of a car from its Hello (checked by ``protocol.claims`` first).
 
-        An older agent sends neither the base draw nor the efficiency: its tasks are
-        modelled from the GPU alone at the socket, as before.
+        A figure the car leaves at 0 (an older agent, or one that says nothing) takes
+        the default: no car computes on 0 W, and the owner's budget is counted with it.
         """
-        eff = caps.charging_efficiency
+        gpu, base, eff = caps.gpu_power_w, caps.awake_base_w, caps.charging_efficiency
         return cls(
-            gpu_power_w=max(0.0, caps.gpu_power_w),
-            awake_base_w=max(0.0, caps.awake_base_w),
-            charging_efficiency=eff if 0 < eff <= 1 else 1.0,
+            gpu_power_w=gpu if gpu > 0 else DEFAULT_GPU_POWER_W,
+            awake_base_w=base if base > 0 else DEFAULT_AWAKE_BASE_W,
+            charging_efficiency=eff if 0 < eff <= 1 else DEFAULT_CHARGING_EFFICIENCY,
         )
 
     @property

@@ -15,6 +15,7 @@ from kubernetes_asyncio import client
 from parkfleet import healthserver
 from parkfleet.contract import DEFAULT_CAR_WAIT_S
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.gateway.ledger import ledger_file_name
 from parkfleet.gateway.modelfetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchConfig
 from parkfleet.gateway.reputation import ReputationRule
 from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
@@ -178,6 +179,19 @@ async def run(
     await run_until_signalled(serve_then_stop(), stop, name="the gateway", grace_s=stop_grace_s)
 
 
+def _ledger_path(args: argparse.Namespace) -> Path | None:
+    """``--ledger``; by default, with the node agent, in the data volume (one file per
+    shard, a name no namespace's area can have: namespaces have no dots)."""
+    if args.ledger == "memory":
+        return None
+    if args.ledger:
+        return Path(args.ledger)
+    if args.node_agent or args.kubeconfig:
+        data_dir: Path = args.data_dir
+        return data_dir.resolve() / ledger_file_name(args.shard)
+    return None
+
+
 def _models(items: list[str]) -> dict[str, Path]:
     out = {}
     for item in items:
@@ -221,6 +235,7 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
         ),
         start_timeout_s=args.start_timeout_s,
         max_stream_age_s=args.max_stream_age_s,
+        ledger_path=_ledger_path(args),
         shard=args.shard,
         shard_addresses=[a for a in args.shard_addresses.split(",") if a],
         model_fetch=FetchConfig(
@@ -397,6 +412,13 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=Path("."),
         help="task inputs and results: one area per namespace, DIR/<namespace>/",
+    )
+    p.add_argument(
+        "--ledger",
+        default="",
+        metavar="FILE|memory",
+        help="the owner ledger's SQLite file (default: with the node agent, "
+        "DATA_DIR/ledger.shard-N.sqlite3; without it, memory only)",
     )
     k.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
     k.add_argument("--advertise-address", default=None, help="default: the --listen host")

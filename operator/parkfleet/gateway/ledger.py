@@ -52,6 +52,7 @@ __all__ = [
     "LedgerRow",
     "Usage",
     "format_rows",
+    "ledger_file_name",
     "parse_since",
     "read_ledger",
 ]
@@ -97,6 +98,12 @@ CREATE TABLE IF NOT EXISTS consent (
 );
 CREATE INDEX IF NOT EXISTS consent_by_car ON consent (car_id, unix_ms);
 """
+
+
+def ledger_file_name(shard: int) -> str:
+    """A shard's ledger file in the gateway's data volume."""
+    return f"ledger.shard-{shard}.sqlite3"
+
 
 _AMOUNTS = ("offered_s", "task_s", "items", "energy_wh", "car_energy_wh", "credit", "violations")
 

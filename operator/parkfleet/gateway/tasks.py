@@ -438,6 +438,7 @@ class TaskManager:
 
     def car_lost(self, car: CarState, reason: str, message: str) -> None:
         """The car's stream ended (or it went silent): its task goes back to the queue."""
+        self.on_telemetry(car, car.eligible)  # its last seconds, offered or working
         task = self.task_on(car)
         if task is None:
             return

@@ -225,10 +225,12 @@ class Capabilities(_message.Message):
     """nominal draw under load, for the energy model"""
     awake_base_w: _builtins.float
     """The rest of the car kept awake for a task (computer, cooling, DC-DC), watts; the
-    energy model charges it to the task. 0 from older agents: the GPU's draw alone.
+    energy model charges it to the task. 0 (older agents): the gateway's default.
     """
     charging_efficiency: _builtins.float
-    """Share of grid energy that reaches the car while charging (0..1]; 0 = unknown (1)."""
+    """Share of the socket's energy that reaches the car, (0, 1]; 0: the gateway's default.
+    The three power fields left at 0 take parkfleet.energymodel's defaults.
+    """
     @_builtins.property
     def runtimes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """e.g. "onnxruntime" """
