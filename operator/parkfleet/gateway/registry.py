@@ -199,6 +199,8 @@ class Registry:
             cell = self.cells[cell_id] = Cell(
                 cell_id, pool, CellGauges(self._metrics, pool, cell_id)
             )
+            # A pool's violation count exists at 0 (dashboards and alerts read "none").
+            self._metrics.policy_violations.labels(pool)
         return cell
 
     def add(self, car: CarState) -> CarState | None:
