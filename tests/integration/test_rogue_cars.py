@@ -19,6 +19,7 @@ import pytest
 
 from parkfleet.certs import FleetCA
 from parkfleet.contract import CarCounts
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway import MemorySink, TaskSpec
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.taskport import OutputSpec
@@ -264,9 +265,15 @@ async def test_forged_figures_close_the_stream_and_the_task_moves(
         code, details = await refused(bad)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in details
-    # Every result was in, so the task is done; the forged figure counted for nothing.
+    # Every result was in, so the task is done; the forged figure counted for nothing: the
+    # task's energy is the gateway's own account (its seconds x the declared power), and
+    # the car's figure is not even kept as a cross-check.
     end = await rec.wait("succeeded")
-    assert end.energy_wh == 0.0
+    sample = env.gateway.metrics.registry.get_sample_value
+    seconds = sample("parkfleet_gateway_task_seconds_total", {"pool": "p"})
+    assert seconds is not None
+    assert end.energy_wh == pytest.approx(CarPower().task_wh(seconds))
+    assert not sample("parkfleet_gateway_car_reported_energy_joules_total", {"pool": "p"})
 
 
 @pytest.mark.parametrize(
