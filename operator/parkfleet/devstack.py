@@ -321,14 +321,17 @@ class DevStack:
         prefix: str = "sim-",
         name: str = "fleet",
         extra: Sequence[str] = (),
-        start_hour: float | None = 12.0,
+        start_hour: float | None = 18.0,
     ) -> Proc:
         """``parkfleet simulate``: ``cars`` simulated cars of ``pool`` over ``cells``.
 
         The simulated clock starts at ``start_hour`` (UTC, today), not at the wall clock's
-        hour: the simulated owners block some hours (07-09), so a fleet started at the
-        wall clock's time would offer fewer cars at some hours of the day than at others.
-        None starts at the wall clock's time.
+        hour: a fifth of the simulated owners block 07-09 in their own time zone
+        (``parkfleet.sim.fleet.OWNER_TIME_ZONES``), so a fleet started at the wall clock's
+        time would offer fewer cars at some hours of the day than at others. 18:00 UTC
+        leaves more than three hours before any owner's blocked window on any day of the
+        year, summer time included (Tokyo's 07:00 is 22:00 UTC; Los Angeles' 09:00 in
+        winter is 17:00 UTC). None starts at the wall clock's time.
         """
         when = [] if start_hour is None else [f"--start-hour={start_hour:g}"]
         return self._spawn(

@@ -1,13 +1,18 @@
 """Owner policy: when a car may take work, decided from its telemetry.
 
-Pure logic, no I/O. Both ends of the car link use it: the gateway before it offers
-work, the agent before it accepts or continues it (decision 6). The battery and the
-thermal limits have hysteresis so a car hovering around a limit does not flap.
+Pure logic, no I/O but the time zone database (``zoneinfo``). Both ends of the car link
+use it: the gateway before it offers work, the agent before it accepts or continues it
+(decision 6). The battery and the thermal limits have hysteresis so a car hovering around
+a limit does not flap. Local time (blocked hours, the daily budget's day) is the owner's
+IANA ``time_zone`` at each instant, summer time included, else a fixed UTC offset.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from parkfleet.protocol import carlink_pb2 as pb
 
@@ -25,7 +30,9 @@ __all__ = [
     "Eligibility",
     "Policy",
     "Verdict",
+    "check_time_zone",
     "local_hour",
+    "utc_offset_minutes_at",
 ]
 
 REASON_DRIVING = "Driving"
@@ -41,6 +48,53 @@ REASON_OWNER_WITHDRAWN = "OwnerWithdrawn"
 # After stopping at ``max_gpu_temp_c``, work starts again only this much cooler: a GPU that
 # cools as soon as its task stops would otherwise take and drop work every period.
 THERMAL_RESUME_MARGIN_C = 5.0
+
+_DAY_MS = 86_400_000
+# A car's clock is a claim: instants past datetime's years 1..9999 are read at its ends.
+_MIN_ZONED_MS = -62_000_000_000_000
+_MAX_ZONED_MS = 253_000_000_000_000
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    # Eligibility runs for every car every telemetry period: one lookup per zone, ever.
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as e:
+        # ZoneInfo says KeyError, ValueError or IsADirectoryError depending on the name.
+        raise ValueError(f"time_zone {name!r} is not a known IANA time zone") from e
+
+
+def check_time_zone(name: str) -> None:
+    """Checks that ``name`` is empty or a time zone this machine knows (``Europe/Berlin``).
+
+    Raises:
+        ValueError: An unknown zone; the message names ``time_zone`` and the value.
+    """
+    if name:
+        _zone(name)
+
+
+def utc_offset_minutes_at(
+    unix_time_ms: int, time_zone: str = "", utc_offset_minutes: int = 0
+) -> int:
+    """Local time's offset from UTC at an instant, in minutes.
+
+    Args:
+        unix_time_ms: The instant.
+        time_zone: An IANA zone; when set it wins over ``utc_offset_minutes``, and its
+            offset follows summer time.
+        utc_offset_minutes: The fixed offset used when ``time_zone`` is empty.
+
+    Raises:
+        ValueError: ``time_zone`` is not a known zone.
+    """
+    if not time_zone:
+        return utc_offset_minutes
+    ms = min(max(unix_time_ms, _MIN_ZONED_MS), _MAX_ZONED_MS)
+    at = datetime.fromtimestamp(ms / 1000.0, tz=_zone(time_zone))
+    offset = at.utcoffset()
+    return 0 if offset is None else int(offset.total_seconds()) // 60
 
 
 def _min_nonzero(a: float, b: float) -> float:
@@ -67,7 +121,13 @@ class Policy:
         max_gpu_temp_c: No work at or above this GPU temperature; 0 means unlimited. After
             a stop for heat, work resumes at or below ``max_gpu_temp_c -
             THERMAL_RESUME_MARGIN_C``.
-        utc_offset_minutes: The owner's local time offset, for ``blocked_hours``.
+        utc_offset_minutes: The owner's fixed local time offset, for ``blocked_hours``
+            and the daily budget's day, when ``time_zone`` is empty.
+        time_zone: The owner's IANA time zone (``"Europe/Berlin"``); when set it wins over
+            ``utc_offset_minutes`` and local time follows it, summer time included.
+
+    Raises:
+        ValueError: ``time_zone`` is not a known zone (``check_time_zone``).
     """
 
     only_while_plugged_in: bool = True
@@ -77,6 +137,22 @@ class Policy:
     daily_energy_wh: float = 0.0
     max_gpu_temp_c: float = 0.0
     utc_offset_minutes: int = 0
+    time_zone: str = ""
+
+    def __post_init__(self) -> None:
+        check_time_zone(self.time_zone)
+
+    def utc_offset_minutes_at(self, unix_time_ms: int) -> int:
+        """The owner's offset from UTC at an instant, in minutes (see ``time_zone``)."""
+        return utc_offset_minutes_at(unix_time_ms, self.time_zone, self.utc_offset_minutes)
+
+    def local_hour(self, unix_time_ms: int) -> int:
+        """The owner's local hour of day (0..23) at an instant."""
+        return local_hour(unix_time_ms, self.utc_offset_minutes_at(unix_time_ms))
+
+    def local_day(self, unix_time_ms: int) -> int:
+        """The owner's local day at an instant, as days since 1970-01-01 (the budget's day)."""
+        return (unix_time_ms + self.utc_offset_minutes_at(unix_time_ms) * 60_000) // _DAY_MS
 
     @property
     def effective_resume_soc_percent(self) -> float:
@@ -94,6 +170,7 @@ class Policy:
             daily_energy_wh=msg.daily_energy_wh,
             max_gpu_temp_c=msg.max_gpu_temp_c,
             utc_offset_minutes=msg.utc_offset_minutes,
+            time_zone=msg.time_zone,
         )
 
     def to_proto(self) -> pb.OwnerPolicy:
@@ -107,6 +184,7 @@ class Policy:
             daily_energy_wh=self.daily_energy_wh,
             max_gpu_temp_c=self.max_gpu_temp_c,
             utc_offset_minutes=self.utc_offset_minutes,
+            time_zone=self.time_zone,
         )
 
     def stricter(self, floor: Policy) -> Policy:
@@ -133,13 +211,14 @@ class Policy:
             daily_energy_wh=_min_nonzero(self.daily_energy_wh, floor.daily_energy_wh),
             max_gpu_temp_c=_min_nonzero(self.max_gpu_temp_c, floor.max_gpu_temp_c),
             utc_offset_minutes=self.utc_offset_minutes,
+            time_zone=self.time_zone,
         )
 
     def in_blocked_hours(self, unix_time_ms: int) -> bool:
         """Whether the given instant falls in one of the blocked windows (local time)."""
         if not self.blocked_hours:
             return False
-        hour = local_hour(unix_time_ms, self.utc_offset_minutes)
+        hour = self.local_hour(unix_time_ms)
         for start, end in self.blocked_hours:
             if start < end:
                 if start <= hour < end:
@@ -270,7 +349,7 @@ class Eligibility:
                 f"resumes at {p.effective_resume_soc_percent:g}%",
             )
         if p.in_blocked_hours(c.unix_time_ms):
-            hour = local_hour(c.unix_time_ms, p.utc_offset_minutes)
+            hour = p.local_hour(c.unix_time_ms)
             return Verdict(
                 False, REASON_BLOCKED_HOURS, f"local hour {hour} is blocked by the owner"
             )

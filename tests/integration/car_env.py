@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from parkfleet.certs import FleetCA, KeyPair
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway import Gateway, MemorySink, ModelRef, TaskEvent, TaskSpec
 from parkfleet.models.digits import DigitsModel, build_digits
 from parkfleet.policy import Policy
-from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute
+from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute, Sensors
 from parkfleet.vehicle.link import capabilities
 
 from .gateway_env import start_gateway
@@ -108,7 +109,7 @@ class CarEnv:
         self,
         car_id: str,
         policy: Policy | None = None,
-        sensors: MutableSensors | None = None,
+        sensors: Sensors | None = None,
         compute: Any = None,
     ) -> Agent:
         """An in-process agent, running until the env stops."""
@@ -120,7 +121,7 @@ class CarEnv:
                 credentials=Credentials(self.ca.cert_pem, pair.cert_pem, pair.key_pem),
                 car_id=car_id,
                 policy=policy or Policy(),
-                capabilities=capabilities("test-gpu", 8192, 60.0, ["CPUExecutionProvider"]),
+                capabilities=capabilities("test-gpu", 8192, CarPower(), ["CPUExecutionProvider"]),
                 max_reconnects=5,
                 backoff_base_s=0.05,
             ),

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from parkfleet.certs import FleetCA
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, MemorySink
 from parkfleet.policy import Policy
 from parkfleet.protocol import carlink_pb2 as pb
@@ -185,7 +186,7 @@ async def test_the_agent_picks_up_a_renewed_certificate_and_resumes_its_task(
             ),
             car_id="renewing",
             policy=Policy(),
-            capabilities=capabilities("test-gpu", 8192, 60.0, ["CPUExecutionProvider"]),
+            capabilities=capabilities("test-gpu", 8192, CarPower(), ["CPUExecutionProvider"]),
             max_reconnects=5,
             backoff_base_s=0.05,
         ),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from parkfleet.certs import FleetCA
+from parkfleet.energymodel import CarPower
 from parkfleet.policy import Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.vehicle import Agent, AgentConfig, Credentials, MutableSensors, OrtCompute
@@ -76,7 +77,7 @@ async def connected_agent(ca: FleetCA, address: str) -> tuple[Agent, asyncio.Tas
             credentials=Credentials(ca.cert_pem, pair.cert_pem, pair.key_pem),
             car_id="car-1",
             policy=Policy(),
-            capabilities=capabilities("test-gpu", 8192, 60.0, ["CPUExecutionProvider"]),
+            capabilities=capabilities("test-gpu", 8192, CarPower(), ["CPUExecutionProvider"]),
             max_reconnects=2,
             backoff_base_s=0.05,
         ),

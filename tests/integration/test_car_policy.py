@@ -1,5 +1,6 @@
 """The owner's policy through the real link: an unplugged car that must charge gets no
-work, and a car unplugged mid-task stops within one telemetry period.
+work, a car unplugged mid-task stops within one telemetry period, and blocked hours are
+the owner's local hours in its time zone.
 """
 
 from __future__ import annotations
@@ -14,11 +15,27 @@ import pytest
 from parkfleet.gateway import ArrayInput, MemorySink
 from parkfleet.policy import Policy
 from parkfleet.vehicle import MutableSensors, SensorReading
+from tests.carlink_probe import wait_until
 from tests.integration.car_env import CELL, CarEnv, SlowInput, digits, digits_task, start_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 CHARGING_ONLY = Policy(only_while_plugged_in=True)
+HOUR_MS = 3_600_000
+# 2026-07-15 00:00 UTC: New York is on summer time (UTC-4).
+JUL_MS = 1_784_073_600_000
+NO_WORK_7_TO_9 = Policy(blocked_hours=((7, 9),))
+NEW_YORK_NO_WORK_7_TO_9 = Policy(blocked_hours=((7, 9),), time_zone="America/New_York")
+
+
+class ClockSensors:
+    """A parked, plugged-in car whose clock the test sets."""
+
+    def __init__(self, unix_time_ms: int) -> None:
+        self.unix_time_ms = unix_time_ms
+
+    def read(self) -> SensorReading:
+        return SensorReading(plugged_in=True, unix_time_ms=self.unix_time_ms)
 
 
 @pytest.fixture
@@ -120,3 +137,61 @@ async def test_car_refuses_an_offer_its_policy_forbids(tmp_path: Path) -> None:
         assert sink.chunks == []
     finally:
         await env.close()
+
+
+async def test_blocked_hours_are_the_owners_local_hours_in_its_zone(tmp_path: Path) -> None:
+    env = await start_env(tmp_path, car_wait_s=1.0, telemetry_interval_s=0.3)
+    try:
+        model = digits()
+        ref = env.gateway.models.add_file(model.model_path)
+        x = model.test_inputs()[:20]
+        # 11:30 UTC is 07:30 in New York (summer time), 11:30 in UTC: both block 07-09.
+        ny_clock = ClockSensors(JUL_MS + 11 * HOUR_MS + HOUR_MS // 2)
+        utc_clock = ClockSensors(ny_clock.unix_time_ms)
+        ny = env.start_agent("car-ny", policy=NEW_YORK_NO_WORK_7_TO_9, sensors=ny_clock)
+        await wait_until(lambda: env.gateway.registry.cars.get("car-ny") is not None)
+        await wait_until(lambda: env.gateway.registry.cars["car-ny"].reason == "BlockedHours")
+        assert env.gateway.capacity(CELL).cars_eligible == 0
+        sink = MemorySink()
+        await env.gateway.submit(digits_task("t1", ref, ArrayInput(x), len(x), sink))
+        end = await env.events.ended("t1")
+        assert end.kind == "failed"
+        assert end.reason == "NoEligibleCar"
+
+        # The same instant in a UTC owner's day is not blocked: that car gets the work.
+        env.start_agent("car-utc", policy=NO_WORK_7_TO_9, sensors=utc_clock)
+        await env.wait_eligible(1)
+        await env.gateway.submit(digits_task("t2", ref, ArrayInput(x), len(x), MemorySink()))
+        assert (await env.events.ended("t2")).kind == "succeeded"
+        assert {e.car_id for e in env.events.of("placed", "t2")} == {"car-utc"}
+        assert env.gateway.registry.cars["car-ny"].reason == "BlockedHours"
+
+        # 07:30 UTC is 03:30 in New York: now the UTC owner blocks, the New York one works.
+        utc_clock.unix_time_ms = ny_clock.unix_time_ms = JUL_MS + 7 * HOUR_MS + HOUR_MS // 2
+        await wait_until(lambda: env.gateway.registry.cars["car-utc"].reason == "BlockedHours")
+        await wait_until(lambda: env.gateway.registry.cars["car-ny"].eligible)
+        await env.gateway.submit(digits_task("t3", ref, ArrayInput(x), len(x), MemorySink()))
+        assert (await env.events.ended("t3")).kind == "succeeded"
+        assert {e.car_id for e in env.events.of("placed", "t3")} == {"car-ny"}
+        assert not ny.refusals
+    finally:
+        await env.close()
+
+
+async def test_a_task_stops_when_the_owners_local_blocked_hour_begins(env: CarEnv) -> None:
+    model = digits()
+    ref = env.gateway.models.add_file(model.model_path)
+    items = 40_000
+    x = np.resize(model.test_inputs(), (items, 64))
+    clock = ClockSensors(JUL_MS + 10 * HOUR_MS + 59 * 60_000)  # 06:59 in New York
+    agent = env.start_agent("car-ny", policy=NEW_YORK_NO_WORK_7_TO_9, sensors=clock)
+    await env.wait_eligible(1)
+    await env.gateway.submit(digits_task("t", ref, SlowInput(x, 0.4), items, MemorySink()))
+    await env.events.wait(lambda e: e.kind == "checkpoint" and e.checkpoint > 0)
+
+    clock.unix_time_ms += 60_000  # 07:00 in New York, 11:00 UTC
+    lost = await env.events.wait(lambda e: e.kind == "lost")
+    assert lost.reason == "BlockedHours"
+    assert "local hour 7" in lost.message
+    await wait_until(lambda: bool(agent.outcomes), timeout_s=30)
+    assert agent.outcomes[-1].outcome.reason == "BlockedHours"

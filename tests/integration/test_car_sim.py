@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway import ArrayInput, MemorySink
 from parkfleet.sim import FleetConfig, SimulatedFleet
 from tests.integration.car_env import CarEnv, digits, digits_task, start_env
@@ -102,8 +103,8 @@ async def test_energy_runs_on_the_wall_clock_not_the_sped_up_one(env: CarEnv) ->
         assert (await env.events.ended("wall")).kind == "succeeded"
         wall_s = loop.time() - started
         (record,) = fleet.agents[0].outcomes
-        nominal_w = fleet.agents[0].config.capabilities.gpu_power_w
+        power = CarPower.from_capabilities(fleet.agents[0].config.capabilities)
         assert record.outcome.energy_modelled
-        assert 0 < record.outcome.energy_wh <= nominal_w * wall_s / 3600.0
+        assert 0 < record.outcome.energy_wh <= power.task_wh(wall_s)
     finally:
         await fleet.stop()

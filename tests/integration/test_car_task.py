@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway import ArrayInput, MemorySink
 from parkfleet.policy import Policy
 from parkfleet.vehicle import (
@@ -77,7 +78,7 @@ async def test_agent_claiming_another_id_is_refused_for_good(env: CarEnv) -> Non
             credentials=Credentials(env.ca.cert_pem, pair.cert_pem, pair.key_pem),
             car_id="car-2",  # not what the certificate says
             policy=Policy(),
-            capabilities=capabilities("test-gpu", 8192, 60.0, ["CPUExecutionProvider"]),
+            capabilities=capabilities("test-gpu", 8192, CarPower(), ["CPUExecutionProvider"]),
             max_reconnects=2,
             backoff_base_s=0.01,
         ),

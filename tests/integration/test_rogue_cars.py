@@ -123,6 +123,19 @@ async def test_a_capacity_claim_out_of_range_is_refused_at_hello(
     assert env.gateway.capacity("p-0").gpus == 0
 
 
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../../etc/passwd", "Z" * 65])
+async def test_an_owner_time_zone_the_gateway_does_not_know_is_refused_at_hello(
+    env: Env, zone: str
+) -> None:
+    hello = ProbeCar.hello(policy=pb.OwnerPolicy(time_zone=zone))
+    async with rogue(env, "nowhere") as car:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await car.connect(hello)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello.policy.time_zone" in str(err.value.details())
+    assert env.gateway.capacity("p-0") == CarCounts()
+
+
 async def test_the_best_claims_win_no_more_than_a_share(env: Env) -> None:
     """A car claiming a perfect link and battery gets its turn, like the others."""
     cars = [env.car(f"honest-{i}") for i in range(3)]

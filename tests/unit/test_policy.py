@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from parkfleet.policy import Conditions, Eligibility, Policy, local_hour
+from parkfleet.policy import (
+    Conditions,
+    Eligibility,
+    Policy,
+    check_time_zone,
+    local_hour,
+    utc_offset_minutes_at,
+)
 from parkfleet.protocol import carlink_pb2 as pb
 
 HOUR_MS = 3_600_000
+MIN_MS = 60_000
+# 2026-01-15 and 2026-07-15, 00:00 UTC: winter and summer time in New York and Berlin.
+JAN_MS = 1_768_435_200_000
+JUL_MS = 1_784_073_600_000
 
 
 def cond(**kw: object) -> Conditions:
@@ -118,6 +129,64 @@ def test_blocked_hours_use_owner_local_time() -> None:
     assert local_hour(0, -60) == 23
 
 
+def test_blocked_hours_follow_the_owner_zone_and_its_summer_time() -> None:
+    p = Policy(blocked_hours=((7, 9),), time_zone="America/New_York")
+    assert p.in_blocked_hours(JAN_MS + 12 * HOUR_MS + 30 * MIN_MS)  # 07:30 EST
+    assert not p.in_blocked_hours(JAN_MS + 11 * HOUR_MS + 30 * MIN_MS)  # 06:30 EST
+    assert p.in_blocked_hours(JUL_MS + 11 * HOUR_MS + 30 * MIN_MS)  # 07:30 EDT
+    assert p.in_blocked_hours(JUL_MS + 12 * HOUR_MS + 30 * MIN_MS)  # 08:30 EDT
+    assert not p.in_blocked_hours(JUL_MS + 13 * HOUR_MS + 30 * MIN_MS)  # 09:30 EDT
+    assert p.utc_offset_minutes_at(JAN_MS) == -300
+    assert p.utc_offset_minutes_at(JUL_MS) == -240
+    # The zone wins over a fixed offset.
+    zoned = Policy(blocked_hours=((7, 9),), time_zone="UTC", utc_offset_minutes=-300)
+    assert not zoned.in_blocked_hours(JAN_MS + 12 * HOUR_MS + 30 * MIN_MS)
+
+
+def test_blocked_hours_in_a_half_hour_zone() -> None:
+    p = Policy(blocked_hours=((7, 9),), time_zone="Asia/Kolkata")  # UTC+05:30
+    assert not p.in_blocked_hours(JAN_MS + 1 * HOUR_MS + 29 * MIN_MS)  # 06:59
+    assert p.in_blocked_hours(JAN_MS + 1 * HOUR_MS + 30 * MIN_MS)  # 07:00
+    assert p.in_blocked_hours(JAN_MS + 3 * HOUR_MS + 29 * MIN_MS)  # 08:59
+    assert not p.in_blocked_hours(JAN_MS + 3 * HOUR_MS + 30 * MIN_MS)  # 09:00
+    assert utc_offset_minutes_at(JUL_MS, "Asia/Kolkata") == 330
+
+
+def test_blocked_verdict_says_the_local_hour() -> None:
+    p = Policy(blocked_hours=((7, 9),), time_zone="America/New_York")
+    v = Eligibility(p).update(cond(unix_time_ms=JUL_MS + 11 * HOUR_MS + 30 * MIN_MS))
+    assert v.reason == "BlockedHours"
+    assert v.message == "local hour 7 is blocked by the owner"
+    assert Eligibility(p).update(cond(unix_time_ms=JAN_MS + 11 * HOUR_MS + 30 * MIN_MS)).eligible
+
+
+def test_local_day_turns_at_the_owner_midnight() -> None:
+    p = Policy(time_zone="Europe/Berlin")  # UTC+2 in July
+    day = JUL_MS // (24 * HOUR_MS)
+    assert p.local_day(JUL_MS - 2 * HOUR_MS - 1) == day - 1  # 23:59:59.999 local
+    assert p.local_day(JUL_MS - 2 * HOUR_MS) == day  # 00:00 local
+    assert Policy(utc_offset_minutes=60).local_day(JAN_MS - HOUR_MS) == JAN_MS // (24 * HOUR_MS)
+    assert Policy().local_day(JAN_MS - 1) == JAN_MS // (24 * HOUR_MS) - 1
+
+
+def test_unknown_zone_is_a_clear_error() -> None:
+    for bad in ("Mars/Olympus_Mons", "America", "../etc/passwd", "/etc/localtime"):
+        with pytest.raises(ValueError, match=r"time_zone '.*' is not a known IANA time zone"):
+            check_time_zone(bad)
+        with pytest.raises(ValueError, match="time_zone"):
+            Policy(time_zone=bad)
+    check_time_zone("")
+    check_time_zone("Europe/Berlin")
+
+
+def test_zone_offset_of_a_car_clock_past_datetime_range() -> None:
+    # A car's clock is a claim: any int64 instant must give an answer, not an error.
+    p = Policy(blocked_hours=((7, 9),), time_zone="America/New_York")
+    for at in (2**63 - 1, -(2**63)):
+        assert p.utc_offset_minutes_at(at) in range(-600, 0)
+        p.in_blocked_hours(at)
+
+
 def test_proto_round_trip() -> None:
     p = Policy(
         only_while_plugged_in=False,
@@ -127,7 +196,9 @@ def test_proto_round_trip() -> None:
         daily_energy_wh=500,
         max_gpu_temp_c=85,
         utc_offset_minutes=-300,
+        time_zone="America/New_York",
     )
+    assert p.to_proto().time_zone == "America/New_York"
     assert Policy.from_proto(p.to_proto()) == p
     assert Policy.from_proto(pb.OwnerPolicy()) == Policy(only_while_plugged_in=False)
 
@@ -145,6 +216,7 @@ def test_stricter_never_looser() -> None:
         daily_energy_wh=0,
         max_gpu_temp_c=90,
         utc_offset_minutes=60,
+        time_zone="Asia/Tokyo",
     )
     floor = Policy(
         only_while_plugged_in=True,
@@ -153,6 +225,7 @@ def test_stricter_never_looser() -> None:
         blocked_hours=((7, 9), (1, 2)),
         daily_energy_wh=300,
         max_gpu_temp_c=0,
+        time_zone="Europe/Berlin",
     )
     s = owner.stricter(floor)
     assert s.only_while_plugged_in
@@ -162,6 +235,7 @@ def test_stricter_never_looser() -> None:
     assert s.daily_energy_wh == 300
     assert s.max_gpu_temp_c == 90
     assert s.utc_offset_minutes == 60
+    assert s.time_zone == "Asia/Tokyo"  # the owner's: the floor's windows are read in it
     # A floor looser than the owner changes nothing.
     assert owner.stricter(Policy(only_while_plugged_in=False)) == owner
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import statistics
+from dataclasses import replace
 
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import DAY_S, fleet_traces, generate_trace
+from parkfleet.vehicle.sensors import SensorReading
 
 HOUR = 3600.0
 
@@ -65,3 +67,22 @@ def test_sim_clock_and_sensors_speed_up_time() -> None:
     assert sensors.read().unix_time_ms - first.unix_time_ms == 3_600_000
     busy = TraceSensors(trace, clock, busy=lambda: True).read()
     assert busy.gpu_temp_c > sensors.read().gpu_temp_c
+
+
+def test_trace_sensors_read_the_trace_in_the_car_zone() -> None:
+    # A car reads its trace at its own local time: the offset of its zone at that instant.
+    trace = generate_trace(random.Random(5), days=7)
+    jan, jul = 1_768_435_200_000, 1_784_073_600_000  # 2026-01-15, 2026-07-15 00:00 UTC
+    hour, minute = 3_600_000, 60_000
+
+    def read(at_ms: int, time_zone: str = "") -> SensorReading:
+        clock = SimClock(at_ms, monotonic=lambda: 0.0)
+        return replace(TraceSensors(trace, clock, time_zone=time_zone).read(), unix_time_ms=0)
+
+    for day, new_york in ((jan, -5 * hour), (jul, -4 * hour)):
+        for h in range(0, 24, 3):
+            local = read(day + h * hour)  # a UTC car at h:00
+            assert read(day + h * hour - new_york, "America/New_York") == local
+            assert read(day + h * hour - 330 * minute, "Asia/Kolkata") == local
+    # Not trivially equal: the GPU follows the day's ambient swing.
+    assert read(jan + 3 * hour) != read(jan + 15 * hour)

@@ -14,6 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from parkfleet.energymodel import CarPower
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, encode_input
@@ -150,7 +151,7 @@ def runner_for(o: pb.TaskOffer) -> TaskRunner:
     async def send(m: pb.CarMessage | bytes) -> None:
         sent.append(m)
 
-    r = TaskRunner(o, send, EnergyMeter(10.0))
+    r = TaskRunner(o, send, EnergyMeter(CarPower(10.0)))
     sent_by[id(r)] = sent
     return r
 

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from parkfleet.energymodel import CarPower
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, encode_input
@@ -122,7 +123,7 @@ async def test_runs_all_items_in_order_then_done(session: object) -> None:
     async def send(m: pb.CarMessage | bytes) -> None:
         sent.append(as_message(m))
 
-    runner = TaskRunner(offer(100, 125), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(100, 125), send, EnergyMeter(CarPower(50.0)))
     for c in chunks(x, 100, 7):
         await runner.feed(c)
     outcome = await runner.run(session, ["double", "sum"])  # type: ignore[arg-type]
@@ -152,7 +153,7 @@ async def test_stop_reports_retriable_failure_at_the_delivered_item(session: obj
             runner.request_stop(StopRequest("NotPluggedIn", "unplugged"))
             first_result.set()
 
-    runner = TaskRunner(offer(0, 30, interval=1e-6), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 30, interval=1e-6), send, EnergyMeter(CarPower(50.0)))
     feeder = chunks(x, 0, 5)
     await runner.feed(feeder[0])
     run = asyncio.create_task(runner.run(session, ["double", "sum"]))  # type: ignore[arg-type]
@@ -176,14 +177,14 @@ async def test_resume_from_the_middle_and_bad_inputs_fail(session: object) -> No
     async def send(m: pb.CarMessage | bytes) -> None:
         sent.append(as_message(m))
 
-    runner = TaskRunner(offer(0, 20, resume=10), send, EnergyMeter(1.0))
+    runner = TaskRunner(offer(0, 20, resume=10), send, EnergyMeter(CarPower(1.0)))
     for c in chunks(x, 10, 4):
         await runner.feed(c)
     assert (await runner.run(session, ["double", "sum"])).done  # type: ignore[arg-type]
     assert results(sent)[0][0] == 10
 
     sent.clear()
-    runner = TaskRunner(offer(0, 20, resume=10), send, EnergyMeter(1.0))
+    runner = TaskRunner(offer(0, 20, resume=10), send, EnergyMeter(CarPower(1.0)))
     await runner.feed(chunks(x, 11, 10)[0])  # starts one item late
     outcome = await runner.run(session, ["double", "sum"])  # type: ignore[arg-type]
     assert not outcome.done
@@ -205,7 +206,7 @@ async def test_one_big_input_chunk_is_worked_in_slices_with_checkpoints_between(
         if len(checkpoints) == 2:
             runner.request_stop(StopRequest("NotPluggedIn", "unplugged"))
 
-    runner = TaskRunner(offer(0, 300, interval=1e-6), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 300, interval=1e-6), send, EnergyMeter(CarPower(50.0)))
     (only,) = chunks(x, 0, 300)
     await runner.feed(only)
     outcome = await runner.run(session, ["double", "sum"])  # type: ignore[arg-type]
@@ -268,7 +269,7 @@ async def test_the_next_slice_waits_at_the_model_while_one_runs() -> None:
         sent.append(as_message(m))
 
     model = GatedSession()
-    runner = TaskRunner(offer(0, 96), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 96), send, EnergyMeter(CarPower(50.0)))
     (only,) = chunks(x, 0, 96)
     await runner.feed(only)
     run = asyncio.create_task(runner.run(model, ["double", "sum"]))  # type: ignore[arg-type]
@@ -292,7 +293,7 @@ async def test_a_stop_drops_the_queued_slice_and_reports_the_done_ones() -> None
         sent.append(as_message(m))
 
     model = GatedSession()
-    runner = TaskRunner(offer(0, 96, interval=1e-6), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 96, interval=1e-6), send, EnergyMeter(CarPower(50.0)))
     (only,) = chunks(x, 0, 96)
     await runner.feed(only)
     run = asyncio.create_task(runner.run(model, ["double", "sum"]))  # type: ignore[arg-type]
@@ -318,7 +319,7 @@ async def test_inputs_decoded_from_the_wire_run_like_parsed_ones(session: object
     async def send(m: pb.CarMessage | bytes) -> None:
         sent.append(as_message(m))
 
-    runner = TaskRunner(offer(0, 10), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 10), send, EnergyMeter(CarPower(50.0)))
     for first in (0, 6):
         wire = chunks_wire(x[first : first + 6], first, last=first + 6 >= 10)
         decoded = decode_gateway_message(wire)
@@ -378,7 +379,7 @@ async def test_slices_of_a_cheap_model_grow_those_of_a_costly_one_do_not(
         sent.append(as_message(m))
 
     model = TimedSession(seconds)
-    runner = TaskRunner(offer(0, 600 if grows else 120), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 600 if grows else 120), send, EnergyMeter(CarPower(50.0)))
     (only,) = chunks(x if grows else x[:120], 0, 600)
     await runner.feed(only)
     assert (await runner.run(model, ["double", "sum"])).done  # type: ignore[arg-type]
@@ -394,7 +395,7 @@ async def test_an_inference_failure_is_reported_retriable(session: object) -> No
     async def send(m: pb.CarMessage | bytes) -> None:
         sent.append(as_message(m))
 
-    runner = TaskRunner(offer(0, 6), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 6), send, EnergyMeter(CarPower(50.0)))
     await runner.feed(chunks(np.ones((6, 5), dtype=np.float32), 0, 6)[0])  # the model takes 4
     outcome = await runner.run(session, ["double", "sum"])  # type: ignore[arg-type]
     assert outcome.reason == "InferenceError"
@@ -417,7 +418,7 @@ async def test_a_bug_is_not_reported_as_an_inference_error() -> None:
     async def send(m: pb.CarMessage | bytes) -> None:
         sent.append(as_message(m))
 
-    runner = TaskRunner(offer(0, 6), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 6), send, EnergyMeter(CarPower(50.0)))
     await runner.feed(chunks(np.ones((6, 4), dtype=np.float32), 0, 6)[0])
     with pytest.raises(ZeroDivisionError):  # the agent reports it (AgentError), in full
         await runner.run(BuggySession(), ["double", "sum"])  # type: ignore[arg-type]
@@ -446,7 +447,7 @@ async def test_a_cancelled_runner_stops_its_slices_and_says_what_failed(
         pass
 
     model = QueuedSliceFailsWhenCancelled()
-    runner = TaskRunner(offer(0, 96), send, EnergyMeter(50.0))
+    runner = TaskRunner(offer(0, 96), send, EnergyMeter(CarPower(50.0)))
     await runner.feed(chunks(np.ones((96, 4), dtype=np.float32), 0, 96)[0])
     run = asyncio.create_task(runner.run(model, ["double", "sum"]))  # type: ignore[arg-type]
     for _ in range(20):

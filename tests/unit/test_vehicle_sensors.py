@@ -64,3 +64,16 @@ def test_policy_file(tmp_path: Path) -> None:
         policy_from_mapping({"blocked_hours": ["25-3"]})
     with pytest.raises(ValueError, match="unknown"):
         policy_from_mapping({"max_speed": 3})
+
+
+def test_policy_file_time_zone(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text('blocked_hours: ["7-9"]\ntime_zone: Europe/Berlin\n')
+    p = load_policy(path)
+    assert p.time_zone == "Europe/Berlin"
+    assert p.in_blocked_hours(1_784_073_600_000 + 5 * 3_600_000)  # 05:00 UTC, 07:00 CEST
+    assert policy_from_mapping({"time-zone": "UTC"}).time_zone == "UTC"
+    with pytest.raises(ValueError, match=r"policy key 'time_zone': time_zone 'Berlin' is not"):
+        policy_from_mapping({"time_zone": "Berlin"})
+    with pytest.raises(ValueError, match="'time_zone': 60 is not a zone name"):
+        policy_from_mapping({"time_zone": 60})

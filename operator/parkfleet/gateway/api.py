@@ -21,6 +21,7 @@ from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE
 from parkfleet.contract import DEFAULT_CAR_WAIT_S, CarCounts
 from parkfleet.gateway.consent import ConsentBook
 from parkfleet.gateway.events import EventBus
+from parkfleet.gateway.ledger import Ledger
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.modelfetch import FetchConfig
 from parkfleet.gateway.modelstore import ModelStore
@@ -79,6 +80,8 @@ class GatewayConfig:
         max_stream_age_s: A car's stream is closed after this long (it reconnects at
             once, presenting its certificate again); 0: never.
         max_stream_age_busy_grace_s: ...a busy car's this much later (its task ends).
+        ledger_path: The owner ledger's SQLite file (``gateway/ledger.py``); None keeps
+            it in memory (lost when the gateway stops).
     """
 
     ca_pem: bytes
@@ -107,6 +110,7 @@ class GatewayConfig:
     max_stream_age_s: float = 6 * 3600.0
     max_stream_age_busy_grace_s: float = 3600.0
     reputation: ReputationRule = field(default_factory=ReputationRule)
+    ledger_path: Path | None = None
 
     @classmethod
     def from_certs_dir(cls, certs: Path, models_dir: Path, **kwargs: Any) -> GatewayConfig:
@@ -144,6 +148,7 @@ class Gateway:
         self.registry = Registry(self.metrics)
         self.models = ModelStore(config.models_dir, config.model_fetch, self.metrics)
         self._bus = EventBus()
+        self.ledger = Ledger(config.ledger_path)
         self._tasks = task_manager(
             self.registry,
             self.metrics,
@@ -154,6 +159,8 @@ class Gateway:
             stall_timeout_s=config.stall_timeout_s,
             start_timeout_s=config.start_timeout_s,
             reputation=Reputation(config.reputation),
+            ledger=self.ledger,
+            telemetry_interval_s=config.telemetry_interval_s,
         )
         self._service = CarLinkService(
             self.registry,
@@ -188,6 +195,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Starts listening, placing tasks and watching for silent cars."""
+        await self.ledger.open()
         options = dict(server_options())
         options.update(dict(self.config.grpc_options))
         server = grpc.aio.server(options=list(options.items()))
@@ -227,6 +235,7 @@ class Gateway:
             await self._server.stop(grace)
             self._server = None
         await self._tasks.close()
+        await self.ledger.close()
         self._bus.close()
         if self._metrics_server is not None:
             server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else None

@@ -115,7 +115,42 @@ class GatewayMetrics:
         )
         self.energy = Counter(
             "parkfleet_gateway_energy_joules_total",
-            "Energy cars reported for tasks (done or failed), by pool.",
+            "Energy of the cars' tasks by the gateway's own account (the owner ledger's: "
+            "task seconds x each car's declared power model, at the socket), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.car_energy = Counter(
+            "parkfleet_gateway_car_reported_energy_joules_total",
+            "Energy the cars themselves reported for their tasks (a cross-check of "
+            "parkfleet_gateway_energy_joules_total), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.task_seconds = Counter(
+            "parkfleet_gateway_task_seconds_total",
+            "Seconds the cars' tasks ran, by the gateway's clock (owner ledger), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.offered_seconds = Counter(
+            "parkfleet_gateway_offered_seconds_total",
+            "Seconds cars were connected with their owners' policy allowing work (owner "
+            "ledger), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.credit = Counter(
+            "parkfleet_gateway_credit_total",
+            "Credit granted for verified work (100 per task-hour whose results were "
+            "accepted; owner ledger), by pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.policy_violations = Counter(
+            "parkfleet_gateway_policy_violations_total",
+            "Times a car still worked longer than the grace period after its owner's "
+            "policy stopped it (must stay 0), by pool.",
             ["pool"],
             registry=r,
         )
@@ -221,9 +256,14 @@ class GatewayMetrics:
             self.task_duration.labels(pool, outcome).observe(time.monotonic() - started_at)
 
     def energy_used(self, pool: str, wh: float) -> None:
-        """Adds energy a car reported (in Wh, as the protocol carries it)."""
+        """Adds energy of the gateway's own account (in Wh, as the ledger keeps it)."""
         if wh > 0:
             self.energy.labels(pool).inc(wh * JOULES_PER_WH)
+
+    def car_energy_used(self, pool: str, wh: float) -> None:
+        """Adds energy a car reported (in Wh, as the protocol carries it)."""
+        if wh > 0:
+            self.car_energy.labels(pool).inc(wh * JOULES_PER_WH)
 
     def message(self, kind: str) -> None:
         """Counts one received message of ``kind``."""

@@ -12,10 +12,12 @@ import asyncio
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway.metrics import CellGauges, GatewayMetrics
 from parkfleet.gateway.reputation import ReputationState
 from parkfleet.policy import Conditions, Eligibility, Policy, Verdict
@@ -34,6 +36,7 @@ class CarState:
     """One connected car."""
 
     __slots__ = (
+        "accounted_at",
         "attributes",
         "busy",
         "car_id",
@@ -53,15 +56,19 @@ class CarState:
         "gpu_memory_mib",
         "handler",
         "idle_since",
+        "ineligible_since",
         "last_seen",
         "link_quality",
+        "local_day",
         "lock",
         "owner",
         "owner_policy",
+        "power",
         "reason",
         "reputation",
         "runtimes",
         "soc_percent",
+        "violated",
     )
 
     def __init__(
@@ -110,6 +117,15 @@ class CarState:
         self.idle_since = self.last_seen  # when it last became a placement candidate
         # Holding a task (offered or running); which one is the task manager's to know.
         self.busy = False
+        # The ledger's view: the car's declared power model, when its time was last
+        # accounted (monotonic), its owner's local day (from its last telemetry), since
+        # when it is ineligible (monotonic; 0: eligible) and whether a violation of that
+        # stop was counted.
+        self.power = CarPower(0.0, 0.0, 1.0)
+        self.accounted_at = self.last_seen
+        self.local_day = 0
+        self.ineligible_since = self.last_seen
+        self.violated = False
         self.lock: asyncio.Lock | None = None
         self.close_code: grpc.StatusCode | None = None
         self.close_details = ""
@@ -257,18 +273,33 @@ class Registry:
         """Whether ``car`` is the registered stream for its id."""
         return self.cars.get(car.car_id) is car
 
-    def update_telemetry(self, car: CarState, t: pb.Telemetry) -> Verdict | None:
-        """Takes a telemetry message; returns the new verdict when eligibility changed."""
+    def update_telemetry(
+        self, car: CarState, t: pb.Telemetry, accounted_today_wh: float = 0.0
+    ) -> Verdict | None:
+        """Takes a telemetry message; returns the new verdict when eligibility changed.
+
+        Args:
+            car: The car.
+            t: Its telemetry.
+            accounted_today_wh: The energy the gateway's ledger counts for the car today:
+                the daily budget takes the larger of it and the car's own figure.
+        """
         car.last_seen = time.monotonic()
         car.free_gpu_memory_mib = clamped_free_memory(t.free_gpu_memory_mib, car.gpu_memory_mib)
         car.soc_percent = t.soc_percent
         car.link_quality = t.link_quality
-        verdict = car.eligibility.update(Conditions.from_telemetry(t))
+        conditions = Conditions.from_telemetry(t)
+        if accounted_today_wh > conditions.energy_used_today_wh:
+            conditions = replace(conditions, energy_used_today_wh=accounted_today_wh)
+        verdict = car.eligibility.update(conditions)
         if verdict.eligible == car.eligible and verdict.reason == car.reason:
             return None
         was = car.eligible
         car.eligible = verdict.eligible
         car.reason = verdict.reason
+        if was != verdict.eligible:
+            car.ineligible_since = 0.0 if verdict.eligible else car.last_seen
+            car.violated = False
         if was != verdict.eligible and self.is_current(car):
             cell = car.cell
             if verdict.eligible:

@@ -20,6 +20,7 @@ import grpc
 
 from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CarIdentity, car_identity
+from parkfleet.energymodel import CarPower
 from parkfleet.gateway.cells import DEFAULT_POOL, UNPOOLED, PoolCell, cell_of, pool_cell_of
 from parkfleet.gateway.consent import ConsentBook, MemoryConsentBook
 from parkfleet.gateway.metrics import GatewayMetrics
@@ -76,6 +77,10 @@ REASON_MAX_AGE = "MaxStreamAge"
 REASON_WITHDRAWN = "Withdrawn"
 _WITHDRAWN_MESSAGE = "this car's owner withdrew it from the fleet"
 # How a car's stream breaks from its side (reset, closed while written to).
+# Messages that mean the car is still working on a task.
+_WORK_KINDS = frozenset({"progress", "checkpoint", "result", "done"})
+
+
 _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 # grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
 # arrive as ResultData (their tensors viewing the received bytes), input chunks leave as
@@ -370,6 +375,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                         protocol_version=pb.PROTOCOL_VERSION,
                         telemetry_interval_s=self.telemetry_interval_s,
                         max_message_bytes=MAX_MESSAGE_BYTES,
+                        energy_used_today_wh=self._tasks.accounted_today_wh(car),
                     )
                 )
             )
@@ -467,6 +473,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             eligibility=Eligibility(self._registry.intern(policy)),
         )
         car.owner_policy = owner
+        car.power = CarPower.from_capabilities(caps)
+        car.local_day = owner.local_day(int(time.time() * 1000))
         car.attributes = self._registry.intern(tuple(sorted(identity.attributes.items())))
         car.owner = self._registry.intern(identity.owner)
         car.cert_issued_at = identity.issued_at
@@ -498,6 +506,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 return
             if isinstance(msg, ResultData):  # most of a task's bytes: decoded without copies
                 count(msg.validate())
+                tasks.check_stopped(car, "result")
                 await tasks.on_result(car, msg)
                 continue
             assert isinstance(msg, pb.CarMessage)
@@ -505,8 +514,13 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             kind = validate_car_message(msg)
             count(kind)
             if kind == "telemetry":
-                check_telemetry_claims(msg.telemetry)
-                verdict = registry.update_telemetry(car, msg.telemetry)
+                t = msg.telemetry
+                check_telemetry_claims(t)
+                # The time since the last telemetry is accounted first (offered, its task's
+                # seconds and energy), so that the daily budget includes it.
+                tasks.on_telemetry(car, car.eligible)
+                car.local_day = car.owner_policy.local_day(t.unix_time_ms or int(wall() * 1000))
+                verdict = registry.update_telemetry(car, t, tasks.accounted_today_wh(car))
                 if verdict is not None:
                     if verdict.eligible:
                         tasks.car_available()
@@ -523,6 +537,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 raise ProtocolViolation("Hello may be sent only once per stream")
             else:
                 check_report_claims(kind, msg)
+                if kind in _WORK_KINDS:
+                    tasks.check_stopped(car, kind)
                 await tasks.on_message(car, kind, msg)
 
     def _consent_changed(self, car: CarState, consent: ConsentName) -> None:

@@ -17,10 +17,11 @@ from typing import Any
 
 from parkfleet.contract import DEFAULT_CAR_WAIT_S, REASON_INVALID_INPUT, parse_cell_id
 from parkfleet.gateway.events import EventBus
+from parkfleet.gateway.ledger import CREDIT_PER_TASK_HOUR, Ledger
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.offers import InputError, stream_inputs
 from parkfleet.gateway.placement import choose_car
-from parkfleet.gateway.registry import CarState, Registry
+from parkfleet.gateway.registry import REASON_NO_TELEMETRY, CarState, Registry
 from parkfleet.gateway.reputation import Reputation
 from parkfleet.gateway.results import check_result, check_spec
 from parkfleet.gateway.taskstate import (
@@ -68,6 +69,10 @@ class TaskManager:
         start_timeout_s: The same before the attempt's first checkpoint, progress or
             result: the car may first fetch and load the model, over a slow link.
         reputation: The cars' reputations (a fresh book with the default rule when None).
+        ledger: The owner ledger the gateway's own account of each car goes to (None:
+            tasks still carry their energy, nothing is kept per car).
+        telemetry_interval_s: The cars' telemetry period: a gap in telemetry longer than
+            twice it is not counted as time offered.
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class TaskManager:
         stall_timeout_s: float = 120.0,
         start_timeout_s: float = 900.0,
         reputation: Reputation | None = None,
+        ledger: Ledger | None = None,
+        telemetry_interval_s: float = 10.0,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
@@ -91,6 +98,8 @@ class TaskManager:
         self.stall_timeout_s = stall_timeout_s
         self.start_timeout_s = start_timeout_s
         self.reputation = reputation or Reputation()
+        self.ledger = ledger
+        self.telemetry_interval_s = telemetry_interval_s
         self.tasks: dict[str, Task] = {}
         self._queued: dict[str, Task] = {}
         self._offered: dict[str, Task] = {}
@@ -178,6 +187,10 @@ class TaskManager:
         if task is None:
             return []
         quarantined: list[str] = []
+        if agreed:
+            self._grant_credit(task)
+        else:
+            task.credit_seconds.clear()  # copies that disagree earn nothing
         counter = self._metrics.car_agreements if agreed else self._metrics.car_strikes
         for car_id in task.result_cars:
             counter.labels(task.pool).inc()
@@ -330,6 +343,97 @@ class TaskManager:
         except Exception as e:  # the car's stream went away: its handler re-queues
             log.debug("sending task %s to car %s stopped: %r", task.spec.task_id, car.car_id, e)
 
+    # ---- the gateway's own account (the owner ledger) ---------------------------------
+
+    def on_telemetry(self, car: CarState, was_eligible: bool) -> None:
+        """Accounts the time since the car's last telemetry: offered when its policy
+        allowed work, and its running task's seconds and energy."""
+        now = time.monotonic()
+        dt = min(now - car.accounted_at, 2.0 * self.telemetry_interval_s)
+        car.accounted_at = now
+        if was_eligible and dt > 0:
+            self._metrics.offered_seconds.labels(car.cell.pool).inc(dt)
+            if self.ledger is not None:
+                self.ledger.record(car.car_id, car.owner, car.cell.pool, offered_s=dt)
+        task = self.task_on(car)
+        if task is not None:
+            self._accrue(task, now)
+
+    def accounted_today_wh(self, car: CarState) -> float:
+        """The energy the ledger counts for the car on its owner's local day."""
+        if self.ledger is None:
+            return 0.0
+        return self.ledger.day_energy(car.car_id, car.local_day)
+
+    def check_stopped(self, car: CarState, kind: str) -> None:
+        """Counts a policy violation when the car still works (sends results, progress,
+        checkpoints) longer than a grace period after its owner's policy said stop; once
+        per stop. The grace: the car stops within one telemetry period, and what it had
+        in flight may take as long again to arrive."""
+        if car.eligible or car.violated or car.reason == REASON_NO_TELEMETRY:
+            return
+        grace = max(5.0, 2.0 * self.telemetry_interval_s)
+        if time.monotonic() - car.ineligible_since <= grace:
+            return
+        car.violated = True
+        self._metrics.policy_violations.labels(car.cell.pool).inc()
+        if self.ledger is not None:
+            self.ledger.record(car.car_id, car.owner, car.cell.pool, violations=1)
+        log.warning(
+            "car %s sent %s %.0f s after its owner's policy stopped it (%s): a violation",
+            car.car_id,
+            kind,
+            time.monotonic() - car.ineligible_since,
+            car.reason,
+        )
+
+    def _accrue(self, task: Task, now: float) -> None:
+        """Adds the running attempt's time since its last accounting, and its energy."""
+        car = task.car
+        if car is None or not task.accrued_at:
+            return
+        dt = max(0.0, now - task.accrued_at)
+        task.accrued_at = now
+        if dt <= 0:
+            return
+        wh = car.power.task_wh(dt)
+        task.attempt_seconds += dt
+        task.energy_wh += wh
+        task.energy_modelled = True
+        self._metrics.energy_used(task.pool, wh)
+        self._metrics.task_seconds.labels(task.pool).inc(dt)
+        if self.ledger is not None:
+            self.ledger.record(car.car_id, car.owner, car.cell.pool, task_s=dt, energy_wh=wh)
+            self.ledger.add_day_energy(car.car_id, car.local_day, wh)
+
+    def _end_attempt(self, task: Task, car: CarState) -> None:
+        """The attempt on ``car`` ended: its last seconds are accounted, and they count
+        for credit when it delivered results."""
+        self._accrue(task, time.monotonic())
+        if task.attempt_items > 0 and task.attempt_seconds > 0:
+            seconds = task.credit_seconds.get(car.car_id, 0.0) + task.attempt_seconds
+            task.credit_seconds[car.car_id] = seconds
+        task.accrued_at = task.attempt_seconds = 0.0
+        task.attempt_items = 0
+
+    def _grant_credit(self, task: Task) -> None:
+        """The task's results were accepted: its cars earn credit for their seconds."""
+        for car_id, seconds in task.credit_seconds.items():
+            credit = CREDIT_PER_TASK_HOUR * seconds / 3600.0
+            self._metrics.credit.labels(task.pool).inc(credit)
+            if self.ledger is None:
+                continue
+            car = self._registry.cars.get(car_id)
+            owner = car.owner if car is not None else car_id
+            self.ledger.record(car_id, owner, task.pool, credit=credit)
+        task.credit_seconds.clear()
+
+    def _car_energy(self, car: CarState, task: Task, wh: float) -> None:
+        """The car's own figure for an attempt: a cross-check of the gateway's."""
+        self._metrics.car_energy_used(task.pool, wh)
+        if self.ledger is not None:
+            self.ledger.record(car.car_id, car.owner, car.cell.pool, car_energy_wh=wh)
+
     # ---- car side --------------------------------------------------------------------
 
     def car_lost(self, car: CarState, reason: str, message: str) -> None:
@@ -426,9 +530,7 @@ class TaskManager:
             task = self._task_for(car, f.task_id, f.attempt)
             if task is None:
                 return
-            task.energy_wh += f.energy_wh
-            task.energy_modelled |= f.energy_modelled
-            self._metrics.energy_used(task.pool, f.energy_wh)
+            self._car_energy(car, task, f.energy_wh)
             if task.spec.item_start <= f.next_item <= task.delivered:
                 task.checkpoint = max(task.checkpoint, f.next_item)
             # A fact about this attempt on this car, whatever the car calls it: the task
@@ -442,6 +544,9 @@ class TaskManager:
             self._offered.pop(task.spec.task_id, None)
             if not task.started_at:
                 task.started_at = self._metrics.task_started(task.pool)
+            task.accrued_at = time.monotonic()
+            task.attempt_seconds = 0.0
+            task.attempt_items = 0
             self._emit(task, "accepted")
 
     async def on_result(self, car: CarState, r: pb.ResultChunk | ResultData) -> None:
@@ -474,6 +579,9 @@ class TaskManager:
                 self._finish_failed(task, REASON_SINK_ERROR, f"writing results failed: {e!r}")
             return
         task.delivered += n - skip
+        task.attempt_items += n - skip
+        if self.ledger is not None:
+            self.ledger.record(car.car_id, car.owner, car.cell.pool, items=n - skip)
         if car.car_id not in task.result_cars:
             task.result_cars.append(car.car_id)
         self._metrics.result_items.labels(task.pool).inc(n - skip)
@@ -487,9 +595,7 @@ class TaskManager:
                 f"task {d.task_id!r} reported done, but results were delivered up to item "
                 f"{task.delivered} of {task.spec.item_end}"
             )
-        task.energy_wh += d.energy_wh
-        task.energy_modelled |= d.energy_modelled
-        self._metrics.energy_used(task.pool, d.energy_wh)
+        self._car_energy(car, task, d.energy_wh)
         await self._all_delivered(task)
         task.checkpoint = task.spec.item_end
         self._release(task)
@@ -513,6 +619,7 @@ class TaskManager:
         car = task.car
         self._offered.pop(task.spec.task_id, None)
         if car is not None:
+            self._end_attempt(task, car)
             task.car = None
             task.previous_car = car.car_id
             if self._on_car.get(car.car_id) is task:
@@ -557,6 +664,8 @@ class TaskManager:
             self._finish_failed(task, REASON_SINK_ERROR, f"completing results failed: {e!r}")
             return
         self._metrics.task_ended(task.pool, "Succeeded", task.started_at)
+        if not task.spec.group:
+            self._grant_credit(task)  # a copy of a redundant unit: when the copies agree
         self._emit(task, "succeeded")
 
     def _finish_failed(self, task: Task, reason: str, message: str) -> None:

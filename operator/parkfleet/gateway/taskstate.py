@@ -32,12 +32,16 @@ class Task:
     """The gateway's state of one task."""
 
     __slots__ = (
+        "accrued_at",
         "attempt",
+        "attempt_items",
+        "attempt_seconds",
         "avoid_owners",
         "busy_until",
         "car",
         "cars",
         "checkpoint",
+        "credit_seconds",
         "delivered",
         "energy_modelled",
         "energy_wh",
@@ -84,8 +88,18 @@ class Task:
         self.busy_until: dict[str, float] = {}
         self.reason = ""
         self.message = ""
+        # The gateway's own account (the ledger's): energy of the seconds the task ran,
+        # from each car's declared power model; always modelled.
         self.energy_wh = 0.0
         self.energy_modelled = False
+        # The running attempt: when its time was last accounted (monotonic; 0 when not
+        # running), its seconds and the items it delivered.
+        self.accrued_at = 0.0
+        self.attempt_seconds = 0.0
+        self.attempt_items = 0
+        # Seconds of the attempts that delivered results, per car: their credit once the
+        # task's results are accepted.
+        self.credit_seconds: dict[str, float] = {}
         self.cars: list[str] = []
         # Cars whose results reached the sink (the verdict on the task is on them).
         self.result_cars: list[str] = []

@@ -14,10 +14,13 @@ text is bounded and stripped of control characters: both are shown, never parsed
 | hello.capabilities.gpu_count | 0..``MAX_GPU_COUNT`` (a gateway may allow fewer) |
 | hello.capabilities.gpu_memory_mib | 0..``MAX_GPU_MEMORY_MIB`` (a gateway may allow less) |
 | hello.capabilities.gpu_power_w | 0..``MAX_POWER_W``, finite |
+| hello.capabilities.awake_base_w | 0..``MAX_POWER_W``, finite |
+| hello.capabilities.charging_efficiency | 0..1, finite (0: unknown, taken as 1) |
 | hello.policy.min_soc_percent, resume_soc_percent | 0..100 |
 | hello.policy.daily_energy_wh | 0..``MAX_ENERGY_WH``, finite |
 | hello.policy.max_gpu_temp_c | 0..``MAX_TEMP_C``, finite |
 | hello.policy.utc_offset_minutes | -840..840 |
+| hello.policy.time_zone | "" or an IANA zone the gateway knows, at most ``MAX_TIME_ZONE_CHARS`` |
 | telemetry.state | a defined VehicleState |
 | telemetry.consent | a defined Consent |
 | telemetry.soc_percent | 0..100, finite |
@@ -35,14 +38,16 @@ import math
 import re
 from typing import Final
 
+from parkfleet.policy import check_time_zone
 from parkfleet.protocol import carlink_pb2 as pb
-from parkfleet.protocol.limits import ProtocolViolation
+from parkfleet.protocol.limits import ProtocolViolation, check_text
 
 __all__ = [
     "CAR_REASONS",
     "MAX_CAR_TEXT_CHARS",
     "MAX_GPU_COUNT",
     "MAX_GPU_MEMORY_MIB",
+    "MAX_TIME_ZONE_CHARS",
     "REASON_CAR_FAILED",
     "car_reason",
     "car_text",
@@ -60,6 +65,7 @@ MAX_TASK_ENERGY_WH: Final[float] = 50_000.0
 MIN_TEMP_C: Final[float] = -60.0
 MAX_TEMP_C: Final[float] = 200.0
 MAX_CAR_TEXT_CHARS: Final[int] = 512
+MAX_TIME_ZONE_CHARS: Final[int] = 64  # the longest IANA name has 32
 _STATES: Final[frozenset[int]] = frozenset(pb.VehicleState.values())
 _CONSENTS: Final[frozenset[int]] = frozenset(pb.Consent.values())
 
@@ -108,10 +114,12 @@ def _number(value: float, field: str, low: float, high: float) -> None:
 def check_hello_claims(
     h: pb.Hello, max_gpu_count: int = MAX_GPU_COUNT, max_gpu_memory_mib: int = MAX_GPU_MEMORY_MIB
 ) -> None:
-    """Checks the numbers of a Hello against their ranges (and a gateway's maxima).
+    """Checks the numbers of a Hello against their ranges (and a gateway's maxima), and
+    that its policy's time zone is one the gateway knows.
 
     Raises:
-        ProtocolViolation: A number is out of range; the message names the field.
+        ProtocolViolation: A number is out of range or the zone unknown or overlong; the
+            message names the field.
     """
     caps = h.capabilities
     _number(caps.gpu_count, "hello.capabilities.gpu_count", 0, min(max_gpu_count, MAX_GPU_COUNT))
@@ -122,12 +130,21 @@ def check_hello_claims(
         min(max_gpu_memory_mib, MAX_GPU_MEMORY_MIB),
     )
     _number(caps.gpu_power_w, "hello.capabilities.gpu_power_w", 0, MAX_POWER_W)
+    _number(caps.awake_base_w, "hello.capabilities.awake_base_w", 0, MAX_POWER_W)
+    _number(caps.charging_efficiency, "hello.capabilities.charging_efficiency", 0, 1)
     p = h.policy
     _number(p.min_soc_percent, "hello.policy.min_soc_percent", 0, 100)
     _number(p.resume_soc_percent, "hello.policy.resume_soc_percent", 0, 100)
     _number(p.daily_energy_wh, "hello.policy.daily_energy_wh", 0, MAX_ENERGY_WH)
     _number(p.max_gpu_temp_c, "hello.policy.max_gpu_temp_c", 0, MAX_TEMP_C)
     _number(p.utc_offset_minutes, "hello.policy.utc_offset_minutes", -840, 840)
+    check_text(p.time_zone, "hello.policy.time_zone", MAX_TIME_ZONE_CHARS)
+    try:
+        check_time_zone(p.time_zone)
+    except ValueError:
+        raise ProtocolViolation(
+            f"hello.policy.time_zone {p.time_zone!r} is not a known IANA time zone"
+        ) from None
 
 
 def check_telemetry_claims(t: pb.Telemetry) -> None:

@@ -110,7 +110,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ramp", type=float, default=5.0, help="spread connections over S seconds")
     p.add_argument("--report-every", type=float, default=10.0)
     p.add_argument(
-        "--lenient-owners", action="store_true", help="every owner allows work while plugged in"
+        "--lenient-owners",
+        action="store_true",
+        help="every owner allows work while plugged in, and lives in UTC",
     )
     p.add_argument("--server-name", help="TLS name to expect from the gateway")
     p.add_argument(
@@ -119,7 +121,12 @@ def register(subparsers: Any) -> None:
         default="day",
         help="day: realistic commutes and charging; parked: every car parked and plugged in",
     )
-    p.add_argument("--start-hour", type=float, default=None, help="simulated UTC hour to start at")
+    p.add_argument(
+        "--start-hour",
+        type=float,
+        default=None,
+        help="simulated UTC hour (today) to start at; owners' blocked hours are in their own zones",
+    )
     p.add_argument("--car-prefix", default="sim-", help="car ids are PREFIX000000, ...")
     p.add_argument(
         "--corrupt", action="store_true", help="fault injection: these cars return wrong results"

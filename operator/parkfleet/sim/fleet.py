@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from parkfleet.certs import CA_CERT_FILE, OWNER_ATTRIBUTE, FleetCA, car_identity, car_paths
+from parkfleet.energymodel import CarPower
 from parkfleet.policy import Policy
 from parkfleet.protocol.consent import ConsentName
 from parkfleet.sim.sensors import SimClock, TraceSensors
@@ -40,7 +41,14 @@ from parkfleet.vehicle.link import (
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache
 
-__all__ = ["FleetConfig", "FleetStats", "SimulatedFleet", "car_credentials", "owner_policy"]
+__all__ = [
+    "OWNER_TIME_ZONES",
+    "FleetConfig",
+    "FleetStats",
+    "SimulatedFleet",
+    "car_credentials",
+    "owner_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +76,8 @@ class FleetConfig:
         ramp_s: Connections are spread over this many real seconds.
         car_id_prefix: Car ids are ``{prefix}{index:06d}``.
         strict_owners: When False, every owner allows work while plugged in and nothing
-            else (handy for tests); when True, owners draw realistic policies.
+            else, and lives in UTC (handy for tests); when True, owners draw realistic
+            policies and time zones (``owner_policy``).
         server_name_override: TLS name to expect from the gateway.
         max_reconnects: Per car, None = forever.
         scenario: ``day`` (realistic traces) or ``parked`` (always parked, plugged in).
@@ -114,8 +123,21 @@ class FleetStats:
     items: float
 
 
+# Where simulated owners live: their traces and blocked hours are in this local time. Two
+# follow summer time on either side of the Atlantic, one is half an hour off the hour.
+OWNER_TIME_ZONES: tuple[str, ...] = (
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+)
+
+
 def owner_policy(rng: random.Random) -> Policy:
-    """Draws an owner's policy: most only while charging, many with a battery floor."""
+    """Draws an owner's policy: most only while charging, many with a battery floor, a
+    fifth blocking 07-09 local, each in one of ``OWNER_TIME_ZONES``."""
     floor = rng.choice((0.0, 0.0, 20.0, 40.0, 60.0))
     blocked: tuple[tuple[int, int], ...] = ()
     if rng.random() < 0.2:
@@ -127,6 +149,8 @@ def owner_policy(rng: random.Random) -> Policy:
         blocked_hours=blocked,
         daily_energy_wh=rng.choice((0.0, 0.0, 1000.0, 3000.0)),
         max_gpu_temp_c=85.0,
+        # Drawn last, so the draws above are the ones they were before owners had zones.
+        time_zone=rng.choice(OWNER_TIME_ZONES),
     )
 
 
@@ -230,6 +254,7 @@ class SimulatedFleet:
                 trace,
                 self.clock,
                 utc_offset_minutes=policy.utc_offset_minutes,
+                time_zone=policy.time_zone,
                 busy=functools.partial(_busy, holder),
             )
             agent = Agent(
@@ -238,7 +263,7 @@ class SimulatedFleet:
                     credentials=creds,
                     car_id=car_id,
                     policy=policy,
-                    capabilities=capabilities("sim-gpu", 8192, 60.0, providers),
+                    capabilities=capabilities("sim-gpu", 8192, CarPower(), providers),
                     telemetry_interval_s=cfg.telemetry_interval_s,
                     max_reconnects=cfg.max_reconnects,
                     server_name_override=cfg.server_name_override,

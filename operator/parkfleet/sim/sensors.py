@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from parkfleet.policy import check_time_zone, utc_offset_minutes_at
 from parkfleet.sim.traces import CarTrace
 from parkfleet.vehicle.sensors import SensorReading
 
@@ -47,7 +48,9 @@ class TraceSensors:
     Args:
         trace: The car's availability trace.
         clock: The simulation's clock.
-        utc_offset_minutes: The car's local time zone (traces are in local time).
+        utc_offset_minutes: The car's fixed offset from UTC (traces are in local time).
+        time_zone: The car's IANA zone; when set it wins over ``utc_offset_minutes`` and
+            the trace follows its offset at each simulated instant (summer time included).
         gpu_memory_mib: GPU memory free when idle.
         busy: Tells whether the car is running a task now (its GPU is warmer then).
     """
@@ -57,12 +60,15 @@ class TraceSensors:
         trace: CarTrace,
         clock: SimClock,
         utc_offset_minutes: int = 0,
+        time_zone: str = "",
         gpu_memory_mib: int = 8192,
         busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._trace = trace
         self._clock = clock
-        self._offset_ms = utc_offset_minutes * 60_000
+        self._offset_minutes = utc_offset_minutes
+        self._time_zone = time_zone
+        check_time_zone(time_zone)  # an unknown zone fails here, not on a read
         self._memory = gpu_memory_mib
         self._busy = busy
 
@@ -70,7 +76,8 @@ class TraceSensors:
         """The trace's state now."""
         now_ms = self._clock.unix_ms()
         period_ms = self._trace.days * 86_400_000
-        local_s = ((now_ms + self._offset_ms - _MONDAY_MS) % period_ms) / 1000.0
+        offset = utc_offset_minutes_at(now_ms, self._time_zone, self._offset_minutes)
+        local_s = ((now_ms + offset * 60_000 - _MONDAY_MS) % period_ms) / 1000.0
         busy = self._busy()
         state = self._trace.state_at(local_s, busy=busy)
         return SensorReading(

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from parkfleet.certs import car_identity
+from parkfleet.energymodel import (
+    DEFAULT_AWAKE_BASE_W,
+    DEFAULT_CHARGING_EFFICIENCY,
+    DEFAULT_GPU_POWER_W,
+    CarPower,
+)
 from parkfleet.policy import Policy
 from parkfleet.vehicle.compute import OrtCompute
 from parkfleet.vehicle.consentfile import ConsentFile
@@ -52,15 +58,17 @@ def build_agent(args: argparse.Namespace) -> Agent:
         key_path=Path(args.key),
     )
     policy = load_policy(Path(args.policy_file)) if args.policy_file else Policy()
+    try:
+        power = CarPower(args.gpu_power_w, args.awake_base_w, args.charging_efficiency)
+    except ValueError as e:
+        raise SystemExit(f"parkfleet agent: {e}") from None
     compute = OrtCompute(intra_op_threads=args.intra_op_threads)
     config = AgentConfig(
         address=args.gateway,
         credentials=creds,
         car_id=car_identity(cert_pem).car_id,
         policy=policy,
-        capabilities=capabilities(
-            args.gpu_model, args.gpu_memory_mib, args.gpu_power_w, compute.providers
-        ),
+        capabilities=capabilities(args.gpu_model, args.gpu_memory_mib, power, compute.providers),
         telemetry_interval_s=args.telemetry_interval,
         max_reconnects=args.max_reconnects,
         server_name_override=args.server_name or "",
@@ -133,7 +141,24 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--gpu-model", default="cpu")
     p.add_argument("--gpu-memory-mib", type=int, default=8192)
-    p.add_argument("--gpu-power-w", type=float, default=60.0, help="nominal draw under load")
+    p.add_argument(
+        "--gpu-power-w",
+        type=float,
+        default=DEFAULT_GPU_POWER_W,
+        help="the GPU's draw under load, watts (energy model)",
+    )
+    p.add_argument(
+        "--awake-base-w",
+        type=float,
+        default=DEFAULT_AWAKE_BASE_W,
+        help="what the rest of the car draws while kept awake for a task, watts",
+    )
+    p.add_argument(
+        "--charging-efficiency",
+        type=float,
+        default=DEFAULT_CHARGING_EFFICIENCY,
+        help="share of the socket's energy that reaches the car, (0, 1]",
+    )
     p.add_argument("--intra-op-threads", type=int, default=1)
     p.add_argument("--model-cache", help="folder for verified models (default: memory only)")
     p.add_argument("--telemetry-interval", type=float, default=10.0)

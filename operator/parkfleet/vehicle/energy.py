@@ -1,8 +1,10 @@
-"""Energy a task costs the car: measured when the car can, modelled otherwise.
+"""Energy a task costs the car's owner: measured when the car can, modelled otherwise.
 
-A car with a power sensor gives a ``PowerReader`` (watts now); the meter integrates it over
-time (trapezoids between samples). Without one, energy is the GPU's nominal power times the
-task's time, and the result says it was modelled.
+A car with a power sensor gives a ``PowerReader``: what the car draws for the task now, in
+watts at the car (awake base and GPU). The meter integrates it over time (trapezoids
+between samples) and adds the charging losses. Without one, energy is modelled by
+``parkfleet.energymodel.CarPower`` (awake base + GPU under load, at the socket) times the
+task's wall-clock time, and the result says it was modelled.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from parkfleet.energymodel import CarPower
+
 __all__ = ["DailyEnergy", "EnergyMeter", "EnergyReading", "PowerReader"]
 
 log = logging.getLogger(__name__)
 
-# Returns the GPU's draw in watts now, or None when the sensor has no value.
+# Returns the car's draw for the task in watts now (at the car, before charging losses), or
+# None when the sensor has no value.
 PowerReader = Callable[[], "float | None"]
 
 
@@ -25,8 +30,8 @@ class EnergyReading:
     """Energy used so far.
 
     Attributes:
-        wh: Watt-hours.
-        modelled: True when computed from nominal power x time rather than measured.
+        wh: Watt-hours at the socket.
+        modelled: True when computed from the car's power model x time, not measured.
         seconds: Time the meter ran.
     """
 
@@ -39,18 +44,19 @@ class EnergyMeter:
     """Integrates the energy of one task.
 
     Args:
-        gpu_power_w: Nominal GPU draw under load, used when nothing is measured.
+        power: The car's power model: used when nothing is measured, and its charging
+            efficiency turns a measured draw into energy at the socket.
         reader: Measured power, when the car has it.
-        clock: Monotonic seconds (injectable for tests; the simulator's runs faster).
+        clock: Monotonic seconds (injectable for tests).
     """
 
     def __init__(
         self,
-        gpu_power_w: float,
+        power: CarPower,
         reader: PowerReader | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._power_w = max(0.0, gpu_power_w)
+        self._power = power
         self._reader = reader
         self._clock = clock
         self._start = clock()
@@ -89,20 +95,26 @@ class EnergyMeter:
         self.sample()
         elapsed = max(0.0, self._clock() - self._start)
         if self._reader is not None and not self._failed_reads and self._last_w is not None:
-            return EnergyReading(self._measured_j / 3600.0, False, elapsed)
-        return EnergyReading(self._power_w * elapsed / 3600.0, True, elapsed)
+            wh = self._measured_j / 3600.0 / self._power.charging_efficiency
+            return EnergyReading(wh, False, elapsed)
+        return EnergyReading(self._power.task_wh(elapsed), True, elapsed)
+
+
+def _utc_day(unix_time_ms: int) -> int:
+    return unix_time_ms // 86_400_000
 
 
 class DailyEnergy:
-    """Energy the agent spent today (the owner's daily budget counts it), by local day."""
+    """Energy the agent spent today (the owner's daily budget counts it), by local day.
 
-    def __init__(self, utc_offset_minutes: int = 0) -> None:
-        self._offset_ms = utc_offset_minutes * 60_000
+    Args:
+        local_day: The owner's day at an instant (``Policy.local_day``: its time zone).
+    """
+
+    def __init__(self, local_day: Callable[[int], int] = _utc_day) -> None:
+        self._local_day = local_day
         self._day = -1
         self._wh = 0.0
-
-    def _local_day(self, unix_time_ms: int) -> int:
-        return (unix_time_ms + self._offset_ms) // 86_400_000
 
     def add(self, wh: float, unix_time_ms: int) -> None:
         """Adds energy spent at ``unix_time_ms``."""
@@ -114,3 +126,11 @@ class DailyEnergy:
     def today(self, unix_time_ms: int) -> float:
         """Returns Wh spent on the local day of ``unix_time_ms``."""
         return self._wh if self._local_day(unix_time_ms) == self._day else 0.0
+
+    def seed(self, wh: float, unix_time_ms: int) -> None:
+        """Starts the local day of ``unix_time_ms`` from at least ``wh`` (the gateway's
+        own count, told on connect: this count lives in memory and restarts at 0)."""
+        day = self._local_day(unix_time_ms)
+        if day != self._day:
+            self._day, self._wh = day, 0.0
+        self._wh = max(self._wh, wh if wh > 0 else 0.0)

@@ -27,6 +27,7 @@ import grpc
 
 from parkfleet import __version__
 from parkfleet.backoff import Backoff
+from parkfleet.energymodel import CarPower
 from parkfleet.policy import Conditions, Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
@@ -212,16 +213,19 @@ class AgentConfig:
 
 
 def capabilities(
-    gpu_model: str, gpu_memory_mib: int, gpu_power_w: float, providers: list[str]
+    gpu_model: str, gpu_memory_mib: int, power: CarPower, providers: list[str]
 ) -> pb.Capabilities:
-    """What a car offers, for its Hello."""
+    """What a car offers, for its Hello (with its power model: the gateway's own
+    energy account of the car's tasks is kept with it)."""
     return pb.Capabilities(
         gpu_model=gpu_model,
         gpu_count=1,
         gpu_memory_mib=gpu_memory_mib,
         runtimes=[RUNTIME],
         execution_providers=providers,
-        gpu_power_w=gpu_power_w,
+        gpu_power_w=power.gpu_power_w,
+        awake_base_w=power.awake_base_w,
+        charging_efficiency=power.charging_efficiency,
     )
 
 
@@ -271,6 +275,7 @@ class Agent:
         self.models = models if models is not None else ModelCache()
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self._power_reader = power_reader
+        self._power = CarPower.from_capabilities(config.capabilities)
         self._backoff = Backoff(
             base_s=config.backoff_base_s,
             cap_s=config.backoff_cap_s,
@@ -279,7 +284,7 @@ class Agent:
         )
         self._credentials = config.credentials
         self._eligibility = Eligibility(config.policy)
-        self._daily = DailyEnergy(config.policy.utc_offset_minutes)
+        self._daily = DailyEnergy(config.policy.local_day)
         self._tasks: dict[str, TaskRunner] = {}
         self._task_handles: set[asyncio.Task[None]] = set()
         self._outbound: asyncio.Queue[pb.CarMessage | bytes] | None = None
@@ -439,6 +444,9 @@ class Agent:
             raise _StreamEnded(f"gateway sent {kind} before welcome")
         if first.welcome.telemetry_interval_s > 0:
             self._telemetry_interval = first.welcome.telemetry_interval_s
+        # The gateway's ledger counts the energy of the owner's day too: a restarted agent
+        # goes on from its figure, not from 0 (the larger of the two counts).
+        self._daily.seed(first.welcome.energy_used_today_wh, self.sensors.read().unix_time_ms)
         self._backoff.reset()
 
         outbound: asyncio.Queue[pb.CarMessage | bytes] = asyncio.Queue(OUTBOUND_QUEUE)
@@ -643,7 +651,7 @@ class Agent:
             )
             return
         # On the wall clock, like the task's items/s (the simulator's too: one time base).
-        meter = EnergyMeter(self.config.capabilities.gpu_power_w, self._power_reader)
+        meter = EnergyMeter(self._power, self._power_reader)
         runner = TaskRunner(
             offer,
             self._send,

@@ -8,7 +8,10 @@ Example::
     blocked_hours: ["7-9", [17, 19]]
     daily_energy_wh: 2000
     max_gpu_temp_c: 85
-    utc_offset_minutes: 60
+    time_zone: Europe/Berlin
+
+``time_zone`` is an IANA zone: blocked hours and the daily budget's day follow it, summer
+time included. Without it, ``utc_offset_minutes: 60`` gives a fixed offset instead.
 
 A car stopped for its battery resumes at ``resume_soc_percent``; one stopped for heat
 resumes 5 C below ``max_gpu_temp_c`` (``parkfleet.policy.THERMAL_RESUME_MARGIN_C``).
@@ -22,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from parkfleet.policy import Policy
+from parkfleet.policy import Policy, check_time_zone
 
 __all__ = ["load_policy", "policy_from_mapping"]
 
@@ -62,6 +65,14 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
         key = str(raw_key).replace("-", "_")
         if key == "blocked_hours":
             values[key] = tuple(_window(w) for w in (value or ()))
+        elif key == "time_zone":
+            if not isinstance(value, str):
+                raise ValueError(f"policy key {raw_key!r}: {value!r} is not a zone name")
+            try:
+                check_time_zone(value)
+            except ValueError as e:
+                raise ValueError(f"policy key {raw_key!r}: {e}") from None
+            values[key] = value
         elif key in _FIELDS:
             values[key] = _FIELDS[key](value)
         else:
