@@ -462,8 +462,11 @@ class Agent:
                 {writer, telemetry, reader, stopper}, return_when=asyncio.FIRST_COMPLETED
             )
             if stopper.done() or (self._withdrawn and not call.done()):
-                # The withdrawal reaches the gateway before the stream closes.
                 await self._wind_down(writer)
+            if self._withdrawn:
+                # The gateway closes the stream once it has the withdrawal: cancelling
+                # first could drop it unread (bounded: an old gateway never closes).
+                await asyncio.wait({reader}, timeout=5.0)
         finally:
             self.connected.clear()
             self.metrics.connected.dec()
