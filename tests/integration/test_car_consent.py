@@ -28,6 +28,7 @@ from tests.integration.car_env import (
     digits_task,
     start_env,
 )
+from tests.integration.gateway_env import start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -172,3 +173,32 @@ async def test_the_agent_process_leaves_when_its_owner_withdraws_and_will_not_st
     assert again.stderr is not None
     assert "says withdrawn" in again.stderr.read().decode()
     assert gauge(env, "parkfleet_gateway_streams_closed_total", reason="Withdrawn") == 1
+
+
+async def test_a_withdrawal_survives_a_gateway_restart(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger" / "owners.sqlite"
+    env = await start_env(tmp_path, telemetry_interval_s=0.3, ledger_path=ledger)
+    try:
+        agent = env.start_agent("car-1")
+        await env.wait_eligible(1)
+        agent.set_consent("withdrawn")
+        with pytest.raises(Withdrawn):
+            await asyncio.wait_for(env.runs[0], 30)
+    finally:
+        await env.close()  # the ledger is flushed on stop
+
+    # A new gateway process on the same data: the car's identity is still refused.
+    restarted = (await start_gateway(tmp_path, env.ca, ledger_path=ledger)).gateway
+    try:
+        pair = env.ca.issue_car("car-1", {"pool": POOL})
+        async with ProbeCar(restarted.address, env.ca.cert_pem, pair) as again:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await again.connect()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "owner withdrew it" in (err.value.details() or "")
+        async with ProbeCar(
+            restarted.address, env.ca.cert_pem, env.ca.issue_car("car-2", {"pool": POOL})
+        ) as other:
+            await other.connect()  # other cars are welcome
+    finally:
+        await restarted.stop(0)

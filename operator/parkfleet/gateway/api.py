@@ -132,8 +132,8 @@ class Gateway:
         registry: Prometheus registry for its metrics (a fresh one when None).
         task_manager: The task manager's class (a benchmark's baseline strategy
             subclasses it).
-        consent_book: Where owners' consent is recorded (``gateway/consent.py``; in
-            memory when None).
+        consent_book: Where owners' consent is recorded (``gateway/consent.py``); the
+            owner ledger when None.
     """
 
     def __init__(
@@ -173,7 +173,7 @@ class Gateway:
             pool_floors=config.pool_floors,
             max_gpus_per_car=config.max_gpus_per_car,
             max_gpu_memory_mib=config.max_gpu_memory_mib,
-            consent_book=consent_book,
+            consent_book=consent_book if consent_book is not None else self.ledger,
         )
         self._service.shard = config.shard
         self._service.shard_addresses = list(config.shard_addresses)
