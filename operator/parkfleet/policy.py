@@ -23,6 +23,8 @@ __all__ = [
     "REASON_ENERGY_BUDGET_SPENT",
     "REASON_GPU_TOO_HOT",
     "REASON_NOT_PLUGGED_IN",
+    "REASON_OWNER_PAUSED",
+    "REASON_OWNER_WITHDRAWN",
     "THERMAL_RESUME_MARGIN_C",
     "Conditions",
     "Eligibility",
@@ -39,6 +41,9 @@ REASON_BATTERY_LOW = "BatteryLow"
 REASON_BLOCKED_HOURS = "BlockedHours"
 REASON_ENERGY_BUDGET_SPENT = "EnergyBudgetSpent"
 REASON_GPU_TOO_HOT = "GpuTooHot"
+# The owner's consent, set in the car's own settings (Telemetry.consent).
+REASON_OWNER_PAUSED = "OwnerPaused"
+REASON_OWNER_WITHDRAWN = "OwnerWithdrawn"
 
 # After stopping at ``max_gpu_temp_c``, work starts again only this much cooler: a GPU that
 # cools as soon as its task stops would otherwise take and drop work every period.
@@ -236,7 +241,10 @@ def local_hour(unix_time_ms: int, utc_offset_minutes: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Conditions:
-    """A car's state as far as the policy cares, usually from its latest telemetry."""
+    """A car's state as far as the policy cares, usually from its latest telemetry.
+
+    ``consent`` is the owner's (``pb.Consent``); ``CONSENT_UNSPECIFIED`` means active.
+    """
 
     parked: bool
     plugged_in: bool
@@ -244,6 +252,7 @@ class Conditions:
     gpu_temp_c: float
     energy_used_today_wh: float
     unix_time_ms: int
+    consent: pb.Consent.ValueType = pb.CONSENT_ACTIVE
 
     @classmethod
     def from_telemetry(cls, t: pb.Telemetry) -> Conditions:
@@ -255,6 +264,7 @@ class Conditions:
             gpu_temp_c=t.gpu_temp_c,
             energy_used_today_wh=t.energy_used_today_wh,
             unix_time_ms=t.unix_time_ms,
+            consent=t.consent or pb.CONSENT_ACTIVE,  # UNSPECIFIED: an older agent, active
         )
 
 
@@ -299,8 +309,9 @@ class Eligibility:
             c: The car's current conditions.
 
         Returns:
-            The verdict; reasons are checked in a fixed order (driving, plug, battery,
-            hours, energy, temperature) and the first that applies is reported.
+            The verdict; reasons are checked in a fixed order (the owner's consent,
+            driving, plug, battery, hours, energy, temperature) and the first that
+            applies is reported.
         """
         p = self.policy
         # The battery state is tracked on every update, whatever else applies, so that
@@ -318,6 +329,12 @@ class Eligibility:
         elif c.gpu_temp_c >= p.max_gpu_temp_c:
             self._too_hot = True
 
+        if c.consent == pb.CONSENT_WITHDRAWN:
+            return Verdict(
+                False, REASON_OWNER_WITHDRAWN, "the owner withdrew the car from the fleet"
+            )
+        if c.consent == pb.CONSENT_PAUSED:
+            return Verdict(False, REASON_OWNER_PAUSED, "the owner paused work on the car")
         if not c.parked:
             return Verdict(False, REASON_DRIVING, "the car is not parked")
         if p.only_while_plugged_in and not c.plugged_in:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from parkfleet.certs import FleetCA, KeyPair
-from parkfleet.gateway import Gateway, GatewayConfig
+from parkfleet.gateway import ConsentBook, Gateway, GatewayConfig
 from tests.carlink_probe import ProbeCar
 
 
@@ -29,7 +29,9 @@ class Env:
         return ProbeCar(self.gateway.address, self.ca.cert_pem, self.pair(car_id), **kwargs)
 
 
-async def start_gateway(tmp_path: Path, ca: FleetCA, **config: Any) -> Env:
+async def start_gateway(
+    tmp_path: Path, ca: FleetCA, consent_book: ConsentBook | None = None, **config: Any
+) -> Env:
     server = ca.issue_gateway(["127.0.0.1", "localhost"])
     gateway = Gateway(
         GatewayConfig(
@@ -38,7 +40,8 @@ async def start_gateway(tmp_path: Path, ca: FleetCA, **config: Any) -> Env:
             key_pem=server.key_pem,
             models_dir=tmp_path / "models",
             **config,
-        )
+        ),
+        consent_book=consent_book,
     )
     await gateway.start()
     return Env(ca=ca, gateway=gateway)

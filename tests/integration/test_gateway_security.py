@@ -118,6 +118,17 @@ async def test_malformed_fields_close_stream(env: Env) -> None:
     await wait_until(lambda: env.gateway.registry.cars == {})
 
 
+async def test_a_consent_out_of_range_closes_that_stream(env: Env) -> None:
+    async with env.car("car-a") as car:
+        await car.connect()
+        await car.telemetry(consent=7)  # proto3 enums are open: 7 parses
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await car.recv()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "telemetry.consent 7 is not a Consent" in (err.value.details() or "")
+    await wait_until(lambda: env.gateway.registry.cars == {})
+
+
 async def test_oversized_message_closes_only_that_stream(env: Env) -> None:
     big = [("grpc.max_send_message_length", 3 * MAX_MESSAGE_BYTES)]
     async with env.car("car-good") as good, env.car("car-bad", options=big) as bad:

@@ -77,6 +77,35 @@ def test_replacement_keeps_counts_right() -> None:
     assert (cell.eligible, set(cell.available)) == (1, {"a"})
 
 
+def test_paused_gauge_follows_consent_moves_and_disconnects() -> None:
+    metrics = GatewayMetrics()
+    reg = Registry(metrics)
+
+    def paused(pool: str) -> float:
+        value = metrics.registry.get_sample_value("parkfleet_gateway_cars_paused", {"pool": pool})
+        return value or 0.0
+
+    a = make(reg, "a")
+    reg.add(a)
+    v = reg.update_telemetry(a, tel(consent=pb.CONSENT_PAUSED))
+    assert v is not None
+    assert v.reason == "OwnerPaused"
+    reg.set_consent(a, "paused")
+    reg.set_consent(a, "paused")  # no change, no count
+    assert paused("p") == 1
+    reg.move(a, reg.cell("q-0", "q"))
+    assert (paused("p"), paused("q")) == (0, 1)
+    reg.remove(a)  # disconnected: no longer a paused car here
+    assert paused("q") == 0
+    # Back, still paused (the gateway remembers it): counted from the start.
+    again = make(reg, "a")
+    again.consent = "paused"
+    reg.add(again)
+    assert paused("p") == 1
+    reg.set_consent(again, "active")
+    assert paused("p") == 0
+
+
 def test_interning_shares_values() -> None:
     reg = Registry(GatewayMetrics())
     p1 = reg.intern(Policy(min_soc_percent=60))

@@ -56,6 +56,8 @@ def gateway_registry() -> CollectorRegistry:
     gw.cars_by_reputation.labels("eu", "quarantined").set(1)
     gw.car_strikes.labels("eu").inc(2)
     gw.car_agreements.labels("eu").inc(5)
+    gw.consent_changes.labels("eu", "paused").inc()
+    gw.cars_paused.labels("eu").set(1)
     na = NodeAgentMetrics(gw.registry)
     na.status_writes.labels("eu").inc()
     na.lease_renewals.labels("ok").inc()

@@ -5,6 +5,7 @@ sees it only through :class:`parkfleet.taskport.TaskPort`.
 """
 
 from parkfleet.gateway.api import Gateway, GatewayConfig
+from parkfleet.gateway.consent import ConsentBook, MemoryConsentBook
 from parkfleet.gateway.inmemory import ArrayInput, MemorySink
 from parkfleet.taskport import (
     InputSource,
@@ -21,9 +22,11 @@ from parkfleet.taskport import (
 
 __all__ = [
     "ArrayInput",
+    "ConsentBook",
     "Gateway",
     "GatewayConfig",
     "InputSource",
+    "MemoryConsentBook",
     "MemorySink",
     "ModelInfo",
     "ModelNotFound",

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE
 from parkfleet.contract import DEFAULT_CAR_WAIT_S, CarCounts
+from parkfleet.gateway.consent import ConsentBook
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.ledger import Ledger
 from parkfleet.gateway.metrics import GatewayMetrics
@@ -131,6 +132,8 @@ class Gateway:
         registry: Prometheus registry for its metrics (a fresh one when None).
         task_manager: The task manager's class (a benchmark's baseline strategy
             subclasses it).
+        consent_book: Where owners' consent is recorded (``gateway/consent.py``); the
+            owner ledger when None.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Gateway:
         config: GatewayConfig,
         registry: CollectorRegistry | None = None,
         task_manager: type[TaskManager] = TaskManager,
+        consent_book: ConsentBook | None = None,
     ) -> None:
         self.config = config
         self.metrics = GatewayMetrics(registry)
@@ -169,6 +173,7 @@ class Gateway:
             pool_floors=config.pool_floors,
             max_gpus_per_car=config.max_gpus_per_car,
             max_gpu_memory_mib=config.max_gpu_memory_mib,
+            consent_book=consent_book if consent_book is not None else self.ledger,
         )
         self._service.shard = config.shard
         self._service.shard_addresses = list(config.shard_addresses)

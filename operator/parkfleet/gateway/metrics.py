@@ -192,6 +192,19 @@ class GatewayMetrics:
             ["pool", "state"],
             registry=r,
         )
+        self.consent_changes = Counter(
+            "parkfleet_gateway_consent_changes_total",
+            "Changes of an owner's consent that cars reported, by pool and the new consent "
+            "(active, paused, withdrawn).",
+            ["pool", "consent"],
+            registry=r,
+        )
+        self.cars_paused = Gauge(
+            "parkfleet_gateway_cars_paused",
+            "Connected cars whose owner paused work on them.",
+            ["pool"],
+            registry=r,
+        )
         self.car_strikes = Counter(
             "parkfleet_gateway_car_strikes_total",
             "Verdicts against a car: results it delivered disagreed with the kept result.",

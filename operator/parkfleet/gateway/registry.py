@@ -23,6 +23,7 @@ from parkfleet.gateway.reputation import ReputationState
 from parkfleet.policy import Conditions, Eligibility, Policy, Verdict
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.claims import clamped_free_memory
+from parkfleet.protocol.consent import ConsentName
 
 __all__ = ["REASON_NO_TELEMETRY", "CarState", "Cell", "Registry"]
 
@@ -46,6 +47,7 @@ class CarState:
         "close_details",
         "close_reason",
         "connected_at",
+        "consent",
         "context",
         "eligibility",
         "eligible",
@@ -104,6 +106,8 @@ class CarState:
         # Set before the car is added (the gateway's record of it outlives its streams);
         # a quarantined car is never a placement candidate.
         self.reputation: ReputationState = "new"
+        # The owner's consent as last reported (set before the car is added, too).
+        self.consent: ConsentName = "active"
         self.eligible = False
         self.reason = REASON_NO_TELEMETRY
         self.free_gpu_memory_mib = 0
@@ -186,6 +190,7 @@ class Registry:
         self.cells: dict[str, Cell] = {}
         self._interned: dict[Any, Any] = {}
         self._by_reputation: dict[tuple[str, str], Any] = {}
+        self._paused: dict[str, Any] = {}
 
     def intern(self, value: _T) -> _T:
         """One shared instance per distinct hashable value (runtime sets, policies)."""
@@ -212,6 +217,8 @@ class Registry:
         car.cell.cars[car.car_id] = car
         car.cell.gauges.connected.inc()
         self._reputation_gauge(car.cell.pool, car.reputation).inc()
+        if car.consent == "paused":
+            self._paused_gauge(car.cell.pool).inc()
         return old
 
     def remove(self, car: CarState) -> bool:
@@ -224,6 +231,8 @@ class Registry:
         cell.available.pop(car.car_id, None)
         cell.gauges.connected.dec()
         self._reputation_gauge(cell.pool, car.reputation).dec()
+        if car.consent == "paused":
+            self._paused_gauge(cell.pool).dec()
         if car.eligible:
             cell.eligible -= 1
             cell.gauges.eligible.dec()
@@ -246,6 +255,9 @@ class Registry:
         if old.pool != cell.pool:
             self._reputation_gauge(old.pool, car.reputation).dec()
             self._reputation_gauge(cell.pool, car.reputation).inc()
+            if car.consent == "paused":
+                self._paused_gauge(old.pool).dec()
+                self._paused_gauge(cell.pool).inc()
         if car.eligible:
             old.eligible -= 1
             old.gauges.eligible.dec()
@@ -325,6 +337,18 @@ class Registry:
         car.reputation = state
         if self.is_current(car):
             self._refresh_available(car)
+
+    def set_consent(self, car: CarState, consent: ConsentName) -> None:
+        """Records the owner's new consent (its eligibility follows from telemetry)."""
+        if self.is_current(car) and (car.consent == "paused") != (consent == "paused"):
+            self._paused_gauge(car.cell.pool).inc(1 if consent == "paused" else -1)
+        car.consent = consent
+
+    def _paused_gauge(self, pool: str) -> Any:
+        child = self._paused.get(pool)
+        if child is None:
+            child = self._paused[pool] = self._metrics.cars_paused.labels(pool)
+        return child
 
     def _reputation_gauge(self, pool: str, state: str) -> Any:
         child = self._by_reputation.get((pool, state))

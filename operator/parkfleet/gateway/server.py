@@ -22,6 +22,7 @@ from parkfleet.api.fleetpool import FleetPoolSpec
 from parkfleet.certs import CarIdentity, car_identity
 from parkfleet.energymodel import CarPower
 from parkfleet.gateway.cells import DEFAULT_POOL, UNPOOLED, PoolCell, cell_of, pool_cell_of
+from parkfleet.gateway.consent import ConsentBook, MemoryConsentBook
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.modelstore import ModelStore
 from parkfleet.gateway.registry import CarState, Registry
@@ -37,6 +38,7 @@ from parkfleet.protocol.claims import (
     check_report_claims,
     check_telemetry_claims,
 )
+from parkfleet.protocol.consent import ConsentName, consent_name
 from parkfleet.protocol.limits import (
     MAX_MESSAGE_BYTES,
     ProtocolViolation,
@@ -55,6 +57,7 @@ __all__ = [
     "REASON_REPLACED",
     "REASON_REVOKED",
     "REASON_TELEMETRY_TIMEOUT",
+    "REASON_WITHDRAWN",
     "CarLinkService",
     "add_carlink_service",
 ]
@@ -70,6 +73,9 @@ REASON_REVOKED = "Revoked"
 REASON_EXPIRED = "CertificateExpired"
 REASON_NOT_A_CAR = "NotACarCertificate"
 REASON_MAX_AGE = "MaxStreamAge"
+# The car's owner withdrew it: its stream closes and its identity is refused from then on.
+REASON_WITHDRAWN = "Withdrawn"
+_WITHDRAWN_MESSAGE = "this car's owner withdrew it from the fleet"
 # How a car's stream breaks from its side (reset, closed while written to).
 # Messages that mean the car is still working on a task.
 _WORK_KINDS = frozenset({"progress", "checkpoint", "result", "done"})
@@ -82,6 +88,10 @@ _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 _Context: TypeAlias = (
     "grpc.aio.ServicerContext[pb.CarMessage | ResultData, pb.GatewayMessage | bytes]"
 )
+
+
+class _CarWithdrawn(Exception):
+    """The car reported its owner's withdrawal: its stream closes PERMISSION_DENIED."""
 
 
 def add_carlink_service(service: CarLinkService, server: grpc.aio.Server) -> None:
@@ -119,6 +129,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         pool_floors: Per pool, a policy the owner policies are tightened to.
         max_gpus_per_car: A Hello claiming more GPUs closes its stream.
         max_gpu_memory_mib: A Hello claiming more GPU memory closes its stream.
+        consent_book: Where owners' consent changes are recorded and withdrawals are
+            looked up (in memory when None: withdrawals last the process's life).
     """
 
     def __init__(
@@ -134,6 +146,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         pool_floors: Mapping[str, Policy] | None = None,
         max_gpus_per_car: int = MAX_GPU_COUNT,
         max_gpu_memory_mib: int = MAX_GPU_MEMORY_MIB,
+        consent_book: ConsentBook | None = None,
     ) -> None:
         self._registry = registry
         self._tasks = tasks
@@ -145,6 +158,12 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         self.pool_floors: dict[str, Policy] = dict(pool_floors or {})
         self.max_gpus_per_car = max_gpus_per_car
         self.max_gpu_memory_mib = max_gpu_memory_mib
+        self.consent_book: ConsentBook = (
+            consent_book if consent_book is not None else MemoryConsentBook()
+        )
+        # Cars whose last consent was "paused", across their streams: a paused car that
+        # reconnects is no change (bounded by the cars paused, not by the fleet).
+        self._paused: set[str] = set()
         # None: cells come from the certificate's pool/cell attributes (no Kubernetes);
         # a list: the FleetPools' selectors decide (the node agent sets it).
         self.pools: list[FleetPoolSpec] | None = None
@@ -312,6 +331,9 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "this car's certificate was revoked by the fleet admin",
             )
+        if self.consent_book.is_withdrawn(identity.car_id):
+            self._metrics.streams_closed.labels(REASON_WITHDRAWN).inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, _WITHDRAWN_MESSAGE)
         if identity.expires_at <= time.time():
             self._metrics.streams_closed.labels(REASON_EXPIRED).inc()
             await context.abort(
@@ -364,6 +386,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 REASON_PROTOCOL_VIOLATION,
                 str(e),
             )
+        except _CarWithdrawn as e:
+            code, reason, details = grpc.StatusCode.PERMISSION_DENIED, REASON_WITHDRAWN, str(e)
         except asyncio.CancelledError:
             if car.close_code is None:
                 reason, details = "Shutdown", "the gateway is stopping"
@@ -457,6 +481,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         car.cert_expires_at = identity.expires_at
         car.connected_at = time.time()
         car.reputation = self._tasks.reputation.state(identity.car_id)
+        car.consent = "paused" if identity.car_id in self._paused else "active"
         old = self._registry.add(car)
         if old is not None:
             self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")
@@ -501,6 +526,9 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                         tasks.car_available()
                     elif car.busy:
                         tasks.car_ineligible(car, verdict.reason, verdict.message)
+                consent = consent_name(msg.telemetry.consent)  # in range: checked above
+                if consent != car.consent:
+                    self._consent_changed(car, consent)
                 observe(time.perf_counter() - t0)
                 sent_ms = msg.telemetry.unix_time_ms
                 if sent_ms:
@@ -512,6 +540,26 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 if kind in _WORK_KINDS:
                     tasks.check_stopped(car, kind)
                 await tasks.on_message(car, kind, msg)
+
+    def _consent_changed(self, car: CarState, consent: ConsentName) -> None:
+        """Records a change of the owner's consent; a withdrawal ends the car's stream.
+
+        Raises:
+            _CarWithdrawn: The owner withdrew the car (its task has already moved).
+        """
+        self._registry.set_consent(car, consent)
+        if consent == "paused":
+            self._paused.add(car.car_id)
+        else:
+            self._paused.discard(car.car_id)
+        pool = car.cell.pool
+        self.consent_book.record_consent(
+            car.car_id, pool, car.owner, consent, int(time.time() * 1000)
+        )
+        self._metrics.consent_changes.labels(pool, consent).inc()
+        log.info("car %s: its owner's consent is now %s", car.car_id, consent)
+        if consent == "withdrawn":
+            raise _CarWithdrawn(_WITHDRAWN_MESSAGE)
 
     async def FetchModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext[Any, Any]

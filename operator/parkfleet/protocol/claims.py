@@ -22,6 +22,7 @@ text is bounded and stripped of control characters: both are shown, never parsed
 | hello.policy.utc_offset_minutes | -840..840 |
 | hello.policy.time_zone | "" or an IANA zone the gateway knows, at most ``MAX_TIME_ZONE_CHARS`` |
 | telemetry.state | a defined VehicleState |
+| telemetry.consent | a defined Consent |
 | telemetry.soc_percent | 0..100, finite |
 | telemetry.gpu_temp_c | ``MIN_TEMP_C``..``MAX_TEMP_C``, finite |
 | telemetry.free_gpu_memory_mib | 0..``MAX_GPU_MEMORY_MIB`` (then clamped to the car's total) |
@@ -66,6 +67,7 @@ MAX_TEMP_C: Final[float] = 200.0
 MAX_CAR_TEXT_CHARS: Final[int] = 512
 MAX_TIME_ZONE_CHARS: Final[int] = 64  # the longest IANA name has 32
 _STATES: Final[frozenset[int]] = frozenset(pb.VehicleState.values())
+_CONSENTS: Final[frozenset[int]] = frozenset(pb.Consent.values())
 
 REASON_CAR_FAILED: Final[str] = "CarFailed"
 # Every reason a car of this version gives (vehicle/, policy.py); anything else is
@@ -79,6 +81,8 @@ CAR_REASONS: Final[frozenset[str]] = frozenset(
         "BlockedHours",
         "EnergyBudgetSpent",
         "GpuTooHot",
+        "OwnerPaused",
+        "OwnerWithdrawn",
         "NoTelemetry",
         # refusals (vehicle/link.py)
         "Busy",
@@ -151,6 +155,8 @@ def check_telemetry_claims(t: pb.Telemetry) -> None:
     """
     if t.state not in _STATES:
         raise ProtocolViolation(f"telemetry.state {t.state} is not a VehicleState")
+    if t.consent not in _CONSENTS:
+        raise ProtocolViolation(f"telemetry.consent {t.consent} is not a Consent")
     _number(t.soc_percent, "telemetry.soc_percent", 0, 100)
     _number(t.gpu_temp_c, "telemetry.gpu_temp_c", MIN_TEMP_C, MAX_TEMP_C)
     _number(t.free_gpu_memory_mib, "telemetry.free_gpu_memory_mib", 0, MAX_GPU_MEMORY_MIB)

@@ -25,6 +25,7 @@ from typing import Literal
 from parkfleet.certs import CA_CERT_FILE, OWNER_ATTRIBUTE, FleetCA, car_identity, car_paths
 from parkfleet.energymodel import CarPower
 from parkfleet.policy import Policy
+from parkfleet.protocol.consent import ConsentName
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
 from parkfleet.vehicle.compute import Compute, CorruptCompute, ModelledCompute, OrtCompute
@@ -34,6 +35,7 @@ from parkfleet.vehicle.link import (
     Credentials,
     GaveUp,
     LinkRefused,
+    Withdrawn,
     capabilities,
 )
 from parkfleet.vehicle.metrics import AgentMetrics
@@ -287,6 +289,8 @@ class SimulatedFleet:
     async def _run_agent(self, agent: Agent) -> None:
         try:
             await agent.run()
+        except Withdrawn as e:
+            log.info("%s", e)
         except (LinkRefused, GaveUp) as e:
             log.warning("car %s stopped: %s", agent.config.car_id, e)
         except Exception:  # a bug: this car stops, the others go on; said in full
@@ -309,6 +313,21 @@ class SimulatedFleet:
             for w in waits:
                 w.cancel()
         return self.stats().connected
+
+    def set_consent(self, car: int | str, consent: ConsentName) -> None:
+        """Sets a car's owner consent (by index or car id), as its owner would on the car.
+
+        Raises:
+            KeyError: No such car.
+        """
+        if isinstance(car, int):
+            agent = self.agents[car]
+        else:
+            found = [a for a in self.agents if a.config.car_id == car]
+            if not found:
+                raise KeyError(car)
+            agent = found[0]
+        agent.set_consent(consent)
 
     def stats(self) -> FleetStats:
         """Counts over every car."""

@@ -8,7 +8,7 @@ from parkfleet.vehicle.compute import (
     ModelSession,
     OrtCompute,
 )
-from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused
+from parkfleet.vehicle.link import Agent, AgentConfig, Credentials, GaveUp, LinkRefused, Withdrawn
 from parkfleet.vehicle.modelcache import ModelCache, ModelFetchError, ModelHashMismatch
 from parkfleet.vehicle.sensors import (
     FileSensors,
@@ -38,4 +38,5 @@ __all__ = [
     "SensorReading",
     "Sensors",
     "StaticSensors",
+    "Withdrawn",
 ]

@@ -19,12 +19,14 @@ from parkfleet.energymodel import (
 )
 from parkfleet.policy import Policy
 from parkfleet.vehicle.compute import OrtCompute
+from parkfleet.vehicle.consentfile import ConsentFile
 from parkfleet.vehicle.link import (
     Agent,
     AgentConfig,
     Credentials,
     GaveUp,
     LinkRefused,
+    Withdrawn,
     capabilities,
 )
 from parkfleet.vehicle.metrics import AgentMetrics
@@ -70,6 +72,7 @@ def build_agent(args: argparse.Namespace) -> Agent:
         telemetry_interval_s=args.telemetry_interval,
         max_reconnects=args.max_reconnects,
         server_name_override=args.server_name or "",
+        consent_file=Path(args.consent_file) if args.consent_file else None,
     )
     return Agent(
         config,
@@ -97,6 +100,9 @@ async def _main(agent: Agent, args: argparse.Namespace) -> int:
     except GaveUp as e:
         log.error("%s", e)
         return 4
+    except Withdrawn as e:
+        # The owner's choice, not a failure: a supervisor must not restart the agent.
+        log.warning("%s; the agent leaves for good", e)
     return 0
 
 
@@ -105,6 +111,11 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.consent_file and ConsentFile(Path(args.consent_file)).read_now() == "withdrawn":
+        log.warning(
+            "%s says withdrawn: this car has left the fleet; not starting", args.consent_file
+        )
+        return 0
     # Before the loop starts: it reads the certificates and the policy, and loads ONNX Runtime.
     agent = build_agent(args)
     return asyncio.run(_main(agent, args))
@@ -118,6 +129,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key", required=True, help="the car's private key (PEM)")
     p.add_argument("--ca", required=True, help="the fleet CA certificate (PEM)")
     p.add_argument("--policy-file", help="the owner's policy (YAML)")
+    p.add_argument(
+        "--consent-file",
+        help="the owner's consent (consent: active|paused|withdrawn), re-read every "
+        "telemetry period; missing: active",
+    )
     p.add_argument(
         "--sensors",
         default="",

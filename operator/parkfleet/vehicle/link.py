@@ -4,9 +4,11 @@
 ``Welcome`` (or follows a ``Redirect``), then sends telemetry every period and answers
 task offers. It enforces the owner's policy itself (decision 6): it refuses offers the
 policy forbids and stops a running task within one telemetry period once the policy turns
-work off. A lost stream is retried with jittered exponential backoff; a refusal the car
-cannot fix by retrying (bad identity, wrong protocol version) ends ``run()`` with
-``LinkRefused``.
+work off. The owner's consent (a settings file re-read every period, or ``set_consent``)
+is part of that policy: paused stops work at once; withdrawn also tells the gateway and
+ends ``run()`` with ``Withdrawn``, for good. A lost stream is retried with jittered
+exponential backoff; a refusal the car cannot fix by retrying (bad identity, wrong
+protocol version) ends ``run()`` with ``LinkRefused``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from parkfleet.policy import Conditions, Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, serialize
+from parkfleet.protocol.consent import ConsentName, consent_name, consent_value
 from parkfleet.vehicle.compute import Compute, ModelLoadError
+from parkfleet.vehicle.consentfile import ConsentFile
 from parkfleet.vehicle.energy import DailyEnergy, EnergyMeter, PowerReader
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import (
@@ -52,6 +56,7 @@ __all__ = [
     "GaveUp",
     "LinkRefused",
     "TaskRecord",
+    "Withdrawn",
     "capabilities",
 ]
 
@@ -90,6 +95,14 @@ class LinkRefused(Exception):
 
 class GaveUp(Exception):
     """The reconnect attempts are spent."""
+
+
+class Withdrawn(Exception):
+    """The car's owner withdrew it from the fleet: the link ends for good."""
+
+    def __init__(self, car_id: str) -> None:
+        super().__init__(f"car {car_id or '?'}: its owner withdrew it from the fleet")
+        self.car_id = car_id
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,9 @@ class AgentConfig:
         max_tasks: Tasks run at once.
         channel_options: Extra gRPC channel options (on top of the protocol's).
         server_name_override: TLS name to expect from the gateway (tests, IP-less certs).
+        consent_file: The owner's consent in the car's settings
+            (``vehicle/consentfile.py``), re-read every telemetry period; None: active
+            unless ``Agent.set_consent`` says otherwise.
     """
 
     address: str
@@ -193,6 +209,7 @@ class AgentConfig:
     max_tasks: int = 1
     channel_options: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
     server_name_override: str = ""
+    consent_file: Path | None = None
 
 
 def capabilities(
@@ -212,7 +229,9 @@ def capabilities(
     )
 
 
-def _telemetry(reading: SensorReading, energy_today_wh: float) -> pb.Telemetry:
+def _telemetry(
+    reading: SensorReading, energy_today_wh: float, consent: pb.Consent.ValueType
+) -> pb.Telemetry:
     return pb.Telemetry(
         state=pb.PARKED if reading.parked else pb.DRIVING,
         plugged_in=reading.plugged_in,
@@ -222,6 +241,7 @@ def _telemetry(reading: SensorReading, energy_today_wh: float) -> pb.Telemetry:
         link_quality=min(1.0, max(0.0, reading.link_quality)),
         energy_used_today_wh=energy_today_wh,
         unix_time_ms=reading.unix_time_ms,
+        consent=consent,
     )
 
 
@@ -271,6 +291,10 @@ class Agent:
         self._stopping = asyncio.Event()
         self._telemetry_interval = config.telemetry_interval_s
         self._telemetry_kick = asyncio.Event()
+        self._consent_file = ConsentFile(config.consent_file) if config.consent_file else None
+        self._consent: pb.Consent.ValueType = pb.CONSENT_ACTIVE
+        # The gateway was told of a withdrawal (or refused the car after one): final.
+        self._withdrawn = False
         #: Set while a stream is up (after Welcome).
         self.connected = asyncio.Event()
         #: Recent tasks as they ended, newest last (for tests and the simulator).
@@ -295,17 +319,37 @@ class Agent:
         """Sends telemetry now instead of at the next period (e.g. the car just moved)."""
         self._telemetry_kick.set()
 
+    @property
+    def consent(self) -> ConsentName:
+        """The owner's consent as the agent last read it."""
+        return consent_name(self._consent)
+
+    def set_consent(self, consent: ConsentName) -> None:
+        """The owner's consent, set in-process (the simulator; a car without a consent
+        file): takes effect at once, telemetry included. A consent file, when there is
+        one, is the owner's setting again from its next read on.
+        """
+        self._consent = consent_value(consent)
+        self.kick_telemetry()
+
     async def run(self) -> None:
         """Connects and stays connected until ``stop()``.
 
         Raises:
+            Withdrawn: The owner withdrew the car (the gateway was told), or the settings
+                said so before it started: it does not connect again.
             LinkRefused: The gateway refused the car for a reason retrying cannot fix.
             GaveUp: ``max_reconnects`` attempts in a row failed.
         """
+        await self._read_consent()
+        if self._consent == pb.CONSENT_WITHDRAWN:
+            raise Withdrawn(self.config.car_id)
         while not self._stopping.is_set():
             try:
                 await self._session()
             except LinkRefused:
+                if self._withdrawn or self._consent == pb.CONSENT_WITHDRAWN:
+                    raise Withdrawn(self.config.car_id) from None
                 # Refused (expired, revoked): a renewed certificate on disk may still do.
                 if not await self._renewed():
                     raise
@@ -315,6 +359,8 @@ class Agent:
                 continue
             except (grpc.aio.AioRpcError, _StreamEnded, OSError) as e:
                 log.info("car link to %s ended: %s", self.address, e)
+            if self._withdrawn:
+                raise Withdrawn(self.config.car_id)
             if self._stopping.is_set():
                 break
             delay = self._backoff.next_delay()
@@ -415,8 +461,12 @@ class Agent:
             await asyncio.wait(
                 {writer, telemetry, reader, stopper}, return_when=asyncio.FIRST_COMPLETED
             )
-            if stopper.done():
+            if stopper.done() or (self._withdrawn and not call.done()):
                 await self._wind_down(writer)
+            if self._withdrawn:
+                # The gateway closes the stream once it has the withdrawal: cancelling
+                # first could drop it unread (bounded: an old gateway never closes).
+                await asyncio.wait({reader}, timeout=5.0)
         finally:
             self.connected.clear()
             self.metrics.connected.dec()
@@ -450,7 +500,12 @@ class Agent:
                     await asyncio.wait(set(self._task_handles))
                 outbound = self._outbound
                 if outbound is not None and not writer.done():
-                    await outbound.join()
+                    # The writer ends early when the gateway closes the stream meanwhile.
+                    drained = asyncio.ensure_future(outbound.join())
+                    try:
+                        await asyncio.wait({drained, writer}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        drained.cancel()
 
     async def _cancel_tasks(self) -> None:
         handles = list(self._task_handles)
@@ -520,20 +575,30 @@ class Agent:
                 gpu_temp_c=reading.gpu_temp_c,
                 energy_used_today_wh=today,
                 unix_time_ms=reading.unix_time_ms,
+                consent=self._consent,
             ),
             today,
         )
 
+    async def _read_consent(self) -> None:
+        if self._consent_file is not None:
+            self._consent = consent_value(await self._consent_file.read())
+
     async def _telemetry_loop(self) -> None:
         while True:
+            await self._read_consent()
             reading, conditions, today = self._conditions()
-            await self._send(pb.CarMessage(telemetry=_telemetry(reading, today)))
+            await self._send(pb.CarMessage(telemetry=_telemetry(reading, today, self._consent)))
             self.telemetry_sent += 1
             verdict = self._eligibility.update(conditions)
             if not verdict.eligible:
                 # The owner's policy is law: stop now, the gateway resumes elsewhere.
                 for runner in list(self._tasks.values()):
                     runner.request_stop(StopRequest(verdict.reason, verdict.message))
+            if conditions.consent == pb.CONSENT_WITHDRAWN:
+                self._withdrawn = True
+                log.warning("car %s: withdrawn by its owner; leaving", self.config.car_id)
+                return  # the link ends (its tasks and queue wind down first)
             self._telemetry_kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._telemetry_kick.wait(), self._telemetry_interval)
