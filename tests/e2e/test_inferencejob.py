@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,6 +91,31 @@ def local_labels_of(stack: DevStack, x: np.ndarray) -> np.ndarray:
     assert stack.model is not None
     session = ort.InferenceSession(str(stack.model.model_path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(["label"], {"input": x})[0])
+
+
+def check_ledger_matches_status(stack: DevStack, pool: str, st: dict[str, Any]) -> None:
+    """The gateway's owner ledger (``parkfleet ledger``, written every 5 s) has the job's
+    totals: its items and, to the status's rounding, its energy. Only this job used the
+    pool."""
+
+    def rows() -> list[dict[str, Any]] | None:
+        args = ["ledger", f"--data-dir={stack.data}", f"--pool={pool}", "--format=json"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "parkfleet.cli", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        got: list[dict[str, Any]] = json.loads(proc.stdout)
+        return got if sum(r["items"] for r in got) >= st["items"]["succeeded"] else None
+
+    got = until(rows, 30, f"the ledger of pool {pool} to have the job's items")
+    assert sum(r["items"] for r in got) == st["items"]["succeeded"]
+    assert sum(r["energy_wh"] for r in got) == pytest.approx(st["energyWh"], rel=1e-3, abs=1e-3)
+    assert sum(r["violations"] for r in got) == 0
+    assert sum(r["task_hours"] for r in got) > 0
+    assert {r["car_id"][:5] for r in got} <= {"stay-", "leave"}
 
 
 def test_digits_job_matches_local_onnx_item_for_item(jobs: DevStack, kubectl: Kubectl) -> None:
@@ -213,6 +240,7 @@ def test_thirty_percent_of_cars_leave_at_once(jobs: DevStack, kubectl: Kubectl) 
     assert condition(kubectl, "churned", "Complete")["status"] == "True", st
     assert st["carsMoved"] >= 1
     check_exactly_once_and_correct(jobs, "churned")
+    check_ledger_matches_status(jobs, "churn", st)
     stay.stop()
     kubectl("delete", "ij", "churned")
     kubectl("delete", "fp", "churn", "--wait=false")
