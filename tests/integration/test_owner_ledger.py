@@ -126,3 +126,36 @@ async def test_the_daily_budget_survives_agent_and_gateway_restarts(tmp_path: Pa
         assert cars["car-1"].reason == REASON_ENERGY_BUDGET_SPENT
     finally:
         await env.close()
+
+
+async def test_a_policy_stopped_attempts_own_figure_is_kept(tmp_path: Path) -> None:
+    """The gateway moves a task as soon as the owner's policy stops its car; the car's
+    report of the stopped attempt, with its energy, comes after: it is still counted."""
+    ledger = tmp_path / "data" / "ledger.shard-0.sqlite3"
+    env = await _env(tmp_path, FleetCA.create(), ledger)
+    try:
+        model = digits()
+        ref = env.gateway.models.add_file(model.model_path)
+        items = 40_000
+        x = np.resize(model.test_inputs(), (items, 64))
+        sensors = MutableSensors(SensorReading(plugged_in=True))
+        agent = env.start_agent("car-1", policy=Policy(only_while_plugged_in=True), sensors=sensors)
+        await env.wait_eligible(1)
+        await env.gateway.submit(digits_task("t", ref, SlowInput(x, 1.0), items, MemorySink()))
+        await env.events.wait(lambda e: e.kind == "checkpoint" and e.checkpoint > 0)
+        sensors.set(plugged_in=False)
+        await env.events.wait(lambda e: e.kind == "lost")
+        await wait_until(lambda: bool(agent.outcomes))
+        reported = agent.outcomes[-1].outcome.energy_wh
+        assert reported > 0
+        sample = env.gateway.metrics.registry.get_sample_value
+        await wait_until(
+            lambda: bool(
+                sample("parkfleet_gateway_car_reported_energy_joules_total", {"pool": "cars"})
+            )
+        )
+    finally:
+        await env.close()
+    (row,) = read_ledger([ledger])
+    assert row.car_energy_wh == pytest.approx(reported)
+    assert row.energy_wh > 0

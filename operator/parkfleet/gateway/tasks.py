@@ -529,9 +529,11 @@ class TaskManager:
         elif kind == "failed":
             f = msg.failed
             task = self._task_for(car, f.task_id, f.attempt)
+            # The car's own figure counts even for an attempt the gateway already moved
+            # (its policy stopped it, and this is its report): a cross-check of all its time.
+            self._car_energy(car, self.tasks[f.task_id], f.energy_wh)
             if task is None:
                 return
-            self._car_energy(car, task, f.energy_wh)
             if task.spec.item_start <= f.next_item <= task.delivered:
                 task.checkpoint = max(task.checkpoint, f.next_item)
             # A fact about this attempt on this car, whatever the car calls it: the task
@@ -590,6 +592,7 @@ class TaskManager:
     async def _on_done(self, car: CarState, d: pb.TaskDone) -> None:
         task = self._task_for(car, d.task_id, d.attempt)
         if task is None:
+            self._car_energy(car, self.tasks[d.task_id], d.energy_wh)
             return
         if task.delivered < task.spec.item_end:
             raise ProtocolViolation(
