@@ -300,9 +300,12 @@ class SimulatedFleet:
 
     async def _meter_loop(self) -> None:
         interval = self.config.true_meter_interval_s
-        while True:
-            self._observe()
-            await asyncio.sleep(interval)
+        try:
+            while True:
+                self._observe()
+                await asyncio.sleep(interval)
+        except Exception:  # a bug: the true energy stops counting, said in full
+            log.exception("the fleet's true meters stopped")
 
     def _observe(self) -> None:
         for agent, meter in zip(self.agents, self.meters, strict=True):
