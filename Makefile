@@ -184,12 +184,16 @@ bench-jobs: $(VENV)/.installed $(CP) $(VERSITYGW) model model-minilm ## Inferenc
 bench-revocation: $(VENV)/.installed $(CP) model ## revocation written -> the revoked car's stream closed (p50, p99 over 25)
 	$(PY) tests/bench/bench_revocation.py
 
+.PHONY: bench-fleetweek
+bench-fleetweek: $(VENV)/.installed model ## a simulated week of 1,000 strict owners' cars through one gateway: policy violations (gateway and simulator), energy error vs each car's true power, efficiency (FLEETWEEK_CARS=N, FLEETWEEK_DAYS=D)
+	$(PY) tests/bench/bench_fleetweek.py
+
 .PHONY: bench-s3
 bench-s3: $(VENV)/.installed $(VERSITYGW) ## object-storage inputs: the gateway's streaming MB/s vs the S3 client's raw MB/s, same server
 	$(PY) tests/bench/bench_s3.py
 
 .PHONY: bench
-bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation bench-s3 ## every benchmark; tables printed, JSON under .cache/bench/
+bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation bench-s3 bench-fleetweek ## every benchmark; tables printed, JSON under .cache/bench/
 
 FUZZ_RUNS ?= 1000000
 .PHONY: fuzz

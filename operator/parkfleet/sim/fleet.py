@@ -8,6 +8,9 @@ Every car runs the real agent (``parkfleet.vehicle.Agent``); only its sensors ar
 simulated (``TraceSensors`` over a seeded availability trace and a sped-up clock) and,
 for large fleets, its compute rate (``ModelledCompute``: real outputs from one shared
 ONNX Runtime pool, held to a modelled per-car rate so the CPU stays bounded).
+
+Each car also has a true power of its own and a meter of it (``parkfleet.sim.truemeter``):
+what the models of its energy are checked against (``true_energy_wh``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from parkfleet.policy import Policy
 from parkfleet.protocol.consent import ConsentName
 from parkfleet.sim.sensors import SimClock, TraceSensors
 from parkfleet.sim.traces import CarTrace, fleet_traces
+from parkfleet.sim.truemeter import MeteredCompute, TrueMeter, TruePower
 from parkfleet.vehicle.compute import Compute, CorruptCompute, ModelledCompute, OrtCompute
 from parkfleet.vehicle.link import (
     Agent,
@@ -85,6 +89,8 @@ class FleetConfig:
         cars_per_owner: Consecutive cars that share an owner (the certificate's ``owner``
             attribute, ``{prefix}owner-{index // cars_per_owner:06d}``): copies of one
             unit never go to two cars of one owner.
+        true_meter_interval_s: How often every car's true meter samples whether its
+            agent holds a task (wall-clock seconds).
     """
 
     cars: int
@@ -108,6 +114,7 @@ class FleetConfig:
     scenario: str = "day"
     corrupt: bool = False
     cars_per_owner: int = 1
+    true_meter_interval_s: float = 0.05
 
 
 @dataclass
@@ -226,7 +233,10 @@ class SimulatedFleet:
         self.models = ModelCache()  # one verified copy per model for the whole process
         self.traces: list[CarTrace] = []
         self.agents: list[Agent] = []
+        #: Each car's true power meter, by index like ``agents``.
+        self.meters: list[TrueMeter] = []
         self._runs: list[asyncio.Task[None]] = []
+        self._metering: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
         """Issues (or loads) every car's certificate and builds the agents; ``start`` calls it."""
@@ -250,6 +260,8 @@ class SimulatedFleet:
             rng = random.Random(f"{cfg.seed}:policy:{i}")
             policy = owner_policy(rng) if cfg.strict_owners else Policy()
             holder: list[Agent] = []
+            nominal = CarPower()
+            meter = TrueMeter(TruePower.draw(nominal, random.Random(f"{cfg.seed}:power:{i}")))
             sensors = TraceSensors(
                 trace,
                 self.clock,
@@ -263,28 +275,51 @@ class SimulatedFleet:
                     credentials=creds,
                     car_id=car_id,
                     policy=policy,
-                    capabilities=capabilities("sim-gpu", 8192, CarPower(), providers),
+                    capabilities=capabilities("sim-gpu", 8192, nominal, providers),
                     telemetry_interval_s=cfg.telemetry_interval_s,
                     max_reconnects=cfg.max_reconnects,
                     server_name_override=cfg.server_name_override,
                 ),
                 sensors,
-                self.compute,
+                MeteredCompute(self.compute, meter),
                 models=self.models,
                 metrics=self.metrics,
                 rng=random.Random(f"{cfg.seed}:backoff:{i}"),
             )
             holder.append(agent)
             self.agents.append(agent)
+            self.meters.append(meter)
 
     async def start(self) -> None:
         """Issues (or loads) certificates and connects every car, spread over ``ramp_s``."""
         await asyncio.to_thread(self.prepare)
+        self._metering = asyncio.create_task(self._meter_loop())
         gap = self.config.ramp_s / max(1, len(self.agents))
         for agent in self.agents:
             self._runs.append(asyncio.create_task(self._run_agent(agent)))
             if gap > 0:
                 await asyncio.sleep(gap)
+
+    async def _meter_loop(self) -> None:
+        interval = self.config.true_meter_interval_s
+        try:
+            while True:
+                self._observe()
+                await asyncio.sleep(interval)
+        except Exception:  # a bug: the true energy stops counting, said in full
+            log.exception("the fleet's true meters stopped")
+
+    def _observe(self) -> None:
+        for agent, meter in zip(self.agents, self.meters, strict=True):
+            meter.observe(bool(agent.running_tasks))
+
+    def true_energy_wh(self) -> float:
+        """Every car's true energy at the socket so far, in Wh."""
+        return sum(m.wh for m in self.meters)
+
+    def true_energy_wh_by_car(self) -> dict[str, float]:
+        """Each car's true energy at the socket so far, in Wh, by car id."""
+        return {a.config.car_id: m.wh for a, m in zip(self.agents, self.meters, strict=True)}
 
     async def _run_agent(self, agent: Agent) -> None:
         try:
@@ -354,5 +389,11 @@ class SimulatedFleet:
             agent.stop()
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
+        if self._metering is not None:
+            self._metering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metering
+            self._metering = None
+            self._observe()  # the last stretch, up to the cars' stop
         if self._own_compute is not None:
             self._own_compute.close()

@@ -32,6 +32,7 @@ __all__ = [
     "ModelSession",
     "ModelledCompute",
     "OrtCompute",
+    "WrappedSession",
     "available_providers",
 ]
 
@@ -228,7 +229,7 @@ class OrtCompute:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class _WrappedSession:
+class WrappedSession:
     """A session that adds behaviour around another one (rate limit, fault injection)."""
 
     def __init__(self, inner: ModelSession) -> None:
@@ -247,7 +248,7 @@ class _WrappedSession:
         return self._inner.input_types
 
 
-class _ModelledSession(_WrappedSession):
+class _ModelledSession(WrappedSession):
     def __init__(self, inner: ModelSession, items_per_second: float) -> None:
         super().__init__(inner)
         self._rate = items_per_second
@@ -288,7 +289,7 @@ class ModelledCompute:
         return _ModelledSession(await self._inner.session(sha256, model), self._rate)
 
 
-class _CorruptSession(_WrappedSession):
+class _CorruptSession(WrappedSession):
     async def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int
     ) -> list[np.ndarray]:
