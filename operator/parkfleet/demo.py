@@ -314,7 +314,12 @@ def _report(
     print(
         f"    energy: {energy:.3f} Wh, {per_item:.4f} mWh per item, on the wall clock like "
         "items/s (the simulator's speed-up moves only when cars park and drive)"
-        + ("; modelled: GPU power x time" if st.get("energyModelled") else "")
+        + (
+            "; the gateway's account: task seconds x each car's declared power (awake "
+            "base + GPU, at the socket)"
+            if st.get("energyModelled")
+            else ""
+        )
     )
     print(f"    results: {out}/unit-*.npz ({len(files)} files)")
     return exactly_once and same == len(labels)

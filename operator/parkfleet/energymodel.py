@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from parkfleet.protocol import carlink_pb2 as pb
+from parkfleet.protocol.claims import MIN_CHARGING_EFFICIENCY
 
 __all__ = [
     "DEFAULT_AWAKE_BASE_W",
@@ -42,7 +43,7 @@ class CarPower:
     Attributes:
         gpu_power_w: The GPU's draw under load.
         awake_base_w: The rest of the car kept awake for the task.
-        charging_efficiency: Share of the socket's energy that reaches the car, (0, 1].
+        charging_efficiency: Share of the socket's energy that reaches the car, [0.5, 1].
     """
 
     gpu_power_w: float = DEFAULT_GPU_POWER_W
@@ -55,8 +56,10 @@ class CarPower:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         eff = self.charging_efficiency
-        if not math.isfinite(eff) or not 0 < eff <= 1:
-            raise ValueError(f"charging_efficiency must be in (0, 1], got {eff!r}")
+        if not math.isfinite(eff) or not MIN_CHARGING_EFFICIENCY <= eff <= 1:
+            raise ValueError(
+                f"charging_efficiency must be in [{MIN_CHARGING_EFFICIENCY:g}, 1], got {eff!r}"
+            )
 
     @classmethod
     def from_capabilities(cls, caps: pb.Capabilities) -> CarPower:
@@ -69,7 +72,9 @@ class CarPower:
         return cls(
             gpu_power_w=gpu if gpu > 0 else DEFAULT_GPU_POWER_W,
             awake_base_w=base if base > 0 else DEFAULT_AWAKE_BASE_W,
-            charging_efficiency=eff if 0 < eff <= 1 else DEFAULT_CHARGING_EFFICIENCY,
+            charging_efficiency=(
+                eff if MIN_CHARGING_EFFICIENCY <= eff <= 1 else DEFAULT_CHARGING_EFFICIENCY
+            ),
         )
 
     @property

@@ -159,3 +159,29 @@ async def test_a_policy_stopped_attempts_own_figure_is_kept(tmp_path: Path) -> N
     (row,) = read_ledger([ledger])
     assert row.car_energy_wh == pytest.approx(reported)
     assert row.energy_wh > 0
+
+
+@pytest.mark.parametrize("agreed", [True, False, None])
+async def test_credit_of_a_copy_follows_its_verdict(tmp_path: Path, agreed: bool | None) -> None:
+    """A copy of a checked unit earns credit when the copies agree, none when they
+    disagree, and its credit when its result is kept without a vote (the check skipped)."""
+    ledger = tmp_path / "data" / "ledger.shard-0.sqlite3"
+    env = await _env(tmp_path, FleetCA.create(), ledger)
+    try:
+        model = digits()
+        ref = env.gateway.models.add_file(model.model_path)
+        x = np.resize(model.test_inputs(), (300, 64))
+        env.start_agent("car-1", sensors=MutableSensors(SensorReading(plugged_in=True)))
+        await env.wait_eligible(1)
+        spec = digits_task("copy", ref, SlowInput(x, 0.1), len(x), MemorySink(), group="unit")
+        await env.gateway.submit(spec)
+        assert (await env.events.ended("copy")).kind == "succeeded"
+        if agreed is not None:
+            env.gateway.record_verdict("copy", agreed)
+        env.gateway.release("copy")
+    finally:
+        await env.close()
+    (row,) = read_ledger([ledger])
+    assert row.task_hours > 0
+    expected = 0.0 if agreed is False else CREDIT_PER_TASK_HOUR * row.task_hours
+    assert row.credit == pytest.approx(expected)

@@ -103,6 +103,10 @@ async def test_a_telemetry_claim_out_of_range_closes_the_stream(
         ({"gpu_count": 9}, "hello.capabilities.gpu_count"),  # over this gateway's 8
         ({"gpu_memory_mib": 2**40}, "hello.capabilities.gpu_memory_mib"),
         ({"gpu_power_w": float("nan")}, "hello.capabilities.gpu_power_w"),
+        ({"awake_base_w": 1e9}, "hello.capabilities.awake_base_w"),
+        # A tiny efficiency would multiply every task's energy (and the owner's count).
+        ({"charging_efficiency": 1e-300}, "hello.capabilities.charging_efficiency"),
+        ({"charging_efficiency": 1.5}, "hello.capabilities.charging_efficiency"),
     ],
 )
 async def test_a_capacity_claim_out_of_range_is_refused_at_hello(

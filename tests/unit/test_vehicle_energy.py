@@ -34,7 +34,7 @@ def test_modelled_from_the_awake_car_at_the_socket() -> None:
     [
         ("gpu_power_w", -1.0),
         ("awake_base_w", float("nan")),
-        ("charging_efficiency", 0.0),
+        ("charging_efficiency", 0.4),
         ("charging_efficiency", 1.5),
     ],
 )

@@ -28,6 +28,11 @@ class ConsentBook(Protocol):
         """Whether the car's owner withdrew it (it is refused at Hello)."""
         ...
 
+    def is_paused(self, car_id: str) -> bool:
+        """Whether the car's last recorded consent is ``paused`` (also from before a
+        gateway restart: a car that reconnects active is then a change)."""
+        ...
+
     def record_consent(
         self, car_id: str, pool: str, owner: str, consent: str, unix_ms: int
     ) -> None:
@@ -69,6 +74,10 @@ class MemoryConsentBook:
     def is_withdrawn(self, car_id: str) -> bool:
         """Whether the car's owner withdrew it."""
         return car_id in self._withdrawn
+
+    def is_paused(self, car_id: str) -> bool:
+        """Always False: the server's own set knows the paused cars of this process."""
+        return False
 
     def record_consent(
         self, car_id: str, pool: str, owner: str, consent: str, unix_ms: int

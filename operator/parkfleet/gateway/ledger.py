@@ -15,10 +15,11 @@ Per car, owner, pool and hour (UTC, by the gateway's clock) it keeps:
 - ``credit``: credit for verified work (``CREDIT_PER_TASK_HOUR`` per hour of a task's run
   on the car, granted when the task succeeds, and with redundancy only when its copies
   agree; an attempt that delivered no result earns none);
-- ``violations``: times the car worked more than a grace period after its owner's policy
-  said stop (must stay 0).
+- ``violations``: times the car reported computing (progress, checkpoints) more than a
+  grace period after its owner's policy said stop (must stay 0).
 
-It also keeps each car's energy per local day (the daily budget counts it, so it survives
+It also keeps each car's energy per local day, the owner's day by the gateway's clock
+(the daily budget counts it, so it survives
 agent and gateway restarts) and the owner's consent changes (a withdrawal is for good).
 
 Storage: SQLite in the gateway's data volume (``--ledger``), written by one thread of its
@@ -164,7 +165,10 @@ class Ledger:
         self._db: sqlite3.Connection | None = None
         self._pending: dict[_Key, Usage] = {}
         self._pending_days: dict[tuple[str, int], float] = {}
-        self._pending_consent: list[tuple[str, str, str, int, str]] = []
+        # The last change per car since the last write (a car flapping its consent adds
+        # at most one row a flush).
+        self._pending_consent: dict[str, tuple[str, str, str, int, str]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
         # Each car's energy on its latest local day: (day, Wh), loaded at open.
         self._days: dict[str, tuple[int, float]] = {}
         self._withdrawn: set[str] = set()
@@ -214,7 +218,10 @@ class Ledger:
     async def close(self) -> None:
         """Writes what is buffered and closes the file."""
         if self._flusher is not None:
-            self._flusher.cancel()
+            # Not while it writes: a write cancelled mid-way would be merged back and
+            # written twice.
+            async with self._lock:
+                self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         if self._executor is None:
@@ -246,12 +253,12 @@ class Ledger:
         async with self._lock:
             if not (self._pending or self._pending_days or self._pending_consent):
                 return
-            pending, self._pending = self._pending, {}
-            days, self._pending_days = self._pending_days, {}
-            consent, self._pending_consent = self._pending_consent, []
-            loop = asyncio.get_running_loop()
             if self._executor is None:
                 raise sqlite3.ProgrammingError("the ledger is not open")
+            pending, self._pending = self._pending, {}
+            days, self._pending_days = self._pending_days, {}
+            consent, self._pending_consent = list(self._pending_consent.values()), {}
+            loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(self._executor, self._write, pending, days, consent)
             except BaseException:
@@ -268,7 +275,8 @@ class Ledger:
             self._add(key, u)
         for dkey, wh in days.items():
             self._pending_days[dkey] = max(self._pending_days.get(dkey, 0.0), wh)
-        self._pending_consent[:0] = consent
+        for row in consent:
+            self._pending_consent.setdefault(row[0], row)
 
     def _write(
         self,
@@ -346,9 +354,24 @@ class Ledger:
         if self._consent.get(car_id, CONSENT_ACTIVE) == consent:
             return
         self._consent[car_id] = consent
+        self._pending_consent[car_id] = (car_id, owner, pool, unix_ms, consent)
         if consent == CONSENT_WITHDRAWN:
             self._withdrawn.add(car_id)
-        self._pending_consent.append((car_id, owner, pool, unix_ms, consent))
+            # For good, also if the gateway is killed in the next seconds: written now.
+            if self._executor is not None:
+                t = asyncio.get_running_loop().create_task(self._flush_quietly())
+                self._flushes.add(t)
+                t.add_done_callback(self._flushes.discard)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except (sqlite3.Error, OSError) as e:  # the periodic flush retries
+            log.warning("writing the ledger failed (retrying): %r", e)
+
+    def is_paused(self, car_id: str) -> bool:
+        """Whether the car's last recorded consent is ``paused``."""
+        return self._consent.get(car_id) == CONSENT_PAUSED
 
     def is_withdrawn(self, car_id: str) -> bool:
         """Whether the car's owner withdrew it (for good)."""
@@ -413,7 +436,7 @@ def read_ledger(
         sqlite3.Error: A file is not a ledger.
     """
     totals: dict[tuple[str, str, str], list[Any]] = {}
-    consent: dict[str, str] = {}
+    consent: dict[str, tuple[int, str]] = {}
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no ledger at {path}")
@@ -439,11 +462,12 @@ def read_ledger(
                 got = totals.setdefault(key, [0.0] * len(_AMOUNTS))
                 for i, v in enumerate(amounts):
                     got[i] += v or 0
-            for car, state in db.execute(
-                "SELECT car_id, consent FROM consent c WHERE rowid = "
+            for car, at, state in db.execute(
+                "SELECT car_id, unix_ms, consent FROM consent c WHERE rowid = "
                 "(SELECT MAX(rowid) FROM consent d WHERE d.car_id = c.car_id)"
             ):
-                consent[car] = state
+                if car not in consent or consent[car][0] <= at:
+                    consent[car] = (int(at), str(state))
         finally:
             db.close()
     rows = []
@@ -461,7 +485,7 @@ def read_ledger(
                 car_energy_wh=u.car_energy_wh,
                 credit=u.credit,
                 violations=int(u.violations),
-                consent=consent.get(car, CONSENT_ACTIVE) if by == "car" else "",
+                consent=consent.get(car, (0, CONSENT_ACTIVE))[1] if by == "car" else "",
             )
         )
     return rows

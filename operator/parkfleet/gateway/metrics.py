@@ -149,7 +149,7 @@ class GatewayMetrics:
         )
         self.policy_violations = Counter(
             "parkfleet_gateway_policy_violations_total",
-            "Times a car still worked longer than the grace period after its owner's "
+            "Times a car still reported computing longer than the grace period after its owner's "
             "policy stopped it (must stay 0), by pool.",
             ["pool"],
             registry=r,

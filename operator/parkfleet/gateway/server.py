@@ -77,8 +77,9 @@ REASON_MAX_AGE = "MaxStreamAge"
 REASON_WITHDRAWN = "Withdrawn"
 _WITHDRAWN_MESSAGE = "this car's owner withdrew it from the fleet"
 # How a car's stream breaks from its side (reset, closed while written to).
-# Messages that mean the car is still working on a task.
-_WORK_KINDS = frozenset({"progress", "checkpoint", "result", "done"})
+# Messages that mean the car is still computing (a result or a done may have been in
+# flight when the policy stopped it: they prove nothing).
+_WORK_KINDS = frozenset({"progress", "checkpoint"})
 
 
 _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
@@ -481,7 +482,10 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         car.cert_expires_at = identity.expires_at
         car.connected_at = time.time()
         car.reputation = self._tasks.reputation.state(identity.car_id)
-        car.consent = "paused" if identity.car_id in self._paused else "active"
+        paused = identity.car_id in self._paused
+        car.consent = (
+            "paused" if paused or self.consent_book.is_paused(identity.car_id) else "active"
+        )
         old = self._registry.add(car)
         if old is not None:
             self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")
@@ -506,7 +510,6 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 return
             if isinstance(msg, ResultData):  # most of a task's bytes: decoded without copies
                 count(msg.validate())
-                tasks.check_stopped(car, "result")
                 await tasks.on_result(car, msg)
                 continue
             assert isinstance(msg, pb.CarMessage)
@@ -519,7 +522,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
                 # The time since the last telemetry is accounted first (offered, its task's
                 # seconds and energy), so that the daily budget includes it.
                 tasks.on_telemetry(car, car.eligible)
-                car.local_day = car.owner_policy.local_day(t.unix_time_ms or int(wall() * 1000))
+                # The budget's day by the gateway's clock (the car's is only its claim).
+                car.local_day = car.owner_policy.local_day(int(wall() * 1000))
                 verdict = registry.update_telemetry(car, t, tasks.accounted_today_wh(car))
                 if verdict is not None:
                     if verdict.eligible:

@@ -166,6 +166,10 @@ class TaskManager:
         task = self.tasks.get(task_id)
         if task is None or not task.terminal:
             return
+        if task.state == "Succeeded" and task.credit_seconds:
+            # A copy whose result was kept without a vote (its check was skipped, or
+            # found no car): accepted, so its cars earn their credit now.
+            self._grant_credit(task)
         del self.tasks[task_id]
         group = task.spec.group
         members = self._group_tasks.get(group)
@@ -366,10 +370,10 @@ class TaskManager:
         return self.ledger.day_energy(car.car_id, car.local_day)
 
     def check_stopped(self, car: CarState, kind: str) -> None:
-        """Counts a policy violation when the car still works (sends results, progress,
-        checkpoints) longer than a grace period after its owner's policy said stop; once
-        per stop. The grace: the car stops within one telemetry period, and what it had
-        in flight may take as long again to arrive."""
+        """Counts a policy violation when the car still reports computing (progress,
+        checkpoints: the server passes only those) longer than a grace period after its
+        owner's policy said stop; once per stop. The grace: the car stops within one
+        telemetry period, and a report in flight may take as long again to arrive."""
         if car.eligible or car.violated or car.reason == REASON_NO_TELEMETRY:
             return
         grace = max(5.0, 2.0 * self.telemetry_interval_s)
@@ -411,21 +415,19 @@ class TaskManager:
         for credit when it delivered results."""
         self._accrue(task, time.monotonic())
         if task.attempt_items > 0 and task.attempt_seconds > 0:
-            seconds = task.credit_seconds.get(car.car_id, 0.0) + task.attempt_seconds
-            task.credit_seconds[car.car_id] = seconds
+            _, seconds = task.credit_seconds.get(car.car_id, (car.owner, 0.0))
+            # The owner now: the car may be gone (and unregistered) when credit is granted.
+            task.credit_seconds[car.car_id] = (car.owner, seconds + task.attempt_seconds)
         task.accrued_at = task.attempt_seconds = 0.0
         task.attempt_items = 0
 
     def _grant_credit(self, task: Task) -> None:
         """The task's results were accepted: its cars earn credit for their seconds."""
-        for car_id, seconds in task.credit_seconds.items():
+        for car_id, (owner, seconds) in task.credit_seconds.items():
             credit = CREDIT_PER_TASK_HOUR * seconds / 3600.0
             self._metrics.credit.labels(task.pool).inc(credit)
-            if self.ledger is None:
-                continue
-            car = self._registry.cars.get(car_id)
-            owner = car.owner if car is not None else car_id
-            self.ledger.record(car_id, owner, task.pool, credit=credit)
+            if self.ledger is not None:
+                self.ledger.record(car_id, owner, task.pool, credit=credit)
         task.credit_seconds.clear()
 
     def _car_energy(self, car: CarState, task: Task, wh: float) -> None:

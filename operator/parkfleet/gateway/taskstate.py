@@ -99,7 +99,7 @@ class Task:
         self.attempt_items = 0
         # Seconds of the attempts that delivered results, per car: their credit once the
         # task's results are accepted.
-        self.credit_seconds: dict[str, float] = {}
+        self.credit_seconds: dict[str, tuple[str, float]] = {}
         self.cars: list[str] = []
         # Cars whose results reached the sink (the verdict on the task is on them).
         self.result_cars: list[str] = []

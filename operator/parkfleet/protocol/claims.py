@@ -15,7 +15,7 @@ text is bounded and stripped of control characters: both are shown, never parsed
 | hello.capabilities.gpu_memory_mib | 0..``MAX_GPU_MEMORY_MIB`` (a gateway may allow less) |
 | hello.capabilities.gpu_power_w | 0..``MAX_POWER_W``, finite |
 | hello.capabilities.awake_base_w | 0..``MAX_POWER_W``, finite |
-| hello.capabilities.charging_efficiency | 0..1, finite (0: unknown, taken as 1) |
+| hello.capabilities.charging_efficiency | 0 (the default) or ``MIN_CHARGING_EFFICIENCY``..1 |
 | hello.policy.min_soc_percent, resume_soc_percent | 0..100 |
 | hello.policy.daily_energy_wh | 0..``MAX_ENERGY_WH``, finite |
 | hello.policy.max_gpu_temp_c | 0..``MAX_TEMP_C``, finite |
@@ -48,6 +48,7 @@ __all__ = [
     "MAX_GPU_COUNT",
     "MAX_GPU_MEMORY_MIB",
     "MAX_TIME_ZONE_CHARS",
+    "MIN_CHARGING_EFFICIENCY",
     "REASON_CAR_FAILED",
     "car_reason",
     "car_text",
@@ -60,6 +61,8 @@ __all__ = [
 MAX_GPU_COUNT: Final[int] = 16
 MAX_GPU_MEMORY_MIB: Final[int] = 1024 * 1024  # 1 TiB per GPU: past any GPU made
 MAX_POWER_W: Final[float] = 5_000.0
+# No charger loses more than half: a smaller figure would multiply a task's energy.
+MIN_CHARGING_EFFICIENCY: Final[float] = 0.5
 MAX_ENERGY_WH: Final[float] = 200_000.0  # a day: more than a car's battery holds
 MAX_TASK_ENERGY_WH: Final[float] = 50_000.0
 MIN_TEMP_C: Final[float] = -60.0
@@ -131,7 +134,13 @@ def check_hello_claims(
     )
     _number(caps.gpu_power_w, "hello.capabilities.gpu_power_w", 0, MAX_POWER_W)
     _number(caps.awake_base_w, "hello.capabilities.awake_base_w", 0, MAX_POWER_W)
-    _number(caps.charging_efficiency, "hello.capabilities.charging_efficiency", 0, 1)
+    if caps.charging_efficiency != 0:
+        _number(
+            caps.charging_efficiency,
+            "hello.capabilities.charging_efficiency",
+            MIN_CHARGING_EFFICIENCY,
+            1,
+        )
     p = h.policy
     _number(p.min_soc_percent, "hello.policy.min_soc_percent", 0, 100)
     _number(p.resume_soc_percent, "hello.policy.resume_soc_percent", 0, 100)

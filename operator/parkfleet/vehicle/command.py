@@ -157,7 +157,7 @@ def register(subparsers: Any) -> None:
         "--charging-efficiency",
         type=float,
         default=DEFAULT_CHARGING_EFFICIENCY,
-        help="share of the socket's energy that reaches the car, (0, 1]",
+        help="share of the socket's energy that reaches the car, 0.5..1",
     )
     p.add_argument("--intra-op-threads", type=int, default=1)
     p.add_argument("--model-cache", help="folder for verified models (default: memory only)")
