@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from parkfleet.certs import FleetCA
-from parkfleet.gateway import MemorySink
+from parkfleet.gateway import MemorySink, ModelRef
 from parkfleet.gateway.ledger import CREDIT_PER_TASK_HOUR, read_ledger
 from parkfleet.policy import REASON_ENERGY_BUDGET_SPENT, Policy
 from parkfleet.vehicle import MutableSensors, SensorReading
@@ -22,6 +22,9 @@ from tests.integration.car_env import CarEnv, Events, SlowInput, digits, digits_
 from tests.integration.gateway_env import start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+# A long task: slow inputs keep it running for tens of seconds.
+ITEMS = 40_000
 
 
 async def _env(tmp_path: Path, ca: FleetCA, ledger: Path, **config: object) -> CarEnv:
@@ -35,13 +38,19 @@ async def _env(tmp_path: Path, ca: FleetCA, ledger: Path, **config: object) -> C
     return CarEnv(ca=ca, gateway=gateway, certs=certs, events=Events(gateway))
 
 
+def _digits(env: CarEnv, items: int) -> tuple[ModelRef, np.ndarray]:
+    """The digits model in the gateway's store, and ``items`` of its inputs."""
+    model = digits()
+    return env.gateway.models.add_file(model.model_path), np.resize(
+        model.test_inputs(), (items, 64)
+    )
+
+
 async def test_the_ledgers_totals_are_the_jobs_totals(tmp_path: Path) -> None:
     ledger = tmp_path / "data" / "ledger.shard-0.sqlite3"
     env = await _env(tmp_path, FleetCA.create(), ledger)
     try:
-        model = digits()
-        ref = env.gateway.models.add_file(model.model_path)
-        x = np.resize(model.test_inputs(), (600, 64))
+        ref, x = _digits(env, 600)
         for car in ("car-1", "car-2"):
             env.start_agent(car, sensors=MutableSensors(SensorReading(plugged_in=True)))
         await env.wait_eligible(2)
@@ -78,15 +87,12 @@ async def test_the_ledgers_totals_are_the_jobs_totals(tmp_path: Path) -> None:
 
 async def _spend_budget(env: CarEnv, policy: Policy) -> None:
     """Runs a long task on car-1 until its owner's daily budget stops it."""
-    model = digits()
-    ref = env.gateway.models.add_file(model.model_path)
-    items = 40_000
-    x = np.resize(model.test_inputs(), (items, 64))
+    ref, x = _digits(env, ITEMS)
     agent = env.start_agent(
         "car-1", policy=policy, sensors=MutableSensors(SensorReading(plugged_in=True))
     )
     await env.wait_eligible(1)
-    await env.gateway.submit(digits_task("long", ref, SlowInput(x, 1.0), items, MemorySink()))
+    await env.gateway.submit(digits_task("long", ref, SlowInput(x, 1.0), ITEMS, MemorySink()))
     lost = await env.events.wait(lambda e: e.kind == "lost")
     assert lost.reason == REASON_ENERGY_BUDGET_SPENT
     agent.stop()
@@ -134,14 +140,11 @@ async def test_a_policy_stopped_attempts_own_figure_is_kept(tmp_path: Path) -> N
     ledger = tmp_path / "data" / "ledger.shard-0.sqlite3"
     env = await _env(tmp_path, FleetCA.create(), ledger)
     try:
-        model = digits()
-        ref = env.gateway.models.add_file(model.model_path)
-        items = 40_000
-        x = np.resize(model.test_inputs(), (items, 64))
+        ref, x = _digits(env, ITEMS)
         sensors = MutableSensors(SensorReading(plugged_in=True))
         agent = env.start_agent("car-1", policy=Policy(only_while_plugged_in=True), sensors=sensors)
         await env.wait_eligible(1)
-        await env.gateway.submit(digits_task("t", ref, SlowInput(x, 1.0), items, MemorySink()))
+        await env.gateway.submit(digits_task("t", ref, SlowInput(x, 1.0), ITEMS, MemorySink()))
         await env.events.wait(lambda e: e.kind == "checkpoint" and e.checkpoint > 0)
         sensors.set(plugged_in=False)
         await env.events.wait(lambda e: e.kind == "lost")
@@ -168,9 +171,7 @@ async def test_credit_of_a_copy_follows_its_verdict(tmp_path: Path, agreed: bool
     ledger = tmp_path / "data" / "ledger.shard-0.sqlite3"
     env = await _env(tmp_path, FleetCA.create(), ledger)
     try:
-        model = digits()
-        ref = env.gateway.models.add_file(model.model_path)
-        x = np.resize(model.test_inputs(), (300, 64))
+        ref, x = _digits(env, 300)
         env.start_agent("car-1", sensors=MutableSensors(SensorReading(plugged_in=True)))
         await env.wait_eligible(1)
         spec = digits_task("copy", ref, SlowInput(x, 0.1), len(x), MemorySink(), group="unit")
