@@ -22,8 +22,9 @@ What it reports (``.cache/bench/fleetweek.json``, and a table):
   ``policy_violations_detail``: the gateway's own (its metric and its ledger), and an
   independent one from the simulator's side: a car that held a task while its true
   conditions forbade it (driving; unplugged when its owner allows work only while
-  charging; a blocked local hour) for longer than one telemetry period plus
-  ``--grace-s``, sampled every ``--check-s`` over the busy cars. Its longest such stretch
+  charging; a blocked local hour) for longer than the gateway's own grace for a
+  violation (``stop_grace_s``: twice the telemetry period, at least 5 s; or one period
+  plus ``--grace-s``), sampled every ``--check-s`` over the busy cars. Its longest such stretch
   is ``longest_forbidden_run_s``. (Battery floors, GPU temperature and daily budgets are
   left to the gateway's check: they are not the true trace's to judge.)
 - ``energy_error_ratio``: |gateway's energy (ledger) - true energy| / true energy over
@@ -67,6 +68,7 @@ from parkfleet.certs import CA_CERT_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE, F
 from parkfleet.energymodel import CarPower  # noqa: E402
 from parkfleet.gateway import ArrayInput, Gateway, GatewayConfig, MemorySink, TaskSpec  # noqa: E402
 from parkfleet.gateway.ledger import read_ledger  # noqa: E402
+from parkfleet.gateway.tasks import stop_grace_s  # noqa: E402
 from parkfleet.models.digits import build_digits  # noqa: E402
 from parkfleet.policy import Policy  # noqa: E402
 from parkfleet.sim import FleetConfig, SimulatedFleet  # noqa: E402
@@ -97,7 +99,7 @@ def forbidding(policy: Policy, r: SensorReading) -> str:
 
 class ForbiddenWatch:
     """The simulator's own check: cars that hold a task while their true conditions forbid
-    it, for longer than ``bound_s`` (one telemetry period plus a grace)."""
+    it, for longer than ``bound_s``."""
 
     def __init__(self, fleet: SimulatedFleet, bound_s: float) -> None:
         self.fleet = fleet
@@ -190,7 +192,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     outstanding: set[str] = set()
     counts = {"submitted": 0, "succeeded": 0, "failed": 0, "moves": 0, "event_items": 0}
     failures: dict[str, int] = {}
-    watch = ForbiddenWatch(fleet, t + args.grace_s)
+    # The gateway's own rule for a violation, unless a stricter bound is asked for.
+    bound = stop_grace_s(t) if args.grace_s is None else t + args.grace_s
+    watch = ForbiddenWatch(fleet, bound)
     stop = asyncio.Event()
 
     async def collect() -> None:
@@ -392,10 +396,17 @@ def main() -> int:
     p.add_argument("--days", type=float, default=float(os.environ.get("FLEETWEEK_DAYS", "7")))
     p.add_argument("--speed", type=float, default=1440.0, help="simulated s per wall s")
     p.add_argument("--rate", type=float, default=20.0, help="modelled items/s per car")
-    p.add_argument("--batch", type=int, default=2)
+    # Half a second of a car's compute per batch: results go in one message a batch.
+    p.add_argument("--batch", type=int, default=10)
     p.add_argument("--items-per-unit", type=int, default=200)
     p.add_argument("--telemetry-s", type=float, default=1.0)
-    p.add_argument("--grace-s", type=float, default=1.0, help="the simulator check's grace")
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=None,
+        help="the simulator check's bound is one telemetry period plus this (default: the "
+        "gateway's own grace for a violation, parkfleet.gateway.tasks.stop_grace_s)",
+    )
     p.add_argument("--check-s", type=float, default=0.1)
     p.add_argument("--ramp-s", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=0)

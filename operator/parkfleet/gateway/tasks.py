@@ -40,7 +40,7 @@ from parkfleet.protocol.claims import car_reason, car_text
 from parkfleet.protocol.limits import ProtocolViolation
 from parkfleet.taskport import EventKind, TaskEvent, TaskSpec
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "TaskManager"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "TaskManager", "stop_grace_s"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ DEFAULT_MAX_ATTEMPTS = 8
 # A car that answers Busy is not offered the same task again for this long.
 REASON_BUSY = "Busy"
 BUSY_RETRY_S = 5.0
+
+
+def stop_grace_s(telemetry_interval_s: float) -> float:
+    """How long a car may still report computing after its owner's policy stopped it
+    before it counts as a violation: it stops within one telemetry period, and a report
+    in flight may take as long again; at least 5 s (a busy link, a busy gateway)."""
+    return max(5.0, 2.0 * telemetry_interval_s)
 
 
 class TaskManager:
@@ -376,8 +383,7 @@ class TaskManager:
         telemetry period, and a report in flight may take as long again to arrive."""
         if car.eligible or car.violated or car.reason == REASON_NO_TELEMETRY:
             return
-        grace = max(5.0, 2.0 * self.telemetry_interval_s)
-        if time.monotonic() - car.ineligible_since <= grace:
+        if time.monotonic() - car.ineligible_since <= stop_grace_s(self.telemetry_interval_s):
             return
         car.violated = True
         self._metrics.policy_violations.labels(car.cell.pool).inc()
