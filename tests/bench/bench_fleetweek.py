@@ -396,8 +396,9 @@ def main() -> int:
     p.add_argument("--days", type=float, default=float(os.environ.get("FLEETWEEK_DAYS", "7")))
     p.add_argument("--speed", type=float, default=1440.0, help="simulated s per wall s")
     p.add_argument("--rate", type=float, default=20.0, help="modelled items/s per car")
-    # Half a second of a car's compute per batch: results go in one message a batch.
-    p.add_argument("--batch", type=int, default=10)
+    # A tenth of a second of a car's compute per batch: a stopped car's batch in flight is
+    # short (longer batches leave the car awake after the gateway stopped counting).
+    p.add_argument("--batch", type=int, default=2)
     p.add_argument("--items-per-unit", type=int, default=200)
     p.add_argument("--telemetry-s", type=float, default=1.0)
     p.add_argument(
