@@ -103,14 +103,18 @@ def creds(s3: devs3.S3Server) -> S3Credentials:
 def stack(cluster: devcluster.LocalCluster) -> Iterator[DevStack]:
     """Operator + gateway (shard 0) + 50 simulated cars of pool `demo` in 5 cells.
 
-    Also applies the FleetPool CRD, the `demo` sample pool and a one-cell pool `solo`
-    (short grace period) that tests fill with cars of their own.
+    Also applies the FleetPool and InferenceJob CRDs, the `demo` sample pool and a one-cell
+    pool `solo` (short grace period) that tests fill with cars of their own.
     """
     from .kube import SOLO_POOL
 
     k = Kubectl(cluster.kubeconfig)
-    k("apply", "-f", str(REPO / "crds" / "fleetpools.parkfleet.io.yaml"))
-    k("wait", "--for=condition=Established", "crd/fleetpools.parkfleet.io", "--timeout=60s")
+    # Both CRDs before the operator starts, as the chart installs them: kopf re-reads the
+    # API's discovery on each CRD event, and a CRD whose last event comes before discovery
+    # lists it stays unserved (an InferenceJob the operator never sees).
+    for crd in ("fleetpools", "inferencejobs"):
+        k("apply", "-f", str(REPO / "crds" / f"{crd}.parkfleet.io.yaml"))
+        k("wait", "--for=condition=Established", f"crd/{crd}.parkfleet.io", "--timeout=60s")
     with tempfile.TemporaryDirectory(prefix="parkfleet-stack-") as tmp:
         s = DevStack(Path(tmp), cluster.kubeconfig, telemetry_interval_s=1.0)
         try:
