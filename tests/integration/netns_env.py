@@ -85,6 +85,12 @@ class CarLink:
         return both("bytes"), both("packets")
 
 
+def _is_mount_point(path: Path) -> bool:
+    # os.path.ismount misses a bind mount within one filesystem (what `ip netns` makes).
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    return any(line.split()[4] == str(path) for line in mounts)
+
+
 def _free_slot() -> int:
     used = _sh("ip", "-o", "-4", "addr", "show")
     for slot in range(_SLOTS):
@@ -109,7 +115,7 @@ def car_link(tag: str = "car") -> Iterator[CarLink]:
         car_ip=f"{_SUBNET}.{4 * slot + 2}",
     )
     new_run_netns = not RUN_NETNS.exists()
-    run_netns_mounted = os.path.ismount(RUN_NETNS)
+    run_netns_mounted = _is_mount_point(RUN_NETNS)
     inside = ["ip", "-n", name]
     pair = ["type", "veth", "peer", "name", "eth0", "netns", name]
     try:
@@ -130,7 +136,7 @@ def car_link(tag: str = "car") -> Iterator[CarLink]:
             _sh("ip", "link", "delete", link.host_dev)
         if (RUN_NETNS / name).exists():
             _sh("ip", "netns", "delete", name)
-        if not run_netns_mounted and os.path.ismount(RUN_NETNS) and not any(RUN_NETNS.iterdir()):
+        if not run_netns_mounted and _is_mount_point(RUN_NETNS) and not any(RUN_NETNS.iterdir()):
             _sh("umount", "--lazy", str(RUN_NETNS))
         if new_run_netns and RUN_NETNS.exists() and not any(RUN_NETNS.iterdir()):
             RUN_NETNS.rmdir()
