@@ -192,8 +192,12 @@ bench-fleetweek: $(VENV)/.installed model ## a simulated week of 1,000 strict ow
 bench-s3: $(VENV)/.installed $(VERSITYGW) ## object-storage inputs: the gateway's streaming MB/s vs the S3 client's raw MB/s, same server
 	$(PY) tests/bench/bench_s3.py
 
+.PHONY: bench-silent-loss
+bench-silent-loss: $(VENV)/.installed model ## a busy car's link cut without a word (root: a network namespace) -> the gateway's lost event (p50, p99 over 20; SILENT_LOSS_TRIALS=N), vs the old 30 s telemetry timeout; the gateway pings' bytes per car per hour
+	$(PY) tests/bench/bench_silent_loss.py
+
 .PHONY: bench
-bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation bench-s3 bench-fleetweek ## every benchmark; tables printed, JSON under .cache/bench/
+bench: bench-gateway bench-agent bench-nodes bench-jobs bench-revocation bench-s3 bench-fleetweek bench-silent-loss ## every benchmark; tables printed, JSON under .cache/bench/
 
 FUZZ_RUNS ?= 1000000
 .PHONY: fuzz

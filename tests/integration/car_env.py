@@ -12,7 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,13 @@ class SlowInput:
 
 
 class Events:
-    """Collects every task event of a gateway while a test runs."""
+    """Collects every task event of a gateway while a test runs, each with the time it
+    was seen (``time.monotonic()`` of the gateway's process: the tests run it in theirs).
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.events: list[TaskEvent] = []
+        self.seen_at: list[float] = []
         self._changed = asyncio.Event()
         stream = gateway.events()
         self._task = asyncio.get_running_loop().create_task(self._collect(stream))
@@ -66,7 +70,12 @@ class Events:
     async def _collect(self, stream: AsyncIterator[TaskEvent]) -> None:
         async for e in stream:
             self.events.append(e)
+            self.seen_at.append(time.monotonic())
             self._changed.set()
+
+    def at(self, event: TaskEvent) -> float:
+        """When ``event`` (one of :attr:`events`) was seen."""
+        return self.seen_at[next(i for i, e in enumerate(self.events) if e is event)]
 
     def of(self, kind: str, task_id: str | None = None) -> list[TaskEvent]:
         return [e for e in self.events if e.kind == kind and task_id in (None, e.task_id)]
@@ -132,13 +141,17 @@ class CarEnv:
         self.runs.append(asyncio.get_running_loop().create_task(agent.run()))
         return agent
 
-    def spawn_agent(self, car_id: str, *extra: str) -> subprocess.Popen[bytes]:
-        """A real ``parkfleet agent`` process."""
+    def spawn_agent(
+        self, car_id: str, *extra: str, wrap: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """A real ``parkfleet agent`` process (its command after ``wrap``: e.g. the
+        ``ip netns exec NS`` of :meth:`netns_env.CarLink.wrap`)."""
         pair = self.pair(car_id)
         cert, key = self.certs / f"{car_id}.crt", self.certs / f"{car_id}.key"
         pair.save(cert, key)
         proc = subprocess.Popen(
             [
+                *wrap,
                 sys.executable,
                 "-m",
                 "parkfleet.cli",
@@ -172,6 +185,14 @@ class CarEnv:
                     return
                 await asyncio.sleep(0.02)
 
+    async def wait_connected(self, count: int, timeout_s: float = 60.0) -> None:
+        """Until exactly ``count`` cars are connected."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if self.gateway.capacity(CELL).cars_connected == count:
+                    return
+                await asyncio.sleep(0.02)
+
     async def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -190,11 +211,14 @@ class CarEnv:
         await self.gateway.stop(0)
 
 
-async def start_env(tmp_path: Path, **config: Any) -> CarEnv:
+async def start_env(
+    tmp_path: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), **config: Any
+) -> CarEnv:
+    """A gateway (``config``: its :class:`GatewayConfig`) whose certificate names ``hosts``."""
     ca = FleetCA.create()
     certs = tmp_path / "certs"
     ca.save(certs)
-    gateway = (await start_gateway(tmp_path, ca, **config)).gateway
+    gateway = (await start_gateway(tmp_path, ca, hosts=hosts, **config)).gateway
     return CarEnv(ca=ca, gateway=gateway, certs=certs, events=Events(gateway))
 
 

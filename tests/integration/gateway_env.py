@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,13 @@ class Env:
 
 
 async def start_gateway(
-    tmp_path: Path, ca: FleetCA, consent_book: ConsentBook | None = None, **config: Any
+    tmp_path: Path,
+    ca: FleetCA,
+    consent_book: ConsentBook | None = None,
+    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+    **config: Any,
 ) -> Env:
-    server = ca.issue_gateway(["127.0.0.1", "localhost"])
+    server = ca.issue_gateway(list(hosts))
     gateway = Gateway(
         GatewayConfig(
             ca_pem=ca.cert_pem,

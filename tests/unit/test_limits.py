@@ -74,6 +74,19 @@ def test_channel_options_bound_messages() -> None:
     assert limits.MAX_TENSOR_BYTES < limits.MAX_MESSAGE_BYTES
 
 
+def test_gateway_pings_notice_a_silent_car_within_10_s_and_tolerate_car_pings() -> None:
+    server = dict(limits.server_options())
+    car = dict(limits.channel_options())
+    assert server["grpc.keepalive_time_ms"] == limits.GATEWAY_PING_INTERVAL_MS
+    assert server["grpc.keepalive_timeout_ms"] == limits.GATEWAY_PING_TIMEOUT_MS
+    assert limits.LOSS_DETECTION_BOUND_S <= 10.0
+    # Pinging goes on however long the gateway has nothing to send to the car.
+    assert server["grpc.http2.max_pings_without_data"] == 0
+    # The cars' own pings come no more often than the gateway accepts them.
+    assert car["grpc.keepalive_time_ms"] >= server["grpc.http2.min_ping_interval_without_data_ms"]
+    assert server["grpc.http2.max_ping_strikes"] == 0
+
+
 def test_validate_car_message_kinds() -> None:
     assert limits.validate_car_message(pb.CarMessage(hello=pb.Hello())) == "hello"
     assert limits.validate_car_message(pb.CarMessage(accept=pb.TaskAccept(task_id="t"))) == "accept"

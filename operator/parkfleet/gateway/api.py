@@ -232,6 +232,7 @@ class Gateway:
                 await t
         self._loops = []
         if self._server is not None:
+            self._service.stopping = True
             await self._server.stop(grace)
             self._server = None
         await self._tasks.close()

@@ -76,12 +76,14 @@ REASON_MAX_AGE = "MaxStreamAge"
 # The car's owner withdrew it: its stream closes and its identity is refused from then on.
 REASON_WITHDRAWN = "Withdrawn"
 _WITHDRAWN_MESSAGE = "this car's owner withdrew it from the fleet"
-# How a car's stream breaks from its side (reset, closed while written to).
 # Messages that mean the car is still computing (a result or a done may have been in
 # flight when the policy stopped it: they prove nothing).
 _WORK_KINDS = frozenset({"progress", "checkpoint"})
 
 
+# A car's call ended by gRPC itself, the gateway not stopping: its connection broke.
+_LINK_LOST = "the car's connection was lost (reset, or the gateway's pings went unanswered)"
+# How a car's stream breaks from its side (reset, closed while written to).
 _STREAM_ERRORS = (grpc.RpcError, grpc.aio.AbortError, ConnectionError, EOFError)
 # grpc ships no type hints (mypy sees Any); the alias documents what flows: result chunks
 # arrive as ResultData (their tensors viewing the received bytes), input chunks leave as
@@ -174,6 +176,9 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         self.shard_addresses: list[str] = []
         # The fleet admin's revocation list (parkfleet.revocations; the node agent sets it).
         self.revocations: Revocations = {}
+        # Set by the gateway before its server stops: the calls gRPC then cancels are a
+        # shutdown, not lost cars.
+        self.stopping = False
 
     def place(self, identity: CarIdentity) -> PoolCell:
         """The pool, cell and pool floor of a car."""
@@ -390,10 +395,14 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         except _CarWithdrawn as e:
             code, reason, details = grpc.StatusCode.PERMISSION_DENIED, REASON_WITHDRAWN, str(e)
         except asyncio.CancelledError:
-            if car.close_code is None:
+            if car.close_code is not None:  # closed by the gateway (car.close)
+                code, reason, details = car.close_code, car.close_reason, car.close_details
+            elif self.stopping:
                 reason, details = "Shutdown", "the gateway is stopping"
                 raise
-            code, reason, details = car.close_code, car.close_reason, car.close_details
+            else:  # gRPC ended the call: the connection broke (reset, or pings unanswered)
+                reason, details = REASON_LINK_CLOSED, _LINK_LOST
+                raise
         except _STREAM_ERRORS as e:  # a broken stream (e.g. reset by the peer): this car only
             reason, details = REASON_LINK_CLOSED, f"stream error: {e!r}"
         except Exception:  # a bug of ours: this car's stream closes, and it is said loudly

@@ -16,6 +16,9 @@ import numpy as np
 from parkfleet.protocol import carlink_pb2 as pb
 
 __all__ = [
+    "GATEWAY_PING_INTERVAL_MS",
+    "GATEWAY_PING_TIMEOUT_MS",
+    "LOSS_DETECTION_BOUND_S",
     "MAX_DIMS",
     "MAX_FIELDS",
     "MAX_ID_CHARS",
@@ -57,6 +60,21 @@ MAX_ID_CHARS: Final[int] = 256
 MAX_NAMES: Final[int] = 64
 MAX_LOG_LINES: Final[int] = 100
 MAX_LOG_LINE_CHARS: Final[int] = 4096
+
+# A car that vanishes without a word (out of Wi-Fi range: no FIN, no RST) is noticed by
+# the gateway's own HTTP/2 pings: one goes out once the car has been quiet for
+# GATEWAY_PING_INTERVAL_MS, and the link closes when it is unanswered
+# GATEWAY_PING_TIMEOUT_MS after it was written; the car's task moves at once.
+# Pings rather than a shorter telemetry timeout: telemetry comes every 10 s, and a timeout
+# under 10 s would need it every 2-3 s, each message decoded and accounted in Python on
+# the gateway's loop; a ping is a 17-byte frame that gRPC's C core sends and the car's
+# answers, no Python at either end (``make bench-silent-loss`` measures the time and the
+# bytes). The telemetry timeout stays, for a car that answers pings but says nothing.
+GATEWAY_PING_INTERVAL_MS: Final[int] = 4_000
+# Time for the car's answer: a cellular round trip well past its usual tenths of a second.
+GATEWAY_PING_TIMEOUT_MS: Final[int] = 4_000
+# The longest a silent loss goes unnoticed (the goal is 10 s: the rest is margin).
+LOSS_DETECTION_BOUND_S: Final[float] = (GATEWAY_PING_INTERVAL_MS + GATEWAY_PING_TIMEOUT_MS) / 1000
 
 _TO_NUMPY: Final[dict[int, np.dtype[np.generic]]] = {
     pb.FLOAT32: np.dtype("<f4"),
@@ -122,7 +140,8 @@ def channel_options() -> list[tuple[str, int]]:
 
 
 def server_options() -> list[tuple[str, int]]:
-    """gRPC options for the gateway's server: the same bounds, and tolerance of car pings.
+    """gRPC options for the gateway's server: the same bounds, its own pings to each car
+    (a silent loss noticed within ``LOSS_DETECTION_BOUND_S``), and tolerance of car pings.
 
     Returns:
         Options for ``grpc.aio.server``.
@@ -130,7 +149,14 @@ def server_options() -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        # Cars ping every 30 s; accept that without "too many pings" GOAWAYs.
+        ("grpc.keepalive_time_ms", GATEWAY_PING_INTERVAL_MS),
+        ("grpc.keepalive_timeout_ms", GATEWAY_PING_TIMEOUT_MS),
+        # An idle car's stream carries no data from the gateway for hours: keep pinging
+        # it (gRPC's default stops after 2 pings without data sent).
+        ("grpc.http2.max_pings_without_data", 0),
+        # Cars ping every 30 s (channel_options); accept that without "too many pings"
+        # GOAWAYs: the minimum interval of car pings (min_recv_ping_interval_without_data,
+        # so named in gRPC core), and no strikes counted.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
