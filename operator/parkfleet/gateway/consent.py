@@ -68,6 +68,8 @@ class MemoryConsentBook:
 
     def __init__(self, keep: int = 1024) -> None:
         self._withdrawn: set[str] = set()
+        # Cars whose last consent is "paused" (bounded by the cars paused).
+        self._paused: set[str] = set()
         #: Recent changes, oldest first.
         self.changes: deque[ConsentChange] = deque(maxlen=keep)
 
@@ -76,13 +78,17 @@ class MemoryConsentBook:
         return car_id in self._withdrawn
 
     def is_paused(self, car_id: str) -> bool:
-        """Always False: the server's own set knows the paused cars of this process."""
-        return False
+        """Whether the car's last recorded consent is ``paused``."""
+        return car_id in self._paused
 
     def record_consent(
         self, car_id: str, pool: str, owner: str, consent: str, unix_ms: int
     ) -> None:
         """Records a change; a withdrawal is kept for good."""
         self.changes.append(ConsentChange(car_id, pool, owner, consent, unix_ms))
+        if consent == "paused":
+            self._paused.add(car_id)
+        else:
+            self._paused.discard(car_id)
         if consent == "withdrawn":
             self._withdrawn.add(car_id)

@@ -164,9 +164,6 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         self.consent_book: ConsentBook = (
             consent_book if consent_book is not None else MemoryConsentBook()
         )
-        # Cars whose last consent was "paused", across their streams: a paused car that
-        # reconnects is no change (bounded by the cars paused, not by the fleet).
-        self._paused: set[str] = set()
         # None: cells come from the certificate's pool/cell attributes (no Kubernetes);
         # a list: the FleetPools' selectors decide (the node agent sets it).
         self.pools: list[FleetPoolSpec] | None = None
@@ -491,10 +488,8 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         car.cert_expires_at = identity.expires_at
         car.connected_at = time.time()
         car.reputation = self._tasks.reputation.state(identity.car_id)
-        paused = identity.car_id in self._paused
-        car.consent = (
-            "paused" if paused or self.consent_book.is_paused(identity.car_id) else "active"
-        )
+        # A paused car that reconnects (or a gateway that restarted) is no change.
+        car.consent = "paused" if self.consent_book.is_paused(identity.car_id) else "active"
         old = self._registry.add(car)
         if old is not None:
             self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")
@@ -561,10 +556,6 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             _CarWithdrawn: The owner withdrew the car (its task has already moved).
         """
         self._registry.set_consent(car, consent)
-        if consent == "paused":
-            self._paused.add(car.car_id)
-        else:
-            self._paused.discard(car.car_id)
         pool = car.cell.pool
         self.consent_book.record_consent(
             car.car_id, pool, car.owner, consent, int(time.time() * 1000)
