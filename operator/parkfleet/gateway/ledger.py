@@ -33,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import csv
+import datetime as dt
 import io
 import json
 import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -106,9 +107,6 @@ def ledger_file_name(shard: int) -> str:
     return f"ledger.shard-{shard}.sqlite3"
 
 
-_AMOUNTS = ("offered_s", "task_s", "items", "energy_wh", "car_energy_wh", "credit", "violations")
-
-
 @dataclass(slots=True)
 class Usage:
     """Amounts for one car, owner, pool and hour (see the module's docstring)."""
@@ -120,6 +118,17 @@ class Usage:
     car_energy_wh: float = 0.0
     credit: float = 0.0
     violations: int = 0
+
+
+# The amounts, in the order of the usage table's columns, and those that are counts.
+_AMOUNTS = tuple(f.name for f in fields(Usage))
+_INTS = frozenset(f.name for f in fields(Usage) if isinstance(f.default, int))
+
+# Each car's latest consent (the row written last).
+_LATEST_CONSENT = (
+    "SELECT car_id, unix_ms, consent FROM consent c WHERE rowid = "
+    "(SELECT MAX(rowid) FROM consent d WHERE d.car_id = c.car_id)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +215,7 @@ class Ledger:
             "(SELECT MAX(day) FROM daily_energy e WHERE e.car_id = d.car_id)"
         ):
             days[car] = (int(day), float(wh))
-        consent = {
-            car: state
-            for car, state in db.execute(
-                "SELECT car_id, consent FROM consent c WHERE rowid = "
-                "(SELECT MAX(rowid) FROM consent d WHERE d.car_id = c.car_id)"
-            )
-        }
+        consent = {car: state for car, _, state in db.execute(_LATEST_CONSENT)}
         return days, consent
 
     async def close(self) -> None:
@@ -271,8 +274,8 @@ class Ledger:
         days: dict[tuple[str, int], float],
         consent: list[tuple[str, str, str, int, str]],
     ) -> None:
-        for key, u in pending.items():
-            self._add(key, u)
+        for (car_id, owner, pool, hour), u in pending.items():
+            self._add(car_id, owner, pool, hour, asdict(u))
         for dkey, wh in days.items():
             self._pending_days[dkey] = max(self._pending_days.get(dkey, 0.0), wh)
         for row in consent:
@@ -311,17 +314,9 @@ class Ledger:
 
     # ---- recording (cheap, synchronous: called from the event loop) ------------------
 
-    def _add(self, key: _Key, u: Usage) -> None:
-        got = self._pending.get(key)
-        if got is None:
-            self._pending[key] = Usage(**asdict(u))
-            return
-        for a in _AMOUNTS:
-            setattr(got, a, getattr(got, a) + getattr(u, a))
-
-    def record(self, car_id: str, owner: str, pool: str, **amounts: float) -> None:
-        """Adds amounts (``Usage`` field names) to the car's current hour."""
-        hour = int(self._clock() // 3600) * 3600
+    def _add(
+        self, car_id: str, owner: str, pool: str, hour: int, amounts: Mapping[str, float]
+    ) -> None:
         key = (car_id, owner, pool, hour)
         got = self._pending.get(key)
         if got is None:
@@ -330,6 +325,10 @@ class Ledger:
             if not math.isfinite(value) or value <= 0:
                 continue
             setattr(got, name, getattr(got, name) + (int(value) if name in _INTS else value))
+
+    def record(self, car_id: str, owner: str, pool: str, **amounts: float) -> None:
+        """Adds amounts (``Usage`` field names) to the car's current hour."""
+        self._add(car_id, owner, pool, int(self._clock() // 3600) * 3600, amounts)
 
     def add_day_energy(self, car_id: str, day: int, wh: float) -> float:
         """Adds energy to the car's local ``day`` (the daily budget); returns the day's
@@ -382,9 +381,6 @@ class Ledger:
         return self._consent.get(car_id, CONSENT_ACTIVE)
 
 
-_INTS = frozenset({"items", "violations"})
-
-
 # ---- reading it back (``parkfleet ledger``) --------------------------------------------
 
 
@@ -398,8 +394,6 @@ def parse_since(value: str, now: float | None = None) -> float:
     Raises:
         ValueError: Neither form; the message says both.
     """
-    import datetime as dt
-
     text = value.strip()
     now = time.time() if now is None else now
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -462,10 +456,7 @@ def read_ledger(
                 got = totals.setdefault(key, [0.0] * len(_AMOUNTS))
                 for i, v in enumerate(amounts):
                     got[i] += v or 0
-            for car, at, state in db.execute(
-                "SELECT car_id, unix_ms, consent FROM consent c WHERE rowid = "
-                "(SELECT MAX(rowid) FROM consent d WHERE d.car_id = c.car_id)"
-            ):
+            for car, at, state in db.execute(_LATEST_CONSENT):
                 if car not in consent or consent[car][0] <= at:
                     consent[car] = (int(at), str(state))
         finally:

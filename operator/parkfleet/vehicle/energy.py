@@ -116,11 +116,15 @@ class DailyEnergy:
         self._day = -1
         self._wh = 0.0
 
-    def add(self, wh: float, unix_time_ms: int) -> None:
-        """Adds energy spent at ``unix_time_ms``."""
+    def _on_day_of(self, unix_time_ms: int) -> None:
+        """Moves the count to the local day of ``unix_time_ms`` (a new day starts at 0)."""
         day = self._local_day(unix_time_ms)
         if day != self._day:
             self._day, self._wh = day, 0.0
+
+    def add(self, wh: float, unix_time_ms: int) -> None:
+        """Adds energy spent at ``unix_time_ms``."""
+        self._on_day_of(unix_time_ms)
         self._wh += max(0.0, wh)
 
     def today(self, unix_time_ms: int) -> float:
@@ -130,7 +134,5 @@ class DailyEnergy:
     def seed(self, wh: float, unix_time_ms: int) -> None:
         """Starts the local day of ``unix_time_ms`` from at least ``wh`` (the gateway's
         own count, told on connect: this count lives in memory and restarts at 0)."""
-        day = self._local_day(unix_time_ms)
-        if day != self._day:
-            self._day, self._wh = day, 0.0
+        self._on_day_of(unix_time_ms)
         self._wh = max(self._wh, wh if wh > 0 else 0.0)
