@@ -347,6 +347,7 @@ class Telemetry(_message.Message):
     ENERGY_USED_TODAY_WH_FIELD_NUMBER: _builtins.int
     UNIX_TIME_MS_FIELD_NUMBER: _builtins.int
     CONSENT_FIELD_NUMBER: _builtins.int
+    EXPECTED_STAY_S_FIELD_NUMBER: _builtins.int
     state: Global___VehicleState.ValueType
     plugged_in: _builtins.bool
     soc_percent: _builtins.float
@@ -358,6 +359,10 @@ class Telemetry(_message.Message):
     unix_time_ms: _builtins.int
     consent: Global___Consent.ValueType
     """the owner's consent, from the car's own settings"""
+    expected_stay_s: _builtins.float
+    """Seconds the car expects to stay parked from now (0 = unknown): from its owner's
+    departure schedule. A claim: placement counts it only coarsely.
+    """
     def __init__(
         self,
         *,
@@ -370,10 +375,11 @@ class Telemetry(_message.Message):
         energy_used_today_wh: _builtins.float = ...,
         unix_time_ms: _builtins.int = ...,
         consent: Global___Consent.ValueType = ...,
+        expected_stay_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "energy_used_today_wh", b"energy_used_today_wh", "free_gpu_memory_mib", b"free_gpu_memory_mib", "gpu_temp_c", b"gpu_temp_c", "link_quality", b"link_quality", "plugged_in", b"plugged_in", "soc_percent", b"soc_percent", "state", b"state", "unix_time_ms", b"unix_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "energy_used_today_wh", b"energy_used_today_wh", "expected_stay_s", b"expected_stay_s", "free_gpu_memory_mib", b"free_gpu_memory_mib", "gpu_temp_c", b"gpu_temp_c", "link_quality", b"link_quality", "plugged_in", b"plugged_in", "soc_percent", b"soc_percent", "state", b"state", "unix_time_ms", b"unix_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,7 @@ text is bounded and stripped of control characters: both are shown, never parsed
 | telemetry.free_gpu_memory_mib | 0..``MAX_GPU_MEMORY_MIB`` (then clamped to the car's total) |
 | telemetry.link_quality | 0..1, finite |
 | telemetry.energy_used_today_wh | 0..``MAX_ENERGY_WH``, finite |
+| telemetry.expected_stay_s | 0 (unknown) ..``MAX_EXPECTED_STAY_S``, finite |
 | done/failed.energy_wh | 0..``MAX_TASK_ENERGY_WH``, finite |
 | done.seconds, progress.items_per_second | ≥ 0, finite |
 """
@@ -45,6 +46,7 @@ from parkfleet.protocol.limits import ProtocolViolation, check_text
 __all__ = [
     "CAR_REASONS",
     "MAX_CAR_TEXT_CHARS",
+    "MAX_EXPECTED_STAY_S",
     "MAX_GPU_COUNT",
     "MAX_GPU_MEMORY_MIB",
     "MAX_TIME_ZONE_CHARS",
@@ -69,6 +71,9 @@ MIN_TEMP_C: Final[float] = -60.0
 MAX_TEMP_C: Final[float] = 200.0
 MAX_CAR_TEXT_CHARS: Final[int] = 512
 MAX_TIME_ZONE_CHARS: Final[int] = 64  # the longest IANA name has 32
+# An owner's schedule repeats weekly: no next departure is further off than a week (and
+# a longer claim would add nothing: placement only asks "long enough for this unit?").
+MAX_EXPECTED_STAY_S: Final[float] = 7 * 86_400.0
 _STATES: Final[frozenset[int]] = frozenset(pb.VehicleState.values())
 _CONSENTS: Final[frozenset[int]] = frozenset(pb.Consent.values())
 
@@ -171,6 +176,7 @@ def check_telemetry_claims(t: pb.Telemetry) -> None:
     _number(t.free_gpu_memory_mib, "telemetry.free_gpu_memory_mib", 0, MAX_GPU_MEMORY_MIB)
     _number(t.link_quality, "telemetry.link_quality", 0, 1)
     _number(t.energy_used_today_wh, "telemetry.energy_used_today_wh", 0, MAX_ENERGY_WH)
+    _number(t.expected_stay_s, "telemetry.expected_stay_s", 0, MAX_EXPECTED_STAY_S)
 
 
 def check_report_claims(kind: str, msg: pb.CarMessage) -> None:
