@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from parkfleet.protocol import carlink_pb2 as pb
@@ -32,6 +32,7 @@ __all__ = [
     "Verdict",
     "check_time_zone",
     "local_hour",
+    "owner_tz",
     "utc_offset_minutes_at",
 ]
 
@@ -73,6 +74,17 @@ def check_time_zone(name: str) -> None:
     """
     if name:
         _zone(name)
+
+
+def owner_tz(time_zone: str = "", utc_offset_minutes: int = 0) -> tzinfo:
+    """The owner's local time: the IANA zone when set, else the fixed UTC offset.
+
+    Raises:
+        ValueError: ``time_zone`` is not a known zone.
+    """
+    if time_zone:
+        return _zone(time_zone)
+    return timezone(timedelta(minutes=utc_offset_minutes))
 
 
 def utc_offset_minutes_at(

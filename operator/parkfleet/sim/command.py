@@ -44,6 +44,9 @@ async def _main(args: argparse.Namespace) -> int:
             strict_owners=not args.lenient_owners,
             server_name_override=args.server_name or "",
             scenario=args.scenario,
+            mean_stay_s=args.mean_stay_s,
+            mean_drive_s=args.mean_drive_s,
+            departure_noise=args.departure_noise,
             start_unix_ms=_start_ms(args.start_hour),
             car_id_prefix=args.car_prefix,
             corrupt=args.corrupt,
@@ -119,7 +122,17 @@ def register(subparsers: Any) -> None:
         "--scenario",
         choices=SCENARIOS,
         default="day",
-        help="day: realistic commutes and charging; parked: every car parked and plugged in",
+        help="day: realistic commutes and charging; parked: every car parked and plugged "
+        "in; stays: short plugged-in stays between drives, each car at its own phase",
+    )
+    p.add_argument("--mean-stay-s", type=float, default=400.0, help="stays: mean stay")
+    p.add_argument("--mean-drive-s", type=float, default=60.0, help="stays: mean drive")
+    p.add_argument(
+        "--departure-noise",
+        type=float,
+        default=0.0,
+        help="cars report their trace's next departure off by up to this fraction of the "
+        "stay (negative: they report none)",
     )
     p.add_argument(
         "--start-hour",

@@ -84,7 +84,12 @@ class FleetConfig:
             policies and time zones (``owner_policy``).
         server_name_override: TLS name to expect from the gateway.
         max_reconnects: Per car, None = forever.
-        scenario: ``day`` (realistic traces) or ``parked`` (always parked, plugged in).
+        scenario: ``day`` (realistic traces), ``parked`` (always parked, plugged in) or
+            ``stays`` (short stays between drives, departures spread out).
+        mean_stay_s: ``stays``: the mean parked stay (trace seconds).
+        mean_drive_s: ``stays``: the mean drive between stays.
+        departure_noise: Each car reports the time to its trace's next departure, off by
+            up to this fraction of the stay (``TraceSensors``); negative: reports none.
         corrupt: Fault injection: every car returns wrong results (tests of redundancy).
         cars_per_owner: Consecutive cars that share an owner (the certificate's ``owner``
             attribute, ``{prefix}owner-{index // cars_per_owner:06d}``): copies of one
@@ -112,6 +117,9 @@ class FleetConfig:
     max_reconnects: int | None = None
     extra_attributes: dict[str, str] = field(default_factory=dict)
     scenario: str = "day"
+    mean_stay_s: float = 400.0
+    mean_drive_s: float = 60.0
+    departure_noise: float = 0.0
     corrupt: bool = False
     cars_per_owner: int = 1
     true_meter_interval_s: float = 0.05
@@ -243,7 +251,9 @@ class SimulatedFleet:
         cfg = self.config
         ca = FleetCA.load(cfg.certs_dir)
         ca_pem = (cfg.certs_dir / CA_CERT_FILE).read_bytes()
-        self.traces = fleet_traces(cfg.seed, cfg.cars, cfg.days, cfg.scenario)
+        self.traces = fleet_traces(
+            cfg.seed, cfg.cars, cfg.days, cfg.scenario, cfg.mean_stay_s, cfg.mean_drive_s
+        )
         providers = ["CPUExecutionProvider"]
         if isinstance(self.compute, OrtCompute):
             providers = self.compute.providers
@@ -268,6 +278,8 @@ class SimulatedFleet:
                 utc_offset_minutes=policy.utc_offset_minutes,
                 time_zone=policy.time_zone,
                 busy=functools.partial(_busy, holder),
+                departure_noise=cfg.departure_noise,
+                noise_seed=f"{cfg.seed}:{i}",
             )
             agent = Agent(
                 AgentConfig(

@@ -12,17 +12,31 @@ A trace is a seeded, plausible sequence of segments over whole local days:
   drive; the GPU follows the ambient temperature, warmer on drives
   and under load.
 
-Times are seconds since local midnight of day 0; ``state_at`` wraps after the last day.
+The ``stays`` scenario is for benchmarks of departures: every car alternates parked,
+plugged-in stays (uniform around ``mean_stay_s``) with short drives, at its own phase, so
+departures are spread over any stretch of time rather than bunched at commuting hours.
+
+Times are seconds since local midnight of day 0; ``state_at`` wraps after the last day. A
+trace is also the car's schedule: ``departure_in`` says when its current stay ends.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["CarTrace", "Segment", "TraceState", "fleet_traces", "generate_trace"]
+__all__ = [
+    "CarTrace",
+    "Segment",
+    "TraceState",
+    "fleet_traces",
+    "generate_trace",
+    "parked_trace",
+    "stays_trace",
+]
 
 DAY_S = 86_400.0
 _HOUR = 3600.0
@@ -79,11 +93,45 @@ class CarTrace:
     days: int
     ambient_c: float
 
+    @functools.cached_property
+    def _starts(self) -> list[float]:
+        return [s.start_s for s in self.segments]
+
     def _index(self, t_s: float) -> tuple[int, float]:
         t = t_s % (self.days * DAY_S)
-        starts = [s.start_s for s in self.segments]
-        i = max(0, bisect.bisect_right(starts, t) - 1)
+        i = max(0, bisect.bisect_right(self._starts, t) - 1)
         return i, t
+
+    def departure_in(self, t_s: float) -> tuple[float, int]:
+        """Seconds from ``t_s`` until the car next drives off, and that drive's segment
+        index; (0, -1) while driving or when the trace never drives."""
+        i, t = self._index(t_s)
+        if self.segments[i].driving:
+            return 0.0, -1
+        period = self.days * DAY_S
+        n = len(self.segments)
+        for k in range(1, n + 1):
+            j = (i + k) % n
+            if self.segments[j].driving:
+                start = self.segments[j].start_s + (period if j <= i else 0.0)
+                return start - t, j
+        return 0.0, -1
+
+    def parked_plugged_s(self, start_s: float, end_s: float) -> float:
+        """Seconds within ``[start_s, end_s)`` (trace time, wrapping) the car was parked
+        and plugged in: what a fleet could offer of it under a plugged-in-only policy."""
+        period = self.days * DAY_S
+        total = 0.0
+        t = start_s
+        while t < end_s:
+            i, local = self._index(t)
+            seg = self.segments[i]
+            seg_end = seg.end_s if i + 1 < len(self.segments) else period
+            step = min(end_s - t, max(1e-9, seg_end - local))
+            if not seg.driving and seg.plugged_in:
+                total += step
+            t += step
+        return total
 
     def state_at(self, t_s: float, busy: bool = False) -> TraceState:
         """The car's state at ``t_s`` (wrapping after the last day).
@@ -228,20 +276,63 @@ def parked_trace(rng: random.Random, days: int = 1) -> CarTrace:
     )
 
 
-SCENARIOS = ("day", "parked")
+def stays_trace(
+    rng: random.Random, days: int = 1, mean_stay_s: float = 400.0, mean_drive_s: float = 60.0
+) -> CarTrace:
+    """A car that parks (plugged in) for ``mean_stay_s`` ±50 % at a time, between drives
+    of ``mean_drive_s`` ±50 %, at a phase of its own: departures spread over any window."""
+    period = days * DAY_S
+    segments: list[Segment] = []
+    t = 0.0
+    stay = rng.uniform(0.0, 1.5 * mean_stay_s)  # the first stay began before midnight
+    while t < period:
+        end = min(period, t + stay)
+        segments.append(Segment(t, end, False, True, _HOME_CHARGE_KW))
+        t = end
+        if t >= period:
+            break
+        end = min(period, t + rng.uniform(0.5, 1.5) * mean_drive_s)
+        segments.append(Segment(t, end, True, False))
+        t = end
+        stay = rng.uniform(0.5, 1.5) * mean_stay_s
+    soc = rng.uniform(60.0, 90.0)
+    battery_kwh = rng.uniform(55.0, 85.0)
+    soc_start: list[float] = []
+    for seg in segments:
+        soc_start.append(soc)
+        soc = _advance(soc, seg, seg.end_s - seg.start_s, battery_kwh)
+    return CarTrace(tuple(segments), tuple(soc_start), battery_kwh, days, rng.uniform(8.0, 24.0))
 
 
-def fleet_traces(seed: int, cars: int, days: int = 1, scenario: str = "day") -> list[CarTrace]:
+SCENARIOS = ("day", "parked", "stays")
+
+
+def fleet_traces(
+    seed: int,
+    cars: int,
+    days: int = 1,
+    scenario: str = "day",
+    mean_stay_s: float = 400.0,
+    mean_drive_s: float = 60.0,
+) -> list[CarTrace]:
     """Traces for a fleet; car ``i``'s trace depends only on ``seed`` and ``i``.
 
     Args:
         seed: The fleet's seed.
         cars: How many.
         days: Days each trace covers.
-        scenario: ``day`` (a realistic week of commutes and charging) or ``parked``
-            (every car parked and plugged in all along).
+        scenario: ``day`` (a realistic week of commutes and charging), ``parked``
+            (every car parked and plugged in all along) or ``stays`` (short stays and
+            drives, each car at its own phase: ``stays_trace``).
+        mean_stay_s: ``stays``: the mean parked stay.
+        mean_drive_s: ``stays``: the mean drive between stays.
     """
-    make = parked_trace if scenario == "parked" else generate_trace
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, not {scenario!r}")
+    if scenario == "stays":
+        return [
+            stays_trace(random.Random(f"{seed}:{i}"), days, mean_stay_s, mean_drive_s)
+            for i in range(cars)
+        ]
+    make = parked_trace if scenario == "parked" else generate_trace
     return [make(random.Random(f"{seed}:{i}"), days) for i in range(cars)]

@@ -20,6 +20,7 @@ from parkfleet.energymodel import (
 from parkfleet.policy import Policy
 from parkfleet.vehicle.compute import OrtCompute
 from parkfleet.vehicle.consentfile import ConsentFile
+from parkfleet.vehicle.departures import DepartureSchedule, ScheduledSensors
 from parkfleet.vehicle.link import (
     Agent,
     AgentConfig,
@@ -31,7 +32,7 @@ from parkfleet.vehicle.link import (
 )
 from parkfleet.vehicle.metrics import AgentMetrics
 from parkfleet.vehicle.modelcache import ModelCache
-from parkfleet.vehicle.policyfile import load_policy
+from parkfleet.vehicle.policyfile import load_owner_settings
 from parkfleet.vehicle.sensors import FileSensors, Sensors, StaticSensors, parse_sensor_spec
 
 __all__ = ["build_agent", "register", "sensors_from_arg"]
@@ -57,7 +58,11 @@ def build_agent(args: argparse.Namespace) -> Agent:
         cert_path=Path(args.cert),
         key_path=Path(args.key),
     )
-    policy = load_policy(Path(args.policy_file)) if args.policy_file else Policy()
+    policy, schedule = (
+        load_owner_settings(Path(args.policy_file))
+        if args.policy_file
+        else (Policy(), DepartureSchedule())
+    )
     try:
         power = CarPower(args.gpu_power_w, args.awake_base_w, args.charging_efficiency)
     except ValueError as e:
@@ -76,7 +81,7 @@ def build_agent(args: argparse.Namespace) -> Agent:
     )
     return Agent(
         config,
-        sensors_from_arg(args.sensors),
+        ScheduledSensors(sensors_from_arg(args.sensors), schedule),
         compute,
         models=ModelCache(Path(args.model_cache) if args.model_cache else None),
         metrics=AgentMetrics(),
@@ -128,7 +133,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cert", required=True, help="the car's client certificate (PEM)")
     p.add_argument("--key", required=True, help="the car's private key (PEM)")
     p.add_argument("--ca", required=True, help="the fleet CA certificate (PEM)")
-    p.add_argument("--policy-file", help="the owner's policy (YAML)")
+    p.add_argument("--policy-file", help="the owner's policy and departure schedule (YAML)")
     p.add_argument(
         "--consent-file",
         help="the owner's consent (consent: active|paused|withdrawn), re-read every "

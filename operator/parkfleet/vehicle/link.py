@@ -32,6 +32,7 @@ from parkfleet.policy import Conditions, Eligibility, Policy
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol import carlink_pb2_grpc, limits
 from parkfleet.protocol.chunks import InputData, decode_gateway_message, serialize
+from parkfleet.protocol.claims import MAX_EXPECTED_STAY_S
 from parkfleet.protocol.consent import ConsentName, consent_name, consent_value
 from parkfleet.vehicle.compute import Compute, ModelLoadError
 from parkfleet.vehicle.consentfile import ConsentFile
@@ -242,6 +243,11 @@ def _telemetry(
         energy_used_today_wh=energy_today_wh,
         unix_time_ms=reading.unix_time_ms,
         consent=consent,
+        # Only while parked; bounded as the gateway checks it (a claim out of range
+        # would close the stream).
+        expected_stay_s=(
+            min(MAX_EXPECTED_STAY_S, max(0.0, reading.expected_stay_s)) if reading.parked else 0.0
+        ),
     )
 
 

@@ -9,12 +9,18 @@ Example::
     daily_energy_wh: 2000
     max_gpu_temp_c: 85
     time_zone: Europe/Berlin
+    departures:
+      mon-fri: ["07:45", "17:30"]
+      sat: "10:00"
 
 ``time_zone`` is an IANA zone: blocked hours and the daily budget's day follow it, summer
 time included. Without it, ``utc_offset_minutes: 60`` gives a fixed offset instead.
 
 A car stopped for its battery resumes at ``resume_soc_percent``; one stopped for heat
 resumes 5 C below ``max_gpu_temp_c`` (``parkfleet.policy.THERMAL_RESUME_MARGIN_C``).
+
+``departures`` is the owner's usual departure times (``parkfleet.vehicle.departures``):
+not part of the policy the gateway is told, only the seconds to the next one while parked.
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ from typing import Any
 import yaml
 
 from parkfleet.policy import Policy, check_time_zone
+from parkfleet.vehicle.departures import DepartureSchedule, schedule_from_mapping
 
-__all__ = ["load_policy", "policy_from_mapping"]
+__all__ = ["load_owner_settings", "load_policy", "policy_from_mapping"]
+
+# Keys of the file that are not the policy (they stay on the car).
+_SCHEDULE_KEY = "departures"
 
 _FIELDS = {
     "only_while_plugged_in": bool,
@@ -63,6 +73,8 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     values: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        if key == _SCHEDULE_KEY:
+            continue  # the schedule: schedule_from_mapping
         if key == "blocked_hours":
             values[key] = tuple(_window(w) for w in (value or ()))
         elif key == "time_zone":
@@ -80,8 +92,8 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     return Policy(**values)
 
 
-def load_policy(path: Path) -> Policy:
-    """Reads a policy YAML file.
+def load_owner_settings(path: Path) -> tuple[Policy, DepartureSchedule]:
+    """Reads a policy YAML file: the policy and the owner's departure schedule.
 
     Raises:
         ValueError: The file is not a mapping or has a bad key or value.
@@ -89,4 +101,14 @@ def load_policy(path: Path) -> Policy:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the policy must be a mapping")
-    return policy_from_mapping(data)
+    policy = policy_from_mapping(data)
+    return policy, schedule_from_mapping(data.get(_SCHEDULE_KEY), policy)
+
+
+def load_policy(path: Path) -> Policy:
+    """Reads a policy YAML file's policy (``load_owner_settings`` without the schedule).
+
+    Raises:
+        ValueError: The file is not a mapping or has a bad key or value.
+    """
+    return load_owner_settings(path)[0]

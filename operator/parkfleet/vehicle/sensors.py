@@ -41,6 +41,8 @@ class SensorReading:
         link_quality: 0..1, how good the network link is.
         unix_time_ms: The car's clock (the simulator's clock runs faster).
         energy_used_today_wh: Energy the car already spent on work today outside this agent.
+        expected_stay_s: Seconds the car expects to stay parked from now (0 = unknown):
+            the owner's schedule (``vehicle/departures.py``) or the simulator's trace.
     """
 
     parked: bool = True
@@ -51,6 +53,7 @@ class SensorReading:
     link_quality: float = 1.0
     unix_time_ms: int = 0
     energy_used_today_wh: float = 0.0
+    expected_stay_s: float = 0.0
 
 
 class Sensors(Protocol):
@@ -73,6 +76,7 @@ _FIELDS = {
     "free_gpu_memory_mib": int,
     "link_quality": float,
     "energy_used_today_wh": float,
+    "expected_stay_s": float,
 }
 
 
