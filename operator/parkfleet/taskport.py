@@ -238,6 +238,9 @@ class TaskSpec:
             returns; with one or none, ``input_name`` is fed the source's array. An input
             of variable length (:attr:`TensorSpec.variable`) is read and sent one batch
             at a time, padded per batch; each is checked for its dtype on both ends.
+        job: The job whose unit it is (an InferenceJob's uid; "" for a plain pod): the
+            gateway measures items/s per car per job, and estimates a unit's run time
+            from it for placement (``gateway/estimate.py``).
     """
 
     task_id: str
@@ -258,6 +261,7 @@ class TaskSpec:
     output_specs: tuple[OutputSpec, ...] = ()
     avoid_cars: tuple[str, ...] = ()
     input_specs: tuple[TensorSpec, ...] = ()
+    job: str = ""
 
     @property
     def input_names(self) -> tuple[str, ...]:

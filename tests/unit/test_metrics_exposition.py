@@ -46,6 +46,8 @@ def gateway_registry() -> CollectorRegistry:
     gw.task_ended("eu", "Succeeded", started)
     gw.task_ended("eu", "Cancelled", 0.0)
     gw.task_moves.labels("eu").inc()
+    gw.placements.labels("eu", "stays").inc()
+    gw.departure_claims_broken.labels("eu").inc()
     gw.result_items.labels("eu").inc(250)
     gw.energy_used("eu", 0.5)
     gw.tasks_queued.set(4)

@@ -32,7 +32,7 @@ from parkfleet.gateway.server import (
     CarLinkService,
     add_carlink_service,
 )
-from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
+from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, Placement, TaskManager
 from parkfleet.objectstore import S3Credentials
 from parkfleet.policy import Policy
 from parkfleet.protocol.limits import server_options
@@ -82,6 +82,8 @@ class GatewayConfig:
         max_stream_age_busy_grace_s: ...a busy car's this much later (its task ends).
         ledger_path: The owner ledger's SQLite file (``gateway/ledger.py``); None keeps
             it in memory (lost when the gateway stops).
+        placement: ``aware``: placement weighs the cars' claimed stays against each
+            task's estimated run time; ``blind``: it does not (``gateway/placement.py``).
     """
 
     ca_pem: bytes
@@ -111,6 +113,7 @@ class GatewayConfig:
     max_stream_age_busy_grace_s: float = 3600.0
     reputation: ReputationRule = field(default_factory=ReputationRule)
     ledger_path: Path | None = None
+    placement: Placement = "aware"
 
     @classmethod
     def from_certs_dir(cls, certs: Path, models_dir: Path, **kwargs: Any) -> GatewayConfig:
@@ -161,6 +164,7 @@ class Gateway:
             reputation=Reputation(config.reputation),
             ledger=self.ledger,
             telemetry_interval_s=config.telemetry_interval_s,
+            placement=config.placement,
         )
         self._service = CarLinkService(
             self.registry,

@@ -18,7 +18,7 @@ from parkfleet.gateway.api import Gateway, GatewayConfig
 from parkfleet.gateway.ledger import ledger_file_name
 from parkfleet.gateway.modelfetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchConfig
 from parkfleet.gateway.reputation import ReputationRule
-from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, TaskManager
+from parkfleet.gateway.tasks import DEFAULT_MAX_ATTEMPTS, PLACEMENTS, TaskManager
 from parkfleet.healthserver import HealthServer
 from parkfleet.kubeauth import NonResourceGuard
 from parkfleet.kubeclient import connect
@@ -234,6 +234,7 @@ def main(args: argparse.Namespace, task_manager: type[TaskManager] = TaskManager
             trusted_after=args.trusted_after,
         ),
         start_timeout_s=args.start_timeout_s,
+        placement=args.placement,
         max_stream_age_s=args.max_stream_age_s,
         ledger_path=_ledger_path(args),
         shard=args.shard,
@@ -341,6 +342,13 @@ def register(subparsers: Any) -> None:
         type=float,
         default=900.0,
         help="the same before a task's first checkpoint (model fetch and load)",
+    )
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="aware",
+        help="aware: prefer cars whose claimed stay covers a task's estimated run time "
+        "(measured items/s of its job); blind: ignore departures (for comparison)",
     )
     r = p.add_argument_group("car reputation (votes on redundant copies and spot checks)")
     r.add_argument(

@@ -160,6 +160,21 @@ class GatewayMetrics:
             ["pool"],
             registry=r,
         )
+        self.placements = Counter(
+            "parkfleet_gateway_placements_total",
+            "Tasks offered to a car, by pool and how the car's claimed stay fit the task's "
+            "estimated run time: stays, unknown (no claim, no estimate yet, or claims "
+            "disregarded), leaves (none stayed long enough: it checkpoints sooner).",
+            ["pool", "fit"],
+            registry=r,
+        )
+        self.departure_claims_broken = Counter(
+            "parkfleet_gateway_departure_claims_broken_total",
+            "Cars that drove off or were lost holding a task well before the departure "
+            "they claimed at its offer; their claims are disregarded from then on.",
+            ["pool"],
+            registry=r,
+        )
         self.task_stalls = Counter(
             "parkfleet_gateway_task_stalls_total",
             "Running tasks moved off a car that said nothing about them for the stall timeout.",

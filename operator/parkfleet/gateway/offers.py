@@ -36,8 +36,13 @@ class InputError(Exception):
         self.invalid = invalid
 
 
-def offer_message(spec: TaskSpec, attempt: int, resume_from: int) -> pb.GatewayMessage:
-    """The ``TaskOffer`` of one attempt, resuming at item ``resume_from``."""
+def offer_message(
+    spec: TaskSpec, attempt: int, resume_from: int, checkpoint_interval_s: float | None = None
+) -> pb.GatewayMessage:
+    """The ``TaskOffer`` of one attempt, resuming at item ``resume_from``, checkpointing
+    every ``checkpoint_interval_s`` (None: the spec's)."""
+    if checkpoint_interval_s is None:
+        checkpoint_interval_s = spec.checkpoint_interval_s
     return pb.GatewayMessage(
         offer=pb.TaskOffer(
             task_id=spec.task_id,
@@ -54,7 +59,7 @@ def offer_message(spec: TaskSpec, attempt: int, resume_from: int) -> pb.GatewayM
             item_end=spec.item_end,
             resume_from=resume_from,
             gpu_memory_mib=spec.gpu_memory_mib,
-            checkpoint_interval_s=spec.checkpoint_interval_s,
+            checkpoint_interval_s=checkpoint_interval_s,
         )
     )
 
@@ -109,18 +114,24 @@ async def read_items(spec: TaskSpec, start: int, end: int) -> dict[str, np.ndarr
 
 
 async def stream_inputs(
-    car: CarState, spec: TaskSpec, attempt: int, start: int, current: Callable[[], bool]
+    car: CarState,
+    spec: TaskSpec,
+    attempt: int,
+    start: int,
+    current: Callable[[], bool],
+    checkpoint_interval_s: float | None = None,
 ) -> None:
     """Sends the offer, then items ``[start, item_end)`` to ``car``.
 
     Args:
         current: Whether the attempt still holds the car; sending stops when not.
+        checkpoint_interval_s: The offer's checkpoint interval (None: the spec's).
 
     Raises:
         InputError: The input source failed (the task cannot run anywhere).
         Exception: Whatever the car's stream raises when it went away.
     """
-    await car.send(offer_message(spec, attempt, start))
+    await car.send(offer_message(spec, attempt, start, checkpoint_interval_s))
     step = spec.batch_size
     # Inputs of variable length come one batch per read: the source pads each read.
     sized = spec.padded_per_batch or getattr(spec.inputs, "padded", False) is True

@@ -49,6 +49,7 @@ class CarState:
         "connected_at",
         "consent",
         "context",
+        "departs_at",
         "eligibility",
         "eligible",
         "free_gpu_memory_mib",
@@ -113,6 +114,8 @@ class CarState:
         self.free_gpu_memory_mib = 0
         self.soc_percent = 0.0
         self.link_quality = 0.0
+        # When the car claims it will drive off (monotonic; 0: it claims nothing).
+        self.departs_at = 0.0
         self.last_seen = time.monotonic()
         self.idle_since = self.last_seen  # when it last became a placement candidate
         # Holding a task (offered or running); which one is the task manager's to know.
@@ -290,6 +293,8 @@ class Registry:
         car.free_gpu_memory_mib = clamped_free_memory(t.free_gpu_memory_mib, car.gpu_memory_mib)
         car.soc_percent = t.soc_percent
         car.link_quality = t.link_quality
+        stay = t.expected_stay_s if t.state == pb.PARKED else 0.0
+        car.departs_at = car.last_seen + stay if stay > 0 else 0.0
         conditions = Conditions.from_telemetry(t)
         if accounted_today_wh > conditions.energy_used_today_wh:
             conditions = replace(conditions, energy_used_today_wh=accounted_today_wh)

@@ -411,7 +411,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
             )
         finally:
             self._registry.remove(car)
-            self._tasks.car_lost(car, reason, details)
+            self._tasks.car_lost(car, reason, details, departed=not self.stopping)
             self._metrics.streams_closed.labels(reason).inc()
         if code is not None:
             await context.abort(code, details)
@@ -492,7 +492,7 @@ class CarLinkService(carlink_pb2_grpc.CarLinkServicer):
         car.consent = "paused" if self.consent_book.is_paused(identity.car_id) else "active"
         old = self._registry.add(car)
         if old is not None:
-            self._tasks.car_lost(old, REASON_REPLACED, "the car connected again")
+            self._tasks.car_lost(old, REASON_REPLACED, "the car connected again", departed=False)
             old.close(
                 grpc.StatusCode.ALREADY_EXISTS,
                 REASON_REPLACED,

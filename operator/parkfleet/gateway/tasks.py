@@ -13,14 +13,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from parkfleet.contract import DEFAULT_CAR_WAIT_S, REASON_INVALID_INPUT, parse_cell_id
+from parkfleet.gateway.departures import DepartureClaims, broke_claim
+from parkfleet.gateway.estimate import JobRates, job_key
 from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.ledger import CREDIT_PER_TASK_HOUR, Ledger
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.offers import InputError, stream_inputs
-from parkfleet.gateway.placement import choose_car
+from parkfleet.gateway.placement import Fit, checkpoint_interval_s, choose_car, stay_fit
 from parkfleet.gateway.registry import REASON_NO_TELEMETRY, CarState, Registry
 from parkfleet.gateway.reputation import Reputation
 from parkfleet.gateway.results import check_result, check_spec
@@ -34,13 +36,14 @@ from parkfleet.gateway.taskstate import (
     REASON_STALLED,
     Task,
 )
+from parkfleet.policy import REASON_DRIVING
 from parkfleet.protocol import carlink_pb2 as pb
 from parkfleet.protocol.chunks import ResultData
 from parkfleet.protocol.claims import car_reason, car_text
 from parkfleet.protocol.limits import ProtocolViolation
 from parkfleet.taskport import EventKind, TaskEvent, TaskSpec
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "TaskManager", "stop_grace_s"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "PLACEMENTS", "Placement", "TaskManager", "stop_grace_s"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,12 @@ DEFAULT_MAX_ATTEMPTS = 8
 # A car that answers Busy is not offered the same task again for this long.
 REASON_BUSY = "Busy"
 BUSY_RETRY_S = 5.0
+
+# aware: placement weighs the cars' claimed stays against the task's estimated run time
+# (``placement.choose_car``); blind: it does not (the ordering before departures counted,
+# kept for benchmarks).
+Placement = Literal["aware", "blind"]
+PLACEMENTS: tuple[Placement, ...] = ("aware", "blind")
 
 
 def stop_grace_s(telemetry_interval_s: float) -> float:
@@ -80,6 +89,7 @@ class TaskManager:
             tasks still carry their energy, nothing is kept per car).
         telemetry_interval_s: The cars' telemetry period: a gap in telemetry longer than
             twice it is not counted as time offered.
+        placement: ``aware`` (the cars' claimed stays count) or ``blind``.
     """
 
     def __init__(
@@ -95,7 +105,10 @@ class TaskManager:
         reputation: Reputation | None = None,
         ledger: Ledger | None = None,
         telemetry_interval_s: float = 10.0,
+        placement: Placement = "aware",
     ) -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
         self._registry = registry
         self._metrics = metrics
         self._bus = bus
@@ -107,6 +120,10 @@ class TaskManager:
         self.reputation = reputation or Reputation()
         self.ledger = ledger
         self.telemetry_interval_s = telemetry_interval_s
+        self.placement: Placement = placement
+        # Each job's items/s per car as measured here, and whose departure claims count.
+        self.rates = JobRates()
+        self.claims = DepartureClaims()
         self.tasks: dict[str, Task] = {}
         self._queued: dict[str, Task] = {}
         self._offered: dict[str, Task] = {}
@@ -261,8 +278,15 @@ class TaskManager:
                 owners: set[str] = task.avoid_owners
                 if spec.group:
                     owners = owners | self._group_owners.get(spec.group, set())
+                aware = self.placement == "aware"
                 chosen = choose_car(
-                    cell.available.values(), spec.runtime, spec.gpu_memory_mib, exclude, owners
+                    cell.available.values(),
+                    spec.runtime,
+                    spec.gpu_memory_mib,
+                    exclude,
+                    owners,
+                    stay_s=(lambda car: self._stay_s(car, now)) if aware else None,
+                    estimate_s=self._estimate_s(task),
                 )
             if chosen is not None:
                 self._offer(task, chosen)
@@ -313,9 +337,27 @@ class TaskManager:
     def _update_queued_gauge(self) -> None:
         self._metrics.tasks_queued.set(len(self._queued))
 
+    def _stay_s(self, car: CarState, now: float) -> float | None:
+        """The seconds the car claims it will stay; None: no claim, or disregarded."""
+        return self.claims.stay_s(car.car_id, car.departs_at, now)
+
+    def _estimate_s(self, task: Task) -> float | None:
+        """The task's estimated remaining run time on a car; None before its job's
+        first measured attempt."""
+        return self.rates.remaining_s(job_key(task.spec), task.spec.item_end - task.delivered)
+
     def _offer(self, task: Task, car: CarState) -> None:
         del self._queued[task.spec.task_id]
         self._update_queued_gauge()
+        now = time.monotonic()
+        stay = self._stay_s(car, now)
+        fit: Fit = stay_fit(stay, self._estimate_s(task))
+        self._metrics.placements.labels(task.pool, fit).inc()
+        interval = None
+        if fit == "leaves" and stay is not None and self.placement == "aware":
+            interval = checkpoint_interval_s(task.spec.checkpoint_interval_s, stay)
+        task.claimed_departure = car.departs_at if stay is not None else 0.0
+        task.claimed_stay_s = stay or 0.0
         task.attempt += 1
         task.car = car
         task.state = "Offered"
@@ -333,14 +375,16 @@ class TaskManager:
             self._metrics.task_moves.labels(task.pool).inc()
             self._emit(task, "moved", from_car=task.previous_car, reason=task.reason)
         self._emit(task, "placed")
-        self._spawn(self._send_offer(task, car, task.attempt))
+        self._spawn(self._send_offer(task, car, task.attempt, interval))
 
-    async def _send_offer(self, task: Task, car: CarState, attempt: int) -> None:
+    async def _send_offer(
+        self, task: Task, car: CarState, attempt: int, checkpoint_s: float | None = None
+    ) -> None:
         def current() -> bool:
             return task.attempt == attempt and task.car is car
 
         try:
-            await stream_inputs(car, task.spec, attempt, task.delivered, current)
+            await stream_inputs(car, task.spec, attempt, task.delivered, current, checkpoint_s)
         except InputError as e:
             if current():
                 self._cancel_on_car(task, car, REASON_INPUT_ERROR)
@@ -420,6 +464,7 @@ class TaskManager:
         """The attempt on ``car`` ended: its last seconds are accounted, and they count
         for credit when it delivered results."""
         self._accrue(task, time.monotonic())
+        self.rates.record(job_key(task.spec), task.attempt_items, task.attempt_seconds)
         if task.attempt_items > 0 and task.attempt_seconds > 0:
             _, seconds = task.credit_seconds.get(car.car_id, (car.owner, 0.0))
             # The owner now: the car may be gone (and unregistered) when credit is granted.
@@ -444,12 +489,20 @@ class TaskManager:
 
     # ---- car side --------------------------------------------------------------------
 
-    def car_lost(self, car: CarState, reason: str, message: str) -> None:
-        """The car's stream ended (or it went silent): its task goes back to the queue."""
+    def car_lost(self, car: CarState, reason: str, message: str, *, departed: bool = True) -> None:
+        """The car's stream ended (or it went silent): its task goes back to the queue.
+
+        Args:
+            departed: Whether this counts as leaving (False: the same car connected
+                again, or the gateway itself is stopping): a car that leaves holding a
+                task well before its claimed departure has its claims disregarded.
+        """
         self.on_telemetry(car, car.eligible)  # its last seconds, offered or working
         task = self.task_on(car)
         if task is None:
             return
+        if departed:
+            self._check_departure(task, car)
         self._give_back(task, "lost", reason, message)
 
     def car_ineligible(self, car: CarState, reason: str, message: str) -> None:
@@ -457,8 +510,25 @@ class TaskManager:
         task = self.task_on(car)
         if task is None:
             return
+        if reason == REASON_DRIVING:
+            self._check_departure(task, car)
         self._cancel_on_car(task, car, reason)
         self._give_back(task, "lost", reason, message)
+
+    def _check_departure(self, task: Task, car: CarState) -> None:
+        """The car left holding ``task``: was that well before the departure it claimed
+        when the task was offered?"""
+        now = time.monotonic()
+        if broke_claim(task.claimed_departure, task.claimed_stay_s, now):
+            self.claims.broken(car.car_id, now)
+            self._metrics.departure_claims_broken.labels(task.pool).inc()
+            log.info(
+                "car %s left %.0f s before the departure it claimed (%.0f s stay): its "
+                "departure claims are disregarded",
+                car.car_id,
+                task.claimed_departure - now,
+                task.claimed_stay_s,
+            )
 
     def car_available(self) -> None:
         """A car became eligible and idle: try to place queued tasks."""

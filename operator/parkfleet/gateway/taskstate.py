@@ -41,6 +41,8 @@ class Task:
         "car",
         "cars",
         "checkpoint",
+        "claimed_departure",
+        "claimed_stay_s",
         "credit_seconds",
         "delivered",
         "energy_modelled",
@@ -107,6 +109,10 @@ class Task:
         # Attempts that failed (the car said so, or stalled); a car that left is no failure.
         self.failures = 0
         self.previous_car = ""
+        # What the attempt's car claimed at the offer: when it would leave (monotonic;
+        # 0: no claim) and how long it would stay (the departure check: departures.py).
+        self.claimed_departure = 0.0
+        self.claimed_stay_s = 0.0
 
     @property
     def terminal(self) -> bool:

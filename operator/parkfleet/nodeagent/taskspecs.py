@@ -190,6 +190,7 @@ class TaskSpecs:
             sink=NO_SINK,
             gpu_memory_mib=task.gpu_memory_mib,
             car_wait_s=pool.car_wait_s,
+            job=task.job_uid,
         )
         return Prepared(spec, result)
 
