@@ -29,8 +29,8 @@ drives of ``--mean-drive-s`` ±50 %, each car at its own phase, so departures ar
 over the run, never at fixed moments). A car that drives off reports driving (its owner's
 policy stops its task at once, the stream stays open) and comes back after its drive. Each
 car reports its trace's next departure, off by up to ``--departure-noise`` of the stay. A
-unit is ``--unit-stay-fraction`` (a quarter) of the mean remaining stay of the cars parked
-when the job starts, at ``--rate``:
+unit is ``--unit-stay-fraction`` (a quarter) of the mean remaining stay of a parked car
+(over the whole traces: the same in every run), at ``--rate``:
 
 - ``departures_today``: the gateway's departure-blind placement (``--placement=blind``).
 - ``departures_aware``: departure-aware placement (``--placement=aware``, the default).
@@ -80,7 +80,7 @@ from parkfleet.contract import parse_cars_condition
 from parkfleet.controller.jobs import elapsed_s
 from parkfleet.devstack import DevStack, Proc, free_port
 from parkfleet.sim.sensors import trace_time_s
-from parkfleet.sim.traces import CarTrace, fleet_traces
+from parkfleet.sim.traces import DAY_S, CarTrace, fleet_traces
 
 __all__ = ["main"]
 
@@ -400,11 +400,26 @@ def departure_traces(args: argparse.Namespace) -> list[CarTrace]:
     return fleet_traces(SIM_SEED, args.cars, 7, "stays", args.mean_stay_s, args.mean_drive_s)
 
 
-def mean_remaining_stay_s(traces: list[CarTrace], at: float) -> float:
-    """The mean time to departure of the cars parked at epoch ``at`` (trace seconds)."""
-    left = [t.departure_in(trace_time_s(int(at * 1000), t))[0] for t in traces]
+def mean_remaining_stay_s(traces: list[CarTrace], samples: int = 336) -> float:
+    """The mean time to departure of a parked car, over the whole traces (every half
+    hour of the week): the same figure, so the same unit size, for every departure run."""
+    left = [t.departure_in(k * t.days * DAY_S / samples)[0] for t in traces for k in range(samples)]
     parked = [x for x in left if x > 0]
     return sum(parked) / len(parked) if parked else float("nan")
+
+
+def departures_between(traces: list[CarTrace], start: float, end: float) -> int:
+    """Drives the traces begin within epoch ``[start, end)``: the cars that left."""
+    n = 0
+    for t in traces:
+        a = trace_time_s(int(start * 1000), t)
+        period = t.days * DAY_S
+        for seg in t.segments:
+            if seg.driving and any(
+                a <= x < a + (end - start) for x in (seg.start_s, seg.start_s + period)
+            ):
+                n += 1
+    return n
 
 
 def parked_car_seconds(traces: list[CarTrace], start: float, end: float) -> float:
@@ -501,7 +516,7 @@ def run_one(
         out["fleet_connect_s"] = round(connect_s, 1)
         log(f"{spec.key}: {args.cars} cars ready after {out['fleet_connect_s']}s")
         if spec.departures:
-            remaining = mean_remaining_stay_s(traces, time.time())
+            remaining = mean_remaining_stay_s(traces)
             per_unit = max(1, round(args.rate * args.unit_stay_fraction * remaining))
             out["mean_remaining_stay_s"] = round(remaining, 1)
             out["items_per_unit"] = per_unit
@@ -598,7 +613,13 @@ def run_one(
                     None if k is None else round(k - t_start, 1) for k in killed_at
                 ],
                 "leaver_cars_busy_before_kill": busy_before_kill,
-                "cars_left": sum(leavers) if spec.churn else 0,
+                "cars_left": (
+                    departures_between(traces, t_start, t_end)
+                    if spec.departures and duration > 0
+                    else sum(leavers)
+                    if spec.churn
+                    else 0
+                ),
                 "all_cars_busy_after_s": _ramp_s(timeline, args.cars),
                 "timeline": timeline,
             }
