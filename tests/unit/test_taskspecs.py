@@ -111,6 +111,7 @@ async def test_a_units_result_is_in_its_namespaces_area_and_names_its_job(
         (root / "a" / "results" / "j").resolve() / "unit-000001.npz", JOB
     )
     assert (prepared.spec.item_start, prepared.spec.item_end) == (2, 4)
+    assert prepared.spec.job == JOB  # the gateway measures the job's items/s under it
     # The same pod in namespace b reads b's digits/x.npy, which b does not have.
     pod = job_pod("b")
     with pytest.raises(BadInput) as err:
