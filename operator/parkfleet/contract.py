@@ -33,6 +33,7 @@ __all__ = [
     "LABEL_JOB_UID",
     "MAX_MODEL_URI",
     "NODE_PREFIX",
+    "READY_PER_CAR",
     "REASON_INVALID_INPUT",
     "REASON_MODEL_LOAD_FAILED",
     "REASON_NAMESPACE_NOT_ALLOWED",
@@ -50,6 +51,7 @@ __all__ = [
     "parse_cars_condition",
     "parse_cell_id",
     "parse_results_location",
+    "ready_slots",
     "results_location",
     "volume_location",
 ]
@@ -160,6 +162,20 @@ DEFAULT_POOL_CAR_WAIT_S = 120.0
 # A FleetPool's spec.gateway.spotCheckFraction: single-copy units also run on a second car.
 DEFAULT_SPOT_CHECK_FRACTION = 0.05
 DEFAULT_CAR_WAIT_S = 60.0
+# Units ready at the gateway beside the ones running, per eligible car: a cell's Node
+# takes that many pods more than its eligible GPUs (they wait at the gateway, bound but
+# Pending, and start the moment a car of the cell is free), and an InferenceJob keeps as
+# many more pods than the cars it can use. A car then never waits for the Job controller,
+# the scheduler and the node agent between two units, even when every car of a fleet ends
+# a unit within the same seconds (a job's first wave does); and a Job's pods fill exactly
+# its cells' slots, so a new pod goes to the cell whose car freed one.
+READY_PER_CAR = 1
+
+
+def ready_slots(cars: int) -> int:
+    """Units that may wait ready at the gateway for ``cars`` eligible cars (or GPUs)."""
+    return READY_PER_CAR * max(cars, 0)
+
 
 # ---- exit codes: how a pod ends, for the Job's podFailurePolicy -------------------------
 

@@ -18,6 +18,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from parkfleet.contract import ready_slots
 from parkfleet.devstack import DevStack, Proc
 
 from .conftest import REPO, Kubectl
@@ -122,7 +123,7 @@ def test_digits_job_matches_local_onnx_item_for_item(jobs: DevStack, kubectl: Ku
     kubectl("apply", "-f", "-", stdin=job("digits-e2e"))
     st = wait_done(kubectl, "digits-e2e")
     assert condition(kubectl, "digits-e2e", "Complete")["status"] == "True"
-    assert st["units"] == {"total": 12, "running": 0, "succeeded": 12, "failed": 0}
+    assert st["units"] == {"total": 12, "running": 0, "ready": 0, "succeeded": 12, "failed": 0}
     assert st["items"]["succeeded"] == ITEMS
     assert st["progress"] == "100%"
     assert st["carsUsed"] >= 1
@@ -206,6 +207,10 @@ def pool(name: str, cells: int = 1, grace: int = 30) -> str:
 
 
 def wait_gpus(k: Kubectl, node: str, n: int, within: float = 60) -> None:
+    """Waits until the Node offers ``n`` eligible cars' GPUs (its allocatable: those and
+    a ready slot beside each)."""
+    want = n + ready_slots(n)
+
     def gpus() -> bool:
         got = k(
             "get",
@@ -215,9 +220,9 @@ def wait_gpus(k: Kubectl, node: str, n: int, within: float = 60) -> None:
             "jsonpath={.status.allocatable.nvidia\\.com/gpu}",
             check=False,
         ).stdout
-        return got == str(n)
+        return got == str(want)
 
-    until(gpus, within, f"{node} to offer {n} GPUs")
+    until(gpus, within, f"{node} to offer {n} GPUs (allocatable {want} with ready slots)")
 
 
 def test_thirty_percent_of_cars_leave_at_once(jobs: DevStack, kubectl: Kubectl) -> None:
@@ -244,6 +249,76 @@ def test_thirty_percent_of_cars_leave_at_once(jobs: DevStack, kubectl: Kubectl) 
     stay.stop()
     kubectl("delete", "ij", "churned")
     kubectl("delete", "fp", "churn", "--wait=false")
+
+
+def watch_units(k: Kubectl, name: str, within: float = 240) -> tuple[dict[str, Any], int, int]:
+    """Follows a job to its end: (its last status, the most units it showed running, the
+    most it showed ready at the gateway)."""
+    most_running = most_ready = 0
+
+    def sample() -> dict[str, Any] | None:
+        nonlocal most_running, most_ready
+        st = get_json(k, "ij", name).get("status", {})
+        units = st.get("units", {})
+        most_running = max(most_running, units.get("running", 0))
+        most_ready = max(most_ready, units.get("ready", 0))
+        conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
+        return st if "True" in (conds.get("Complete"), conds.get("Failed")) else None
+
+    st = until(sample, within, f"InferenceJob {name} to end")
+    return st, most_running, most_ready
+
+
+def test_ready_units_wait_at_the_gateway_and_parallelism_is_never_exceeded(
+    jobs: DevStack, kubectl: Kubectl
+) -> None:
+    """A job that can use every car of its pool keeps one more unit per car ready at the
+    gateway (its Job's parallelism and annotation say so, its status counts them, an Event
+    tells it), yet never runs more than ``parallelism`` units at once; a job that cannot
+    use every car keeps none."""
+    kubectl("apply", "-f", "-", stdin=pool("queued"))
+    fleet = jobs.start_fleet(
+        6,
+        1,
+        "queued",
+        prefix="queued-",
+        name="queued",
+        extra=["--compute=modelled", "--modelled-rate=25"],  # a unit: 10 s
+    )
+    wait_gpus(kubectl, "pf-queued-0", 6)
+    until(
+        lambda: get_json(kubectl, "fp", "queued").get("status", {}).get("carsEligible") == 6,
+        30,
+        "the pool to count its 6 eligible cars",
+    )
+    kubectl("apply", "-f", "-", stdin=job("queued", pool="queued"))  # 12 units, 6 at once
+    st, most_running, most_ready = watch_units(kubectl, "queued")
+    assert condition(kubectl, "queued", "Complete")["status"] == "True", st
+    assert most_running <= 6, "never more units at once than spec.parallelism"
+    assert most_ready >= 1, "units waited ready at the gateway"
+    bj = get_json(kubectl, "job", "queued")
+    assert bj["spec"]["parallelism"] == 12  # 6 at once, 6 ready
+    assert bj["metadata"]["annotations"]["parkfleet.io/ready-units"] == "6"
+    told = ij_events(kubectl, "queued", "ReadyUnits")
+    assert told, "a ReadyUnits Event"
+    assert told[0].startswith("Job queued keeps 6 units ready at the gateway (was 0)")
+    check_exactly_once_and_correct(jobs, "queued")
+    kubectl("delete", "ij", "queued")
+
+    # Four at once on six cars: a ready pod would find a free car. None is kept.
+    kubectl("apply", "-f", "-", stdin=job("narrow", pool="queued", parallelism=4))
+    st, most_running, most_ready = watch_units(kubectl, "narrow")
+    assert condition(kubectl, "narrow", "Complete")["status"] == "True", st
+    assert most_running <= 4
+    assert most_ready == 0
+    bj = get_json(kubectl, "job", "narrow")
+    assert bj["spec"]["parallelism"] == 4
+    assert bj["metadata"]["annotations"]["parkfleet.io/ready-units"] == "0"
+    assert not ij_events(kubectl, "narrow", "ReadyUnits")
+    check_exactly_once_and_correct(jobs, "narrow")
+    fleet.stop()
+    kubectl("delete", "ij", "narrow")
+    kubectl("delete", "fp", "queued", "--wait=false")
 
 
 def test_operator_restart_mid_job_loses_and_duplicates_nothing(

@@ -578,7 +578,8 @@ def test_a_gateway_under_the_charts_identity_runs_a_configmap_input_and_guards_i
         def gpus() -> bool:
             got = k("get", "node", cell, "-o=json", check=False)
             node = json.loads(got.stdout) if got.returncode == 0 else {}
-            return node.get("status", {}).get("allocatable", {}).get("nvidia.com/gpu") == "1"
+            # One car: its GPU and the ready slot beside it.
+            return node.get("status", {}).get("allocatable", {}).get("nvidia.com/gpu") == "2"
 
         until(gpus, 60, f"Node {cell}, registered by the gateway's identity, to have the car")
 

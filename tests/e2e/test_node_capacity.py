@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from parkfleet import devcluster
+from parkfleet.contract import READY_PER_CAR, ready_slots
 from parkfleet.devstack import DevStack
 
 from .conftest import NODE_MONITOR_GRACE_S, Kubectl
@@ -68,8 +69,13 @@ def pool(stack: DevStack, kubectl: Kubectl, request: pytest.FixtureRequest) -> I
 
 
 def gpus_of(kubectl: Kubectl, node: str) -> int:
+    """The eligible GPUs the Node offers: its allocatable is those and a ready slot beside
+    each (pods bound beyond the cars wait at the gateway)."""
     got = get_json(kubectl, "node", node)
-    return int(got["status"].get("allocatable", {}).get("nvidia.com/gpu", -1))
+    allocatable = int(got["status"].get("allocatable", {}).get("nvidia.com/gpu", -1))
+    gpus = allocatable // (1 + READY_PER_CAR) if allocatable > 0 else allocatable
+    assert gpus + ready_slots(max(gpus, 0)) == allocatable or allocatable < 0, allocatable
+    return gpus
 
 
 def wait_phase(kubectl: Kubectl, stack: DevStack, pod: str, phase: str, within: float) -> None:

@@ -139,7 +139,7 @@ def test_deleted_cell_node_registers_again(stack: DevStack, kubectl: Kubectl) ->
 
     kubectl("delete", "node", "pf-phoenix-0")
     until(
-        lambda: fresh_node(kubectl, "pf-phoenix-0", old, "2"),
+        lambda: fresh_node(kubectl, "pf-phoenix-0", old, "4"),  # 2 GPUs, 2 ready slots
         LEASE_PERIOD_S + SLACK_S,
         "the Node to be registered again, Ready, 2 GPUs",
     )

@@ -48,11 +48,11 @@ def test_cells_are_served_by_their_shard_and_cars_are_redirected(
                     (c for c in n["status"].get("conditions", []) if c["type"] == "Ready"), {}
                 )
                 gpus = n["status"].get("allocatable", {}).get("nvidia.com/gpu")
-                if ready.get("status") == "True" and gpus == "5":
+                if ready.get("status") == "True" and gpus == "10":  # 5 GPUs, 5 ready slots
                     by_cell[n["metadata"]["labels"]["parkfleet.io/cell"]] = ready["message"]
             return by_cell if len(by_cell) == 4 else None
 
-        messages = until(served, 90, "4 Ready Nodes with 5 GPUs each")
+        messages = until(served, 90, "4 Ready Nodes with 5 GPUs (and 5 ready slots) each")
         # Shard 1 counts only cars connected to it, and every car dialled shard 0: the
         # GPUs of shard 1's cells are cars that were redirected.
         for cell, message in messages.items():

@@ -352,6 +352,37 @@ async def test_runtime_and_memory_decide_placement(env: Env, rec: Recorder) -> N
         assert (failed.task_id, failed.reason) == ("t2", "NoEligibleCar")
 
 
+async def test_a_ready_task_waits_behind_a_busy_car_longer_than_the_grace(
+    env: Env, rec: Recorder
+) -> None:
+    """A unit ready at the gateway (its pod bound beyond the cell's cars) waits for the
+    next car to free, however long units take; only a task no car of the cell could run
+    fails after the grace."""
+    data = np.arange(40, dtype=np.int64).reshape(40, 1)
+    busy = await ready(env, "car-a")
+    await wait_until(lambda: env.gateway.capacity("p-0").cars_eligible == 1)
+    await env.gateway.submit(spec(data, MemorySink(), batch_size=8))
+    # car-a takes t1 and stays busy with it (it answers nothing after the first batch).
+    assert await busy.work(stop_after_items=8) is not None
+    await env.gateway.submit(spec(data, MemorySink(), task_id="t2", car_wait_s=0.3))
+    await env.gateway.submit(
+        spec(data, MemorySink(), task_id="t3", runtime="tensorrt", car_wait_s=0.3)
+    )
+    failed = await rec.wait("failed")
+    assert (failed.task_id, failed.reason) == ("t3", "NoEligibleCar")  # car-a could never
+    await asyncio.sleep(1.0)  # three graces more
+    waiting = env.gateway.task("t2")
+    assert waiting is not None
+    assert waiting.state == "Queued"
+    async with await ready(env, "car-b") as free:
+        worker = asyncio.create_task(free.work())
+        done = await rec.wait("succeeded")
+        worker.cancel()
+    assert (done.task_id, done.car_id) == ("t2", "car-b")
+    assert [e.task_id for e in rec.of("failed")] == ["t3"]
+    await busy.close()
+
+
 async def test_invalid_spec_is_rejected(env: Env) -> None:
     with pytest.raises(ValueError, match="item range"):
         await env.gateway.submit(

@@ -11,7 +11,7 @@ import pytest
 
 from parkfleet.api import InferenceJobSpec
 from parkfleet.controller.inferencejob import job_status
-from parkfleet.controller.jobs import batch_job, edit_events, job_spec_edits
+from parkfleet.controller.jobs import batch_job, edit_events, job_spec_edits, ready_units
 
 OBJ: dict[str, Any] = {
     "metadata": {"name": "digits", "namespace": "ml", "uid": "u-1", "generation": 4},
@@ -174,3 +174,60 @@ def test_edits_are_told_as_events() -> None:
     assert resume == [("Resumed", "spec.suspend is false: Job digits runs its 10 units left")]
     wider = edit_events(spec_of(parallelism=8), before, {"parallelism": 8})
     assert wider == [("ParallelismChanged", "Job digits: 8 units at once (was 4)")]
+
+
+# ---- ready units: the next unit waits at the gateway before the current one ends --------
+
+
+def big(**changes: Any) -> InferenceJobSpec:
+    """A job of 1,000 units, 500 at once."""
+    return spec_of(**{"input": {"path": "in.npy", "items": 100_000}, "parallelism": 500, **changes})
+
+
+def test_ready_units_only_while_every_car_the_job_may_use_is_taken() -> None:
+    spec = big()
+    # 500 cars for 500 units at once, its first wave running: one more unit per car
+    # waits ready at the gateway.
+    assert ready_units(spec, 500, running=500) == 500
+    assert ready_units(spec, 250, running=250) == 250
+    # Not before the first wave runs: its pods go first.
+    assert ready_units(spec, 500, running=300) == 0
+    assert ready_units(spec, 500, running=450) == 500
+    # One car more than the units at once: a ready pod would find it free and run, the
+    # job would run more units at once than it asked for.
+    assert ready_units(spec, 501, running=500) == 0
+    assert ready_units(spec, 501, current=500, running=500) == 0
+    assert ready_units(spec, None, running=500) == 0  # the pool shows no count yet
+    assert ready_units(spec, 0) == 0
+    assert ready_units(big(suspend=True), 500, running=500) == 0
+    # Never more pods than units.
+    assert ready_units(big(parallelism=950), 950, running=950) == 50
+
+
+def test_ready_units_ignore_a_car_or_two_coming_and_going() -> None:
+    spec = big()
+    assert ready_units(spec, 495, current=500) == 500  # within a tenth
+    assert ready_units(spec, 400, current=500) == 400
+    assert ready_units(spec, 500, current=400, running=10) == 500  # the job runs: no gate
+    assert ready_units(spec, 3, current=0, running=3) == 3  # a small pool: every slot counts
+
+
+def test_the_job_keeps_its_ready_units_beside_parallelism_and_says_so() -> None:
+    spec = big()
+    job = batch_job(spec, "u-1", ready_units(spec, 500, running=500))
+    assert job["spec"]["parallelism"] == 1000
+    assert job["metadata"]["annotations"]["parkfleet.io/ready-units"] == "500"
+    job["metadata"]["resourceVersion"] = "7"
+    job["status"] = {}
+    # The Job follows the InferenceJob: nothing to edit, the generation is applied.
+    assert job_spec_edits(spec, job) == {}
+    assert job_status(spec, 4, job, [])["observedGeneration"] == 4
+    # The pool grew past the units at once: the ready pods go, told as an Event.
+    assert job_spec_edits(spec, job, 0) == {"parallelism": 500}
+    assert [r for r, _ in edit_events(spec, job, {"parallelism": 500}, 0)] == ["ReadyUnits"]
+    # parallelism edited: told as ParallelismChanged, units at once without the ready ones.
+    narrower = big(parallelism=400)
+    assert job_spec_edits(narrower, job, 400) == {"parallelism": 800}
+    events = edit_events(narrower, job, {"parallelism": 800}, 400)
+    assert events[0] == ("ParallelismChanged", "Job digits: 400 units at once (was 500)")
+    assert events[1][0] == "ReadyUnits"

@@ -241,6 +241,10 @@ def test_status_sums_units_items_cars_and_energy() -> None:
         ),
         pod(1, "Succeeded", {"items": 9, "cars": ["b"], "energyWh": 0.25, "energyModelled": True}),
         pod(2, "Running"),
+        # Bound to a cell, waiting at the gateway for a car to free: ready, not running.
+        {**pod(3, "Pending"), "spec": {"nodeName": "pf-eu-0"}},
+        # Not bound yet: neither.
+        pod(4, "Pending"),
     ]
     job = {
         **batch_job(spec, "u-1"),
@@ -251,7 +255,7 @@ def test_status_sums_units_items_cars_and_energy() -> None:
         },
     }
     st = job_status(spec, 3, job, pods)
-    assert st["units"] == {"total": 5, "running": 1, "succeeded": 2, "failed": 0}
+    assert st["units"] == {"total": 5, "running": 1, "ready": 1, "succeeded": 2, "failed": 0}
     assert st["items"]["succeeded"] == 500
     assert st["progress"] == "49%"
     assert (st["carsUsed"], st["carsMoved"], st["disagreements"]) == (2, 1, 1)

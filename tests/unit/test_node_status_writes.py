@@ -70,7 +70,7 @@ async def test_an_unchanged_status_is_not_rewritten_by_default() -> None:
     await agent._write_status("eu-0", cell)
     assert len(core.patches) == 2
     status = core.patches[-1][1]["status"]
-    assert status["allocatable"]["nvidia.com/gpu"] == "2"
+    assert status["allocatable"]["nvidia.com/gpu"] == "4"  # 2 GPUs and their 2 ready slots
     await agent.api.close()
 
 

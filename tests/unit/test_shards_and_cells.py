@@ -54,7 +54,10 @@ def test_node_status_carries_gpus_and_car_counts() -> None:
         cars_connected=7, cars_eligible=5, cars_busy=2, gpus=5, max_gpu_memory_mib=8192
     )
     status = node_status(POOL, "eu-1", state, address="127.0.0.1", kubelet_port=1, shard=0)
-    assert status["allocatable"]["nvidia.com/gpu"] == "5"
+    # Five GPUs and a ready slot beside each: a pod bound there beyond the cars waits at
+    # the gateway for the next car that frees.
+    assert status["allocatable"]["nvidia.com/gpu"] == "10"
+    assert status["capacity"]["nvidia.com/gpu"] == "10"
     assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 1
     assert parse_cars_condition(status["conditions"]) == state
 

@@ -26,13 +26,16 @@ from parkfleet.api import GROUP, VERSION, InferenceJobSpec
 from parkfleet.contract import results_location, volume_location
 from parkfleet.controller.conditions import merge_conditions
 from parkfleet.controller.jobs import (
+    ANNOTATION_READY_UNITS,
     batch_job,
     edit_events,
     elapsed_s,
     job_condition,
     job_ended,
+    job_ready_units,
     job_spec_edits,
     parse_indexes,
+    ready_units,
     tally,
 )
 from parkfleet.controller.state import OperatorState
@@ -89,6 +92,7 @@ def job_status(
     failed = parse_indexes(js.get("failedIndexes"))
     t = tally(pods)
     running = t.running_units - done - failed
+    ready = t.ready_units - done - failed - running
     done_items = spec.unit_items(done)
     # The Job controller restarts its startTime at each resume; the job's is its first.
     start, end = previous.get("startTime") or js.get("startTime"), js.get("completionTime")
@@ -140,6 +144,7 @@ def job_status(
         "units": {
             "total": total_units,
             "running": len(running),
+            "ready": len(ready),
             "succeeded": len(done),
             "failed": len(failed),
         },
@@ -210,10 +215,12 @@ async def reconcile(
     api = await state.api()
     problem: tuple[str, str] | None = None
     job: dict[str, Any] | None = None
+    pool_cars: int | None = None
     try:
-        await client.CustomObjectsApi(api).get_cluster_custom_object(
+        pool = await client.CustomObjectsApi(api).get_cluster_custom_object(
             GROUP, VERSION, "fleetpools", spec.pool
         )
+        pool_cars = _cars_eligible(pool)
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -222,11 +229,12 @@ async def reconcile(
         problem = ("UnsupportedModelSource", spec.model_problem)
     if problem is None:
         job = await _ensure_job(api, body, spec)
-    if job is not None:
-        job = await _follow_spec(api, body, spec, job)
     pods: list[Mapping[str, Any]] = []
     if job is not None:
         pods = await _job_pods(api, spec.namespace, spec.name)
+        running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running")
+        ready = ready_units(spec, pool_cars, job_ready_units(job), running)
+        job = await _follow_spec(api, body, spec, job, ready)
     new = job_status(spec, generation, job, pods, problem, status)
     new["results"] = results_location(
         spec.namespace, spec.output_path, str(body["metadata"]["uid"])
@@ -239,11 +247,18 @@ async def reconcile(
             patch.status[key] = value
 
 
+def _cars_eligible(pool: Any) -> int | None:
+    """A FleetPool's ``status.carsEligible`` (None when it shows none yet)."""
+    value = ((pool or {}).get("status") or {}).get("carsEligible")
+    return value if isinstance(value, int) and value >= 0 else None
+
+
 async def _ensure_job(
     api: client.ApiClient, body: kopf.Body, spec: InferenceJobSpec
 ) -> dict[str, Any] | None:
     """The job's Indexed Job, created when missing (None: created meanwhile by another
-    reconcile; the next one reads it)."""
+    reconcile; the next one reads it). It starts with no ready units: those come once
+    its first wave runs (:func:`ready_units`)."""
     batch = client.BatchV1Api(api)
     try:
         return cast(
@@ -274,9 +289,14 @@ async def _ensure_job(
 
 
 async def _follow_spec(
-    api: client.ApiClient, body: kopf.Body, spec: InferenceJobSpec, job: dict[str, Any]
+    api: client.ApiClient,
+    body: kopf.Body,
+    spec: InferenceJobSpec,
+    job: dict[str, Any],
+    ready: int,
 ) -> dict[str, Any]:
-    """The Job after applying the InferenceJob's suspend and parallelism to it.
+    """The Job after applying the InferenceJob's suspend and parallelism to it, with
+    ``ready`` units ready beside them (its ``parkfleet.io/ready-units`` annotation).
 
     The patch names the resourceVersion it was computed from, so of two reconciles racing
     (an edit's handler and the timer) only one applies it and posts its Events; the other
@@ -285,13 +305,13 @@ async def _follow_spec(
     """
     batch = client.BatchV1Api(api)
     for _ in range(_EDIT_TRIES):
-        edits = job_spec_edits(spec, job)
+        edits = job_spec_edits(spec, job, ready)
         if not edits:
             return job
-        change = {
-            "metadata": {"resourceVersion": job["metadata"]["resourceVersion"]},
-            "spec": edits,
-        }
+        meta: dict[str, Any] = {"resourceVersion": job["metadata"]["resourceVersion"]}
+        if "parallelism" in edits:
+            meta["annotations"] = {ANNOTATION_READY_UNITS: str(ready)}
+        change = {"metadata": meta, "spec": edits}
         try:
             patched = await batch.patch_namespaced_job(spec.name, spec.namespace, change)
         except ApiException as exc:
@@ -304,7 +324,7 @@ async def _follow_spec(
                 ),
             )
             continue
-        for reason, message in edit_events(spec, job, edits):
+        for reason, message in edit_events(spec, job, edits, ready):
             _tell(body, reason, message)
         return cast(dict[str, Any], api.sanitize_for_serialization(patched))
     return job

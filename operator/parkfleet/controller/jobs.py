@@ -7,6 +7,14 @@ failures are the unit's fault. A car leaving is not a failure at all (the gatewa
 the task and the pod stays Running); a cell with no car for the grace period ends the
 pod with exit code 75, which the policy ignores (the unit is simply run again).
 
+Ready units: while the pool has no more eligible cars than the job's parallelism, the Job
+keeps one more pod per eligible car (:func:`parkfleet.contract.ready_slots`), from when
+its first wave runs. They are bound to the cells' ready slots and wait at the gateway
+(Pending), so a car that ends a unit starts the next at once instead of waiting for the
+Job controller, the scheduler and the node agent (about 10 s). Only while every car can
+be busy with the job anyway: the job never runs more than ``parallelism`` units at once.
+The Job's ``parkfleet.io/ready-units`` annotation says how many it keeps.
+
 Pure functions: no I/O.
 """
 
@@ -24,26 +32,72 @@ from parkfleet.contract import (
     LABEL_JOB_UID,
     TerminationSummary,
     check_model_uri,
+    ready_slots,
 )
 
 __all__ = [
+    "ANNOTATION_READY_UNITS",
     "LABEL_JOB",
     "JobTally",
     "batch_job",
     "edit_events",
     "job_condition",
     "job_ended",
+    "job_ready_units",
     "job_spec_edits",
     "parse_indexes",
+    "ready_units",
     "tally",
 ]
 
 LABEL_JOB = "parkfleet.io/inference-job"
+ANNOTATION_READY_UNITS = "parkfleet.io/ready-units"
 CONTAINER = "infer"
 
 
-def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
-    """The Indexed Job that runs ``job``'s units (one pod per unit).
+def ready_units(
+    job: InferenceJobSpec, pool_cars_eligible: int | None, current: int = 0, running: int = 0
+) -> int:
+    """The pods the Job keeps ready at the gateway beside its ``parallelism`` units.
+
+    None while the pool has more eligible cars than the job's units at once: a ready pod
+    would then find a free car and run, one unit more than ``parallelism``. Otherwise one
+    per eligible car (:func:`parkfleet.contract.ready_slots`), at most the units not yet
+    covered; but only once the job's first wave runs (``running``: nine in ten of the
+    units it can run at once), so that its pods do not queue behind the ready ones. A
+    small change of the car count keeps the current figure (no Job patch, no pod deleted
+    and created again for a car or two that come and go).
+
+    Args:
+        job: The InferenceJob.
+        pool_cars_eligible: The pool's eligible cars (``status.carsEligible``); None:
+            not known, no ready units.
+        current: The ready units the Job keeps now.
+        running: The job's units running now.
+    """
+    units = job.parallel_units
+    if pool_cars_eligible is None or pool_cars_eligible > units or job.suspend:
+        return 0
+    if current == 0 and running < 0.9 * min(units, pool_cars_eligible):
+        return 0
+    target = min(ready_slots(pool_cars_eligible), job.unit_count - units)
+    if current <= job.unit_count - units and abs(target - current) < max(1, target // 10):
+        return current
+    return target
+
+
+def job_ready_units(current: Mapping[str, Any]) -> int:
+    """The ready units a Job says it keeps (its annotation; 0 when absent or unreadable)."""
+    raw = ((current.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_READY_UNITS)
+    try:
+        return max(0, int(str(raw))) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def batch_job(job: InferenceJobSpec, owner_uid: str, ready: int = 0) -> dict[str, Any]:
+    """The Indexed Job that runs ``job``'s units (one pod per unit), with ``ready`` more
+    pods beside its ``parallelism`` (:func:`ready_units`).
 
     Raises:
         ValueError: The job's model URI is not one a pod may name (see
@@ -90,7 +144,7 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
     labels = {LABEL_JOB: job.name}
     spec: dict[str, Any] = {
         "completions": job.unit_count,
-        "parallelism": job.parallel_units,
+        "parallelism": job.parallel_units + ready,
         "suspend": job.suspend,
         "completionMode": "Indexed",
         "backoffLimitPerIndex": job.retries,
@@ -149,6 +203,7 @@ def batch_job(job: InferenceJobSpec, owner_uid: str) -> dict[str, Any]:
             "name": job.name,
             "namespace": job.namespace,
             "labels": labels,
+            "annotations": {ANNOTATION_READY_UNITS: str(ready)},
             "ownerReferences": [
                 {
                     "apiVersion": "parkfleet.io/v1alpha1",
@@ -177,7 +232,9 @@ def job_ended(job: Mapping[str, Any]) -> bool:
     return job_condition(job, "Complete") is not None or job_condition(job, "Failed") is not None
 
 
-def job_spec_edits(job: InferenceJobSpec, current: Mapping[str, Any]) -> dict[str, Any]:
+def job_spec_edits(
+    job: InferenceJobSpec, current: Mapping[str, Any], ready: int | None = None
+) -> dict[str, Any]:
     """What of the Job's ``spec`` must change for it to follow ``job``: ``suspend`` and
     ``parallelism``, the two fields an InferenceJob lets change after creation (its CRD
     refuses any other edit). Empty when the Job follows it, or has ended (an edit then has
@@ -186,21 +243,25 @@ def job_spec_edits(job: InferenceJobSpec, current: Mapping[str, Any]) -> dict[st
     Args:
         job: The InferenceJob as it is now.
         current: The Job as the API server has it.
+        ready: The ready units it should keep beside them (:func:`ready_units`); None:
+            those it keeps now (whether the Job follows the InferenceJob's own fields).
     """
     if job_ended(current):
         return {}
     spec: Mapping[str, Any] = current.get("spec") or {}
-    want = {"suspend": job.suspend, "parallelism": job.parallel_units}
+    if ready is None:
+        ready = job_ready_units(current)
+    want = {"suspend": job.suspend, "parallelism": job.parallel_units + ready}
     # The API server defaults both (suspend false, parallelism 1).
     have = {"suspend": bool(spec.get("suspend", False)), "parallelism": spec.get("parallelism", 1)}
     return {k: v for k, v in want.items() if have[k] != v}
 
 
 def edit_events(
-    job: InferenceJobSpec, before: Mapping[str, Any], edits: Mapping[str, Any]
+    job: InferenceJobSpec, before: Mapping[str, Any], edits: Mapping[str, Any], ready: int = 0
 ) -> list[tuple[str, str]]:
     """(reason, message) of the Events that tell what applying ``edits`` (from
-    :func:`job_spec_edits`) to the Job ``before`` did."""
+    :func:`job_spec_edits`, with ``ready`` units ready) to the Job ``before`` did."""
     done = len(parse_indexes((before.get("status") or {}).get("completedIndexes")))
     total = job.unit_count
     out = []
@@ -217,13 +278,30 @@ def edit_events(
             ("Resumed", f"spec.suspend is false: Job {job.name} runs its {total - done} units left")
         )
     if "parallelism" in edits:
-        was = (before.get("spec") or {}).get("parallelism")
-        out.append(
-            (
-                "ParallelismChanged",
-                f"Job {job.name}: {edits['parallelism']} units at once (was {was})",
+        was_ready = job_ready_units(before)
+        was = int((before.get("spec") or {}).get("parallelism") or 1) - was_ready
+        if was != job.parallel_units:
+            out.append(
+                (
+                    "ParallelismChanged",
+                    f"Job {job.name}: {job.parallel_units} units at once (was {was})",
+                )
             )
-        )
+        if ready != was_ready:
+            out.append(
+                (
+                    "ReadyUnits",
+                    f"Job {job.name} keeps {ready} units ready at the gateway (was "
+                    f"{was_ready}): "
+                    + (
+                        "the pool has no more eligible cars than parallelism, so a car "
+                        "that ends a unit starts the next at once"
+                        if ready
+                        else "the pool has more eligible cars than parallelism, or the "
+                        "job is suspended"
+                    ),
+                )
+            )
     return out
 
 
@@ -250,6 +328,8 @@ class JobTally:
         energy_modelled: Whether any of it was modelled.
         disagreements: Units whose copies disagreed.
         running_units: Units with a Running pod.
+        ready_units: Units whose pod is bound to a cell but waits there for a car
+            (Pending at the gateway).
         failure: The message of a pod that failed the job (model or spec error).
         unreadable: Terminated pods whose summary could not be read (counted, not added).
     """
@@ -260,6 +340,7 @@ class JobTally:
     energy_modelled: bool = False
     disagreements: int = 0
     running_units: set[int] = field(default_factory=set)
+    ready_units: set[int] = field(default_factory=set)
     failure: str = ""
     unreadable: int = 0
 
@@ -276,6 +357,13 @@ def tally(pods: Iterable[Mapping[str, Any]]) -> JobTally:
         )
         if status.get("phase") == "Running" and index is not None:
             t.running_units.add(int(index))
+        elif (
+            status.get("phase", "Pending") == "Pending"
+            and (pod.get("spec") or {}).get("nodeName")
+            and index is not None
+            and not (pod.get("metadata") or {}).get("deletionTimestamp")
+        ):
+            t.ready_units.add(int(index))
         for cs in status.get("containerStatuses") or ():
             term = (cs.get("state") or {}).get("terminated")
             if not term:

@@ -4,7 +4,8 @@ A car that is lost, refuses, or stops for its owner's policy gives the task back
 task resumes on another car of the same cell with ``attempt + 1`` from the first
 item whose result has not reached the sink (at or after its last checkpoint), so the
 sink sees every item exactly once. A task no car can take within its grace period
-fails with ``NoEligibleCar``.
+fails with ``NoEligibleCar``; a task that waits behind busy cars able to run it (a ready
+unit: see :mod:`parkfleet.controller.jobs`) waits for the next to free.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from parkfleet.gateway.events import EventBus
 from parkfleet.gateway.ledger import CREDIT_PER_TASK_HOUR, Ledger
 from parkfleet.gateway.metrics import GatewayMetrics
 from parkfleet.gateway.offers import InputError, stream_inputs
-from parkfleet.gateway.placement import Fit, checkpoint_interval_s, choose_car, stay_fit
-from parkfleet.gateway.registry import REASON_NO_TELEMETRY, CarState, Registry
+from parkfleet.gateway.placement import Fit, checkpoint_interval_s, choose_car, fits, stay_fit
+from parkfleet.gateway.registry import REASON_NO_TELEMETRY, CarState, Cell, Registry
 from parkfleet.gateway.reputation import Reputation
 from parkfleet.gateway.results import check_result, check_spec
 from parkfleet.gateway.taskstate import (
@@ -265,7 +266,9 @@ class TaskManager:
                 self._give_back(
                     task, "refused", REASON_OFFER_TIMEOUT, "the car did not answer the offer"
                 )
-        for task in list(self._queued.values()):
+        # A unit that lost its car goes first: it has started (its pod is Running), while
+        # a ready unit has not (stable: otherwise in the order queued).
+        for task in sorted(self._queued.values(), key=lambda t: t.attempt == 0):
             spec = task.spec
             cell = self._registry.cells.get(spec.cell)
             chosen = None
@@ -293,12 +296,34 @@ class TaskManager:
                 continue
             grace = spec.car_wait_s if spec.car_wait_s is not None else self.car_wait_s
             if now - task.queued_at >= grace:
+                if cell is not None and self._waits_for_busy_car(task, cell):
+                    # A ready unit behind busy cars that can run it: it waits for the next
+                    # of them to free, however long units take; the grace is for a cell
+                    # with no car for it at all.
+                    task.queued_at = now
+                    continue
                 del self._queued[spec.task_id]
                 self._update_queued_gauge()
                 detail = f"no eligible car in cell {spec.cell} took it within {grace:g} s"
                 if task.reason:
                     detail += f" (last: {task.reason}: {task.message})"
                 self._finish_failed(task, REASON_NO_ELIGIBLE_CAR, detail)
+
+    def _waits_for_busy_car(self, task: Task, cell: Cell) -> bool:
+        """Whether an eligible car of the cell, busy now, could take the task when it
+        frees (one walk of the cell's cars, once per grace period of a waiting task)."""
+        spec = task.spec
+        owners = task.avoid_owners
+        if spec.group:
+            owners = owners | self._group_owners.get(spec.group, set())
+        for car in cell.cars.values():
+            if not (car.busy and car.eligible and car.reputation != "quarantined"):
+                continue
+            if car.car_id in task.refused_by or car.owner in owners:
+                continue
+            if fits(car, spec.runtime, spec.gpu_memory_mib):
+                return True
+        return False
 
     def move_stalled(self, now: float | None = None) -> None:
         """Moves running tasks whose car has gone quiet about them to another car.

@@ -1,9 +1,12 @@
 """A cell's virtual Node: its object, its status, and when that status is written.
 
 Kubernetes sees one Node per cell (decision 1). Its allocatable ``nvidia.com/gpu`` is
-the GPUs of the cell's eligible cars; ``Ready`` says the gateway is alive, whatever the
-cars do; the ``parkfleet.io/Cars`` condition carries the car counts that the operator
-aggregates into the FleetPool's status (no extra writes: it rides on status updates).
+the GPUs of the cell's eligible cars and the ready slots beside them
+(:func:`parkfleet.contract.ready_slots`: pods bound there beyond the cars wait at the
+gateway, Pending, and start the moment a car is free); ``Ready`` says the gateway is
+alive, whatever the cars do; the ``parkfleet.io/Cars`` condition carries the true car
+counts that the operator aggregates into the FleetPool's status (no extra writes: it
+rides on status updates).
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from typing import Any
 
 from parkfleet import __version__
 from parkfleet.api import FLEET_TAINT_KEY, LABEL_CELL, LABEL_POOL, FleetPoolSpec
-from parkfleet.contract import CARS_CONDITION, CarCounts, cars_condition_message, node_name
+from parkfleet.contract import (
+    CARS_CONDITION,
+    CarCounts,
+    cars_condition_message,
+    node_name,
+    ready_slots,
+)
 
 __all__ = ["node_object", "node_status"]
 
@@ -67,18 +76,23 @@ def node_status(
 ) -> dict[str, Any]:
     """The Node's ``status`` for the cell's current state."""
     now = _now()
-    eligible = state.cars_eligible
+    gpus = max(state.gpus, 0)
+    # The eligible cars and the ready slots beside them (the true counts are in the
+    # parkfleet.io/Cars condition).
+    eligible = state.cars_eligible + ready_slots(state.cars_eligible)
+    slots = gpus + ready_slots(gpus)
+    pods = pool.cell_size + ready_slots(pool.cell_size)
     capacity = {
         "cpu": str(CPU_PER_CAR * pool.cell_size),
         "memory": f"{MEMORY_GIB_PER_CAR * pool.cell_size}Gi",
-        "pods": str(pool.cell_size),
-        "nvidia.com/gpu": str(max(state.gpus, 0)),
+        "pods": str(pods),
+        "nvidia.com/gpu": str(slots),
     }
     allocatable = {
         "cpu": str(CPU_PER_CAR * eligible),
         "memory": f"{MEMORY_GIB_PER_CAR * eligible}Gi",
-        "pods": str(pool.cell_size),
-        "nvidia.com/gpu": str(max(state.gpus, 0)),
+        "pods": str(pods),
+        "nvidia.com/gpu": str(slots),
     }
     cars_message = cars_condition_message(state)
     conditions = [
