@@ -177,13 +177,13 @@ bench-nodes: $(VENV)/.installed $(CP) model ## pod start latency, apiserver writ
 
 .PHONY: bench-jobs
 bench-jobs: $(VENV)/.installed $(CP) $(VERSITYGW) model model-minilm ## InferenceJob efficiency on 500 simulated cars (no churn, 30 % churn, naive baseline; departures on the cars' own traces: blind, aware, naive); embeddings items/s vs one car's raw x cars busy
-	$(PY) tests/bench/bench_jobs.py --cp-flag kube-api-qps=200 --cp-flag kube-api-burst=400
+	$(PY) tests/bench/bench_jobs.py --cp-flag kube-api-qps=1000 --cp-flag kube-api-burst=2000
 	$(PY) tests/bench/bench_embeddings.py
 
 .PHONY: bench-departures
 bench-departures: $(VENV)/.installed $(CP) model ## bench-jobs' departure runs alone: cars leave on their own traces' departures; blind vs departure-aware placement vs the no-checkpoint baseline (BENCH_DEPARTURES_FLAGS="--cars 40 ...")
 	$(PY) tests/bench/bench_jobs.py --runs departures_today,departures_aware,baseline_departures \
-		--cp-flag kube-api-qps=200 --cp-flag kube-api-burst=400 $(BENCH_DEPARTURES_FLAGS)
+		--cp-flag kube-api-qps=1000 --cp-flag kube-api-burst=2000 $(BENCH_DEPARTURES_FLAGS)
 
 .PHONY: bench-revocation
 bench-revocation: $(VENV)/.installed $(CP) model ## revocation written -> the revoked car's stream closed (p50, p99 over 25)
